@@ -1,0 +1,228 @@
+//! The command line: clap definitions and help text. Parsed arguments are turned into
+//! plain [`Invocation`] data here; clap types never leave this module.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::commands::deploy::{DeployOptions, RollbackOptions};
+use crate::config::Strategy;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Deploy release tarballs to your own machines, region by region, behind health checks", long_about = None)]
+struct Args {
+    /// Path to fly.toml.
+    #[arg(short, long, global = true, default_value = "fly.toml", value_name = "FILE")]
+    config: PathBuf,
+    /// One JSON object per line on stdout instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true, conflicts_with = "json")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: CommandArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum CommandArgs {
+    /// Build release tarballs.
+    #[command(subcommand)]
+    Release(ReleaseArgs),
+    /// Build (or take) a release, run release_command once, roll it out behind health checks.
+    Deploy(DeployArgs),
+    /// Roll back to an earlier release still on the hosts (default: the one before the current).
+    Rollback(RollbackArgs),
+    /// Instances per region: version, state, health, port, pid, uptime.
+    Status,
+    /// Release history: version, status, when, by whom, what was current before.
+    Releases,
+    /// Show instance logs.
+    Logs(LogsArgs),
+    /// Inspect or release the deploy lock.
+    #[command(subcommand)]
+    Lock(LockArgs),
+    /// Stop every instance and remove the app from every host.
+    Destroy {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseArgs {
+    /// Run the build command and pack the release directory into a deterministic tar.gz.
+    Build {
+        /// Release version (default: `git describe --tags --always --dirty`, else a UTC timestamp).
+        #[arg(long)]
+        version: Option<String>,
+        /// Directory for the tarball (default: .ferry/build next to fly.toml).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// Release version to build (default: `git describe --tags --always --dirty`, else a UTC timestamp).
+    #[arg(long, conflicts_with = "release")]
+    version: Option<String>,
+    /// Deploy this prebuilt release tarball instead of building.
+    #[arg(long, value_name = "FILE")]
+    release: Option<PathBuf>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// On failure, leave already-updated instances on the new version.
+    #[arg(long)]
+    no_revert: bool,
+    /// How long an instance may take to become healthy (default: [deploy] wait_timeout, 5m).
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    wait_timeout: Option<Duration>,
+    /// Override [deploy] strategy.
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyArg>,
+    /// Wait up to this long for another deploy's lock instead of failing at once.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    lock_wait: Option<Duration>,
+    /// Do not run [deploy] release_command.
+    #[arg(long)]
+    skip_release_command: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RollbackArgs {
+    /// Version to return to (default: the release that was current before the current one).
+    version: Option<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// On failure, leave already-updated instances where they are.
+    #[arg(long)]
+    no_revert: bool,
+    /// How long an instance may take to become healthy.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    wait_timeout: Option<Duration>,
+    /// Wait up to this long for another operation's lock.
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    lock_wait: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LogsArgs {
+    /// Only this region.
+    #[arg(short, long)]
+    region: Option<String>,
+    /// Only this instance (id or a prefix of it).
+    #[arg(short, long)]
+    instance: Option<String>,
+    /// Lines per instance.
+    #[arg(short = 'n', long, default_value_t = 50)]
+    lines: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum LockArgs {
+    /// Who holds the lock on each host, and whether it is stale.
+    Status,
+    /// Remove the lock from every host (only when its holder is surely gone).
+    Release,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigArgs {
+    /// Check fly.toml: exit 0 with warnings listed, 2 with the located error.
+    Validate,
+    /// Print the resolved configuration (durations in milliseconds).
+    Show,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Rolling,
+    Immediate,
+    Canary,
+    Bluegreen,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(text)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    Human,
+    Json,
+    Quiet,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    ReleaseBuild { version: Option<String>, output: Option<PathBuf> },
+    Deploy(DeployOptions),
+    Rollback(RollbackOptions),
+    Status,
+    Releases,
+    Logs { region: Option<String>, instance: Option<String>, lines: usize },
+    LockStatus,
+    LockRelease,
+    Destroy { yes: bool },
+    ConfigValidate,
+    ConfigShow,
+}
+
+#[derive(Debug)]
+pub struct Invocation {
+    pub config: PathBuf,
+    pub output: OutputMode,
+    pub command: Command,
+}
+
+/// Parses the process arguments (clap exits with code 2 on usage errors).
+pub fn parse() -> Invocation {
+    let args = Args::parse();
+    let output = match (args.json, args.quiet) {
+        (true, _) => OutputMode::Json,
+        (_, true) => OutputMode::Quiet,
+        _ => OutputMode::Human,
+    };
+    let command = match args.command {
+        CommandArgs::Release(ReleaseArgs::Build { version, output }) => Command::ReleaseBuild { version, output },
+        CommandArgs::Deploy(d) => Command::Deploy(DeployOptions {
+            version: d.version,
+            release: d.release,
+            dry_run: d.dry_run,
+            no_revert: d.no_revert,
+            wait_timeout: d.wait_timeout,
+            strategy: d.strategy.map(|s| match s {
+                StrategyArg::Rolling => Strategy::Rolling,
+                StrategyArg::Immediate => Strategy::Immediate,
+                StrategyArg::Canary => Strategy::Canary,
+                StrategyArg::Bluegreen => Strategy::Bluegreen,
+            }),
+            lock_wait: d.lock_wait,
+            skip_release_command: d.skip_release_command,
+        }),
+        CommandArgs::Rollback(r) => Command::Rollback(RollbackOptions {
+            version: r.version,
+            dry_run: r.dry_run,
+            no_revert: r.no_revert,
+            wait_timeout: r.wait_timeout,
+            lock_wait: r.lock_wait,
+        }),
+        CommandArgs::Status => Command::Status,
+        CommandArgs::Releases => Command::Releases,
+        CommandArgs::Logs(l) => Command::Logs { region: l.region, instance: l.instance, lines: l.lines },
+        CommandArgs::Lock(LockArgs::Status) => Command::LockStatus,
+        CommandArgs::Lock(LockArgs::Release) => Command::LockRelease,
+        CommandArgs::Destroy { yes } => Command::Destroy { yes },
+        CommandArgs::Config(ConfigArgs::Validate) => Command::ConfigValidate,
+        CommandArgs::Config(ConfigArgs::Show) => Command::ConfigShow,
+    };
+    Invocation { config: args.config, output, command }
+}

@@ -1,0 +1,549 @@
+//! `ferry deploy` and `ferry rollback`: observe, lock, ship the release, run the
+//! release_command once, roll out behind health checks, record, prune, unlock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::Strategy;
+use crate::deploy::{recorded_ports, PortPicker, Rollout, Summary};
+use crate::error::Error;
+use crate::fleet::Fleet;
+use crate::health::Checks;
+use crate::history::{self, Record, Status};
+use crate::host::{Host, HostState};
+use crate::plan::{self, Plan, RegionSpec};
+use crate::report::{Event, Outcome};
+
+use super::build::{self, Artifact};
+use super::{healthy_on, lock, millis, new_instance_id, observe, read_history, record_history, Ctx};
+
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    pub version: Option<String>,
+    pub release: Option<PathBuf>,
+    pub dry_run: bool,
+    pub no_revert: bool,
+    pub wait_timeout: Option<Duration>,
+    pub strategy: Option<Strategy>,
+    pub lock_wait: Option<Duration>,
+    pub skip_release_command: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RollbackOptions {
+    pub version: Option<String>,
+    pub dry_run: bool,
+    pub no_revert: bool,
+    pub wait_timeout: Option<Duration>,
+    pub lock_wait: Option<Duration>,
+}
+
+pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
+    let started = Instant::now();
+    let strategy = opts.strategy.unwrap_or(ctx.config.deploy.strategy);
+    refuse_unsupported(strategy)?;
+    let fleet = Fleet::from_config(&ctx.config)?;
+    if opts.dry_run {
+        let version = match &opts.release {
+            Some(path) => build::take(ctx, path.clone()).await?.version,
+            None => crate::release::resolve_version(opts.version.as_deref(), &ctx.config.dir)?,
+        };
+        return dry_run(ctx, &fleet, &version, strategy).await;
+    }
+    let artifact = match &opts.release {
+        Some(path) => build::take(ctx, path.clone()).await?,
+        None => build::build(ctx, opts.version.clone()).await?,
+    };
+    let start = start_command(ctx, &artifact)?;
+    let guard = lock(ctx, &fleet, "deploy", opts.lock_wait).await?;
+    let result = deploy_locked(ctx, &fleet, &artifact, &start, strategy, &opts, started).await;
+    guard.release().await;
+    result
+}
+
+fn refuse_unsupported(strategy: Strategy) -> Result<(), Error> {
+    if strategy == Strategy::Bluegreen {
+        return Err(Error::Usage {
+            message: "the `bluegreen` deploy strategy is not supported by ferry yet".into(),
+            hint: Some(
+                "use `strategy = \"rolling\"` or `\"canary\"` in `[deploy]`, or pass `--strategy rolling`".into(),
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The command that runs one instance: `[ferry.build] start`, `[processes] app`, or
+/// an executable `bin/start` shipped in the release.
+fn start_command(ctx: &Ctx, artifact: &Artifact) -> Result<String, Error> {
+    if let Some(start) = ctx.config.start_command() {
+        return Ok(start.to_string());
+    }
+    if artifact.manifest.files.iter().any(|f| f.path == "bin/start") {
+        return Ok("bin/start".to_string());
+    }
+    Err(Error::Usage {
+        message: format!("no start command for `{}`: set `[ferry.build] start`, or `[processes] app`, or ship an executable `bin/start` in the release", ctx.config.app),
+        hint: Some("for example: `[ferry.build]` `start = \"bin/hello start\"` (it must run one instance in the foreground and listen on $PORT)".into()),
+    })
+}
+
+fn region_specs(fleet: &Fleet) -> Vec<RegionSpec> {
+    fleet
+        .regions
+        .iter()
+        .map(|r| RegionSpec {
+            name: r.name.clone(),
+            primary: r.primary,
+            count: r.count,
+            hosts: r.hosts.iter().map(|h| h.name.clone()).collect(),
+        })
+        .collect()
+}
+
+fn make_plan(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    healthy: &BTreeSet<String>,
+    version: &str,
+    strategy: Strategy,
+) -> Plan {
+    let regions = region_specs(fleet);
+    let inputs = plan::Inputs {
+        regions: &regions,
+        observed,
+        healthy,
+        version,
+        strategy,
+        max_unavailable: ctx.config.deploy.max_unavailable,
+    };
+    plan::rollout(&inputs, &mut new_instance_id)
+}
+
+async fn dry_run(ctx: &Ctx, fleet: &Fleet, version: &str, strategy: Strategy) -> Result<(), Error> {
+    let observed = observe(fleet).await?;
+    let mut warnings = Vec::new();
+    let checks = Checks::from_config(&ctx.config, &mut warnings);
+    let healthy = healthy_on(fleet, &observed, &checks, version).await;
+    let plan = make_plan(ctx, fleet, &observed, &healthy, version, strategy);
+    report_plan(ctx, &plan);
+    ctx.event(Event::Finished {
+        outcome: Outcome::Succeeded,
+        version: Some(version.to_string()),
+        previous: None,
+        message: if plan.is_noop() {
+            format!("dry run: {version} already runs everywhere; nothing to do")
+        } else {
+            "dry run: nothing was changed".into()
+        },
+        duration_ms: 0,
+    });
+    Ok(())
+}
+
+fn report_plan(ctx: &Ctx, plan: &Plan) {
+    for region in &plan.regions {
+        for (n, batch) in region.batches.iter().enumerate() {
+            for step in batch {
+                let action = match step.action {
+                    plan::Action::Create => "create".to_string(),
+                    plan::Action::Replace => format!("replace (batch {})", n + 1),
+                    plan::Action::Keep => "keep".to_string(),
+                };
+                ctx.event(Event::Plan {
+                    region: step.region.clone(),
+                    instance: step.id.clone(),
+                    host: step.host.clone(),
+                    action,
+                    from: step.previous.as_ref().map(|p| p.version.clone()),
+                    to: step.to.clone(),
+                });
+            }
+        }
+        for step in &region.unchanged {
+            ctx.event(Event::Plan {
+                region: step.region.clone(),
+                instance: step.id.clone(),
+                host: step.host.clone(),
+                action: "keep".into(),
+                from: Some(step.to.clone()),
+                to: step.to.clone(),
+            });
+        }
+    }
+}
+
+async fn deploy_locked(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    artifact: &Artifact,
+    start: &str,
+    strategy: Strategy,
+    opts: &DeployOptions,
+    started: Instant,
+) -> Result<(), Error> {
+    let version = artifact.version.clone();
+    let observed = observe(fleet).await?;
+    let mut warnings = Vec::new();
+    let checks = Checks::from_config(&ctx.config, &mut warnings);
+    for warning in warnings {
+        ctx.warn(warning);
+    }
+    let healthy = healthy_on(fleet, &observed, &checks, &version).await;
+    let plan = make_plan(ctx, fleet, &observed, &healthy, &version, strategy);
+    let previous = current_version(fleet, &observed).await;
+    let installed_everywhere = fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(&version)));
+    if plan.is_noop() && installed_everywhere && previous.as_deref() == Some(version.as_str()) {
+        ctx.event(Event::Finished {
+            outcome: Outcome::Succeeded,
+            version: Some(version.clone()),
+            previous,
+            message: format!("{version} already runs and is healthy everywhere; nothing changed"),
+            duration_ms: millis(started.elapsed()),
+        });
+        return Ok(());
+    }
+    ctx.event(Event::DeployStarted {
+        kind: "deploy".into(),
+        app: ctx.config.app.clone(),
+        version: version.clone(),
+        previous: previous.clone(),
+        strategy: format!("{strategy:?}").to_lowercase(),
+        regions: fleet.region_names(),
+    });
+    ship(ctx, fleet, &observed, artifact).await?;
+    let record = Record::new("deploy", &version, previous.clone());
+    record_history(ctx, fleet, &record).await;
+    if let Some(command) = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command) {
+        if let Err(error) = release_command(ctx, fleet, &version, &command).await {
+            record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
+            ctx.event(Event::Finished {
+                outcome: Outcome::Failed,
+                version: Some(version.clone()),
+                previous: previous.clone(),
+                message: format!(
+                    "release_command failed; no instance was changed, {} still runs",
+                    previous.as_deref().unwrap_or("the old version")
+                ),
+                duration_ms: millis(started.elapsed()),
+            });
+            return Err(error);
+        }
+    }
+    let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
+    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan).await;
+    finish(ctx, fleet, &record, &summary, previous, started, "deploy").await
+}
+
+/// What the hosts say is current (the primary's `current`), else the history.
+async fn current_version(fleet: &Fleet, observed: &BTreeMap<String, HostState>) -> Option<String> {
+    if let Some(current) = fleet.hosts().find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone())) {
+        return Some(current);
+    }
+    history::current(&read_history(fleet).await).0
+}
+
+/// Uploads the artifact to every host that lacks it (in parallel) and unpacks it.
+async fn ship(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    artifact: &Artifact,
+) -> Result<(), Error> {
+    let sums = artifact.manifest.sha256sum_lines();
+    let mut tasks = JoinSet::new();
+    for host in fleet.hosts().cloned() {
+        let present = observed
+            .get(&host.name)
+            .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256));
+        let artifact = artifact.clone();
+        let sums = sums.clone();
+        let reporter = ctx.reporter.clone();
+        tasks.spawn(async move {
+            let result = ship_one(&host, &artifact, &sums, present, reporter.as_ref()).await;
+            (host.name.clone(), result)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((host, Err(source))) = joined {
+            return Err(Error::Host {
+                step: "shipping the release",
+                source: crate::host::HostError::Step {
+                    host,
+                    step: "shipping the release",
+                    message: source.to_string(),
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn ship_one(
+    host: &Host,
+    artifact: &Artifact,
+    sums: &str,
+    present: bool,
+    reporter: &dyn crate::report::Reporter,
+) -> Result<(), crate::host::HostError> {
+    let skipped = present || host.has_artifact(&artifact.sha256).await?;
+    let mut bytes_sent = 0;
+    if !skipped {
+        bytes_sent = host.transport.upload(&artifact.path, &host.artifact_path(&artifact.sha256), &|_| {}).await?;
+    }
+    reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent, skipped });
+    let installed = host.install_release(&artifact.sha256, &artifact.version, sums).await?;
+    reporter.event(&Event::ReleaseInstalled {
+        host: host.name.clone(),
+        version: artifact.version.clone(),
+        already_present: !installed,
+    });
+    Ok(())
+}
+
+/// Runs the release_command once on the primary region's first host.
+async fn release_command(ctx: &Ctx, fleet: &Fleet, version: &str, command: &str) -> Result<(), Error> {
+    let Some(host) = fleet.primary().and_then(|r| r.hosts.first()) else {
+        return Err(Error::failed("no host in the primary region to run the release_command on"));
+    };
+    ctx.event(Event::ReleaseCommandStarted { host: host.name.clone(), command: command.to_string() });
+    let mut env = ctx.config.env.clone();
+    for (key, value) in [
+        ("RELEASE_COMMAND", "1".to_string()),
+        ("FLY_PROCESS_GROUP", "fly_app_release_command".to_string()),
+        ("FLY_APP_NAME", ctx.config.app.clone()),
+        ("FLY_REGION", host.region.clone()),
+        ("PRIMARY_REGION", ctx.config.primary()),
+        ("RELEASE_VERSION", version.to_string()),
+    ] {
+        env.insert(key.to_string(), value);
+    }
+    let tail = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reporter = ctx.reporter.clone();
+    let lines = Arc::clone(&tail);
+    let on_line = move |line: &str| {
+        if let Ok(mut lines) = lines.lock() {
+            lines.push(line.to_string());
+            let excess = lines.len().saturating_sub(crate::deploy::LOG_LINES);
+            lines.drain(..excess);
+        }
+        reporter.event(&Event::ReleaseCommandOutput { line: line.to_string() });
+    };
+    let started = Instant::now();
+    let status = host
+        .run_release_command(version, command, &env, ctx.config.deploy.release_command_timeout, &on_line)
+        .await
+        .map_err(|source| Error::Host { step: "running the release_command", source })?;
+    ctx.event(Event::ReleaseCommandFinished {
+        host: host.name.clone(),
+        success: status.success(),
+        exit_code: status.code(),
+        duration_ms: millis(started.elapsed()),
+    });
+    if status.success() {
+        return Ok(());
+    }
+    let timed_out = status.code() == Some(124) || status.code() == Some(137);
+    let why = if timed_out {
+        format!(
+            "timed out after {}",
+            ctx.config
+                .deploy
+                .release_command_timeout
+                .map(humantime::format_duration)
+                .map_or_else(String::new, |d| d.to_string())
+        )
+    } else {
+        format!("exited with {}", status.code().map_or_else(|| "a signal".to_string(), |c| c.to_string()))
+    };
+    Err(Error::Failed {
+        message: format!("release_command `{command}` {why} on `{}`; no instance was changed", host.name),
+        hint: Some("its output is above (and in `release_command.log` on the host); fix it and deploy again, or pass `--skip-release-command`".into()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn roll_out(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    checks: Checks,
+    start: &str,
+    wait: Duration,
+    no_revert: bool,
+    plan: Plan,
+) -> Summary {
+    let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
+    let ports = PortPicker::new(recorded_ports(observed.values().flat_map(|s| s.instances.iter().map(|i| &i.record))));
+    let rollout = Arc::new(Rollout::new(
+        hosts,
+        ctx.config.clone(),
+        checks,
+        ctx.reporter.clone(),
+        start.to_string(),
+        wait,
+        no_revert,
+        ports,
+    ));
+    rollout.execute(plan).await
+}
+
+/// Records the outcome, marks the release current and prunes on success, and turns
+/// a failure into an error that says what was restored.
+async fn finish(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    record: &Record,
+    summary: &Summary,
+    previous: Option<String>,
+    started: Instant,
+    kind: &str,
+) -> Result<(), Error> {
+    let version = record.version.clone();
+    let outcome = summary.outcome();
+    let Some(failure) = &summary.failure else {
+        for host in fleet.hosts() {
+            if let Err(e) = host.set_current(&version).await {
+                ctx.warn(format!("could not mark {version} current on `{}`: {e}", host.name));
+            }
+        }
+        record_history(ctx, fleet, &record.finished(Status::Complete, None)).await;
+        prune(ctx, fleet, &version, previous.as_deref()).await;
+        ctx.event(Event::Finished {
+            outcome,
+            version: Some(version.clone()),
+            previous,
+            message: format!("{version} is live everywhere"),
+            duration_ms: millis(started.elapsed()),
+        });
+        return Ok(());
+    };
+    let what = format!(
+        "instance {} in {} on `{}` failed on {version}: {}",
+        failure.instance, failure.region, failure.host, failure.reason
+    );
+    let back_to = previous.clone().unwrap_or_else(|| "the previous state".into());
+    let (status, now) = match outcome {
+        Outcome::Reverted => (Status::Reverted, format!("every instance was put back on {back_to}")),
+        _ if !summary.unrecovered.is_empty() => {
+            (Status::Failed, format!("these instances could not be put back: {}", summary.unrecovered.join("; ")))
+        }
+        _ => (Status::Failed, format!("--no-revert: {} instance(s) were left on {version}", summary.changed.len())),
+    };
+    record_history(ctx, fleet, &record.finished(status, Some(what.clone()))).await;
+    ctx.event(Event::Finished {
+        outcome,
+        version: Some(version.clone()),
+        previous,
+        message: now.clone(),
+        duration_ms: millis(started.elapsed()),
+    });
+    Err(Error::Failed {
+        message: format!("{kind} of {version} failed: {what}; {now}"),
+        hint: Some("see the instance's last log lines above; `ferry status` shows where things stand, `ferry logs -i ID` shows more".into()),
+    })
+}
+
+/// Removes releases beyond `keep_releases` on each host: never the current or
+/// previous one, never one an instance still runs.
+async fn prune(ctx: &Ctx, fleet: &Fleet, current: &str, previous: Option<&str>) {
+    let keep = ctx.config.ferry.keep_releases;
+    for host in fleet.hosts() {
+        let Ok(state) = host.observe().await else { continue };
+        let mut protected: BTreeSet<&str> = state.instances.iter().map(|i| i.record.version.as_str()).collect();
+        protected.insert(current);
+        protected.extend(previous);
+        let newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
+        for version in newest_first.into_iter().skip(keep).filter(|v| !protected.contains(v)) {
+            match host.remove_release(version).await {
+                Ok(()) => ctx.event(Event::Pruned { host: host.name.clone(), version: version.to_string() }),
+                Err(e) => ctx.warn(format!("could not prune {version} on `{}`: {e}", host.name)),
+            }
+        }
+    }
+}
+
+pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
+    let started = Instant::now();
+    let fleet = Fleet::from_config(&ctx.config)?;
+    let observed = observe(&fleet).await?;
+    let entries = read_history(&fleet).await;
+    let current = current_version(&fleet, &observed).await;
+    let Some(target) = opts.version.clone().or_else(|| history::current(&entries).1) else {
+        return Err(Error::Usage {
+            message: "there is no earlier release to roll back to".into(),
+            hint: Some("`ferry releases` lists what has been deployed".into()),
+        });
+    };
+    crate::release::validate_version(&target)?;
+    let available = versions_everywhere(&fleet, &observed);
+    if !available.contains(&target) {
+        let list = if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        return Err(Error::Usage {
+            message: format!("release {target} is no longer on every host, so it cannot be rolled back to; releases on every host: {list}"),
+            hint: Some("deploy it again with `ferry deploy --version VERSION` from its source".into()),
+        });
+    }
+    let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
+    if opts.dry_run {
+        return dry_run(ctx, &fleet, &target, Strategy::Rolling).await;
+    }
+    let guard = lock(ctx, &fleet, "rollback", opts.lock_wait).await?;
+    let result = rollback_locked(ctx, &fleet, &target, current, &start, &opts, started).await;
+    guard.release().await;
+    result
+}
+
+async fn rollback_locked(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    target: &str,
+    current: Option<String>,
+    start: &str,
+    opts: &RollbackOptions,
+    started: Instant,
+) -> Result<(), Error> {
+    let observed = observe(fleet).await?;
+    let mut warnings = Vec::new();
+    let checks = Checks::from_config(&ctx.config, &mut warnings);
+    let strategy = match ctx.config.deploy.strategy {
+        Strategy::Bluegreen => Strategy::Rolling,
+        other => other,
+    };
+    let healthy = healthy_on(fleet, &observed, &checks, target).await;
+    let plan = make_plan(ctx, fleet, &observed, &healthy, target, strategy);
+    ctx.event(Event::DeployStarted {
+        kind: "rollback".into(),
+        app: ctx.config.app.clone(),
+        version: target.to_string(),
+        previous: current.clone(),
+        strategy: format!("{strategy:?}").to_lowercase(),
+        regions: fleet.region_names(),
+    });
+    let record = Record::new("rollback", target, current.clone());
+    record_history(ctx, fleet, &record).await;
+    let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
+    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan).await;
+    finish(ctx, fleet, &record, &summary, current, started, "rollback").await
+}
+
+fn versions_everywhere(fleet: &Fleet, observed: &BTreeMap<String, HostState>) -> BTreeSet<String> {
+    let mut sets = fleet.hosts().map(|h| {
+        observed
+            .get(&h.name)
+            .map(|s| s.releases.iter().map(|r| r.version.clone()).collect::<BTreeSet<_>>())
+            .unwrap_or_default()
+    });
+    let first = sets.next().unwrap_or_default();
+    sets.fold(first, |acc, s| acc.intersection(&s).cloned().collect())
+}

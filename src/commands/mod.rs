@@ -1,0 +1,193 @@
+//! One module per command. Each `run` reads as a checklist: load, observe, plan,
+//! (print the plan on `--dry-run`), execute, report the outcome. Shared steps —
+//! observing the fleet, taking the lock, shipping a release — live here.
+
+pub mod build;
+pub mod config;
+pub mod deploy;
+pub mod destroy;
+pub mod inspect;
+pub mod lock;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::fleet::Fleet;
+use crate::health::Checks;
+use crate::history;
+use crate::host::lock::{Attempt, Guard, Holder};
+use crate::host::{Host, HostState};
+use crate::report::{Event, Reporter};
+
+/// What every command gets: the loaded config and where to report.
+pub struct Ctx {
+    pub config: Arc<Config>,
+    pub config_path: PathBuf,
+    pub reporter: Arc<dyn Reporter>,
+    pub json: bool,
+}
+
+impl Ctx {
+    #[allow(clippy::needless_pass_by_value)] // events are built inline at each call
+    pub fn event(&self, event: Event) {
+        self.reporter.event(&event);
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.event(Event::Warning { message: message.into() });
+    }
+}
+
+/// Reads every host's state in parallel. One unreachable host stops the command
+/// before anything changed.
+pub async fn observe(fleet: &Fleet) -> Result<BTreeMap<String, HostState>, Error> {
+    let mut tasks = JoinSet::new();
+    for host in fleet.hosts().cloned() {
+        tasks.spawn(async move { (host.name.clone(), host.observe().await) });
+    }
+    let mut observed = BTreeMap::new();
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((name, result)) = joined else { continue };
+        match result {
+            Ok(state) => {
+                observed.insert(name, state);
+            }
+            Err(source) => {
+                first_error.get_or_insert(Error::Unreachable { host: name, step: "reading its state", source });
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(observed),
+    }
+}
+
+/// Ids of instances running `version` that pass their checks right now.
+pub async fn healthy_on(
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    checks: &Checks,
+    version: &str,
+) -> BTreeSet<String> {
+    let mut healthy = BTreeSet::new();
+    for host in fleet.hosts() {
+        let Some(state) = observed.get(&host.name) else { continue };
+        for instance in state.instances.iter().filter(|i| i.alive && i.record.version == version) {
+            let Ok(addr) = host.transport.forward(instance.record.port).await else { continue };
+            if checks.check(addr).await.is_ok() {
+                healthy.insert(instance.record.id.clone());
+            }
+        }
+    }
+    healthy
+}
+
+/// Takes the lock on every host (in a fixed order), taking over stale leases with a
+/// warning. With `wait`, retries until it is free or the wait is over.
+pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration>) -> Result<Guard, Error> {
+    let holder = Holder::me(command);
+    let mut hosts: Vec<Host> = fleet.hosts().cloned().collect();
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    loop {
+        let mut taken: Vec<Host> = Vec::new();
+        let mut conflict = None;
+        for host in &hosts {
+            let attempt = host.lock_acquire(&holder).await.map_err(|source| Error::Unreachable {
+                host: host.name.clone(),
+                step: "taking the lock",
+                source,
+            })?;
+            let Attempt::Held(held) = attempt else {
+                taken.push(host.clone());
+                continue;
+            };
+            let taken_over = match held.stale_reason() {
+                Some(reason) => {
+                    let ok = host.lock_takeover(&held, &holder).await.map_err(|source| Error::Unreachable {
+                        host: host.name.clone(),
+                        step: "taking the lock",
+                        source,
+                    })?;
+                    if ok {
+                        ctx.event(Event::LockTakenOver {
+                            host: host.name.clone(),
+                            previous_holder: held.describe(),
+                            reason,
+                        });
+                    }
+                    ok
+                }
+                None => false,
+            };
+            if !taken_over {
+                conflict = Some((host.name.clone(), held.describe()));
+                break;
+            }
+            taken.push(host.clone());
+        }
+        let Some((host, holder_text)) = conflict else {
+            return Ok(Guard::new(taken, holder.token));
+        };
+        for host in &taken {
+            let _ = host.lock_release(Some(&holder.token)).await;
+        }
+        match deadline {
+            Some(deadline) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            _ => return Err(Error::Locked { host, holder: holder_text }),
+        }
+    }
+}
+
+/// The history as the primary region's first reachable host has it.
+pub async fn read_history(fleet: &Fleet) -> Vec<history::Entry> {
+    for host in fleet.hosts() {
+        if let Ok(text) = host.read_history().await {
+            if !text.trim().is_empty() {
+                return history::entries(&text);
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Appends one history line on every host; a host that cannot be written is warned
+/// about, since the operation itself already happened.
+pub async fn record_history(ctx: &Ctx, fleet: &Fleet, record: &history::Record) {
+    let line = record.to_line();
+    for host in fleet.hosts() {
+        if let Err(e) = host.append_history(&line).await {
+            ctx.warn(format!("could not record history on `{}`: {e}", host.name));
+        }
+    }
+}
+
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A new instance id: 14 hex digits, like Fly machine ids.
+pub fn new_instance_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 7];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..7]);
+    }
+    bytes.iter().fold(String::with_capacity(14), |mut id, b| {
+        use std::fmt::Write as _;
+        let _ = write!(id, "{b:02x}");
+        id
+    })
+}

@@ -1,0 +1,444 @@
+//! Fly's standard keys with Fly's meanings and defaults, legacy forms included: integer
+//! seconds for `kill_timeout`, integer milliseconds for check durations, `[mount]`,
+//! `[services]` written as one table, string ports, non-string `[env]` values,
+//! `processes = []`. Owns turning those keys into ferry's types; must not read `[ferry]`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::read::{join, Reader, Unit};
+use super::tree::{Entry, Node, Span, Table, Value};
+use super::{Check, CheckKind, ConfigError, DeployConfig, MaxUnavailable, Mount, Strategy};
+
+/// Fly's default: SIGINT, unless `kill_signal` says otherwise.
+pub(super) const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
+/// Fly's default grace between the kill signal and SIGKILL.
+pub(super) const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fly's defaults for `[deploy]`. Fly replaces 33% of machines at a time by default;
+/// ferry replaces one instance per region at a time unless told otherwise.
+pub(super) const DEFAULT_RELEASE_COMMAND_TIMEOUT: Duration = Duration::from_mins(5);
+pub(super) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_mins(5);
+pub(super) const DEFAULT_MAX_UNAVAILABLE: MaxUnavailable = MaxUnavailable::Count(1);
+/// Check defaults: Fly documents `interval` 15s and `timeout` 2s for service checks
+/// (the values `fly launch` writes) and no grace period unless one is set.
+pub(super) const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+pub(super) const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_CHECK_GRACE_PERIOD: Duration = Duration::ZERO;
+
+/// Fly's documented signals plus flyctl's own list.
+const SIGNALS: &[&str] = &[
+    "SIGABRT", "SIGALRM", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGKILL", "SIGPIPE", "SIGQUIT", "SIGSEGV",
+    "SIGSTOP", "SIGTERM", "SIGTRAP", "SIGUSR1", "SIGUSR2",
+];
+
+/// `app`, trimmed; `None` when absent or empty (some real files ship `app = ""`).
+pub(super) fn app(r: &Reader<'_>, root: &Table) -> Result<Option<(String, Span)>, ConfigError> {
+    let Some(entry) = root.get("app") else { return Ok(None) };
+    let name = r.string(&entry.node, "app")?.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if !valid_app_name(name) {
+        return Err(r.invalid(
+            &entry.node.span,
+            format!("`app` `{name}` is not a usable app name: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+        ));
+    }
+    Ok(Some((name.to_string(), entry.node.span.clone())))
+}
+
+/// The app name becomes a directory on every host, so it must be one plain path component.
+pub(super) fn valid_app_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(super) fn primary_region(r: &Reader<'_>, root: &Table) -> Result<Option<(String, Span)>, ConfigError> {
+    let Some(region) = r.opt_string(root, "", "primary_region")? else { return Ok(None) };
+    let span = root.get("primary_region").map(|e| e.node.span.clone()).unwrap_or_default();
+    if !super::ferry::valid_region_name(&region) {
+        return Err(r.invalid(
+            &span,
+            format!("`primary_region` `{region}` is not a region name: use lowercase letters, digits and `-`"),
+        ));
+    }
+    Ok(Some((region, span)))
+}
+
+pub(super) fn kill_signal(r: &Reader<'_>, root: &Table) -> Result<String, ConfigError> {
+    let Some(entry) = root.get("kill_signal") else { return Ok(DEFAULT_KILL_SIGNAL.to_string()) };
+    let written = r.string(&entry.node, "kill_signal")?;
+    normalise_signal(written).ok_or_else(|| {
+        r.invalid(
+            &entry.node.span,
+            format!("unknown `kill_signal` `{written}`: expected one of {}", backticked(SIGNALS)),
+        )
+    })
+}
+
+/// `"term"`, `"TERM"`, `"sigterm"` and `"SIGTERM"` are all `"SIGTERM"`.
+pub(super) fn normalise_signal(written: &str) -> Option<String> {
+    let upper = written.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    SIGNALS.contains(&name.as_str()).then_some(name)
+}
+
+/// `kill_timeout`, or the Nomad-era `experimental.kill_timeout`; bare numbers are seconds.
+pub(super) fn kill_timeout(r: &Reader<'_>, root: &Table) -> Result<Duration, ConfigError> {
+    let legacy = root.get("experimental").and_then(|e| e.node.as_table()).and_then(|t| t.get("kill_timeout"));
+    let (entry, path) = match (root.get("kill_timeout"), legacy) {
+        (Some(entry), _) => (entry, "kill_timeout"),
+        (None, Some(entry)) => (entry, "experimental.kill_timeout"),
+        (None, None) => return Ok(DEFAULT_KILL_TIMEOUT),
+    };
+    Ok(r.duration(&entry.node, path, Unit::Secs)?.unwrap_or(DEFAULT_KILL_TIMEOUT))
+}
+
+pub(super) fn deploy(r: &mut Reader<'_>, root: &Table) -> Result<DeployConfig, ConfigError> {
+    let empty = Table::default();
+    let table = match root.get("deploy") {
+        Some(entry) => r.table(&entry.node, "deploy")?,
+        None => &empty,
+    };
+    let strategy = match table.get("strategy") {
+        Some(entry) => strategy(r, &entry.node)?,
+        None => Strategy::Rolling,
+    };
+    let max_unavailable = match table.get("max_unavailable") {
+        Some(entry) => max_unavailable(r, &entry.node)?,
+        None => DEFAULT_MAX_UNAVAILABLE,
+    };
+    let release_command_timeout = match table.get("release_command_timeout") {
+        Some(entry) if matches!(&entry.node.value, Value::String(s) if s.trim().eq_ignore_ascii_case("none")) => None,
+        Some(entry) => Some(deploy_timeout(r, entry)?.unwrap_or(DEFAULT_RELEASE_COMMAND_TIMEOUT)),
+        None => Some(DEFAULT_RELEASE_COMMAND_TIMEOUT),
+    };
+    let wait_timeout = match table.get("wait_timeout") {
+        Some(entry) => deploy_timeout(r, entry)?.unwrap_or(DEFAULT_WAIT_TIMEOUT),
+        None => DEFAULT_WAIT_TIMEOUT,
+    };
+    Ok(DeployConfig {
+        release_command: r.opt_string(table, "deploy", "release_command")?,
+        release_command_timeout,
+        strategy,
+        max_unavailable,
+        wait_timeout,
+    })
+}
+
+/// flyctl would read a bare number here as nanoseconds, which no one means; ferry reads
+/// seconds, like `kill_timeout`, and says so.
+fn deploy_timeout(r: &mut Reader<'_>, entry: &Entry) -> Result<Option<Duration>, ConfigError> {
+    let path = join("deploy", &entry.key);
+    let duration = r.duration(&entry.node, &path, Unit::Secs)?;
+    if let (Value::Integer(n), Some(d)) = (&entry.node.value, duration) {
+        let readable = humantime::format_duration(d);
+        r.warn(
+            &entry.node.span,
+            format!("`{path}` = {n} is read as seconds (`{readable}`); write \"{readable}\" to say so"),
+        );
+    }
+    Ok(duration)
+}
+
+fn strategy(r: &Reader<'_>, node: &Node) -> Result<Strategy, ConfigError> {
+    let written = r.string(node, "deploy.strategy")?;
+    Ok(match written.trim().to_ascii_lowercase().as_str() {
+        "" | "rolling" => Strategy::Rolling,
+        "immediate" => Strategy::Immediate,
+        "canary" => Strategy::Canary,
+        "bluegreen" => Strategy::Bluegreen,
+        _ => {
+            return Err(r.invalid(
+                &node.span,
+                format!(
+                    "unknown `deploy.strategy` `{written}`: expected `rolling`, `immediate`, `canary` or `bluegreen`"
+                ),
+            ))
+        }
+    })
+}
+
+/// Below 1 a fraction of a region's instances, from 1 up a number of instances.
+fn max_unavailable(r: &Reader<'_>, node: &Node) -> Result<MaxUnavailable, ConfigError> {
+    let invalid = || {
+        r.invalid(
+            &node.span,
+            "`deploy.max_unavailable` must be a fraction between 0 and 1 (such as 0.5) or a whole number of instances (such as 2)",
+        )
+    };
+    match node.value {
+        Value::Integer(n) => u32::try_from(n).ok().filter(|n| *n >= 1).map(MaxUnavailable::Count).ok_or_else(invalid),
+        Value::Float(f) if f > 0.0 && f < 1.0 => Ok(MaxUnavailable::Fraction(f)),
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole, and checked to fit
+        Value::Float(f) if f >= 1.0 && f.fract() == 0.0 && f <= f64::from(u32::MAX) => {
+            Ok(MaxUnavailable::Count(f as u32))
+        }
+        _ => Err(invalid()),
+    }
+}
+
+/// `[env]` (or the legacy `[[env]]`); values that are not strings become their text.
+pub(super) fn env(r: &Reader<'_>, root: &Table) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut env = BTreeMap::new();
+    let Some(entry) = root.get("env") else { return Ok(env) };
+    for (_, table) in r.tables(&entry.node, "env")? {
+        for var in &table.entries {
+            if !valid_env_name(&var.key) {
+                return Err(r.invalid(
+                    &var.key_span,
+                    format!(
+                        "`env` key `{}` is not a valid environment variable name: use letters, digits and `_`, not starting with a digit",
+                        var.key
+                    ),
+                ));
+            }
+            env.insert(var.key.clone(), r.scalar_text(var, &join("env", &var.key))?);
+        }
+    }
+    Ok(env)
+}
+
+pub(super) fn valid_env_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `[processes]` as name → command. The old `processes = []` means none, and flyctl's
+/// `[[processes]]` with `name` and `command` is read too.
+pub(super) fn processes(r: &Reader<'_>, root: &Table) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut processes = BTreeMap::new();
+    let Some(entry) = root.get("processes") else { return Ok(processes) };
+    match &entry.node.value {
+        Value::Table(table) => {
+            for process in &table.entries {
+                let command = r.string(&process.node, &join("processes", &process.key))?;
+                processes.insert(process.key.clone(), command.to_string());
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                let table = r.table(item, "processes")?;
+                if let Some(name) = r.opt_string(table, "processes", "name")? {
+                    processes.insert(name, r.opt_string(table, "processes", "command")?.unwrap_or_default());
+                }
+            }
+        }
+        _ => return Err(r.invalid(&entry.node.span, format!("`processes` must be a table, not {}", entry.node.kind()))),
+    }
+    Ok(processes)
+}
+
+/// `[mount]` (legacy), `[mounts]` and `[[mounts]]`, in that order, like flyctl.
+pub(super) fn mounts(r: &Reader<'_>, root: &Table) -> Result<Vec<Mount>, ConfigError> {
+    let mut mounts = Vec::new();
+    for key in ["mount", "mounts"] {
+        let Some(entry) = root.get(key) else { continue };
+        for (span, table) in r.tables(&entry.node, key)? {
+            let required = |field: &str| {
+                r.opt_string(table, key, field)?.ok_or_else(|| r.invalid(span, format!("`{key}` needs a `{field}`")))
+            };
+            let processes = match table.get("processes") {
+                Some(p) => r.strings(&p.node, &join(key, "processes"))?,
+                None => Vec::new(),
+            };
+            mounts.push(Mount { source: required("source")?, destination: required("destination")?, processes });
+        }
+    }
+    Ok(mounts)
+}
+
+/// The port instances listen on: `[http_service]`'s, else the first `[[services]]`'.
+/// Zero means unset, as in flyctl.
+pub(super) fn internal_port(r: &Reader<'_>, root: &Table) -> Result<Option<u16>, ConfigError> {
+    if let Some(entry) = root.get("http_service") {
+        let table = r.table(&entry.node, "http_service")?;
+        if let Some(port) = table.get("internal_port") {
+            let port = r.port(&port.node, "http_service.internal_port")?;
+            if port != 0 {
+                return Ok(Some(port));
+            }
+        }
+    }
+    let Some(entry) = root.get("services") else { return Ok(None) };
+    let Some((_, first)) = r.tables(&entry.node, "services")?.into_iter().next() else { return Ok(None) };
+    service_port(r, first)
+}
+
+fn service_port(r: &Reader<'_>, service: &Table) -> Result<Option<u16>, ConfigError> {
+    let Some(entry) = service.get("internal_port") else { return Ok(None) };
+    Ok(Some(r.port(&entry.node, "services.internal_port")?).filter(|p| *p != 0))
+}
+
+/// Every health check, in file order: `[[http_service.checks]]`, each service's
+/// `tcp_checks` and `http_checks`, and `[checks.NAME]`. Service checks run against their
+/// service's `internal_port`, so that is their `port`.
+pub(super) fn checks(r: &Reader<'_>, root: &Table) -> Result<Vec<Check>, ConfigError> {
+    let mut found: Vec<(usize, Check)> = Vec::new();
+    if let Some(entry) = root.get("http_service") {
+        let service = r.table(&entry.node, "http_service")?;
+        let port = match service.get("internal_port") {
+            Some(p) => Some(r.port(&p.node, "http_service.internal_port")?).filter(|p| *p != 0),
+            None => None,
+        };
+        if let Some(list) = service.get("checks") {
+            for (i, (span, table)) in r.tables(&list.node, "http_service.checks")?.into_iter().enumerate() {
+                let check =
+                    service_check(r, table, "http_service.checks", format!("http_service.checks[{i}]"), port, true)?;
+                found.push((span.start, check));
+            }
+        }
+    }
+    if let Some(entry) = root.get("services") {
+        for (s, (_, service)) in r.tables(&entry.node, "services")?.into_iter().enumerate() {
+            let port = service_port(r, service)?;
+            for (key, http) in [("tcp_checks", false), ("http_checks", true)] {
+                let Some(list) = service.get(key) else { continue };
+                let path = join("services", key);
+                for (i, (span, table)) in r.tables(&list.node, &path)?.into_iter().enumerate() {
+                    let check = service_check(r, table, &path, format!("services[{s}].{key}[{i}]"), port, http)?;
+                    found.push((span.start, check));
+                }
+            }
+        }
+    }
+    if let Some(entry) = root.get("checks") {
+        for (span, name, table) in top_level_checks(r, &entry.node)? {
+            found.push((span.start, top_level_check(r, &name, span, table)?));
+        }
+    }
+    found.sort_by_key(|(offset, _)| *offset);
+    Ok(found.into_iter().map(|(_, check)| check).collect())
+}
+
+/// `[checks.NAME]` tables, or flyctl's legacy `[[checks]]` with a `name` each.
+fn top_level_checks<'n>(r: &Reader<'_>, node: &'n Node) -> Result<Vec<(&'n Span, String, &'n Table)>, ConfigError> {
+    match &node.value {
+        Value::Table(table) => table
+            .entries
+            .iter()
+            .map(|entry| Ok((&entry.node.span, entry.key.clone(), r.table(&entry.node, &join("checks", &entry.key))?)))
+            .collect(),
+        Value::Array(_) => r
+            .tables(node, "checks")?
+            .into_iter()
+            .map(|(span, table)| {
+                let name = r
+                    .opt_string(table, "checks", "name")?
+                    .ok_or_else(|| r.invalid(span, "`[[checks]]` needs a `name`"))?;
+                Ok((span, name, table))
+            })
+            .collect(),
+        _ => Err(r.invalid(&node.span, format!("`checks` must be a table, not {}", node.kind()))),
+    }
+}
+
+fn top_level_check(r: &Reader<'_>, name: &str, span: &Span, table: &Table) -> Result<Check, ConfigError> {
+    let prefix = join("checks", name);
+    let kind = r.opt_string(table, &prefix, "type")?.map(|t| t.to_ascii_lowercase());
+    let http = match kind.as_deref() {
+        Some("http") => true,
+        Some("tcp") => false,
+        _ => {
+            let span = table.get("type").map_or(span, |e| &e.node.span);
+            return Err(r.invalid(span, format!("`{prefix}.type` must be \"http\" or \"tcp\"")));
+        }
+    };
+    let port = match table.get("port") {
+        Some(entry) => Some(r.port(&entry.node, &join(&prefix, "port"))?),
+        None => None,
+    };
+    service_check(r, table, &prefix, name.to_string(), port, http)
+}
+
+fn service_check(
+    r: &Reader<'_>,
+    table: &Table,
+    prefix: &str,
+    name: String,
+    port: Option<u16>,
+    http: bool,
+) -> Result<Check, ConfigError> {
+    let duration = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        match table.get(key) {
+            Some(entry) => Ok(r.duration(&entry.node, &join(prefix, key), Unit::Millis)?.unwrap_or(default)),
+            None => Ok(default),
+        }
+    };
+    let kind = if http { http_kind(r, table, prefix)? } else { CheckKind::Tcp };
+    Ok(Check {
+        name,
+        kind,
+        port,
+        grace_period: duration("grace_period", DEFAULT_CHECK_GRACE_PERIOD)?,
+        interval: duration("interval", DEFAULT_CHECK_INTERVAL)?,
+        timeout: duration("timeout", DEFAULT_CHECK_TIMEOUT)?,
+    })
+}
+
+fn http_kind(r: &Reader<'_>, table: &Table, prefix: &str) -> Result<CheckKind, ConfigError> {
+    let tls = match table.get("protocol") {
+        None => false,
+        Some(entry) => match r.string(&entry.node, &join(prefix, "protocol"))?.trim().to_ascii_lowercase().as_str() {
+            "" | "http" => false,
+            "https" => true,
+            other => {
+                return Err(r.invalid(
+                    &entry.node.span,
+                    format!("`{prefix}.protocol` must be \"http\" or \"https\", not `{other}`"),
+                ))
+            }
+        },
+    };
+    Ok(CheckKind::Http {
+        method: r.opt_string(table, prefix, "method")?.map_or_else(|| "GET".to_string(), |m| m.to_ascii_uppercase()),
+        path: r.opt_string(table, prefix, "path")?.unwrap_or_else(|| "/".to_string()),
+        headers: headers(r, table, prefix)?,
+        tls,
+    })
+}
+
+/// `headers` as a table (values that are not strings become their text), `[]` for none
+/// (old flyctl output), or flyctl's list of `{ name, value }`.
+fn headers(r: &Reader<'_>, table: &Table, prefix: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut headers = BTreeMap::new();
+    let Some(entry) = table.get("headers") else { return Ok(headers) };
+    let path = join(prefix, "headers");
+    match &entry.node.value {
+        Value::Table(map) => {
+            for header in &map.entries {
+                headers.insert(header.key.clone(), r.scalar_text(header, &join(&path, &header.key))?);
+            }
+        }
+        Value::Array(_) => {
+            for (span, item) in r.tables(&entry.node, &path)? {
+                let name = r
+                    .opt_string(item, &path, "name")?
+                    .ok_or_else(|| r.invalid(span, format!("`{path}` entries need a `name`")))?;
+                headers.insert(name, r.opt_string(item, &path, "value")?.unwrap_or_default());
+            }
+        }
+        _ => return Err(r.invalid(&entry.node.span, format!("`{path}` must be a table, not {}", entry.node.kind()))),
+    }
+    Ok(headers)
+}
+
+/// Ports are not used by ferry, but a port that cannot exist is a mistake worth stopping for.
+pub(super) fn validate_service_ports(r: &Reader<'_>, root: &Table) -> Result<(), ConfigError> {
+    let Some(entry) = root.get("services") else { return Ok(()) };
+    for (_, service) in r.tables(&entry.node, "services")? {
+        let Some(ports) = service.get("ports") else { continue };
+        for (_, port) in r.tables(&ports.node, "services.ports")? {
+            for key in ["port", "start_port", "end_port"] {
+                if let Some(value) = port.get(key) {
+                    r.port(&value.node, &join("services.ports", key))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn backticked(items: &[&str]) -> String {
+    items.iter().map(|item| format!("`{item}`")).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,383 @@
+//! Executing a rollout [`Plan`]: the primary region first, then the others in
+//! parallel; within a region batch by batch. Each instance is stopped, started on the
+//! target version and must pass its checks before the next batch. The first failure
+//! halts every region, gives the failing instance its previous version back, and then
+//! (unless `--no-revert`) reverts every instance this rollout already changed.
+//! Emits events; never prints.
+
+mod ports;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::health::{Checks, Failure};
+use crate::host::{now_ms, Host, InstanceRecord};
+use crate::plan::{Plan, RegionPlan, Step};
+use crate::report::{Event, Outcome, Reporter};
+
+pub use ports::PortPicker;
+
+/// How many log lines of a failed instance the report shows.
+pub const LOG_LINES: usize = 20;
+
+/// Everything the rollout tasks share.
+pub struct Rollout {
+    pub hosts: BTreeMap<String, Host>,
+    pub config: Arc<Config>,
+    pub checks: Checks,
+    pub reporter: Arc<dyn Reporter>,
+    pub start: String,
+    pub wait_timeout: Duration,
+    pub no_revert: bool,
+    pub ports: Mutex<PortPicker>,
+    /// Extra environment for every instance (secrets), never printed.
+    pub extra_env: BTreeMap<String, String>,
+    halt: AtomicBool,
+}
+
+/// A failed instance, as reported.
+#[derive(Debug, Clone)]
+pub struct StepFailure {
+    pub region: String,
+    pub host: String,
+    pub instance: String,
+    pub version: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Instances now healthy on the target version (changed by this rollout).
+    pub changed: Vec<(Step, u16)>,
+    pub failure: Option<StepFailure>,
+    /// Instances that could not be put back, and why.
+    pub unrecovered: Vec<String>,
+    pub reverted: usize,
+}
+
+impl Summary {
+    pub fn outcome(&self) -> Outcome {
+        match (&self.failure, self.unrecovered.is_empty()) {
+            (None, _) => Outcome::Succeeded,
+            (Some(_), true) if self.changed.is_empty() => Outcome::Reverted,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+impl Rollout {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        hosts: BTreeMap<String, Host>,
+        config: Arc<Config>,
+        checks: Checks,
+        reporter: Arc<dyn Reporter>,
+        start: String,
+        wait_timeout: Duration,
+        no_revert: bool,
+        ports: PortPicker,
+    ) -> Self {
+        Self {
+            hosts,
+            config,
+            checks,
+            reporter,
+            start,
+            wait_timeout,
+            no_revert,
+            ports: Mutex::new(ports),
+            extra_env: BTreeMap::new(),
+            halt: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs the plan to the end, or to the first failure and its revert.
+    pub async fn execute(self: &Arc<Self>, plan: Plan) -> Summary {
+        let mut summary = Summary::default();
+        let mut regions = plan.regions.into_iter();
+        let mut rest: Vec<RegionPlan> = Vec::new();
+        if let Some(first) = regions.next() {
+            if first.primary {
+                Arc::clone(self).run_region(first).await.merge_into(&mut summary);
+            } else {
+                rest.push(first);
+            }
+        }
+        rest.extend(regions);
+        let mut tasks = JoinSet::new();
+        for region in rest {
+            tasks.spawn(Arc::clone(self).run_region(region));
+        }
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(region) = result {
+                region.merge_into(&mut summary);
+            }
+        }
+        if summary.failure.is_some() && !self.no_revert {
+            self.revert_all(&mut summary).await;
+        }
+        summary
+    }
+
+    async fn run_region(self: Arc<Self>, plan: RegionPlan) -> Summary {
+        let mut summary = Summary::default();
+        let region = plan.region.clone();
+        let total = plan.batches.iter().map(Vec::len).sum();
+        self.reporter.event(&Event::RegionStarted { region: region.clone(), instances: total });
+        for step in &plan.unchanged {
+            self.reporter.event(&Event::InstanceUnchanged {
+                region: step.region.clone(),
+                host: step.host.clone(),
+                instance: step.id.clone(),
+                version: step.to.clone(),
+            });
+        }
+        let mut outcome = "succeeded";
+        for batch in plan.batches {
+            if self.halt.load(Ordering::SeqCst) {
+                outcome = "halted";
+                break;
+            }
+            let mut tasks = JoinSet::new();
+            for step in batch {
+                let port = match step.previous.as_ref() {
+                    Some(previous) => previous.port,
+                    None => self.pick_port(&step.host),
+                };
+                tasks.spawn(Arc::clone(&self).apply(step, port));
+            }
+            while let Some(result) = tasks.join_next().await {
+                match result {
+                    Ok(Ok(done)) => summary.changed.push(done),
+                    Ok(Err((failure, unrecovered))) => {
+                        self.halt.store(true, Ordering::SeqCst);
+                        outcome = "failed";
+                        summary.unrecovered.extend(unrecovered);
+                        summary.failure.get_or_insert(failure);
+                    }
+                    Err(join) => {
+                        self.halt.store(true, Ordering::SeqCst);
+                        outcome = "failed";
+                        summary.failure.get_or_insert(StepFailure {
+                            region: region.clone(),
+                            host: String::new(),
+                            instance: String::new(),
+                            version: String::new(),
+                            reason: format!("internal error: {join}"),
+                        });
+                    }
+                }
+            }
+        }
+        self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
+        summary
+    }
+
+    fn pick_port(&self, host: &str) -> u16 {
+        let local = self.hosts.get(host).is_none_or(|h| h.transport.is_local());
+        self.ports.lock().map_or(0, |mut p| p.pick(host, local))
+    }
+
+    /// Moves one instance to the target version. On failure the instance gets its
+    /// previous version back before this returns.
+    async fn apply(self: Arc<Self>, step: Step, port: u16) -> Result<(Step, u16), (StepFailure, Vec<String>)> {
+        let Some(host) = self.hosts.get(&step.host).cloned() else {
+            let failure = Self::failure(&step, format!("unknown host `{}`", step.host));
+            return Err((failure, Vec::new()));
+        };
+        self.reporter.event(&Event::InstanceUpdating {
+            region: step.region.clone(),
+            host: step.host.clone(),
+            instance: step.id.clone(),
+            from: step.previous.as_ref().map(|p| p.version.clone()),
+            to: step.to.clone(),
+        });
+        let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
+        let record = Self::record(&step, &step.to, port, created_at);
+        let result = async {
+            if step.was_alive {
+                host.stop_instance(&step.id, &self.config.kill_signal, self.config.kill_timeout)
+                    .await
+                    .map_err(|e| format!("stopping the old version: {e}"))?;
+            }
+            self.start_and_wait(&host, &record).await
+        }
+        .await;
+        match result {
+            Ok(elapsed) => {
+                self.reporter.event(&Event::InstanceHealthy {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.to.clone(),
+                    port,
+                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                });
+                Ok((step, port))
+            }
+            Err(reason) => {
+                let log = host.log_tail(&step.id, LOG_LINES).await.unwrap_or_default();
+                self.halt.store(true, Ordering::SeqCst);
+                self.reporter.event(&Event::InstanceFailed {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.to.clone(),
+                    reason: reason.clone(),
+                    log,
+                });
+                let failure = Self::failure(&step, reason);
+                let unrecovered = match self.revert_one(&host, &step, port).await {
+                    Ok(()) => Vec::new(),
+                    Err(problem) => vec![problem],
+                };
+                Err((failure, unrecovered))
+            }
+        }
+    }
+
+    fn failure(step: &Step, reason: String) -> StepFailure {
+        StepFailure {
+            region: step.region.clone(),
+            host: step.host.clone(),
+            instance: step.id.clone(),
+            version: step.to.clone(),
+            reason,
+        }
+    }
+
+    fn record(step: &Step, version: &str, port: u16, created_at: u64) -> InstanceRecord {
+        InstanceRecord {
+            id: step.id.clone(),
+            region: step.region.clone(),
+            host: step.host.clone(),
+            version: version.to_string(),
+            port,
+            created_at,
+            started_at: now_ms(),
+            pid: 0,
+        }
+    }
+
+    async fn start_and_wait(&self, host: &Host, record: &InstanceRecord) -> Result<Duration, String> {
+        let env = self.instance_env(record);
+        let pid = host
+            .start_instance(record, &self.start, &env)
+            .await
+            .map_err(|e| format!("starting {}: {e}", record.version))?;
+        let addr =
+            host.transport.forward(record.port).await.map_err(|e| format!("reaching port {}: {e}", record.port))?;
+        let exited =
+            async { host.wait_exit(pid, self.wait_timeout + Duration::from_secs(5)).await.map_err(|e| e.to_string()) };
+        self.checks.wait_healthy(addr, self.wait_timeout, exited).await.map_err(|failure| match failure {
+            Failure::Exited => format!("the process exited before it became healthy (version {})", record.version),
+            other => other.to_string(),
+        })
+    }
+
+    /// The environment of one instance: `[env]`, secrets, then ferry's own variables
+    /// (which win, so `PORT` is always the port ferry chose).
+    pub fn instance_env(&self, record: &InstanceRecord) -> BTreeMap<String, String> {
+        let mut env = self.config.env.clone();
+        env.extend(self.extra_env.clone());
+        let primary = self.config.primary();
+        for (key, value) in [
+            ("PORT", record.port.to_string()),
+            ("FLY_APP_NAME", self.config.app.clone()),
+            ("FLY_REGION", record.region.clone()),
+            ("PRIMARY_REGION", primary),
+            ("FERRY_INSTANCE_ID", record.id.clone()),
+            ("FLY_MACHINE_ID", record.id.clone()),
+            ("FLY_PROCESS_GROUP", "app".to_string()),
+            ("RELEASE_VERSION", record.version.clone()),
+        ] {
+            env.insert(key.to_string(), value);
+        }
+        env
+    }
+
+    /// Puts one instance back as it was before this rollout touched it.
+    async fn revert_one(&self, host: &Host, step: &Step, port: u16) -> Result<(), String> {
+        let stopped = host.stop_instance(&step.id, &self.config.kill_signal, self.config.kill_timeout).await;
+        let result = match (&step.previous, stopped) {
+            (_, Err(e)) => Err(format!("could not stop it: {e}")),
+            (None, Ok(_)) => host.remove_instance(&step.id).await.map(|()| Duration::ZERO).map_err(|e| e.to_string()),
+            (Some(previous), Ok(_)) => {
+                let record = Self::record(step, &previous.version, port, previous.created_at);
+                self.start_and_wait(host, &record).await
+            }
+        };
+        match result {
+            Ok(_) => {
+                self.reporter.event(&Event::InstanceReverted {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.previous.as_ref().map(|p| p.version.clone()),
+                });
+                Ok(())
+            }
+            Err(reason) => {
+                self.reporter.event(&Event::InstanceRevertFailed {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    reason: reason.clone(),
+                });
+                Err(format!("{} on `{}`: {reason}", step.id, step.host))
+            }
+        }
+    }
+
+    /// Reverts every instance this rollout changed: regions in parallel, one instance
+    /// at a time within a region so each keeps serving.
+    async fn revert_all(self: &Arc<Self>, summary: &mut Summary) {
+        let mut by_region: BTreeMap<String, Vec<(Step, u16)>> = BTreeMap::new();
+        for (step, port) in std::mem::take(&mut summary.changed) {
+            by_region.entry(step.region.clone()).or_default().push((step, port));
+        }
+        let mut tasks = JoinSet::new();
+        for (_, steps) in by_region {
+            let this = Arc::clone(self);
+            tasks.spawn(async move {
+                let mut problems = Vec::new();
+                let mut reverted = 0;
+                for (step, port) in steps.into_iter().rev() {
+                    let Some(host) = this.hosts.get(&step.host).cloned() else { continue };
+                    match this.revert_one(&host, &step, port).await {
+                        Ok(()) => reverted += 1,
+                        Err(problem) => problems.push(problem),
+                    }
+                }
+                (reverted, problems)
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            if let Ok((reverted, problems)) = result {
+                summary.reverted += reverted;
+                summary.unrecovered.extend(problems);
+            }
+        }
+    }
+}
+
+impl Summary {
+    fn merge_into(self, total: &mut Summary) {
+        total.changed.extend(self.changed);
+        total.unrecovered.extend(self.unrecovered);
+        total.reverted += self.reverted;
+        if total.failure.is_none() {
+            total.failure = self.failure;
+        }
+    }
+}
+
+/// Ports already recorded for instances, so new instances never take one.
+pub fn recorded_ports<'a>(records: impl Iterator<Item = &'a InstanceRecord>) -> BTreeSet<(String, u16)> {
+    records.map(|r| (r.host.clone(), r.port)).collect()
+}

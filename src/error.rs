@@ -1,0 +1,56 @@
+//! The error every command returns, with the exit code it maps to and an optional
+//! hint saying what to run next. Variants carry what a user needs to act: host,
+//! version, step.
+
+use crate::config::ConfigError;
+use crate::host::HostError;
+use crate::release::ReleaseError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{message}")]
+    Usage { message: String, hint: Option<String> },
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error("failed to reach `{host}` while {step}")]
+    Unreachable { host: String, step: &'static str, source: HostError },
+    #[error("{step} failed")]
+    Host { step: &'static str, source: HostError },
+    #[error("`{host}` is locked by {holder}")]
+    Locked { host: String, holder: String },
+    #[error("{message}")]
+    Failed { message: String, hint: Option<String> },
+    #[error("failed to {action} `{path}`")]
+    Io { action: &'static str, path: String, source: std::io::Error },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Usage { .. } => 2,
+            Error::Release(e) if e.is_usage() => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Usage { hint, .. } | Error::Failed { hint, .. } => hint.clone(),
+            Error::Locked { .. } => Some(
+                "wait for it to finish, pass `--lock-wait 5m`, or run `ferry lock release` if you are sure it is dead (a dead holder's lease goes stale within 30s)".into(),
+            ),
+            Error::Unreachable { host, .. } => Some(format!("nothing was changed; check that `{host}` is up and reachable, then run the command again")),
+            _ => None,
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Error::Usage { message: message.into(), hint: None }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Error::Failed { message: message.into(), hint: None }
+    }
+}

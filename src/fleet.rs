@@ -1,0 +1,68 @@
+//! The fleet: regions and their hosts, resolved from the config into [`Host`]s with a
+//! transport each. The primary region comes first.
+
+use std::path::Path;
+
+use crate::config::{Config, Target};
+use crate::error::Error;
+use crate::host::Host;
+use crate::transport::{LocalTransport, Transport};
+
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub name: String,
+    pub primary: bool,
+    pub count: u32,
+    pub hosts: Vec<Host>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub regions: Vec<Region>,
+}
+
+/// Where the local target keeps its simulated hosts, next to `fly.toml`.
+pub fn local_root(config_dir: &Path) -> std::path::PathBuf {
+    config_dir.join(".ferry").join("local")
+}
+
+impl Fleet {
+    pub fn from_config(config: &Config) -> Result<Self, Error> {
+        let primary = config.primary();
+        let mut regions = Vec::new();
+        for (name, region) in config.regions() {
+            let hosts = match config.ferry.target {
+                Target::Local => {
+                    let root = local_root(&config.dir).join(&name).join("local");
+                    vec![Host {
+                        name: format!("local/{name}"),
+                        region: name.clone(),
+                        transport: Transport::Local(LocalTransport::new(format!("local/{name}"))),
+                        app_dir: root.join(&config.app).display().to_string(),
+                    }]
+                }
+                Target::Ssh => {
+                    return Err(Error::Usage {
+                        message: "`[ferry] target = \"ssh\"` is not available in this build yet".into(),
+                        hint: Some("use the local target (remove `target` from `[ferry]`)".into()),
+                    })
+                }
+            };
+            regions.push(Region { primary: name == primary, name, count: region.count, hosts });
+        }
+        regions.sort_by_key(|r| !r.primary);
+        Ok(Self { regions })
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.regions.iter().flat_map(|r| r.hosts.iter())
+    }
+
+    pub fn primary(&self) -> Option<&Region> {
+        self.regions.first()
+    }
+
+    pub fn region_names(&self) -> Vec<String> {
+        self.regions.iter().map(|r| r.name.clone()).collect()
+    }
+}

@@ -1,0 +1,208 @@
+//! The deploy lock: a `lock/` directory created atomically with `mkdir` on every host
+//! of the operation, holding who took it. It is a lease: the holder touches it every
+//! few seconds, and a lease that is not refreshed for [`STALE_AFTER`], or whose holder
+//! process is gone from this machine, is stale and may be taken over, so a killed
+//! deploy never needs a manual unlock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{scripts, Host, HostError};
+
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    pub user: String,
+    pub machine: String,
+    pub pid: u32,
+    pub command: String,
+    pub since: String,
+    pub token: String,
+}
+
+impl Holder {
+    /// The holder describing this ferry process.
+    pub fn me(command: &str) -> Self {
+        let pid = std::process::id();
+        Self {
+            user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into()),
+            machine: this_machine(),
+            pid,
+            command: command.to_string(),
+            since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            token: format!("{pid}-{}", super::now_ms()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{}@{} (pid {}, `{}`, since {})", self.user, self.machine, self.pid, self.command, self.since)
+    }
+}
+
+/// A lock found on a host: its holder (if readable) and seconds since last refresh.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    pub holder: Option<Holder>,
+    pub age_secs: u64,
+}
+
+impl Held {
+    pub(super) fn parse(age: &str, json: &str) -> Self {
+        Self { holder: serde_json::from_str(json).ok(), age_secs: age.trim().parse().unwrap_or(0) }
+    }
+
+    /// Why this lock may be taken over, or `None` while its holder is live.
+    pub fn stale_reason(&self) -> Option<String> {
+        if self.age_secs >= STALE_AFTER.as_secs() {
+            return Some(format!("its lease was last refreshed {}s ago", self.age_secs));
+        }
+        let holder = self.holder.as_ref()?;
+        if holder.machine == this_machine() && !process_alive(holder.pid) {
+            return Some(format!("process {} on {} is gone", holder.pid, holder.machine));
+        }
+        None
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.holder {
+            Some(h) => h.describe(),
+            None => "an unknown holder".to_string(),
+        }
+    }
+}
+
+pub fn this_machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+pub enum Attempt {
+    Acquired,
+    Held(Held),
+}
+
+impl Host {
+    pub async fn lock_acquire(&self, holder: &Holder) -> Result<Attempt, HostError> {
+        let json = serde_json::to_string(holder).unwrap_or_default();
+        let out = self.run("taking the lock", &self.cmd(scripts::LOCK_ACQUIRE).arg(json)).await?;
+        let text = out.stdout_str();
+        let text = text.trim();
+        if text == "acquired" {
+            return Ok(Attempt::Acquired);
+        }
+        let rest = text.strip_prefix("held ").unwrap_or("0 {}");
+        let (age, json) = rest.split_once(' ').unwrap_or((rest, "{}"));
+        Ok(Attempt::Held(Held::parse(age, json)))
+    }
+
+    /// Replaces a stale lock, only if it is still the one that was judged stale.
+    pub async fn lock_takeover(&self, stale: &Held, holder: &Holder) -> Result<bool, HostError> {
+        let token = stale.holder.as_ref().map(|h| h.token.clone()).unwrap_or_default();
+        let json = serde_json::to_string(holder).unwrap_or_default();
+        let out = self.run("taking over the lock", &self.cmd(scripts::LOCK_TAKEOVER).args([token, json])).await?;
+        Ok(out.stdout_str().trim() == "acquired")
+    }
+
+    pub async fn lock_refresh(&self, token: &str) -> Result<bool, HostError> {
+        let out = self.run("refreshing the lock", &self.cmd(scripts::LOCK_REFRESH).arg(token)).await?;
+        Ok(!out.stdout_str().contains("lost"))
+    }
+
+    /// Removes the lock if `token` holds it; with `None`, removes any lock.
+    pub async fn lock_release(&self, token: Option<&str>) -> Result<(), HostError> {
+        self.run("releasing the lock", &self.cmd(scripts::LOCK_RELEASE).arg(token.unwrap_or(""))).await?;
+        Ok(())
+    }
+}
+
+/// A lock held on a set of hosts, refreshed in the background until released.
+pub struct Guard {
+    hosts: Arc<Vec<Host>>,
+    token: String,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Guard {
+    pub fn new(hosts: Vec<Host>, token: String) -> Self {
+        let hosts = Arc::new(hosts);
+        let refresher = tokio::spawn(refresh_loop(Arc::clone(&hosts), token.clone()));
+        Self { hosts, token, refresher }
+    }
+
+    pub async fn release(self) {
+        self.refresher.abort();
+        for host in self.hosts.iter() {
+            // A lock left behind here is only an inconvenience: it goes stale and the
+            // next operation takes it over with a warning.
+            let _ = host.lock_release(Some(&self.token)).await;
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+async fn refresh_loop(hosts: Arc<Vec<Host>>, token: String) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for host in hosts.iter() {
+            let _ = host.lock_refresh(&token).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_lease_is_stale() {
+        let held = Held { holder: None, age_secs: 31 };
+        assert!(held.stale_reason().unwrap().contains("31s"));
+    }
+
+    #[test]
+    fn live_holder_on_this_machine_is_not_stale() {
+        let held = Held { holder: Some(Holder::me("deploy")), age_secs: 2 };
+        assert!(held.stale_reason().is_none());
+    }
+
+    #[test]
+    fn dead_holder_on_this_machine_is_stale() {
+        let mut holder = Holder::me("deploy");
+        holder.pid = u32::MAX - 1;
+        let held = Held { holder: Some(holder), age_secs: 2 };
+        assert!(held.stale_reason().unwrap().contains("is gone"));
+    }
+
+    #[test]
+    fn holder_on_another_machine_is_trusted_until_the_lease_runs_out() {
+        let mut holder = Holder::me("deploy");
+        holder.machine = "elsewhere.example".into();
+        holder.pid = u32::MAX - 1;
+        let held = Held { holder: Some(holder), age_secs: 29 };
+        assert!(held.stale_reason().is_none());
+    }
+}

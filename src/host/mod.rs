@@ -1,0 +1,286 @@
+//! The on-host layout (DESIGN.md) as operations over a [`Transport`]: observe state,
+//! install a release, start/stop instances, read logs, keep history, hold the lock.
+//! The same functions serve the local target and SSH hosts. This module performs what
+//! it is asked; deciding what to do belongs to `plan`/`deploy`.
+
+pub mod lock;
+mod scripts;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::transport::{quote, Cmd, Output, Transport, TransportError};
+
+/// One machine of the fleet, in one region, holding one app's directory.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub region: String,
+    pub transport: Transport,
+    /// `<root>/<app>` on the machine; may start with `~/`.
+    pub app_dir: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{step} failed on `{host}`: {message}")]
+    Step { host: String, step: &'static str, message: String },
+}
+
+/// An instance as recorded in `instances/<id>/instance.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub region: String,
+    pub host: String,
+    pub version: String,
+    pub port: u16,
+    pub created_at: u64,
+    pub started_at: u64,
+    #[serde(default)]
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceState {
+    #[serde(flatten)]
+    pub record: InstanceRecord,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstalledRelease {
+    pub version: String,
+    pub sha256: String,
+    pub installed_at: u64,
+}
+
+/// Everything ferry reads from a host in one round trip.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostState {
+    pub releases: Vec<InstalledRelease>,
+    pub instances: Vec<InstanceState>,
+    pub lock: Option<lock::Held>,
+    pub current: Option<String>,
+}
+
+impl HostState {
+    pub fn has_release(&self, version: &str) -> bool {
+        self.releases.iter().any(|r| r.version == version)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Host {
+    fn cmd(&self, body: &str) -> Cmd {
+        Cmd::script(&scripts::full(body)).arg(&self.app_dir)
+    }
+
+    async fn run(&self, step: &'static str, cmd: &Cmd) -> Result<Output, HostError> {
+        let out = self.transport.exec(cmd).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(self.step_error(step, &out))
+        }
+    }
+
+    fn step_error(&self, step: &'static str, out: &Output) -> HostError {
+        let stderr = out.stderr_str();
+        let message = if stderr.is_empty() { format!("exited with {}", out.status) } else { stderr };
+        HostError::Step { host: self.name.clone(), step, message }
+    }
+
+    pub async fn observe(&self) -> Result<HostState, HostError> {
+        let out = self.run("reading state", &self.cmd(scripts::OBSERVE)).await?;
+        Ok(parse_observation(&out.stdout_str()))
+    }
+
+    /// Whether `artifacts/<sha>.tar.gz` is already on the host (creating the layout).
+    pub async fn has_artifact(&self, sha256: &str) -> Result<bool, HostError> {
+        let out = self.transport.exec(&self.cmd(scripts::HAS_ARTIFACT).arg(sha256)).await?;
+        Ok(out.success())
+    }
+
+    pub fn artifact_path(&self, sha256: &str) -> String {
+        format!("{}/artifacts/{sha256}.tar.gz", self.app_dir)
+    }
+
+    /// Unpacks the artifact into `releases/<version>` and verifies it against
+    /// `sums` (sha256sum lines). Returns false when it was already installed.
+    pub async fn install_release(&self, sha256: &str, version: &str, sums: &str) -> Result<bool, HostError> {
+        let cmd = self
+            .cmd(scripts::INSTALL_RELEASE)
+            .args([sha256, version, &now_ms().to_string()])
+            .stdin(sums.as_bytes().to_vec());
+        let out = self.run("unpacking the release", &cmd).await?;
+        Ok(out.stdout_str().trim() == "installed")
+    }
+
+    /// Starts an instance of `record.version` and returns its pid.
+    pub async fn start_instance(
+        &self,
+        record: &InstanceRecord,
+        start: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<u32, HostError> {
+        let json = serde_json::to_string(&InstanceRecord { pid: 0, ..record.clone() }).map_err(|e| {
+            HostError::Step { host: self.name.clone(), step: "starting instance", message: e.to_string() }
+        })?;
+        let prefix = json.trim_end_matches('}').trim_end_matches(",\"pid\":0").to_string();
+        let cmd = self
+            .cmd(scripts::START)
+            .args([record.id.as_str(), record.version.as_str(), start, prefix.as_str()])
+            .stdin(env_file(env));
+        let out = self.run("starting instance", &cmd).await?;
+        out.stdout_str().trim().parse().map_err(|_| HostError::Step {
+            host: self.name.clone(),
+            step: "starting instance",
+            message: format!("unexpected output `{}`", out.stdout_str().trim()),
+        })
+    }
+
+    /// Stops an instance gracefully; returns true when it had to be killed.
+    pub async fn stop_instance(&self, id: &str, signal: &str, timeout: Duration) -> Result<bool, HostError> {
+        let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        let sig = signal.trim_start_matches("SIG");
+        let cmd = self.cmd(scripts::STOP).args([id, sig, &secs.to_string()]);
+        let out = self.run("stopping instance", &cmd).await?;
+        Ok(out.stdout_str().contains("killed"))
+    }
+
+    pub async fn remove_instance(&self, id: &str) -> Result<(), HostError> {
+        self.run("removing instance", &self.cmd(scripts::REMOVE_INSTANCE).arg(id)).await?;
+        Ok(())
+    }
+
+    /// Resolves once process `pid` has exited (true), or after `limit` (false).
+    pub async fn wait_exit(&self, pid: u32, limit: Duration) -> Result<bool, HostError> {
+        let ticks = (limit.as_millis() / 50).max(1);
+        let cmd = self.cmd(scripts::WATCH_EXIT).args([pid.to_string(), ticks.to_string()]);
+        let out = self.run("watching instance", &cmd).await?;
+        Ok(out.stdout_str().contains("exited"))
+    }
+
+    pub async fn log_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, HostError> {
+        let out =
+            self.run("reading log", &self.cmd(scripts::LOG_TAIL).args([id.to_string(), lines.to_string()])).await?;
+        Ok(out.stdout_str().lines().map(str::to_string).collect())
+    }
+
+    pub async fn set_current(&self, version: &str) -> Result<(), HostError> {
+        self.run("marking the current release", &self.cmd(scripts::SET_CURRENT).arg(version)).await?;
+        Ok(())
+    }
+
+    pub async fn append_history(&self, line: &str) -> Result<(), HostError> {
+        self.run("recording history", &self.cmd(scripts::APPEND_HISTORY).arg(line)).await?;
+        Ok(())
+    }
+
+    pub async fn read_history(&self) -> Result<String, HostError> {
+        Ok(self.run("reading history", &self.cmd(scripts::READ_HISTORY)).await?.stdout_str())
+    }
+
+    pub async fn remove_release(&self, version: &str) -> Result<(), HostError> {
+        self.run("pruning a release", &self.cmd(scripts::REMOVE_RELEASE).arg(version)).await?;
+        Ok(())
+    }
+
+    /// Runs the release_command from `releases/<version>`, streaming its output.
+    pub async fn run_release_command(
+        &self,
+        version: &str,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        limit: Option<Duration>,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<std::process::ExitStatus, HostError> {
+        let secs = limit.map_or(0, |l| l.as_secs().max(1));
+        let cmd = self.cmd(scripts::RELEASE_COMMAND).args([version, command, &secs.to_string()]).stdin(env_file(env));
+        Ok(self.transport.exec_streaming(&cmd, on_line).await?)
+    }
+
+    pub async fn destroy(&self) -> Result<(), HostError> {
+        self.run("removing the app", &self.cmd(scripts::DESTROY)).await?;
+        Ok(())
+    }
+}
+
+/// The env file an instance sources: `export K='v'` lines, every value quoted.
+/// It travels on stdin, never on a command line, because it carries secrets.
+pub fn env_file(env: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut text = String::new();
+    for (key, value) in env {
+        text.push_str("export ");
+        text.push_str(key);
+        text.push('=');
+        text.push_str(&quote(value));
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+fn parse_observation(text: &str) -> HostState {
+    let mut state = HostState::default();
+    for line in text.lines() {
+        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match tag {
+            "R" => {
+                if let Ok(release) = serde_json::from_str(rest) {
+                    state.releases.push(release);
+                }
+            }
+            "I" => {
+                let (alive, json) = rest.split_once(' ').unwrap_or(("0", rest));
+                if let Ok(record) = serde_json::from_str::<InstanceRecord>(json) {
+                    state.instances.push(InstanceState { alive: alive == "1" && record.pid != 0, record });
+                }
+            }
+            "L" => {
+                let (age, json) = rest.split_once(' ').unwrap_or(("0", "{}"));
+                state.lock = Some(lock::Held::parse(age, json));
+            }
+            "C" => state.current = Some(rest.trim().to_string()),
+            _ => {}
+        }
+    }
+    state.releases.sort_by_key(|r| r.installed_at);
+    state.instances.sort_by(|a, b| (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id)));
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_quotes_values() {
+        let env = BTreeMap::from([("A".to_string(), "it's $(x)".to_string())]);
+        assert_eq!(String::from_utf8(env_file(&env)).unwrap(), "export A='it'\\''s $(x)'\n");
+    }
+
+    #[test]
+    fn observation_is_parsed_and_sorted() {
+        let text = concat!(
+            "R {\"version\":\"v2\",\"sha256\":\"bb\",\"installed_at\":20}\n",
+            "R {\"version\":\"v1\",\"sha256\":\"aa\",\"installed_at\":10}\n",
+            "I 1 {\"id\":\"b\",\"region\":\"syd\",\"host\":\"h\",\"version\":\"v2\",\"port\":1,\"created_at\":2,\"started_at\":2,\"pid\":7}\n",
+            "I 0 {\"id\":\"a\",\"region\":\"syd\",\"host\":\"h\",\"version\":\"v1\",\"port\":2,\"created_at\":1,\"started_at\":1,\"pid\":0}\n",
+            "C v2\n"
+        );
+        let state = parse_observation(text);
+        assert_eq!(state.releases[0].version, "v1");
+        assert_eq!(state.instances[0].record.id, "a");
+        assert!(!state.instances[0].alive);
+        assert!(state.instances[1].alive);
+        assert_eq!(state.current.as_deref(), Some("v2"));
+    }
+}

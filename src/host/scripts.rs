@@ -1,0 +1,223 @@
+//! The on-host scripts. Each is constant text run as `sh -c SCRIPT ferry APP_DIR ARG...`:
+//! user values arrive only as positional parameters, never pasted into the text.
+//! They need a POSIX shell, coreutils, `tar` and `gzip`, which is what the README
+//! asks of a host.
+
+/// Shared head of every script: strict mode, resolve `~/` in the app dir, and a
+/// liveness test that treats zombies as dead (a host's init may not reap them).
+const PRELUDE: &str = r#"set -eu
+app=$1; shift
+case $app in "~/"*) app="$HOME/${app#"~/"}";; "~") app=$HOME;; esac
+alive() {
+  [ -n "$1" ] && [ "$1" != 0 ] && [ -r "/proc/$1/stat" ] || return 1
+  s=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
+}
+pid_of() { sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null; }
+"#;
+
+pub fn full(body: &str) -> String {
+    format!("{PRELUDE}{body}")
+}
+
+/// Prints one line per fact: `R <release json>`, `I <alive> <instance json>`,
+/// `L <age seconds> <holder json>`, `C <current version>`.
+pub const OBSERVE: &str = r#"
+[ -d "$app" ] || exit 0
+for d in "$app"/releases/*/; do
+  [ -f "$d.ferry-release" ] || continue
+  printf 'R %s\n' "$(cat "$d.ferry-release")"
+done
+for d in "$app"/instances/*/; do
+  [ -f "$d/instance.json" ] || continue
+  a=0; if alive "$(pid_of "$d/instance.json")"; then a=1; fi
+  printf 'I %s %s\n' "$a" "$(cat "$d/instance.json")"
+done
+if [ -d "$app/lock" ]; then
+  f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
+  printf 'L %s %s\n' "$(( $(date +%s) - $(stat -c %Y "$f") ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
+fi
+if [ -L "$app/current" ]; then printf 'C %s\n' "$(basename "$(readlink "$app/current")")"; fi
+"#;
+
+/// `$1` sha256: exits 0 when the artifact is already there.
+pub const HAS_ARTIFACT: &str = r#"
+mkdir -p "$app/artifacts" "$app/releases" "$app/instances"
+[ -f "$app/artifacts/$1.tar.gz" ]
+"#;
+
+/// `$1` sha256, `$2` version, `$3` installed-at (ms); stdin: `sha256sum -c` lines.
+/// Unpacks beside the final place, verifies every file, then renames into place, so
+/// `releases/<version>` is either complete and verified or absent.
+pub const INSTALL_RELEASE: &str = r#"
+sha=$1 version=$2 at=$3
+rel="$app/releases/$version"
+if [ -f "$rel/.ferry-release" ]; then
+  if grep -qF "\"sha256\":\"$sha\"" "$rel/.ferry-release"; then echo present; exit 0; fi
+  echo "release $version is already installed with different contents" >&2; exit 5
+fi
+tmp="$app/releases/.tmp-$version-$$"
+rm -rf "$tmp" "$rel"; mkdir -p "$tmp"
+if ! tar -xzf "$app/artifacts/$sha.tar.gz" -C "$tmp" --no-same-owner 2>"$tmp.err"; then
+  cat "$tmp.err" >&2; rm -rf "$tmp" "$tmp.err"; exit 6
+fi
+rm -f "$tmp.err"
+if ! (cd "$tmp" && sha256sum -c --quiet --strict - >&2); then
+  rm -rf "$tmp"; echo "release $version does not match its manifest" >&2; exit 7
+fi
+printf '{"version":"%s","sha256":"%s","installed_at":%s}\n' "$version" "$sha" "$at" > "$tmp/.ferry-release"
+mv "$tmp" "$rel"
+echo installed
+"#;
+
+/// `$1` id, `$2` version, `$3` start command, `$4` instance json without its closing
+/// brace; stdin: the env file. Starts the instance in its own session (so it outlives
+/// ferry and can be signalled as a group) with a clean environment, and prints its pid.
+pub const START: &str = r#"
+id=$1 version=$2 start=$3 json=$4
+inst="$app/instances/$id" rel="$app/releases/$version"
+if [ ! -f "$rel/.ferry-release" ]; then echo "release $version is not installed" >&2; exit 4; fi
+mkdir -p "$inst"
+(umask 077; cat > "$inst/env.tmp"); mv "$inst/env.tmp" "$inst/env"
+printf '== %s starting %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$version" >> "$inst/log"
+cd "$rel"
+env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" \
+  setsid sh -c '. "$1"; exec sh -c "$2"' sh "$inst/env" "$start" >> "$inst/log" 2>&1 < /dev/null &
+pid=$!
+printf '%s,"pid":%s}\n' "$json" "$pid" > "$inst/instance.json.tmp"
+mv "$inst/instance.json.tmp" "$inst/instance.json"
+echo "$pid"
+"#;
+
+/// `$1` id, `$2` signal name, `$3` timeout seconds. Signals the instance's process
+/// group, waits, then SIGKILLs. Prints `killed` when it had to.
+pub const STOP: &str = r#"
+id=$1 sig=$2 timeout=$3
+inst="$app/instances/$id"
+[ -f "$inst/instance.json" ] || exit 0
+pid=$(pid_of "$inst/instance.json")
+if alive "$pid"; then
+  kill -s "$sig" -- "-$pid" 2>/dev/null || kill -s "$sig" "$pid" 2>/dev/null || true
+  n=0; limit=$((timeout * 20))
+  while alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.05; n=$((n + 1)); done
+  if alive "$pid"; then
+    kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "$pid" 2>/dev/null || true
+    echo killed
+    n=0; while alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+  fi
+fi
+sed 's/"pid":[0-9]*/"pid":0/' "$inst/instance.json" > "$inst/instance.json.tmp"
+mv "$inst/instance.json.tmp" "$inst/instance.json"
+"#;
+
+/// `$1` id: removes a stopped instance's directory.
+pub const REMOVE_INSTANCE: &str = r#"
+rm -rf "$app/instances/$1"
+"#;
+
+/// `$1` pid, `$2` limit in 50 ms ticks: returns with `exited` once the process is gone.
+pub const WATCH_EXIT: &str = r#"
+n=0
+while alive "$1"; do
+  sleep 0.05; n=$((n + 1))
+  [ "$n" -lt "$2" ] || exit 0
+done
+echo exited
+"#;
+
+/// `$1` id, `$2` lines.
+pub const LOG_TAIL: &str = r#"
+f="$app/instances/$1/log"
+[ -f "$f" ] && tail -n "$2" "$f" || true
+"#;
+
+/// `$1` version.
+pub const SET_CURRENT: &str = r#"
+ln -sfn "releases/$1" "$app/current.tmp"
+mv -T "$app/current.tmp" "$app/current"
+"#;
+
+/// `$1` one JSON line.
+pub const APPEND_HISTORY: &str = r#"
+mkdir -p "$app"
+printf '%s\n' "$1" >> "$app/history.jsonl"
+"#;
+
+pub const READ_HISTORY: &str = r#"
+[ -f "$app/history.jsonl" ] && cat "$app/history.jsonl" || true
+"#;
+
+/// `$1` version: removes an unpacked release and its artifact.
+pub const REMOVE_RELEASE: &str = r#"
+rel="$app/releases/$1"
+sha=$(sed -n 's/.*"sha256":"\([0-9a-f]*\)".*/\1/p' "$rel/.ferry-release" 2>/dev/null || true)
+rm -rf "$rel"
+if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz"; fi
+"#;
+
+/// `$1` holder json. Prints `acquired`, or `held <age> <holder json>`.
+pub const LOCK_ACQUIRE: &str = r#"
+mkdir -p "$app"
+if mkdir "$app/lock" 2>/dev/null; then
+  printf '%s\n' "$1" > "$app/lock/holder.json"; echo acquired; exit 0
+fi
+f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
+printf 'held %s %s\n' "$(( $(date +%s) - $(stat -c %Y "$f") ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
+"#;
+
+/// `$1` the stale holder's token (may be empty), `$2` new holder json. Replaces the
+/// lock only if it is still the one judged stale.
+pub const LOCK_TAKEOVER: &str = r#"
+f="$app/lock/holder.json"
+if [ ! -f "$f" ] || [ -z "$1" ] || grep -qF "\"token\":\"$1\"" "$f"; then
+  rm -rf "$app/lock.stale.$$"; mv "$app/lock" "$app/lock.stale.$$" 2>/dev/null || true
+  rm -rf "$app/lock.stale.$$"
+fi
+if mkdir "$app/lock" 2>/dev/null; then
+  printf '%s\n' "$2" > "$app/lock/holder.json"; echo acquired
+else
+  echo lost
+fi
+"#;
+
+/// `$1` token: refreshes the lease; prints `lost` when the lock is no longer ours.
+pub const LOCK_REFRESH: &str = r#"
+f="$app/lock/holder.json"
+if [ -f "$f" ] && grep -qF "\"token\":\"$1\"" "$f"; then touch "$f"; else echo lost; fi
+"#;
+
+/// `$1` token, or empty to remove whatever lock is there.
+pub const LOCK_RELEASE: &str = r#"
+f="$app/lock/holder.json"
+if [ -z "$1" ] || { [ -f "$f" ] && grep -qF "\"token\":\"$1\"" "$f"; }; then rm -rf "$app/lock"; fi
+"#;
+
+/// Stops nothing: the caller stops instances first, then this removes the app dir.
+pub const DESTROY: &str = r#"
+rm -rf "$app"
+"#;
+
+/// `$1` version, `$2` command, `$3` time limit in seconds (0: none); stdin: the env
+/// file. Runs the release_command once from the release directory with a scratch
+/// TMPDIR that is removed afterwards, keeping its output in `release_command.log`.
+pub const RELEASE_COMMAND: &str = r#"
+version=$1 cmd=$2 limit=$3
+rel="$app/releases/$version"
+if [ ! -f "$rel/.ferry-release" ]; then echo "release $version is not installed" >&2; exit 4; fi
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/ferry-release-command.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+(umask 077; cat > "$scratch/.env")
+printf '== %s release_command for %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$version" >> "$app/release_command.log"
+cd "$rel"
+run() {
+  if [ "$limit" -gt 0 ]; then
+    env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" TMPDIR="$scratch" \
+      timeout -k 5 "$limit" sh -c '. "$1"; exec sh -c "$2"' sh "$scratch/.env" "$cmd"
+  else
+    env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" TMPDIR="$scratch" \
+      sh -c '. "$1"; exec sh -c "$2"' sh "$scratch/.env" "$cmd"
+  fi
+}
+{ set +e; run < /dev/null; echo $? > "$scratch/.rc"; } 2>&1 | tee -a "$app/release_command.log"
+exit "$(cat "$scratch/.rc")"
+"#;

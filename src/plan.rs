@@ -1,0 +1,300 @@
+//! Planning a rollout: desired state (a version, a count per region) against observed
+//! state (instances on each host) gives a [`Plan`] of steps in batches. Pure: no I/O,
+//! so `--dry-run` prints exactly what would run and tests check plans directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::config::{MaxUnavailable, Strategy};
+use crate::host::{HostState, InstanceRecord};
+
+/// What a region looks like to the planner.
+#[derive(Debug, Clone)]
+pub struct RegionSpec {
+    pub name: String,
+    pub primary: bool,
+    pub count: u32,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Already on the target version and healthy.
+    Keep,
+    /// Stop the old process, start the target version in its place.
+    Replace,
+    /// A new instance.
+    Create,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub action: Action,
+    pub region: String,
+    pub host: String,
+    pub id: String,
+    /// The instance as it was (for `Replace`): what a revert goes back to.
+    pub previous: Option<InstanceRecord>,
+    pub was_alive: bool,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionPlan {
+    pub region: String,
+    pub primary: bool,
+    pub batches: Vec<Vec<Step>>,
+    pub unchanged: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub version: String,
+    pub regions: Vec<RegionPlan>,
+}
+
+impl Plan {
+    pub fn is_noop(&self) -> bool {
+        self.regions.iter().all(|r| r.batches.is_empty())
+    }
+
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.regions.iter().flat_map(|r| r.unchanged.iter().chain(r.batches.iter().flatten()))
+    }
+}
+
+pub struct Inputs<'a> {
+    pub regions: &'a [RegionSpec],
+    pub observed: &'a BTreeMap<String, HostState>,
+    /// Instances on the target version that answered their checks while observing.
+    pub healthy: &'a BTreeSet<String>,
+    pub version: &'a str,
+    pub strategy: Strategy,
+    pub max_unavailable: MaxUnavailable,
+}
+
+/// Plans a rollout of `version`: every existing instance that is not already healthy
+/// on it is replaced, and each region is filled up to its count.
+pub fn rollout(inputs: &Inputs<'_>, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let regions = inputs.regions.iter().map(|region| plan_region(inputs, region, new_id)).collect();
+    Plan { version: inputs.version.to_string(), regions }
+}
+
+fn plan_region(inputs: &Inputs<'_>, region: &RegionSpec, new_id: &mut dyn FnMut() -> String) -> RegionPlan {
+    let mut unchanged = Vec::new();
+    let mut changes = Vec::new();
+    let mut per_host: BTreeMap<&str, usize> = region.hosts.iter().map(|h| (h.as_str(), 0)).collect();
+    let mut existing = 0usize;
+    for host in &region.hosts {
+        let Some(state) = inputs.observed.get(host) else { continue };
+        for instance in state.instances.iter().filter(|i| i.record.region == region.name) {
+            existing += 1;
+            *per_host.entry(host.as_str()).or_default() += 1;
+            let keep = instance.alive
+                && instance.record.version == inputs.version
+                && inputs.healthy.contains(&instance.record.id);
+            let step = Step {
+                action: if keep { Action::Keep } else { Action::Replace },
+                region: region.name.clone(),
+                host: host.clone(),
+                id: instance.record.id.clone(),
+                previous: Some(instance.record.clone()),
+                was_alive: instance.alive,
+                to: inputs.version.to_string(),
+            };
+            if keep {
+                unchanged.push(step);
+            } else {
+                changes.push(step);
+            }
+        }
+    }
+    // Dead instances go first: replacing them restores capacity instead of taking it.
+    changes.sort_by_key(|s| s.was_alive);
+    let mut creates = Vec::new();
+    for _ in existing..region.count as usize {
+        let Some(host) = place(&per_host) else { break };
+        *per_host.entry(host).or_default() += 1;
+        creates.push(Step {
+            action: Action::Create,
+            region: region.name.clone(),
+            host: host.to_string(),
+            id: new_id(),
+            previous: None,
+            was_alive: false,
+            to: inputs.version.to_string(),
+        });
+    }
+    let batches = batch(changes, creates, inputs.strategy, inputs.max_unavailable);
+    RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged }
+}
+
+/// The host with the fewest instances (ties: first in config order).
+fn place<'a>(per_host: &BTreeMap<&'a str, usize>) -> Option<&'a str> {
+    per_host.iter().min_by_key(|(_, n)| **n).map(|(h, _)| *h)
+}
+
+/// Orders the changes into batches. New instances take nothing down, so they all go
+/// in one batch first (they add capacity before anything is stopped); replacements
+/// follow `max_unavailable` at a time, after a single canary when asked.
+fn batch(
+    changes: Vec<Step>,
+    creates: Vec<Step>,
+    strategy: Strategy,
+    max_unavailable: MaxUnavailable,
+) -> Vec<Vec<Step>> {
+    let mut batches = Vec::new();
+    if !creates.is_empty() {
+        batches.push(creates);
+    }
+    let mut rest = changes.into_iter().peekable();
+    if strategy == Strategy::Canary && rest.peek().is_some() {
+        batches.push(rest.next().into_iter().collect());
+    }
+    let rest: Vec<Step> = rest.collect();
+    if rest.is_empty() {
+        return batches;
+    }
+    let size = match strategy {
+        Strategy::Immediate => rest.len(),
+        _ => max_unavailable.per_batch(rest.len()),
+    };
+    let mut rest = rest.into_iter();
+    loop {
+        let chunk: Vec<Step> = rest.by_ref().take(size.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        batches.push(chunk);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::InstanceState;
+
+    fn instance(id: &str, region: &str, version: &str, alive: bool, created_at: u64) -> InstanceState {
+        InstanceState {
+            record: InstanceRecord {
+                id: id.into(),
+                region: region.into(),
+                host: "h1".into(),
+                version: version.into(),
+                port: 1000,
+                created_at,
+                started_at: created_at,
+                pid: u32::from(alive),
+            },
+            alive,
+        }
+    }
+
+    fn spec(name: &str, primary: bool, count: u32) -> RegionSpec {
+        RegionSpec { name: name.into(), primary, count, hosts: vec![format!("{name}-h1"), format!("{name}-h2")] }
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("new{n}")
+        }
+    }
+
+    fn plan_with(
+        observed: &BTreeMap<String, HostState>,
+        healthy: &[&str],
+        strategy: Strategy,
+        max: MaxUnavailable,
+        count: u32,
+    ) -> Plan {
+        let regions = vec![spec("syd", true, count)];
+        let healthy: BTreeSet<String> = healthy.iter().map(|s| (*s).to_string()).collect();
+        let inputs =
+            Inputs { regions: &regions, observed, healthy: &healthy, version: "v2", strategy, max_unavailable: max };
+        rollout(&inputs, &mut ids())
+    }
+
+    fn two_on_v1() -> BTreeMap<String, HostState> {
+        BTreeMap::from([
+            (
+                "syd-h1".to_string(),
+                HostState { instances: vec![instance("a", "syd", "v1", true, 1)], ..HostState::default() },
+            ),
+            (
+                "syd-h2".to_string(),
+                HostState { instances: vec![instance("b", "syd", "v1", true, 2)], ..HostState::default() },
+            ),
+        ])
+    }
+
+    #[test]
+    fn first_deploy_creates_instances_spread_over_hosts() {
+        let plan = plan_with(&BTreeMap::new(), &[], Strategy::Rolling, MaxUnavailable::Count(1), 3);
+        let hosts: Vec<&str> = plan.steps().map(|s| s.host.as_str()).collect();
+        assert_eq!(hosts, ["syd-h1", "syd-h2", "syd-h1"]);
+        assert_eq!(plan.regions[0].batches.len(), 1);
+    }
+
+    #[test]
+    fn rolling_replaces_one_at_a_time() {
+        let plan = plan_with(&two_on_v1(), &[], Strategy::Rolling, MaxUnavailable::Count(1), 2);
+        let batches: Vec<usize> = plan.regions[0].batches.iter().map(Vec::len).collect();
+        assert_eq!(batches, [1, 1]);
+        assert!(plan.steps().all(|s| s.action == Action::Replace));
+    }
+
+    #[test]
+    fn immediate_replaces_all_at_once() {
+        let plan = plan_with(&two_on_v1(), &[], Strategy::Immediate, MaxUnavailable::Count(1), 2);
+        assert_eq!(plan.regions[0].batches.len(), 1);
+    }
+
+    #[test]
+    fn canary_goes_first_alone() {
+        let mut observed = two_on_v1();
+        observed.get_mut("syd-h1").unwrap().instances.push(instance("c", "syd", "v1", true, 3));
+        let plan = plan_with(&observed, &[], Strategy::Canary, MaxUnavailable::Count(2), 3);
+        let batches: Vec<usize> = plan.regions[0].batches.iter().map(Vec::len).collect();
+        assert_eq!(batches, [1, 2]);
+    }
+
+    #[test]
+    fn fraction_sets_batch_size() {
+        let plan = plan_with(&two_on_v1(), &[], Strategy::Rolling, MaxUnavailable::Fraction(0.5), 2);
+        assert_eq!(plan.regions[0].batches.len(), 2);
+    }
+
+    #[test]
+    fn healthy_instances_on_target_are_kept() {
+        let mut observed = two_on_v1();
+        observed.get_mut("syd-h1").unwrap().instances[0].record.version = "v2".into();
+        let plan = plan_with(&observed, &["a"], Strategy::Rolling, MaxUnavailable::Count(1), 2);
+        assert_eq!(plan.regions[0].unchanged.len(), 1);
+        assert_eq!(plan.steps().filter(|s| s.action == Action::Replace).count(), 1);
+    }
+
+    #[test]
+    fn converged_plan_is_noop() {
+        let mut observed = two_on_v1();
+        for state in observed.values_mut() {
+            state.instances[0].record.version = "v2".into();
+        }
+        let plan = plan_with(&observed, &["a", "b"], Strategy::Rolling, MaxUnavailable::Count(1), 2);
+        assert!(plan.is_noop());
+    }
+
+    #[test]
+    fn dead_instance_on_target_is_replaced_first() {
+        let mut observed = two_on_v1();
+        let dead = &mut observed.get_mut("syd-h2").unwrap().instances[0];
+        dead.record.version = "v2".into();
+        dead.alive = false;
+        let plan = plan_with(&observed, &[], Strategy::Rolling, MaxUnavailable::Count(1), 2);
+        assert_eq!(plan.regions[0].batches[0][0].id, "b");
+    }
+}

@@ -1,0 +1,267 @@
+//! Inspection of a release archive handed to ferry (`--release FILE`) before anything is
+//! uploaded: one streaming pass that hashes the whole file and proves it is a ferry
+//! release that is safe to unpack — plain relative paths, only files, directories and
+//! symlinks that stay inside, nothing after the end — and that matches its manifest. It
+//! must not unpack to disk or hold entry contents in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use tar::EntryType;
+
+use super::digest::Hashing;
+use super::manifest::{EntryKind, Manifest, ManifestEntry, MANIFEST_NAME};
+use super::paths::{check_entry_path, check_name, check_symlink_target};
+use super::{validate_version, ReleaseError};
+
+/// A manifest larger than this is refused rather than parsed (about a million entries).
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// A release archive that passed inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// Lowercase hex sha256 of the `tar.gz` file.
+    pub sha256: String,
+    /// Size of the `tar.gz` file in bytes.
+    pub size: u64,
+    pub manifest: Manifest,
+}
+
+/// Streams through the archive once, without unpacking it, checking every entry.
+///
+/// # Errors
+///
+/// `TarballNotFound`; `CorruptArchive` when it is not a readable `tar.gz`;
+/// `NotARelease` when the manifest is missing or unreadable or data follows the end;
+/// `UnsafeEntry` for an entry that could write outside the release or is not a file,
+/// directory or symlink; `ManifestMismatch` when the entries differ from the manifest.
+pub fn inspect(tarball: &Path) -> Result<Inspected, ReleaseError> {
+    let file = File::open(tarball).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ReleaseError::TarballNotFound { tarball: tarball.to_owned() }
+        } else {
+            ReleaseError::Io { action: "open", path: tarball.to_owned(), source }
+        }
+    })?;
+    // The gzip decoder reads from the buffer without consuming past its stream, so what
+    // is left in `raw` afterwards is trailing data.
+    let mut raw = BufReader::new(Hashing::new(file));
+    let manifest = {
+        let mut gz = flate2::bufread::GzDecoder::new(&mut raw);
+        let manifest = check_entries(tarball, &mut gz)?;
+        check_end_of_archive(tarball, &mut gz)?;
+        manifest
+    };
+    let trailing = io::copy(&mut raw, &mut io::sink()).map_err(ReleaseError::io("read", tarball))?;
+    if trailing > 0 {
+        // A second gzip member would be unpacked by `tar -xzf` without having been checked.
+        return Err(not_a_release(tarball, "it has data after the end of its compressed stream"));
+    }
+    let (_, sha256, size) = raw.into_inner().finish();
+    Ok(Inspected { sha256, size, manifest })
+}
+
+fn corrupt(tarball: &Path) -> impl Fn(io::Error) -> ReleaseError + '_ {
+    move |source| ReleaseError::CorruptArchive { tarball: tarball.to_owned(), source }
+}
+
+fn not_a_release(tarball: &Path, reason: impl Into<String>) -> ReleaseError {
+    ReleaseError::NotARelease { tarball: tarball.to_owned(), reason: reason.into() }
+}
+
+fn check_entries(tarball: &Path, reader: impl Read) -> Result<Manifest, ReleaseError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries().map_err(corrupt(tarball))?;
+    let first = entries.next().ok_or_else(|| not_a_release(tarball, "it has no entries"))?;
+    let manifest = read_manifest(tarball, first.map_err(corrupt(tarball))?)?;
+    let mut checker = Checker::new(tarball, &manifest)?;
+    for entry in entries {
+        checker.check(entry.map_err(corrupt(tarball))?)?;
+    }
+    checker.finish()?;
+    Ok(manifest)
+}
+
+fn read_manifest<R: Read>(tarball: &Path, mut entry: tar::Entry<'_, R>) -> Result<Manifest, ReleaseError> {
+    let is_manifest = entry.path_bytes().as_ref() == MANIFEST_NAME.as_bytes()
+        && entry.header().entry_type() == EntryType::Regular
+        && entry.pax_extensions().map_err(corrupt(tarball))?.is_none();
+    if !is_manifest {
+        let first = String::from_utf8_lossy(&entry.path_bytes()).escape_debug().to_string();
+        return Err(not_a_release(tarball, format!("its first entry is `{first}`, not a `{MANIFEST_NAME}` file")));
+    }
+    if entry.size() > MAX_MANIFEST_BYTES {
+        return Err(not_a_release(tarball, format!("its manifest is larger than {} MiB", MAX_MANIFEST_BYTES >> 20)));
+    }
+    let manifest: Manifest = serde_json::from_reader(&mut entry).map_err(|e| {
+        if e.is_io() {
+            // Reading failed underneath the parser: the archive is broken, not the manifest.
+            corrupt(tarball)(io::Error::from(e))
+        } else {
+            not_a_release(tarball, format!("its manifest cannot be read: {e}"))
+        }
+    })?;
+    if validate_version(&manifest.version).is_err() {
+        let version = manifest.version.escape_debug();
+        return Err(not_a_release(tarball, format!("its manifest has an invalid version `{version}`")));
+    }
+    Ok(manifest)
+}
+
+/// After the last entry only zero blocks may follow, up to a valid end of the gzip stream.
+fn check_end_of_archive(tarball: &Path, mut rest: impl Read) -> Result<(), ReleaseError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = rest.read(&mut buf).map_err(corrupt(tarball))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(not_a_release(tarball, "it has data after its end-of-archive marker"));
+        }
+    }
+}
+
+/// Checks the entries after the manifest, one at a time, against the safety rules and
+/// the manifest.
+struct Checker<'a> {
+    tarball: &'a Path,
+    /// Manifest entries not yet seen in the archive.
+    listed: BTreeMap<&'a str, &'a ManifestEntry>,
+    seen: BTreeSet<String>,
+    dirs: BTreeSet<String>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(tarball: &'a Path, manifest: &'a Manifest) -> Result<Self, ReleaseError> {
+        let mut listed = BTreeMap::new();
+        for entry in &manifest.files {
+            if listed.insert(entry.path.as_str(), entry).is_some() {
+                return Err(Self::mismatch(tarball, &entry.path, "is listed twice in the manifest".into()));
+            }
+        }
+        let seen = BTreeSet::from([MANIFEST_NAME.to_owned()]);
+        Ok(Checker { tarball, listed, seen, dirs: BTreeSet::new() })
+    }
+
+    fn mismatch(tarball: &Path, entry: &str, detail: String) -> ReleaseError {
+        ReleaseError::ManifestMismatch { tarball: tarball.to_owned(), entry: entry.to_owned(), detail }
+    }
+
+    fn check<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ReleaseError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let tarball = self.tarball;
+        let unsafe_entry = |reason: &str| ReleaseError::UnsafeEntry {
+            tarball: tarball.to_owned(),
+            entry: String::from_utf8_lossy(&raw_path).into_owned(),
+            reason: reason.to_owned(),
+        };
+
+        let kind = match entry.header().entry_type() {
+            EntryType::Regular => EntryKind::File,
+            EntryType::Directory => EntryKind::Dir,
+            EntryType::Symlink => EntryKind::Symlink,
+            EntryType::Link => return Err(unsafe_entry("hard links are not allowed")),
+            other => return Err(unsafe_entry(&format!("entries of type {other:?} are not allowed"))),
+        };
+        if entry.pax_extensions().map_err(corrupt(tarball))?.is_some() {
+            return Err(unsafe_entry("pax extended headers are not allowed"));
+        }
+        let path = std::str::from_utf8(&raw_path).map_err(|_| unsafe_entry("its path is not UTF-8"))?;
+        let path = if kind == EntryKind::Dir { path.strip_suffix('/').unwrap_or(path) } else { path };
+        check_entry_path(path).map_err(unsafe_entry)?;
+        if !self.seen.insert(path.to_owned()) {
+            return Err(unsafe_entry("it appears more than once"));
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            if !self.dirs.contains(parent) {
+                return Err(unsafe_entry(&format!("its parent `{parent}` is not a directory earlier in the archive")));
+            }
+        }
+        let mode = entry.header().mode().map_err(corrupt(tarball))?;
+        if mode & !0o777 != 0 {
+            return Err(unsafe_entry(&format!("its mode {mode:o} has setuid, setgid or sticky bits")));
+        }
+        let size = entry.size();
+        if kind != EntryKind::File && size != 0 {
+            return Err(unsafe_entry("a directory or symlink must not carry data"));
+        }
+        let target = match kind {
+            EntryKind::Symlink => Some(symlink_target(path, &entry).map_err(|reason| unsafe_entry(&reason))?),
+            _ => None,
+        };
+        let sha256 = match kind {
+            EntryKind::File => Some(hash_contents(tarball, &mut entry)?),
+            _ => None,
+        };
+        if kind == EntryKind::Dir {
+            self.dirs.insert(path.to_owned());
+        }
+        let actual = ManifestEntry { path: path.to_owned(), kind, size, sha256, mode, target };
+        self.compare(&actual)
+    }
+
+    fn compare(&mut self, actual: &ManifestEntry) -> Result<(), ReleaseError> {
+        let Some(listed) = self.listed.remove(actual.path.as_str()) else {
+            return Err(Self::mismatch(self.tarball, &actual.path, "is not listed in the manifest".into()));
+        };
+        if listed == actual {
+            Ok(())
+        } else {
+            Err(Self::mismatch(self.tarball, &actual.path, difference(actual, listed)))
+        }
+    }
+
+    fn finish(self) -> Result<(), ReleaseError> {
+        match self.listed.first_key_value() {
+            Some((path, _)) => {
+                Err(Self::mismatch(self.tarball, path, "is listed in the manifest but missing from the archive".into()))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn symlink_target<R: Read>(path: &str, entry: &tar::Entry<'_, R>) -> Result<String, String> {
+    let raw = entry.link_name_bytes().ok_or("it is a symlink without a target")?;
+    let target = std::str::from_utf8(&raw).map_err(|_| "its target is not UTF-8")?;
+    check_name(target).map_err(|reason| format!("its target: {reason}"))?;
+    check_symlink_target(path, target).map_err(|reason| format!("{reason} (`{target}`)"))?;
+    Ok(target.to_owned())
+}
+
+fn hash_contents<R: Read>(tarball: &Path, entry: &mut tar::Entry<'_, R>) -> Result<String, ReleaseError> {
+    let size = entry.size();
+    let mut contents = Hashing::new(entry);
+    io::copy(&mut contents, &mut io::sink()).map_err(corrupt(tarball))?;
+    let (_, sha256, read) = contents.finish();
+    if read == size {
+        Ok(sha256)
+    } else {
+        Err(corrupt(tarball)(io::Error::new(io::ErrorKind::UnexpectedEof, "an entry's contents are cut short")))
+    }
+}
+
+/// Says how an archive entry differs from its manifest entry (which are not equal).
+fn difference(actual: &ManifestEntry, listed: &ManifestEntry) -> String {
+    let show = |value: Option<&str>| value.map_or_else(|| "none".to_owned(), |v| format!("`{}`", v.escape_debug()));
+    if actual.kind != listed.kind {
+        format!("is a {} in the archive but a {} in the manifest", actual.kind, listed.kind)
+    } else if actual.size != listed.size {
+        format!("has {} bytes but the manifest says {}", actual.size, listed.size)
+    } else if actual.sha256 != listed.sha256 {
+        let (actual, listed) = (show(actual.sha256.as_deref()), show(listed.sha256.as_deref()));
+        format!("has sha256 {actual} but the manifest says {listed}")
+    } else if actual.mode != listed.mode {
+        format!("has mode {:o} but the manifest says {:o}", actual.mode, listed.mode)
+    } else {
+        let (actual, listed) = (show(actual.target.as_deref()), show(listed.target.as_deref()));
+        format!("points to {actual} but the manifest says {listed}")
+    }
+}
+
+#[cfg(test)]
+#[path = "inspect_tests.rs"]
+mod tests;

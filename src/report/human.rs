@@ -1,0 +1,162 @@
+//! Human output on stderr. On a terminal each region gets a spinner showing what it is
+//! doing; finished steps print as lines above them. Without a terminal, plain lines.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{Event, Outcome, Reporter};
+
+pub struct Human {
+    multi: Option<MultiProgress>,
+    bars: Mutex<BTreeMap<String, ProgressBar>>,
+}
+
+impl Human {
+    pub fn new() -> Self {
+        let multi =
+            std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Self { multi, bars: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn activity(&self, region: &str, message: String) {
+        let Some(multi) = &self.multi else { return };
+        let Ok(mut bars) = self.bars.lock() else { return };
+        let bar = bars.entry(region.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:>6} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(region.to_string());
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        bar.set_message(message);
+    }
+
+    fn region_done(&self, region: &str) {
+        if let Ok(mut bars) = self.bars.lock() {
+            if let Some(bar) = bars.remove(region) {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl Default for Human {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", Duration::from_millis(ms).as_secs_f64())
+}
+
+impl Reporter for Human {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::DeployStarted { kind, app, version, previous, strategy, regions } => {
+                let from = previous.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default();
+                self.line(&format!("==> {kind} {app} {version}{from}: {strategy}, regions {}", regions.join(", ")));
+            }
+            Event::Plan { region, instance, host, action, from, to } => {
+                let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
+                self.line(&format!("  {region:>6}  {instance}  on {host}: {action} {from}{to}"));
+            }
+            Event::Warning { message } => self.line(&format!("warning: {message}")),
+            Event::LockTakenOver { host, previous_holder, reason } => {
+                self.line(&format!("warning: took over a stale lock on `{host}` held by {previous_holder}: {reason}"));
+            }
+            Event::Built { path, sha256, size, version } => {
+                self.line(&format!(
+                    "built {version}: {path} ({size} bytes, sha256 {})",
+                    &sha256[..sha256.len().min(12)]
+                ));
+            }
+            Event::Upload { host, bytes_sent, skipped } => {
+                if *skipped {
+                    self.line(&format!("  upload  {host}: already there, skipped"));
+                } else {
+                    self.line(&format!("  upload  {host}: {bytes_sent} bytes"));
+                }
+            }
+            Event::ReleaseInstalled { .. } | Event::RegionStarted { .. } => {}
+            Event::ReleaseCommandStarted { host, command } => {
+                self.line(&format!("==> release_command on {host}: {command}"));
+            }
+            Event::ReleaseCommandOutput { line } => self.line(&format!("  release_command | {line}")),
+            Event::ReleaseCommandFinished { success, exit_code, duration_ms, .. } => {
+                let status = if *success {
+                    "succeeded".to_string()
+                } else {
+                    format!("failed (exit {})", exit_code.map_or("signal".into(), |c| c.to_string()))
+                };
+                self.line(&format!("  release_command {status} in {}", secs(*duration_ms)));
+            }
+            Event::InstanceUpdating { region, instance, from, to, .. } => {
+                let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
+                self.activity(region, format!("{instance} {from}{to} starting"));
+            }
+            Event::InstanceUnchanged { region, instance, version, .. } => {
+                self.line(&format!("  {region:>6}  {instance}  already {version}, healthy"));
+            }
+            Event::InstanceHealthy { region, host, instance, version, port, elapsed_ms } => {
+                self.line(&format!(
+                    "  {region:>6}  {instance}  {version} healthy in {} ({host}, port {port})",
+                    secs(*elapsed_ms)
+                ));
+            }
+            Event::InstanceFailed { region, host, instance, version, reason, log } => {
+                self.line(&format!("  {region:>6}  {instance}  {version} FAILED on {host}: {reason}"));
+                if !log.is_empty() {
+                    self.line(&format!("          last {} log lines of {instance}:", log.len()));
+                    for line in log {
+                        self.line(&format!("          | {line}"));
+                    }
+                }
+            }
+            Event::InstanceReverted { region, instance, version, .. } => match version {
+                Some(v) => self.line(&format!("  {region:>6}  {instance}  reverted to {v}, healthy")),
+                None => self.line(&format!("  {region:>6}  {instance}  removed (it was new)")),
+            },
+            Event::InstanceRevertFailed { region, instance, reason, .. } => {
+                self.line(&format!("  {region:>6}  {instance}  could NOT be reverted: {reason}"));
+            }
+            Event::InstanceStopped { region, instance, host } => {
+                self.line(&format!("  {region:>6}  {instance}  stopped on {host}"));
+            }
+            Event::RegionFinished { region, .. } => self.region_done(region),
+            Event::Pruned { host, version } => self.line(&format!("  pruned {version} on {host}")),
+            Event::Finished { outcome, message, duration_ms, .. } => {
+                let word = match outcome {
+                    Outcome::Succeeded => "done",
+                    Outcome::Reverted => "reverted",
+                    Outcome::Failed => "FAILED",
+                };
+                self.line(&format!("==> {word} in {}: {message}", secs(*duration_ms)));
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut bars) = self.bars.lock() {
+            for (_, bar) in std::mem::take(&mut *bars) {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}

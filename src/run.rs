@@ -1,0 +1,65 @@
+//! Runs one parsed [`Invocation`]: loads the config, picks the reporter, dispatches to
+//! the command. Returns the error for `main` to print and map to an exit code.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::cli::{Command, Invocation, OutputMode};
+use crate::commands::{self, Ctx};
+use crate::error::Error;
+use crate::report::{Event, Human, Json, Quiet, Reporter};
+
+pub fn reporter(output: OutputMode) -> Arc<dyn Reporter> {
+    match output {
+        OutputMode::Human => Arc::new(Human::new()),
+        OutputMode::Json => Arc::new(Json::new()),
+        OutputMode::Quiet => Arc::new(Quiet),
+    }
+}
+
+pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<(), Error> {
+    let loaded = crate::config::load(&invocation.config)?;
+    let ctx = Ctx {
+        config: Arc::new(loaded.config),
+        config_path: invocation.config.clone(),
+        reporter,
+        json: invocation.output == OutputMode::Json,
+    };
+    if matches!(invocation.command, Command::ConfigValidate) {
+        commands::config::validate(&ctx, &loaded.warnings);
+        return Ok(());
+    }
+    for warning in &loaded.warnings {
+        ctx.event(Event::Warning { message: format!("{}:{warning}", invocation.config.display()) });
+    }
+    match invocation.command {
+        Command::ReleaseBuild { version, output } => commands::build::run(&ctx, version, output).await,
+        Command::Deploy(opts) => commands::deploy::deploy(&ctx, opts).await,
+        Command::Rollback(opts) => commands::deploy::rollback(&ctx, opts).await,
+        Command::Status => commands::inspect::status(&ctx).await,
+        Command::Releases => commands::inspect::releases(&ctx).await,
+        Command::Logs { region, instance, lines } => commands::inspect::logs(&ctx, region, instance, lines).await,
+        Command::LockStatus => commands::lock::status(&ctx).await,
+        Command::LockRelease => commands::lock::release(&ctx).await,
+        Command::Destroy { yes } => commands::destroy::run(&ctx, yes).await,
+        Command::ConfigValidate => Ok(()),
+        Command::ConfigShow => commands::config::show(&ctx),
+    }
+}
+
+/// The error as the user sees it: the message, each cause, then a hint.
+pub fn render_error(error: &Error) -> String {
+    let mut text = format!("error: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            let _ = write!(text, "\n  caused by: {line}");
+        }
+        source = cause.source();
+    }
+    if let Some(hint) = error.hint() {
+        let _ = write!(text, "\n  hint: {hint}");
+    }
+    text
+}

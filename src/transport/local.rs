@@ -1,0 +1,104 @@
+//! The local transport: the "host" is this machine and commands are child processes.
+//! Arguments go straight to `execve`, so no quoting is involved at all.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::{Cmd, Output, TransportError};
+
+#[derive(Debug, Clone)]
+pub struct LocalTransport {
+    name: String,
+}
+
+impl LocalTransport {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.name
+    }
+
+    fn command(cmd: &Cmd) -> Command {
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .kill_on_drop(true);
+        command
+    }
+
+    fn spawn_error(&self, cmd: &Cmd, source: std::io::Error) -> TransportError {
+        TransportError::Spawn { host: self.name.clone(), program: cmd.program.clone(), source }
+    }
+
+    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
+        let mut child = Self::command(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(cmd, e))?;
+        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
+            stdin.write_all(data).await.map_err(|e| self.spawn_error(cmd, e))?;
+        }
+        let out = child.wait_with_output().await.map_err(|e| self.spawn_error(cmd, e))?;
+        Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
+    }
+
+    pub async fn exec_streaming(
+        &self,
+        cmd: &Cmd,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<ExitStatus, TransportError> {
+        let mut child = Self::command(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(cmd, e))?;
+        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
+            stdin.write_all(data).await.map_err(|e| self.spawn_error(cmd, e))?;
+        }
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            unreachable!("both pipes were requested above")
+        };
+        let mut out_lines = BufReader::new(stdout).lines();
+        let mut err_lines = BufReader::new(stderr).lines();
+        let (mut out_done, mut err_done) = (false, false);
+        while !(out_done && err_done) {
+            tokio::select! {
+                line = out_lines.next_line(), if !out_done => match line {
+                    Ok(Some(line)) => on_line(&line),
+                    _ => out_done = true,
+                },
+                line = err_lines.next_line(), if !err_done => match line {
+                    Ok(Some(line)) => on_line(&line),
+                    _ => err_done = true,
+                },
+            }
+        }
+        child.wait().await.map_err(|e| self.spawn_error(cmd, e))
+    }
+
+    pub async fn upload(
+        &self,
+        src: &Path,
+        dest: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, TransportError> {
+        let err = |source| TransportError::Upload {
+            host: self.name.clone(),
+            from: src.display().to_string(),
+            to: dest.to_string(),
+            source,
+        };
+        let tmp = format!("{dest}.part");
+        let bytes = tokio::fs::copy(src, &tmp).await.map_err(err)?;
+        tokio::fs::rename(&tmp, dest).await.map_err(err)?;
+        progress(bytes);
+        Ok(bytes)
+    }
+}

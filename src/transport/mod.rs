@@ -1,0 +1,194 @@
+//! Transports: the few primitives ferry needs from a machine — run a program with
+//! arguments (optionally feeding stdin, optionally streaming output lines), upload a
+//! file, and reach a TCP port there. `local` runs on this machine; an SSH transport is
+//! the second implementation of the same primitives.
+//!
+//! This module owns argument quoting: a remote command is always a program plus an
+//! argument vector, and [`Cmd::to_shell`] is the one place that turns it into a shell
+//! string. It knows nothing about deploys, releases or the on-host layout.
+
+mod local;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitStatus;
+
+pub use local::LocalTransport;
+
+/// A program and its arguments, never a shell string. Values that come from users
+/// (versions, env values, paths) travel as separate arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>) -> Self {
+        Self { program: program.into(), args: Vec::new(), stdin: None }
+    }
+
+    /// `sh -c SCRIPT ferry ARG...`: the script is ferry's own constant text and reads the
+    /// user's values only as positional parameters, so nothing user-controlled is parsed
+    /// by the shell.
+    pub fn script(script: &str) -> Self {
+        Self::new("sh").arg("-c").arg(script).arg("ferry")
+    }
+
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    #[must_use]
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    #[must_use]
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(data.into());
+        self
+    }
+
+    /// The command as one POSIX shell word list, every word quoted. Used where a
+    /// transport can only pass a string (SSH hands the remote shell a single line).
+    pub fn to_shell(&self) -> String {
+        std::iter::once(&self.program).chain(&self.args).map(|word| quote(word)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Quote one word for a POSIX shell so it arrives literally.
+pub fn quote(word: &str) -> String {
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b)) {
+        return word.to_string();
+    }
+    // Single quotes keep everything literal; an embedded single quote closes the
+    // quoted run, adds an escaped quote, and reopens it.
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("failed to run `{program}` on `{host}`")]
+    Spawn { host: String, program: String, source: std::io::Error },
+    #[error("failed to copy `{from}` to `{host}:{to}`")]
+    Upload { host: String, from: String, to: String, source: std::io::Error },
+    #[error("lost connection to `{host}`: {message}")]
+    Connection { host: String, message: String },
+}
+
+/// Which machine a transport reaches. Chosen at runtime from `[ferry] target`.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Local(LocalTransport),
+}
+
+impl Transport {
+    pub fn host(&self) -> &str {
+        match self {
+            Transport::Local(t) => t.host(),
+        }
+    }
+
+    /// Run to completion, capturing output.
+    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
+        match self {
+            Transport::Local(t) => t.exec(cmd).await,
+        }
+    }
+
+    /// Run to completion, handing each output line (stdout and stderr) to `on_line`
+    /// as it arrives. Returns the exit status.
+    pub async fn exec_streaming(
+        &self,
+        cmd: &Cmd,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<ExitStatus, TransportError> {
+        match self {
+            Transport::Local(t) => t.exec_streaming(cmd, on_line).await,
+        }
+    }
+
+    /// Copy a local file to `dest` on the machine, calling `progress` with bytes sent.
+    pub async fn upload(
+        &self,
+        src: &Path,
+        dest: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, TransportError> {
+        match self {
+            Transport::Local(t) => t.upload(src, dest, progress).await,
+        }
+    }
+
+    /// An address on this machine that reaches `port` on the target machine's loopback.
+    #[allow(clippy::unused_async)] // the SSH transport opens a forward here
+    pub async fn forward(&self, port: u16) -> Result<SocketAddr, TransportError> {
+        match self {
+            Transport::Local(_) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        }
+    }
+
+    /// Whether the machine is this one (ports can be probed directly).
+    pub fn is_local(&self) -> bool {
+        matches!(self, Transport::Local(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_words_are_left_alone() {
+        assert_eq!(quote("releases/v1.2.3+build"), "releases/v1.2.3+build");
+    }
+
+    #[test]
+    fn hostile_words_are_single_quoted() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(quote("`id`;ls"), "'`id`;ls'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn shell_round_trip_is_literal() {
+        let hostile = ["it's \"q\"", "$(echo pwned)", "`id`", "a;b", "new\nline", "*", "~"];
+        let cmd = Cmd::new("printf").arg("%s\\0").args(hostile);
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd.to_shell()).output().unwrap();
+        let words: Vec<&[u8]> = out.stdout.split(|b| *b == 0).filter(|w| !w.is_empty()).collect();
+        let expected: Vec<&[u8]> = hostile.iter().map(|w| w.as_bytes()).collect();
+        assert_eq!(words, expected);
+    }
+}

@@ -1,0 +1,146 @@
+//! Bad input gets a clear error, the right exit code, and changes nothing.
+
+mod common;
+
+use common::{Project, FERRY};
+
+fn nothing_deployed(project: &Project) -> bool {
+    !project.path().join(".ferry/local").exists()
+}
+
+#[test]
+fn invalid_toml_is_located_and_exits_2() {
+    let project = Project::builder().region("syd", 1).build();
+    std::fs::write(project.path().join("fly.toml"), "app = \"hello\"\n[deploy\nstrategy = \"rolling\"\n").unwrap();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("fly.toml:2:"), "names file:line:column: {}", run.stderr);
+    assert!(run.stderr.contains("[deploy"), "shows the offending line: {}", run.stderr);
+    assert!(nothing_deployed(&project));
+}
+
+#[test]
+fn invalid_value_is_located_and_exits_2() {
+    let project = Project::builder().region("syd", 1).build();
+    std::fs::write(project.path().join("fly.toml"), "app = \"hello\"\n\n[deploy]\n  strategy = \"sideways\"\n")
+        .unwrap();
+    let run = project.ferry(&["config", "validate"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("fly.toml:4:"), "{}", run.stderr);
+    assert!(run.stderr.contains("sideways"), "{}", run.stderr);
+}
+
+#[test]
+fn config_validate_lists_warnings_and_exits_0() {
+    let project =
+        Project::builder().region("syd", 1).toml("[experimental]\n  not_a_real_key = true\n\nmystery = 1").build();
+    let run = project.ferry(&["config", "validate"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("warning"), "{}", run.stderr);
+    assert!(run.stderr.contains("mystery"), "{}", run.stderr);
+}
+
+#[test]
+fn config_show_prints_durations_in_ms() {
+    let project = Project::builder().region("syd", 1).build();
+    let run = project.ferry(&["config", "show", "--json"]);
+    run.assert_ok();
+    let config: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(config["deploy"]["wait_timeout"], 60_000);
+    assert_eq!(config["kill_timeout"], 5_000);
+}
+
+#[test]
+fn every_corpus_file_validates_or_fails_located() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/fly-toml");
+    let Ok(entries) = std::fs::read_dir(&corpus) else {
+        eprintln!("corpus not present at {}; skipped", corpus.display());
+        return;
+    };
+    let mut files: Vec<_> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    files.sort();
+    assert!(files.len() >= 70);
+    for file in files {
+        let out =
+            std::process::Command::new(FERRY).arg("config").arg("validate").arg("-c").arg(&file).output().unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if ["050.toml", "051.toml", "052.toml"].contains(&name.as_str()) {
+            assert_eq!(out.status.code(), Some(2), "{name} must fail: {stderr}");
+            assert!(stderr.contains(&format!("{name}:")), "{name}: located error: {stderr}");
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{name} must load: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn missing_start_command_is_refused_before_anything_changes() {
+    let project = Project::builder().region("syd", 1).start(None).build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("no start command"), "{}", run.stderr);
+    assert!(nothing_deployed(&project));
+}
+
+#[test]
+fn unsafe_version_is_refused() {
+    let project = Project::builder().region("syd", 1).build();
+    for version in ["v1;rm -rf ~", "../v1", "v 1", "$(id)"] {
+        let run = project.deploy(version);
+        assert_eq!(run.code, 2, "{version}: {}", run.stderr);
+        assert!(run.stderr.contains("invalid release version"), "{}", run.stderr);
+    }
+    assert!(nothing_deployed(&project));
+}
+
+#[test]
+fn tarball_escaping_its_directory_is_refused() {
+    let project = Project::builder().region("syd", 1).build();
+    let evil = project.path().join("evil.tar.gz");
+    write_evil_tarball(&evil);
+    let run = project.ferry(&["deploy", "--release", evil.to_str().unwrap()]);
+    assert!(run.code == 1 || run.code == 2, "{}", run.stderr);
+    assert!(run.stderr.contains("../"), "names the bad entry: {}", run.stderr);
+    assert!(nothing_deployed(&project));
+    assert!(!project.path().parent().unwrap().join("escaped").exists());
+}
+
+/// A gzip'd tar whose second entry is `../escaped`, written by hand because the `tar`
+/// crate refuses to create such a path.
+fn write_evil_tarball(path: &std::path::Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    let manifest = br#"{"app":"hello","version":"v1","git_commit":null,"files":[]}"#;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("ferry-manifest.json").unwrap();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, &manifest[..]).unwrap();
+    let body = b"pwned";
+    let mut header = tar::Header::new_gnu();
+    let name = b"../escaped";
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_size(body.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, &body[..]).unwrap();
+    builder.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn release_build_is_deterministic_and_reports_json() {
+    let project = Project::builder().region("syd", 1).build();
+    let first = project.ferry(&["release", "build", "--version", "v1", "--json"]);
+    first.assert_ok();
+    let a: serde_json::Value = serde_json::from_str(first.stdout.trim()).unwrap();
+    let second = project.ferry(&["release", "build", "--version", "v1", "--json"]);
+    let b: serde_json::Value = serde_json::from_str(second.stdout.trim()).unwrap();
+    assert_eq!(a["sha256"], b["sha256"]);
+    assert_eq!(a["version"], "v1");
+    assert!(a["path"].as_str().unwrap().ends_with("hello-v1.tar.gz"));
+    assert!(a["size"].as_u64().unwrap() > 0);
+}

@@ -1,0 +1,302 @@
+//! Test harness: a throwaway project directory with a fly.toml and a release built
+//! from the bundled `hello` example app, driven through the real `ferry` binary.
+//! Dropping a project destroys what it deployed and kills any instance left behind.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// The example app's binary, built once per test process.
+pub fn hello_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("target").join("hello");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(root.join("examples/hello/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building examples/hello failed");
+        target.join("release").join("hello")
+    })
+}
+
+#[must_use]
+pub struct ProjectBuilder {
+    regions: Vec<(String, u32)>,
+    primary: Option<String>,
+    extra: String,
+    deploy_extra: String,
+    ferry_extra: String,
+    start: Option<String>,
+}
+
+impl ProjectBuilder {
+    pub fn region(mut self, name: &str, count: u32) -> Self {
+        if self.primary.is_none() {
+            self.primary = Some(name.to_string());
+        }
+        self.regions.push((name.to_string(), count));
+        self
+    }
+
+    /// Extra top-level TOML (sections after the standard ones).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra.push_str(text);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Extra keys inside `[deploy]`.
+    pub fn deploy_keys(mut self, text: &str) -> Self {
+        self.deploy_extra.push_str(text);
+        self.deploy_extra.push('\n');
+        self
+    }
+
+    /// Extra keys inside `[ferry]`.
+    pub fn ferry_keys(mut self, text: &str) -> Self {
+        self.ferry_extra.push_str(text);
+        self.ferry_extra.push('\n');
+        self
+    }
+
+    pub fn start(mut self, start: Option<&str>) -> Self {
+        self.start = start.map(str::to_string);
+        self
+    }
+
+    pub fn build(self) -> Project {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rel = dir.path().join("rel");
+        std::fs::create_dir_all(rel.join("bin")).unwrap();
+        std::fs::copy(hello_binary(), rel.join("bin/hello")).unwrap();
+        let primary = self.primary.clone().unwrap_or_else(|| "syd".into());
+        let mut toml = format!(
+            "app = \"hello\"\nprimary_region = \"{primary}\"\nkill_signal = \"SIGTERM\"\nkill_timeout = 5\n\n\
+             [deploy]\n  wait_timeout = \"60s\"\n{}\n\
+             [http_service]\n  internal_port = 8080\n  [[http_service.checks]]\n    path = \"/health\"\n    interval = \"10s\"\n    timeout = \"2s\"\n\n",
+            self.deploy_extra
+        );
+        toml.push_str(&self.extra);
+        toml.push_str("\n[ferry]\n");
+        toml.push_str(&self.ferry_extra);
+        toml.push_str("\n[ferry.build]\n  path = \"rel\"\n");
+        if let Some(start) = &self.start {
+            let _ = writeln!(toml, "  start = {}", toml_string(start));
+        }
+        for (name, count) in &self.regions {
+            let _ = write!(toml, "\n[ferry.regions.{name}]\n  count = {count}\n");
+        }
+        // `{dir}` in any fragment stands for the project directory.
+        let toml = toml.replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(dir.path().join("fly.toml"), toml).unwrap();
+        Project { dir }
+    }
+}
+
+/// A TOML basic string holding `text`.
+pub fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn builder() -> ProjectBuilder {
+        ProjectBuilder {
+            regions: Vec::new(),
+            primary: None,
+            extra: String::new(),
+            deploy_extra: String::new(),
+            ferry_extra: String::new(),
+            start: Some("bin/hello".into()),
+        }
+    }
+
+    /// Two regions (syd primary, lax) with two instances each.
+    pub fn two_by_two() -> Project {
+        Self::builder().region("syd", 2).region("lax", 2).build()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bakes a mode into the next release (`None`: a healthy release).
+    pub fn set_mode(&self, mode: Option<&str>) {
+        let file = self.path().join("rel/mode");
+        match mode {
+            Some(mode) => std::fs::write(file, mode).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(FERRY);
+        command.args(args).current_dir(self.path()).stdin(Stdio::null());
+        command
+    }
+
+    pub fn ferry(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("ferry runs");
+        Run::from(output)
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("ferry starts")
+    }
+
+    pub fn deploy(&self, version: &str) -> Run {
+        self.ferry(&["deploy", "--version", version])
+    }
+
+    pub fn status(&self) -> Value {
+        let run = self.ferry(&["status", "--json"]);
+        assert_eq!(run.code, 0, "status failed: {}", run.stderr);
+        serde_json::from_str(&run.stdout).expect("status is JSON")
+    }
+
+    pub fn instances(&self) -> Vec<Value> {
+        self.status()["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `(region, port)` of every instance.
+    pub fn ports(&self) -> Vec<(String, u16)> {
+        self.instances()
+            .iter()
+            .map(|i| (i["region"].as_str().unwrap().to_string(), u16::try_from(i["port"].as_u64().unwrap()).unwrap()))
+            .collect()
+    }
+
+    /// What every instance answers at /version.
+    pub fn versions_served(&self) -> Vec<String> {
+        self.ports()
+            .iter()
+            .map(|(_, port)| get(*port, "/version").map_or_else(|| "down".into(), |(_, body)| body.trim().to_string()))
+            .collect()
+    }
+
+    pub fn releases(&self) -> Vec<Value> {
+        let run = self.ferry(&["releases", "--json"]);
+        assert_eq!(run.code, 0, "releases failed: {}", run.stderr);
+        serde_json::from_str::<Value>(&run.stdout).unwrap().as_array().cloned().unwrap()
+    }
+
+    /// Pids recorded in every instance.json under the local target.
+    pub fn recorded_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        collect_pids(&self.path().join(".ferry/local"), &mut pids);
+        pids
+    }
+}
+
+fn collect_pids(dir: &Path, pids: &mut Vec<u32>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_pids(&path, pids);
+        } else if path.file_name().is_some_and(|n| n == "instance.json") {
+            if let Ok(value) = serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap_or_default()) {
+                if let Some(pid) = value["pid"].as_u64().filter(|p| *p > 0) {
+                    pids.push(u32::try_from(pid).unwrap());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let pids = self.recorded_pids();
+        let _ = self.command(&["destroy", "--yes", "-q"]).output();
+        // Anything destroy could not stop goes by pid, but only a process that still
+        // runs inside this project's directory (a pid may have been reused since).
+        for pid in pids {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            if cwd.starts_with(self.path()) {
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// The JSON events printed with `--json`.
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn finished(&self) -> Value {
+        self.events().into_iter().rev().find(|e| e["event"] == "finished").unwrap_or(Value::Null)
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: `(status, body)`, or `None` when nothing answers.
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Reads `child`'s stdout JSON lines until `pred` matches one (or the stream ends).
+pub fn wait_for_event(reader: &mut impl std::io::BufRead, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Ok(value) = serde_json::from_str::<Value>(&line) {
+            if pred(&value) {
+                return Some(value);
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The deploy loop on the local target, through the real binary and real processes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{get, wait_for_event, Project};
+
+#[test]
+fn deploy_v1_then_v2_serves_v2_everywhere_and_never_takes_a_region_down() {
+    let project = Project::two_by_two();
+    project.deploy("v1").assert_ok();
+    assert_eq!(project.versions_served(), ["v1"; 4]);
+    let ports = project.ports();
+
+    // Make each new instance take a while to come up, so the sampler sees the rollout.
+    project.set_mode(Some("slow-start=300"));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        let ports = ports.clone();
+        std::thread::spawn(move || {
+            let mut samples = 0;
+            let mut outages = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let mut up: BTreeMap<&str, usize> = BTreeMap::new();
+                for (region, port) in &ports {
+                    let healthy = get(*port, "/health").is_some_and(|(status, _)| status == 200);
+                    *up.entry(region.as_str()).or_default() += usize::from(healthy);
+                }
+                outages.extend(up.iter().filter(|(_, n)| **n == 0).map(|(r, _)| (*r).to_string()));
+                samples += 1;
+            }
+            (samples, outages)
+        })
+    };
+    let run = project.deploy("v2");
+    done.store(true, Ordering::SeqCst);
+    run.assert_ok();
+    let (sample_count, outages) = sampler.join().unwrap();
+    assert!(sample_count > 5, "sampled only {sample_count} times");
+    assert!(outages.is_empty(), "regions fully down during the rollout: {outages:?}");
+    assert_eq!(project.versions_served(), ["v2"; 4]);
+    assert_eq!(project.ports(), ports, "instances keep their ports across versions");
+}
+
+#[test]
+fn failing_release_is_reverted_everywhere_and_recorded() {
+    let project = Project::two_by_two();
+    project.deploy("v1").assert_ok();
+    project.deploy("v2").assert_ok();
+    project.set_mode(Some("fail-health"));
+    let run = project.ferry(&["deploy", "--version", "v3", "--wait-timeout", "3s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("failed on v3"), "{}", run.stderr);
+    assert!(run.stderr.contains("503"), "the reason names the failing check: {}", run.stderr);
+    assert!(run.stderr.contains("hello v3 listening"), "the instance's log lines are shown: {}", run.stderr);
+    assert!(run.stderr.contains("put back on v2"), "{}", run.stderr);
+    assert_eq!(project.versions_served(), ["v2"; 4]);
+    let releases = project.releases();
+    assert_eq!(releases[0]["version"], "v3");
+    assert_eq!(releases[0]["status"], "reverted");
+    assert_eq!(releases[1]["status"], "complete");
+}
+
+#[test]
+fn instance_exiting_at_start_fails_fast_not_at_the_deadline() {
+    let project = Project::two_by_two();
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("exit-at-start"));
+    let run = project.ferry(&["deploy", "--version", "v2", "--wait-timeout", "10m", "--json"]);
+    assert_eq!(run.code, 1);
+    let failed = run.events().into_iter().find(|e| e["event"] == "instance_failed").expect("an instance_failed event");
+    assert!(failed["reason"].as_str().unwrap().contains("exited before it became healthy"), "{failed}");
+    assert!(
+        failed["log"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("exiting at start")),
+        "{failed}"
+    );
+    assert_eq!(run.finished()["outcome"], "reverted");
+    assert_eq!(project.versions_served(), ["v1"; 4]);
+}
+
+/// A project whose v2 cannot start in lax (only there), so syd succeeds first.
+fn v2_fails_only_in_lax() -> Project {
+    Project::builder()
+        .region("syd", 1)
+        .region("lax", 1)
+        .start(Some(
+            r#"if [ "$FLY_REGION-$RELEASE_VERSION" = lax-v2 ]; then echo "no v2 in lax"; exit 1; fi; exec bin/hello"#,
+        ))
+        .build()
+}
+
+#[test]
+fn failure_in_another_region_reverts_the_primary_too() {
+    let project = v2_fails_only_in_lax();
+    project.deploy("v1").assert_ok();
+    let run = project.ferry(&["deploy", "--version", "v2", "--json"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.finished()["outcome"], "reverted");
+    let reverted: Vec<_> = run.events().into_iter().filter(|e| e["event"] == "instance_reverted").collect();
+    assert_eq!(reverted.len(), 2, "the failing lax instance and the updated syd instance");
+    assert_eq!(project.versions_served(), ["v1", "v1"]);
+}
+
+#[test]
+fn no_revert_leaves_updated_instances_on_the_new_version() {
+    let project = v2_fails_only_in_lax();
+    project.deploy("v1").assert_ok();
+    let run = project.ferry(&["deploy", "--version", "v2", "--no-revert", "--json"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.finished()["outcome"], "failed");
+    assert!(run.stderr.contains("left on v2"), "{}", run.stderr);
+    // syd keeps v2; the failing lax instance itself always gets v1 back.
+    assert_eq!(project.versions_served(), ["v2", "v1"]);
+}
+
+#[test]
+fn rollback_returns_to_the_previous_release() {
+    let project = Project::two_by_two();
+    project.deploy("v1").assert_ok();
+    project.deploy("v2").assert_ok();
+    project.ferry(&["rollback"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v1"; 4]);
+    let releases = project.releases();
+    assert_eq!(releases[0]["kind"], "rollback");
+    assert_eq!(releases[0]["version"], "v1");
+    assert_eq!(releases[1]["version"], "v2");
+    assert_eq!(releases[1]["status"], "rolled back");
+}
+
+#[test]
+fn rollback_to_a_pruned_release_is_refused_with_the_list() {
+    let project = Project::builder().region("syd", 1).ferry_keys("keep_releases = 2").build();
+    for version in ["v1", "v2", "v3", "v4"] {
+        project.deploy(version).assert_ok();
+    }
+    let run = project.ferry(&["rollback", "v1"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("v3, v4"), "lists the releases still there: {}", run.stderr);
+    assert_eq!(project.versions_served(), ["v4"]);
+    project.ferry(&["rollback", "v3"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v3"]);
+}
+
+#[test]
+fn deploying_the_running_version_again_changes_nothing() {
+    let project = Project::builder().region("syd", 2).build();
+    project.deploy("v1").assert_ok();
+    let before: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    let run = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    run.assert_ok();
+    assert!(run.finished()["message"].as_str().unwrap().contains("nothing changed"), "{}", run.stdout);
+    let after: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    assert_eq!(before, after);
+    assert_eq!(project.releases().len(), 1);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let project = Project::two_by_two();
+    let run = project.ferry(&["deploy", "--version", "v1", "--dry-run", "--json"]);
+    run.assert_ok();
+    let plans = run.events().into_iter().filter(|e| e["event"] == "plan").count();
+    assert_eq!(plans, 4);
+    assert!(!project.path().join(".ferry/local").exists());
+    assert!(!project.path().join(".ferry/build").exists());
+}
+
+#[test]
+fn deploy_killed_mid_rollout_converges_when_run_again() {
+    let project = Project::two_by_two();
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("slow-start=400"));
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // Kill it after the first instance is healthy, while the second is starting.
+    wait_for_event(&mut stdout, |e| e["event"] == "instance_healthy").expect("one instance became healthy");
+    wait_for_event(&mut stdout, |e| e["event"] == "instance_updating").expect("the next instance started");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let run = project.ferry(&["deploy", "--version", "v2", "--json"]);
+    run.assert_ok();
+    assert!(
+        run.events().iter().any(|e| e["event"] == "lock_taken_over"),
+        "the dead deploy's lock is taken over: {}",
+        run.stdout
+    );
+    assert_eq!(project.versions_served(), ["v2"; 4]);
+    assert!(project.instances().iter().all(|i| i["health"] == "passing"));
+}
+
+#[test]
+fn second_concurrent_deploy_is_refused_naming_the_holder() {
+    let project = Project::builder().region("syd", 2).build();
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("slow-start=1500"));
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_event(&mut stdout, |e| e["event"] == "deploy_started").expect("first deploy started");
+    let run = project.ferry(&["deploy", "--version", "v3"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("is locked by"), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("pid {}", child.id())), "names the holder's pid: {}", run.stderr);
+    assert!(run.stderr.contains("`deploy`"), "names the holder's command: {}", run.stderr);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(project.versions_served(), ["v2"; 2]);
+}
+
+#[test]
+fn lock_wait_waits_for_the_holder_to_finish() {
+    let project = Project::builder().region("syd", 1).build();
+    project.set_mode(Some("slow-start=800"));
+    let mut child = project.spawn(&["deploy", "--version", "v1", "--json"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_event(&mut stdout, |e| e["event"] == "deploy_started").expect("first deploy started");
+    project.set_mode(None);
+    project.ferry(&["deploy", "--version", "v2", "--lock-wait", "2m"]).assert_ok();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(project.versions_served(), ["v2"]);
+}
+
+#[test]
+fn canary_and_immediate_strategies_deploy() {
+    let project = Project::builder().region("syd", 3).build();
+    project.deploy("v1").assert_ok();
+    project.ferry(&["deploy", "--version", "v2", "--strategy", "canary"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v2"; 3]);
+    project.ferry(&["deploy", "--version", "v3", "--strategy", "immediate"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v3"; 3]);
+}
+
+#[test]
+fn bluegreen_is_refused_clearly() {
+    let project = Project::builder().region("syd", 1).build();
+    let run = project.ferry(&["deploy", "--version", "v1", "--strategy", "bluegreen"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("bluegreen"), "{}", run.stderr);
+    assert!(!project.path().join(".ferry/local").exists());
+}
+
+#[test]
+fn instances_get_the_documented_environment() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .region("lax", 1)
+        .toml("[env]\n  GREETING = \"it's $(not) `run`; ok\"\n  NUMBER = 42\n  PORT = 1")
+        .start(Some("env > env.out; exec bin/hello"))
+        .build();
+    project.deploy("v1").assert_ok();
+    let envs: Vec<String> = glob_files(&project.path().join(".ferry/local"), "env.out");
+    assert_eq!(envs.len(), 2, "{envs:?}");
+    for text in envs {
+        for key in [
+            "FLY_APP_NAME=hello",
+            "PRIMARY_REGION=syd",
+            "RELEASE_VERSION=v1",
+            "NUMBER=42",
+            "GREETING=it's $(not) `run`; ok",
+        ] {
+            assert!(text.lines().any(|l| l == key), "missing {key} in:\n{text}");
+        }
+        for key in ["FLY_REGION=", "FERRY_INSTANCE_ID=", "PORT="] {
+            assert!(text.lines().any(|l| l.starts_with(key)), "missing {key}");
+        }
+        assert!(!text.lines().any(|l| l == "PORT=1"), "ferry's PORT wins over [env]");
+    }
+}
+
+fn glob_files(dir: &std::path::Path, name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(glob_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    found
+}
+
+#[test]
+fn status_releases_and_logs_describe_the_app() {
+    let project = Project::two_by_two();
+    project.deploy("v1").assert_ok();
+    let status = project.status();
+    assert_eq!(status["current_version"], "v1");
+    let instances = status["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 4);
+    for instance in instances {
+        assert_eq!(instance["state"], "running");
+        assert_eq!(instance["health"], "passing");
+        assert!(instance["pid"].as_u64().unwrap() > 0);
+    }
+    let human = project.ferry(&["status"]);
+    assert!(human.stdout.contains("current version v1"), "{}", human.stdout);
+    let logs = project.ferry(&["logs", "-r", "lax", "-n", "5"]);
+    logs.assert_ok();
+    assert!(logs.stdout.lines().all(|l| l.starts_with("lax/")), "{}", logs.stdout);
+    assert!(logs.stdout.contains("listening"), "{}", logs.stdout);
+    let releases = project.ferry(&["releases"]);
+    assert!(releases.stdout.contains("v1") && releases.stdout.contains("complete"), "{}", releases.stdout);
+}
+
+#[test]
+fn destroy_stops_every_instance_and_removes_state() {
+    let project = Project::builder().region("syd", 2).build();
+    project.deploy("v1").assert_ok();
+    let ports = project.ports();
+    let refused = project.ferry(&["destroy"]);
+    assert_eq!(refused.code, 2);
+    project.ferry(&["destroy", "--yes"]).assert_ok();
+    for (_, port) in ports {
+        assert!(get(port, "/health").is_none(), "port {port} still answers");
+    }
+    assert!(!project.path().join(".ferry/local").exists());
+}
+
+#[test]
+fn release_command_runs_once_before_instances_change() {
+    let project = Project::builder()
+        .region("syd", 2)
+        .region("lax", 1)
+        .deploy_keys("  release_command = \"echo migrated-$RELEASE_VERSION-$RELEASE_COMMAND >> {dir}/migrations.log\"")
+        .build();
+    let run = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    run.assert_ok();
+    let events = run.events();
+    let finished = events.iter().position(|e| e["event"] == "release_command_finished").expect("release_command ran");
+    let first_update = events.iter().position(|e| e["event"] == "instance_updating").unwrap();
+    assert!(finished < first_update, "release_command finished before any instance changed");
+    let log = std::fs::read_to_string(project.path().join("migrations.log")).unwrap();
+    assert_eq!(log, "migrated-v1-1\n");
+}
+
+#[test]
+fn failing_release_command_changes_no_instance() {
+    let project = Project::builder().region("syd", 2).build();
+    project.deploy("v1").assert_ok();
+    std::fs::write(
+        project.path().join("fly.toml"),
+        std::fs::read_to_string(project.path().join("fly.toml"))
+            .unwrap()
+            .replace("[deploy]\n", "[deploy]\n  release_command = \"echo boom; exit 3\"\n"),
+    )
+    .unwrap();
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("exited with 3"), "{}", run.stderr);
+    assert!(run.stderr.contains("boom"), "{}", run.stderr);
+    assert_eq!(project.versions_served(), ["v1"; 2]);
+    assert_eq!(project.releases()[0]["status"], "failed");
+}
