@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::deploy::{DeployOptions, RollbackOptions};
+use crate::commands::regions::ScaleOptions;
 use crate::config::Strategy;
 
 #[derive(Debug, Parser)]
@@ -21,6 +22,12 @@ struct Args {
     /// Print nothing but errors.
     #[arg(short, long, global = true, conflicts_with = "json")]
     quiet: bool,
+    /// Trust unknown SSH host keys on first contact (and record them); a changed key is always refused.
+    #[arg(long, global = true)]
+    accept_new_host_keys: bool,
+    /// ssh_config file to use instead of ~/.ssh/config.
+    #[arg(long, global = true, env = "FERRY_SSH_CONFIG", value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
     #[command(subcommand)]
     command: CommandArgs,
 }
@@ -34,12 +41,30 @@ enum CommandArgs {
     Deploy(DeployArgs),
     /// Roll back to an earlier release still on the hosts (default: the one before the current).
     Rollback(RollbackArgs),
+    /// Run [deploy] release_command once, against a release already on the hosts.
+    Migrate {
+        /// Release to run it from (default: the current one).
+        #[arg(long)]
+        version: Option<String>,
+        /// Wait up to this long for another operation's lock.
+        #[arg(long, value_parser = duration, value_name = "DURATION")]
+        lock_wait: Option<Duration>,
+    },
     /// Instances per region: version, state, health, port, pid, uptime.
     Status,
     /// Release history: version, status, when, by whom, what was current before.
     Releases,
     /// Show instance logs.
     Logs(LogsArgs),
+    /// List, add or remove regions (recorded in fly.toml; instances start or stop at once).
+    #[command(subcommand)]
+    Regions(RegionsArgs),
+    /// Change how many instances run.
+    #[command(subcommand)]
+    Scale(ScaleArgs),
+    /// Manage secrets: stored on the hosts (0600), given to instances as env, never printed.
+    #[command(subcommand)]
+    Secrets(SecretsArgs),
     /// Inspect or release the deploy lock.
     #[command(subcommand)]
     Lock(LockArgs),
@@ -127,6 +152,68 @@ struct LogsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum RegionsArgs {
+    /// Regions, hosts, count, instances running, versions.
+    List,
+    /// Add a region; with a deployed release its instances start right away.
+    Add {
+        /// Region name (e.g. `lax`).
+        name: String,
+        /// SSH host of the region (`user@host` or `user@host:port`); repeatable.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Instances in the region (default 1).
+        #[arg(long)]
+        count: Option<u32>,
+    },
+    /// Stop a region's instances gracefully and remove it from fly.toml.
+    Remove {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScaleArgs {
+    /// Set the instance count of every region, or of one with `--region`.
+    Count {
+        count: u32,
+        /// Only this region.
+        #[arg(short, long)]
+        region: Option<String>,
+        /// Do not ask for confirmation before stopping instances.
+        #[arg(long)]
+        yes: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsArgs {
+    /// Set secrets (`KEY=-` reads the value from stdin); restarts instances unless `--stage`.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Store only; instances get the values at the next deploy or restart.
+        #[arg(long)]
+        stage: bool,
+    },
+    /// Remove secrets; restarts instances unless `--stage`.
+    Unset {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long)]
+        stage: bool,
+    },
+    /// Names and short digests, never values.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 enum LockArgs {
     /// Who holds the lock on each host, and whether it is stale.
     Status,
@@ -166,9 +253,17 @@ pub enum Command {
     ReleaseBuild { version: Option<String>, output: Option<PathBuf> },
     Deploy(DeployOptions),
     Rollback(RollbackOptions),
+    Migrate { version: Option<String>, lock_wait: Option<Duration> },
     Status,
     Releases,
     Logs { region: Option<String>, instance: Option<String>, lines: usize },
+    RegionsList,
+    RegionsAdd { name: String, hosts: Vec<String>, count: Option<u32> },
+    RegionsRemove { name: String, yes: bool },
+    Scale(ScaleOptions),
+    SecretsSet { pairs: Vec<String>, stage: bool },
+    SecretsUnset { keys: Vec<String>, stage: bool },
+    SecretsList,
     LockStatus,
     LockRelease,
     Destroy { yes: bool },
@@ -179,6 +274,8 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Invocation {
     pub config: PathBuf,
+    pub accept_new_host_keys: bool,
+    pub ssh_config: Option<PathBuf>,
     pub output: OutputMode,
     pub command: Command,
 }
@@ -215,14 +312,30 @@ pub fn parse() -> Invocation {
             wait_timeout: r.wait_timeout,
             lock_wait: r.lock_wait,
         }),
+        CommandArgs::Migrate { version, lock_wait } => Command::Migrate { version, lock_wait },
         CommandArgs::Status => Command::Status,
         CommandArgs::Releases => Command::Releases,
         CommandArgs::Logs(l) => Command::Logs { region: l.region, instance: l.instance, lines: l.lines },
+        CommandArgs::Regions(RegionsArgs::List) => Command::RegionsList,
+        CommandArgs::Regions(RegionsArgs::Add { name, hosts, count }) => Command::RegionsAdd { name, hosts, count },
+        CommandArgs::Regions(RegionsArgs::Remove { name, yes }) => Command::RegionsRemove { name, yes },
+        CommandArgs::Scale(ScaleArgs::Count { count, region, yes, dry_run }) => {
+            Command::Scale(ScaleOptions { count, region, yes, dry_run })
+        }
+        CommandArgs::Secrets(SecretsArgs::Set { pairs, stage }) => Command::SecretsSet { pairs, stage },
+        CommandArgs::Secrets(SecretsArgs::Unset { keys, stage }) => Command::SecretsUnset { keys, stage },
+        CommandArgs::Secrets(SecretsArgs::List) => Command::SecretsList,
         CommandArgs::Lock(LockArgs::Status) => Command::LockStatus,
         CommandArgs::Lock(LockArgs::Release) => Command::LockRelease,
         CommandArgs::Destroy { yes } => Command::Destroy { yes },
         CommandArgs::Config(ConfigArgs::Validate) => Command::ConfigValidate,
         CommandArgs::Config(ConfigArgs::Show) => Command::ConfigShow,
     };
-    Invocation { config: args.config, output, command }
+    Invocation {
+        config: args.config,
+        accept_new_host_keys: args.accept_new_host_keys,
+        ssh_config: args.ssh_config,
+        output,
+        command,
+    }
 }

@@ -5,6 +5,7 @@
 use crate::config::ConfigError;
 use crate::host::HostError;
 use crate::release::ReleaseError;
+use crate::transport::TransportError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,7 +42,9 @@ impl Error {
             Error::Locked { .. } => Some(
                 "wait for it to finish, pass `--lock-wait 5m`, or run `ferry lock release` if you are sure it is dead (a dead holder's lease goes stale within 30s)".into(),
             ),
-            Error::Unreachable { host, .. } => Some(format!("nothing was changed; check that `{host}` is up and reachable, then run the command again")),
+            Error::Unreachable { host, source, .. } => Some(host_key_hint(source).unwrap_or_else(|| {
+                format!("nothing was changed; check that `{host}` is up and reachable (`ssh {host} true`), then run the command again")
+            })),
             _ => None,
         }
     }
@@ -52,5 +55,12 @@ impl Error {
 
     pub fn failed(message: impl Into<String>) -> Self {
         Error::Failed { message: message.into(), hint: None }
+    }
+}
+
+fn host_key_hint(error: &HostError) -> Option<String> {
+    match error {
+        HostError::Transport(TransportError::HostKey { hint, .. }) => Some(hint.clone()),
+        _ => None,
     }
 }

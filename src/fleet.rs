@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::config::{Config, Target};
 use crate::error::Error;
 use crate::host::Host;
-use crate::transport::{LocalTransport, Transport};
+use crate::transport::{LocalTransport, SshOptions, SshTransport, Transport};
 
 #[derive(Debug, Clone)]
 pub struct Region {
@@ -27,7 +27,7 @@ pub fn local_root(config_dir: &Path) -> std::path::PathBuf {
 }
 
 impl Fleet {
-    pub fn from_config(config: &Config) -> Result<Self, Error> {
+    pub fn from_config(config: &Config, ssh: &SshOptions) -> Result<Self, Error> {
         let primary = config.primary();
         let mut regions = Vec::new();
         for (name, region) in config.regions() {
@@ -42,10 +42,23 @@ impl Fleet {
                     }]
                 }
                 Target::Ssh => {
-                    return Err(Error::Usage {
-                        message: "`[ferry] target = \"ssh\"` is not available in this build yet".into(),
-                        hint: Some("use the local target (remove `target` from `[ferry]`)".into()),
-                    })
+                    if region.hosts.is_empty() {
+                        return Err(Error::Usage {
+                            message: format!("region `{name}` has no hosts; the ssh target needs `hosts` in `[ferry.regions.{name}]`"),
+                            hint: Some(format!("for example: `[ferry.regions.{name}]` `hosts = [\"deploy@{name}1.example.com\"]`")),
+                        });
+                    }
+                    let root = config.ferry.root.trim_end_matches('/');
+                    region
+                        .hosts
+                        .iter()
+                        .map(|spec| Host {
+                            name: spec.clone(),
+                            region: name.clone(),
+                            transport: Transport::Ssh(SshTransport::new(spec, ssh.clone())),
+                            app_dir: format!("{root}/{}", config.app),
+                        })
+                        .collect()
                 }
             };
             regions.push(Region { primary: name == primary, name, count: region.count, hosts });

@@ -30,7 +30,7 @@ pub struct Record {
 
 impl Record {
     pub fn new(kind: &str, version: &str, previous: Option<String>) -> Self {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let user = crate::host::lock::current_user();
         Self {
             id: format!("{}-{}", crate::host::now_ms(), std::process::id()),
             kind: kind.to_string(),

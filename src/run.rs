@@ -8,6 +8,7 @@ use crate::cli::{Command, Invocation, OutputMode};
 use crate::commands::{self, Ctx};
 use crate::error::Error;
 use crate::report::{Event, Human, Json, Quiet, Reporter};
+use crate::transport::SshOptions;
 
 pub fn reporter(output: OutputMode) -> Arc<dyn Reporter> {
     match output {
@@ -24,6 +25,11 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         config_path: invocation.config.clone(),
         reporter,
         json: invocation.output == OutputMode::Json,
+        ssh: SshOptions {
+            accept_new_host_keys: invocation.accept_new_host_keys,
+            config_file: invocation.ssh_config.clone(),
+        },
+        interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     if matches!(invocation.command, Command::ConfigValidate) {
         commands::config::validate(&ctx, &loaded.warnings);
@@ -36,9 +42,19 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         Command::ReleaseBuild { version, output } => commands::build::run(&ctx, version, output).await,
         Command::Deploy(opts) => commands::deploy::deploy(&ctx, opts).await,
         Command::Rollback(opts) => commands::deploy::rollback(&ctx, opts).await,
+        Command::Migrate { version, lock_wait } => commands::deploy::migrate(&ctx, version, lock_wait).await,
         Command::Status => commands::inspect::status(&ctx).await,
         Command::Releases => commands::inspect::releases(&ctx).await,
         Command::Logs { region, instance, lines } => commands::inspect::logs(&ctx, region, instance, lines).await,
+        Command::RegionsList => commands::regions::list(&ctx).await,
+        Command::RegionsAdd { name, hosts, count } => commands::regions::add(&ctx, &name, hosts, count).await,
+        Command::RegionsRemove { name, yes } => commands::regions::remove(&ctx, &name, yes).await,
+        Command::Scale(opts) => commands::regions::scale(&ctx, opts).await,
+        Command::SecretsSet { pairs, stage } => {
+            commands::secrets::set(&ctx, commands::secrets::SetOptions { pairs, stage }).await
+        }
+        Command::SecretsUnset { keys, stage } => commands::secrets::unset(&ctx, keys, stage).await,
+        Command::SecretsList => commands::secrets::list(&ctx).await,
         Command::LockStatus => commands::lock::status(&ctx).await,
         Command::LockRelease => commands::lock::release(&ctx).await,
         Command::Destroy { yes } => commands::destroy::run(&ctx, yes).await,

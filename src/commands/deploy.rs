@@ -47,7 +47,7 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
     let started = Instant::now();
     let strategy = opts.strategy.unwrap_or(ctx.config.deploy.strategy);
     refuse_unsupported(strategy)?;
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     if opts.dry_run {
         let version = match &opts.release {
             Some(path) => build::take(ctx, path.clone()).await?.version,
@@ -249,6 +249,9 @@ async fn current_version(fleet: &Fleet, observed: &BTreeMap<String, HostState>) 
     history::current(&read_history(fleet).await).0
 }
 
+/// Hosts receiving an upload at the same time.
+const UPLOADS_AT_ONCE: usize = 8;
+
 /// Uploads the artifact to every host that lacks it (in parallel) and unpacks it.
 async fn ship(
     ctx: &Ctx,
@@ -256,9 +259,21 @@ async fn ship(
     observed: &BTreeMap<String, HostState>,
     artifact: &Artifact,
 ) -> Result<(), Error> {
+    ship_to(ctx, fleet.hosts(), observed, artifact).await
+}
+
+/// Uploads (unless present) and unpacks the artifact on `hosts`, in parallel.
+pub async fn ship_to<'a>(
+    ctx: &Ctx,
+    hosts: impl Iterator<Item = &'a Host>,
+    observed: &BTreeMap<String, HostState>,
+    artifact: &Artifact,
+) -> Result<(), Error> {
     let sums = artifact.manifest.sha256sum_lines();
+    let slots = Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE));
     let mut tasks = JoinSet::new();
-    for host in fleet.hosts().cloned() {
+    for host in hosts.cloned() {
+        let slots = Arc::clone(&slots);
         let present = observed
             .get(&host.name)
             .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256));
@@ -266,6 +281,7 @@ async fn ship(
         let sums = sums.clone();
         let reporter = ctx.reporter.clone();
         tasks.spawn(async move {
+            let _slot = slots.acquire().await;
             let result = ship_one(&host, &artifact, &sums, present, reporter.as_ref()).await;
             (host.name.clone(), result)
         });
@@ -295,7 +311,8 @@ async fn ship_one(
     let skipped = present || host.has_artifact(&artifact.sha256).await?;
     let mut bytes_sent = 0;
     if !skipped {
-        bytes_sent = host.transport.upload(&artifact.path, &host.artifact_path(&artifact.sha256), &|_| {}).await?;
+        let progress = |sent| reporter.upload_progress(&host.name, sent, artifact.size);
+        bytes_sent = host.transport.upload(&artifact.path, &host.artifact_path(&artifact.sha256), &progress).await?;
     }
     reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent, skipped });
     let installed = host.install_release(&artifact.sha256, &artifact.version, sums).await?;
@@ -308,7 +325,7 @@ async fn ship_one(
 }
 
 /// Runs the release_command once on the primary region's first host.
-async fn release_command(ctx: &Ctx, fleet: &Fleet, version: &str, command: &str) -> Result<(), Error> {
+pub async fn release_command(ctx: &Ctx, fleet: &Fleet, version: &str, command: &str) -> Result<(), Error> {
     let Some(host) = fleet.primary().and_then(|r| r.hosts.first()) else {
         return Err(Error::failed("no host in the primary region to run the release_command on"));
     };
@@ -380,7 +397,11 @@ async fn roll_out(
     plan: Plan,
 ) -> Summary {
     let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
-    let ports = PortPicker::new(recorded_ports(observed.values().flat_map(|s| s.instances.iter().map(|i| &i.record))));
+    let mut taken = recorded_ports(observed.values().flat_map(|s| s.instances.iter().map(|i| &i.record)));
+    for (host, state) in observed {
+        taken.extend(state.listening.iter().map(|p| (host.clone(), *p)));
+    }
+    let ports = PortPicker::new(taken);
     let rollout = Arc::new(Rollout::new(
         hosts,
         ctx.config.clone(),
@@ -471,7 +492,7 @@ async fn prune(ctx: &Ctx, fleet: &Fleet, current: &str, previous: Option<&str>) 
 
 pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
     let started = Instant::now();
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     let observed = observe(&fleet).await?;
     let entries = read_history(&fleet).await;
     let current = current_version(&fleet, &observed).await;
@@ -546,4 +567,79 @@ fn versions_everywhere(fleet: &Fleet, observed: &BTreeMap<String, HostState>) ->
     });
     let first = sets.next().unwrap_or_default();
     sets.fold(first, |acc, s| acc.intersection(&s).cloned().collect())
+}
+
+/// `ferry migrate`: the release_command alone, against a release already on the
+/// hosts (default: the current one), under the deploy lock.
+pub async fn migrate(ctx: &Ctx, version: Option<String>, lock_wait: Option<Duration>) -> Result<(), Error> {
+    let started = Instant::now();
+    let Some(command) = ctx.config.deploy.release_command.clone() else {
+        return Err(Error::usage("there is no `[deploy] release_command` to run"));
+    };
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let observed = observe(&fleet).await?;
+    let Some(version) = version.or(current_version(&fleet, &observed).await) else {
+        return Err(Error::Usage {
+            message: "no release is deployed yet".into(),
+            hint: Some("`ferry migrate --version V` names one, or `ferry deploy` runs it".into()),
+        });
+    };
+    crate::release::validate_version(&version)?;
+    let primary = fleet.primary().and_then(|r| r.hosts.first()).map(|h| h.name.clone()).unwrap_or_default();
+    if !observed.get(&primary).is_some_and(|s| s.has_release(&version)) {
+        return Err(Error::usage(format!("release {version} is not on `{primary}`; deploy it first")));
+    }
+    let guard = lock(ctx, &fleet, "migrate", lock_wait).await?;
+    let record = Record::new("migrate", &version, None);
+    record_history(ctx, &fleet, &record).await;
+    let result = release_command(ctx, &fleet, &version, &command).await;
+    let status = if result.is_ok() { Status::Complete } else { Status::Failed };
+    record_history(ctx, &fleet, &record.finished(status, result.as_ref().err().map(ToString::to_string))).await;
+    guard.release().await;
+    result?;
+    ctx.event(Event::Finished {
+        outcome: Outcome::Succeeded,
+        version: Some(version.clone()),
+        previous: None,
+        message: format!("release_command for {version} succeeded"),
+        duration_ms: millis(started.elapsed()),
+    });
+    Ok(())
+}
+
+/// Restarts every instance on its current version, behind health checks (after a
+/// secrets change): the same rollout as a deploy, with nothing kept as is.
+pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
+    let started = Instant::now();
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let guard = lock(ctx, &fleet, command, None).await?;
+    let result = async {
+        let observed = observe(&fleet).await?;
+        let Some(version) = current_version(&fleet, &observed).await else {
+            ctx.event(Event::Finished {
+                outcome: Outcome::Succeeded,
+                version: None,
+                previous: None,
+                message: "no release is deployed yet; instances get the change with the first deploy".into(),
+                duration_ms: millis(started.elapsed()),
+            });
+            return Ok(());
+        };
+        let mut warnings = Vec::new();
+        let checks = Checks::from_config(&ctx.config, &mut warnings);
+        let strategy = match ctx.config.deploy.strategy {
+            Strategy::Bluegreen => Strategy::Rolling,
+            other => other,
+        };
+        let plan = make_plan(ctx, &fleet, &observed, &BTreeSet::new(), &version, strategy);
+        let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
+        let record = Record::new("restart", &version, Some(version.clone()));
+        record_history(ctx, &fleet, &record).await;
+        let summary =
+            roll_out(ctx, &fleet, &observed, checks, &start, ctx.config.deploy.wait_timeout, false, plan).await;
+        finish(ctx, &fleet, &record, &summary, Some(version), started, "restart").await
+    }
+    .await;
+    guard.release().await;
+    result
 }

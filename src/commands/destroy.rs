@@ -16,7 +16,7 @@ pub async fn run(ctx: &Ctx, yes: bool) -> Result<(), Error> {
             hint: Some("run it again with `--yes` if that is what you want".into()),
         });
     }
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     let guard = lock(ctx, &fleet, "destroy", None).await?;
     let observed = observe(&fleet).await?;
     for host in fleet.hosts() {

@@ -33,7 +33,7 @@ struct Status {
 }
 
 pub async fn status(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     let observed = observe(&fleet).await?;
     let mut warnings = Vec::new();
     let checks = Checks::from_config(&ctx.config, &mut warnings);
@@ -96,7 +96,7 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
 }
 
 pub async fn releases(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     let mut entries = read_history(&fleet).await;
     entries.reverse();
     if ctx.json {
@@ -129,7 +129,7 @@ pub async fn releases(ctx: &Ctx) -> Result<(), Error> {
 }
 
 pub async fn logs(ctx: &Ctx, region: Option<String>, instance: Option<String>, lines: usize) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     if let Some(region) = &region {
         if !fleet.regions.iter().any(|r| &r.name == region) {
             return Err(Error::usage(format!(

@@ -6,7 +6,7 @@ use crate::fleet::Fleet;
 use super::{observe, Ctx};
 
 pub async fn status(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     let observed = observe(&fleet).await?;
     let mut rows = Vec::new();
     for host in fleet.hosts() {
@@ -35,7 +35,7 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
 }
 
 pub async fn release(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config)?;
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     let observed = observe(&fleet).await?;
     for host in fleet.hosts() {
         let Some(held) = observed.get(&host.name).and_then(|s| s.lock.clone()) else { continue };

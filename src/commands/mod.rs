@@ -8,6 +8,8 @@ pub mod deploy;
 pub mod destroy;
 pub mod inspect;
 pub mod lock;
+pub mod regions;
+pub mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -31,6 +33,9 @@ pub struct Ctx {
     pub config_path: PathBuf,
     pub reporter: Arc<dyn Reporter>,
     pub json: bool,
+    pub ssh: crate::transport::SshOptions,
+    /// Whether the user can be asked to confirm (stdin is a terminal).
+    pub interactive: bool,
 }
 
 impl Ctx {
@@ -190,4 +195,22 @@ pub fn new_instance_id() -> String {
         let _ = write!(id, "{b:02x}");
         id
     })
+}
+
+/// Asks the user to confirm on the terminal; without one, refuses and names `--yes`.
+pub fn confirm(ctx: &Ctx, question: &str) -> Result<(), Error> {
+    if !ctx.interactive {
+        return Err(Error::Usage {
+            message: format!("{question} (confirmation needed, and stdin is not a terminal)"),
+            hint: Some("run it again with `--yes`".into()),
+        });
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::usage("cancelled; nothing was changed"))
+    }
 }

@@ -6,6 +6,7 @@
 //! about hosts, releases or deploys.
 
 pub mod duration;
+pub mod edit;
 mod error;
 mod ferry;
 mod fly;

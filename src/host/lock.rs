@@ -30,7 +30,7 @@ impl Holder {
     pub fn me(command: &str) -> Self {
         let pid = std::process::id();
         Self {
-            user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into()),
+            user: current_user(),
             machine: this_machine(),
             pid,
             command: command.to_string(),
@@ -74,6 +74,20 @@ impl Held {
             None => "an unknown holder".to_string(),
         }
     }
+}
+
+/// Who runs ferry: `$USER`, `$LOGNAME`, else the name `id -un` gives for our uid.
+pub fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            let out = std::process::Command::new("id").arg("-un").output().ok()?;
+            let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (out.status.success() && !name.is_empty()).then_some(name)
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub fn this_machine() -> String {

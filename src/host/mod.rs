@@ -66,6 +66,9 @@ pub struct HostState {
     pub instances: Vec<InstanceState>,
     pub lock: Option<lock::Held>,
     pub current: Option<String>,
+    /// TCP ports something listens on (on the machine, not just this app).
+    #[serde(skip)]
+    pub listening: Vec<u16>,
 }
 
 impl HostState {
@@ -208,17 +211,58 @@ impl Host {
         Ok(self.transport.exec_streaming(&cmd, on_line).await?)
     }
 
+    /// Replaces (or adds) secrets; `lines` are `KEY=base64` and travel on stdin.
+    pub async fn secrets_set(&self, keys: &[String], lines: String) -> Result<(), HostError> {
+        let cmd = self.cmd(scripts::SECRETS_SET).args(keys.iter().cloned()).stdin(lines.into_bytes());
+        self.run("storing secrets", &cmd).await?;
+        Ok(())
+    }
+
+    /// `(name, digest)` of every secret.
+    pub async fn secrets_list(&self) -> Result<Vec<(String, String)>, HostError> {
+        let out = self.run("listing secrets", &self.cmd(scripts::SECRETS_LIST)).await?;
+        Ok(out
+            .stdout_str()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, d)| (k.to_string(), d.to_string()))
+            .collect())
+    }
+
     pub async fn destroy(&self) -> Result<(), HostError> {
         self.run("removing the app", &self.cmd(scripts::DESTROY)).await?;
         Ok(())
     }
 }
 
+/// Variables ferry sets itself; nothing a user configures overrides them.
+pub const OWN_VARS: &[&str] = &[
+    "PORT",
+    "FLY_APP_NAME",
+    "FLY_REGION",
+    "PRIMARY_REGION",
+    "FERRY_INSTANCE_ID",
+    "FLY_MACHINE_ID",
+    "FLY_PROCESS_GROUP",
+    "RELEASE_VERSION",
+    "RELEASE_COMMAND",
+];
+
 /// The env file an instance sources: `export K='v'` lines, every value quoted.
 /// It travels on stdin, never on a command line, because it carries secrets.
 pub fn env_file(env: &BTreeMap<String, String>) -> Vec<u8> {
     let mut text = String::new();
-    for (key, value) in env {
+    // ferry's own variables (set last) win over secrets, which win over `[env]`.
+    let (own, user): (Vec<_>, Vec<_>) = env.iter().partition(|(k, _)| OWN_VARS.contains(&k.as_str()));
+    for (key, value) in user {
+        text.push_str("export ");
+        text.push_str(key);
+        text.push('=');
+        text.push_str(&quote(value));
+        text.push('\n');
+    }
+    text.push_str("ferry_secrets \"$@\"\n");
+    for (key, value) in own {
         text.push_str("export ");
         text.push_str(key);
         text.push('=');
@@ -249,6 +293,7 @@ fn parse_observation(text: &str) -> HostState {
                 state.lock = Some(lock::Held::parse(age, json));
             }
             "C" => state.current = Some(rest.trim().to_string()),
+            "P" => state.listening = rest.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
             _ => {}
         }
     }
@@ -264,7 +309,7 @@ mod tests {
     #[test]
     fn env_file_quotes_values() {
         let env = BTreeMap::from([("A".to_string(), "it's $(x)".to_string())]);
-        assert_eq!(String::from_utf8(env_file(&env)).unwrap(), "export A='it'\\''s $(x)'\n");
+        assert_eq!(String::from_utf8(env_file(&env)).unwrap(), "export A='it'\\''s $(x)'\nferry_secrets \"$@\"\n");
     }
 
     #[test]

@@ -14,15 +14,25 @@ alive() {
   [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
 }
 pid_of() { sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null; }
+# Run as `sh -c "$LOAD_ENV; ..." sh ENV_FILE COMMAND SECRETS_FILE`: sources the env file,
+# in which a `ferry_secrets` line loads the secrets (one `KEY=base64` per line).
+LOAD_ENV='ferry_secrets() {
+  [ -f "$3" ] || return 0
+  while IFS="=" read -r k v; do [ -n "$k" ] && export "$k=$(printf %s "$v" | base64 -d)"; done < "$3"
+}
+. "$1"'
 "#;
 
 pub fn full(body: &str) -> String {
     format!("{PRELUDE}{body}")
 }
 
-/// Prints one line per fact: `R <release json>`, `I <alive> <instance json>`,
-/// `L <age seconds> <holder json>`, `C <current version>`.
+/// Prints one line per fact: `P <listening tcp ports>`, `R <release json>`,
+/// `I <alive> <instance json>`, `L <age seconds> <holder json>`, `C <current version>`.
 pub const OBSERVE: &str = r#"
+printf 'P'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '
+  function hex(s,  i, n) { n = 0; for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", toupper(substr(s, i, 1))) - 1; return n }
+  $4 == "0A" { split($2, a, ":"); printf " %d", hex(a[2]) }' 2>/dev/null || true; echo
 [ -d "$app" ] || exit 0
 for d in "$app"/releases/*/; do
   [ -f "$d.ferry-release" ] || continue
@@ -82,7 +92,7 @@ mkdir -p "$inst"
 printf '== %s starting %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$version" >> "$inst/log"
 cd "$rel"
 env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" \
-  setsid sh -c '. "$1"; exec sh -c "$2"' sh "$inst/env" "$start" >> "$inst/log" 2>&1 < /dev/null &
+  setsid sh -c "$LOAD_ENV"'; exec sh -c "$2"' sh "$inst/env" "$start" "$app/secrets.env" >> "$inst/log" 2>&1 < /dev/null &
 pid=$!
 printf '%s,"pid":%s}\n' "$json" "$pid" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
@@ -116,11 +126,14 @@ rm -rf "$app/instances/$1"
 "#;
 
 /// `$1` pid, `$2` limit in 50 ms ticks: returns with `exited` once the process is gone.
+/// Writes a heartbeat every half second, so it ends (on SIGPIPE) as soon as ferry
+/// stops listening instead of lingering on the host until the limit.
 pub const WATCH_EXIT: &str = r#"
 n=0
 while alive "$1"; do
   sleep 0.05; n=$((n + 1))
   [ "$n" -lt "$2" ] || exit 0
+  if [ $((n % 10)) -eq 0 ]; then echo . || exit 0; fi
 done
 echo exited
 "#;
@@ -212,12 +225,33 @@ cd "$rel"
 run() {
   if [ "$limit" -gt 0 ]; then
     env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" TMPDIR="$scratch" \
-      timeout -k 5 "$limit" sh -c '. "$1"; exec sh -c "$2"' sh "$scratch/.env" "$cmd"
+      timeout -k 5 "$limit" sh -c "$LOAD_ENV"'; exec sh -c "$2"' sh "$scratch/.env" "$cmd" "$app/secrets.env"
   else
     env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" TMPDIR="$scratch" \
-      sh -c '. "$1"; exec sh -c "$2"' sh "$scratch/.env" "$cmd"
+      sh -c "$LOAD_ENV"'; exec sh -c "$2"' sh "$scratch/.env" "$cmd" "$app/secrets.env"
   fi
 }
 { set +e; run < /dev/null; echo $? > "$scratch/.rc"; } 2>&1 | tee -a "$app/release_command.log"
 exit "$(cat "$scratch/.rc")"
+"#;
+
+/// `$@` keys to replace; stdin: `KEY=base64` lines to add. The file is 0600 and its
+/// values never appear on a command line.
+pub const SECRETS_SET: &str = r#"
+mkdir -p "$app"
+umask 077
+f="$app/secrets.env"; tmp="$f.tmp.$$"
+touch "$f"; cp "$f" "$tmp"
+for k in "$@"; do grep -v "^$k=" "$tmp" > "$tmp.2" || true; mv "$tmp.2" "$tmp"; done
+cat >> "$tmp"
+chmod 600 "$tmp"; mv "$tmp" "$f"
+"#;
+
+/// Prints `KEY sha256-prefix` for each secret.
+pub const SECRETS_LIST: &str = r#"
+f="$app/secrets.env"
+[ -f "$f" ] || exit 0
+while IFS="=" read -r k v; do
+  [ -n "$k" ] && printf '%s %s\n' "$k" "$(printf %s "$v" | base64 -d | sha256sum | cut -c1-12)"
+done < "$f"
 "#;

@@ -13,13 +13,14 @@ use super::{Event, Outcome, Reporter};
 pub struct Human {
     multi: Option<MultiProgress>,
     bars: Mutex<BTreeMap<String, ProgressBar>>,
+    uploads: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
 impl Human {
     pub fn new() -> Self {
         let multi =
             std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Self { multi, bars: Mutex::new(BTreeMap::new()) }
+        Self { multi, bars: Mutex::new(BTreeMap::new()), uploads: Mutex::new(BTreeMap::new()) }
     }
 
     fn line(&self, text: &str) {
@@ -149,6 +150,24 @@ impl Reporter for Human {
                 };
                 self.line(&format!("==> {word} in {}: {message}", secs(*duration_ms)));
             }
+        }
+    }
+
+    fn upload_progress(&self, host: &str, sent: u64, total: u64) {
+        let Some(multi) = &self.multi else { return };
+        let Ok(mut uploads) = self.uploads.lock() else { return };
+        let bar = uploads.entry(host.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template("  upload {prefix:20} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(host.to_string());
+            bar
+        });
+        bar.set_position(sent);
+        if sent >= total {
+            bar.finish_and_clear();
         }
     }
 

@@ -144,6 +144,8 @@ pub enum Outcome {
 
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event);
+    /// Bytes sent so far to one host (a progress bar; never in `--json`).
+    fn upload_progress(&self, _host: &str, _sent: u64, _total: u64) {}
     /// Stop any live display before the process prints its final error.
     fn finish(&self) {}
 }

@@ -8,12 +8,14 @@
 //! string. It knows nothing about deploys, releases or the on-host layout.
 
 mod local;
+mod ssh;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitStatus;
 
 pub use local::LocalTransport;
+pub use ssh::{SshOptions, SshTransport};
 
 /// A program and its arguments, never a shell string. Values that come from users
 /// (versions, env values, paths) travel as separate arguments.
@@ -102,20 +104,24 @@ pub enum TransportError {
     Spawn { host: String, program: String, source: std::io::Error },
     #[error("failed to copy `{from}` to `{host}:{to}`")]
     Upload { host: String, from: String, to: String, source: std::io::Error },
-    #[error("lost connection to `{host}`: {message}")]
+    #[error("cannot reach `{host}`: {message}")]
     Connection { host: String, message: String },
+    #[error("refusing to connect to `{host}`: {message}")]
+    HostKey { host: String, message: String, hint: String },
 }
 
 /// Which machine a transport reaches. Chosen at runtime from `[ferry] target`.
 #[derive(Debug, Clone)]
 pub enum Transport {
     Local(LocalTransport),
+    Ssh(SshTransport),
 }
 
 impl Transport {
     pub fn host(&self) -> &str {
         match self {
             Transport::Local(t) => t.host(),
+            Transport::Ssh(t) => t.host(),
         }
     }
 
@@ -123,6 +129,7 @@ impl Transport {
     pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
         match self {
             Transport::Local(t) => t.exec(cmd).await,
+            Transport::Ssh(t) => t.exec(cmd).await,
         }
     }
 
@@ -135,6 +142,7 @@ impl Transport {
     ) -> Result<ExitStatus, TransportError> {
         match self {
             Transport::Local(t) => t.exec_streaming(cmd, on_line).await,
+            Transport::Ssh(t) => t.exec_streaming(cmd, on_line).await,
         }
     }
 
@@ -147,14 +155,28 @@ impl Transport {
     ) -> Result<u64, TransportError> {
         match self {
             Transport::Local(t) => t.upload(src, dest, progress).await,
+            Transport::Ssh(t) => t.upload(src, dest, progress).await,
         }
     }
 
     /// An address on this machine that reaches `port` on the target machine's loopback.
-    #[allow(clippy::unused_async)] // the SSH transport opens a forward here
     pub async fn forward(&self, port: u16) -> Result<SocketAddr, TransportError> {
         match self {
             Transport::Local(_) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+            Transport::Ssh(t) => t.forward(port).await,
+        }
+    }
+
+    /// Copies a file from the machine to a local path.
+    pub async fn download(&self, src: &str, dest: &Path) -> Result<u64, TransportError> {
+        match self {
+            Transport::Local(_) => tokio::fs::copy(src, dest).await.map_err(|source| TransportError::Upload {
+                host: self.host().to_string(),
+                from: src.to_string(),
+                to: dest.display().to_string(),
+                source,
+            }),
+            Transport::Ssh(t) => t.download(src, dest).await,
         }
     }
 

@@ -42,9 +42,23 @@ pub struct ProjectBuilder {
     deploy_extra: String,
     ferry_extra: String,
     start: Option<String>,
+    env: Vec<(String, String)>,
+    hosts: Vec<(String, Vec<String>)>,
 }
 
 impl ProjectBuilder {
+    /// An SSH region: `[ferry.regions.NAME] hosts = [...]` (count is set with `region`).
+    pub fn ssh_region(mut self, name: &str, hosts: &[String], count: u32) -> Self {
+        self.hosts.push((name.to_string(), hosts.to_vec()));
+        self.region(name, count)
+    }
+
+    /// An environment variable for every ferry run of this project.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn region(mut self, name: &str, count: u32) -> Self {
         if self.primary.is_none() {
             self.primary = Some(name.to_string());
@@ -100,11 +114,15 @@ impl ProjectBuilder {
         }
         for (name, count) in &self.regions {
             let _ = write!(toml, "\n[ferry.regions.{name}]\n  count = {count}\n");
+            if let Some((_, hosts)) = self.hosts.iter().find(|(n, _)| n == name) {
+                let list: Vec<String> = hosts.iter().map(|h| toml_string(h)).collect();
+                let _ = writeln!(toml, "  hosts = [{}]", list.join(", "));
+            }
         }
         // `{dir}` in any fragment stands for the project directory.
         let toml = toml.replace("{dir}", &dir.path().display().to_string());
         std::fs::write(dir.path().join("fly.toml"), toml).unwrap();
-        Project { dir }
+        Project { dir, env: self.env }
     }
 }
 
@@ -115,6 +133,7 @@ pub fn toml_string(text: &str) -> String {
 
 pub struct Project {
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Project {
@@ -126,6 +145,8 @@ impl Project {
             deploy_extra: String::new(),
             ferry_extra: String::new(),
             start: Some("bin/hello".into()),
+            env: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 
@@ -152,6 +173,7 @@ impl Project {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(FERRY);
         command.args(args).current_dir(self.path()).stdin(Stdio::null());
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -298,5 +320,15 @@ pub fn wait_for_event(reader: &mut impl std::io::BufRead, pred: impl Fn(&Value) 
                 return Some(value);
             }
         }
+    }
+}
+
+/// Every line of `before` is still in `after`, in the same order (an edit only added
+/// its own lines).
+#[track_caller]
+pub fn assert_lines_kept(before: &str, after: &str) {
+    let mut rest = after.lines();
+    for line in before.lines() {
+        assert!(rest.any(|l| l == line), "line {line:?} was changed or moved:\n{after}");
     }
 }

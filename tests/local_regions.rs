@@ -1,0 +1,92 @@
+//! Regions, scale, secrets and migrate on the local target, through the real binary.
+
+mod common;
+
+use common::Project;
+
+#[test]
+fn regions_add_starts_instances_and_remove_stops_them_keeping_comments() {
+    let project = Project::builder().region("syd", 1).build();
+    let config = project.path().join("fly.toml");
+    let original = format!("# my app\n{}# the end\n", std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, &original).unwrap();
+    project.deploy("v1").assert_ok();
+
+    project.ferry(&["regions", "add", "ams", "--count", "2"]).assert_ok();
+    assert_eq!(project.instances().iter().filter(|i| i["region"] == "ams").count(), 2);
+    assert_eq!(project.versions_served(), ["v1"; 3]);
+    let added = std::fs::read_to_string(&config).unwrap();
+    common::assert_lines_kept(&original, &added);
+
+    let dup = project.ferry(&["regions", "add", "ams"]);
+    assert_eq!(dup.code, 2, "{}", dup.stderr);
+    let primary = project.ferry(&["regions", "remove", "syd", "--yes"]);
+    assert_eq!(primary.code, 2);
+    assert!(primary.stderr.contains("primary"), "{}", primary.stderr);
+
+    let ports: Vec<u16> = project.ports().into_iter().filter(|(r, _)| r == "ams").map(|(_, p)| p).collect();
+    project.ferry(&["regions", "remove", "ams", "--yes"]).assert_ok();
+    assert!(project.instances().iter().all(|i| i["region"] == "syd"));
+    for port in ports {
+        assert!(common::get(port, "/health").is_none(), "ams instance on {port} was stopped");
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+}
+
+#[test]
+fn scale_count_up_and_down_stops_the_newest_first() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v1").assert_ok();
+    let oldest = project.instances()[0]["id"].as_str().unwrap().to_string();
+    let dry = project.ferry(&["scale", "count", "3", "--dry-run"]);
+    dry.assert_ok();
+    assert_eq!(project.instances().len(), 1, "dry run changes nothing");
+    project.ferry(&["scale", "count", "3"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v1"; 3]);
+    assert!(std::fs::read_to_string(project.path().join("fly.toml")).unwrap().contains("count = 3"));
+    let refused = project.ferry(&["scale", "count", "1"]);
+    assert_eq!(refused.code, 2, "stopping needs confirmation: {}", refused.stderr);
+    assert_eq!(project.instances().len(), 3);
+    project.ferry(&["scale", "count", "1", "--yes"]).assert_ok();
+    let left = project.instances();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], oldest.as_str(), "the oldest instance keeps running");
+}
+
+#[test]
+fn secrets_reach_instances_and_never_the_output() {
+    let project = Project::builder()
+        .region("syd", 2)
+        .start(Some("printf '%s' \"$API_KEY\" > /proc/self/fd/1; echo; exec bin/hello"))
+        .build();
+    project.deploy("v1").assert_ok();
+    let set = project.ferry(&["secrets", "set", "API_KEY=hunter2", "--json"]);
+    set.assert_ok();
+    assert!(!set.stdout.contains("hunter2") && !set.stderr.contains("hunter2"));
+    let logs = project.ferry(&["logs", "-n", "50"]);
+    assert!(logs.stdout.contains("hunter2"), "the restarted instances see the secret: {}", logs.stdout);
+    assert!(
+        set.events().iter().filter(|e| e["event"] == "instance_healthy").count() == 2,
+        "both restarted behind checks"
+    );
+    let list = project.ferry(&["secrets", "list"]);
+    assert!(list.stdout.contains("API_KEY") && !list.stdout.contains("hunter2"), "{}", list.stdout);
+    let staged = project.ferry(&["secrets", "set", "OTHER=x", "--stage", "--json"]);
+    staged.assert_ok();
+    assert!(!staged.events().iter().any(|e| e["event"] == "instance_updating"), "--stage restarts nothing");
+}
+
+#[test]
+fn migrate_runs_the_release_command_alone() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys("  release_command = \"echo run-$RELEASE_VERSION >> {dir}/migrations.log\"")
+        .build();
+    project.deploy("v1").assert_ok();
+    let pids: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    project.ferry(&["migrate"]).assert_ok();
+    let log = std::fs::read_to_string(project.path().join("migrations.log")).unwrap();
+    assert_eq!(log, "run-v1\nrun-v1\n");
+    let after: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids, after, "migrate touches no instance");
+}
