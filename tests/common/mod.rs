@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,0 +1,248 @@
+//! Deploying to real `sshd` hosts on loopback, each with its own user, through the real
+//! binary and the system OpenSSH client. Needs root (to create the hosts' users); skips
+//! otherwise.
+
+mod common;
+
+use common::sshd::SshFleet;
+use common::{get, Project};
+
+fn root() -> bool {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    let is_root = String::from_utf8_lossy(&out.stdout).trim() == "0";
+    if !is_root {
+        eprintln!("not root: sshd hosts need their own users; skipped");
+    }
+    is_root
+}
+
+/// A project on the ssh target: `(region, host indexes, count)`, the first region primary.
+fn ssh_project(fleet: &SshFleet, layout: &[(&str, &[usize], u32)], extra_ferry: &str) -> Project {
+    let mut builder = Project::builder()
+        .ferry_keys(&format!("target = \"ssh\"\n{extra_ferry}"))
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap());
+    for (name, hosts, count) in layout {
+        let specs: Vec<String> = hosts.iter().map(|i| fleet.hosts()[*i].spec()).collect();
+        builder = builder.ssh_region(name, &specs, *count);
+    }
+    builder.build()
+}
+
+fn on_host(fleet: &SshFleet, i: usize, command: &str) -> String {
+    let out = fleet.ssh(i, command);
+    assert!(out.status.success(), "`{command}` on host {i}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn deploy_rollout_revert_and_rollback_over_ssh() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(4);
+    let project = ssh_project(&fleet, &[("syd", &[0, 1], 2), ("lax", &[2, 3], 2)], "");
+    project.deploy("v1").assert_ok();
+    project.deploy("v2").assert_ok();
+
+    // Each host holds both releases, points `current` at v2 and runs one v2 instance.
+    for i in 0..4 {
+        let releases = on_host(&fleet, i, "ls ~/ferry/hello/releases");
+        assert_eq!(releases.split_whitespace().collect::<Vec<_>>(), ["v1", "v2"], "host {i}");
+        assert_eq!(on_host(&fleet, i, "readlink ~/ferry/hello/current").trim(), "releases/v2");
+        let instances = on_host(&fleet, i, "cat ~/ferry/hello/instances/*/instance.json");
+        assert_eq!(instances.lines().count(), 1, "placement spreads instances over hosts: {instances}");
+        assert!(instances.contains("\"version\":\"v2\""), "{instances}");
+    }
+    assert_eq!(project.versions_served(), ["v2"; 4]);
+    assert!(project.instances().iter().all(|i| i["health"] == "passing"), "health through the ssh forward");
+
+    // The same release again: nothing uploaded, nothing restarted.
+    let again = project.ferry(&["deploy", "--version", "v2", "--json"]);
+    again.assert_ok();
+    let uploads: Vec<_> = again.events().into_iter().filter(|e| e["event"] == "upload").collect();
+    assert!(uploads.iter().all(|u| u["bytes_sent"] == 0 && u["skipped"] == true), "{uploads:?}");
+
+    // A release that fails its checks is reverted on every host.
+    project.set_mode(Some("fail-health"));
+    let bad = project.ferry(&["deploy", "--version", "v3", "--wait-timeout", "3s", "--json"]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert_eq!(bad.finished()["outcome"], "reverted");
+    assert_eq!(project.versions_served(), ["v2"; 4]);
+
+    project.set_mode(None);
+    project.ferry(&["rollback"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v1"; 4]);
+    for i in 0..4 {
+        assert_eq!(on_host(&fleet, i, "readlink ~/ferry/hello/current").trim(), "releases/v1");
+    }
+}
+
+#[test]
+fn second_deploy_of_the_same_release_uploads_nothing_to_new_and_old_hosts_alike() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
+    let first = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    first.assert_ok();
+    let sent: u64 =
+        first.events().iter().filter(|e| e["event"] == "upload").map(|e| e["bytes_sent"].as_u64().unwrap()).sum();
+    assert!(sent > 100_000, "the first deploy uploads the release to both hosts ({sent} bytes)");
+    let second = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    second.assert_ok();
+    assert!(second.events().iter().filter(|e| e["event"] == "upload").all(|e| e["bytes_sent"] == 0));
+}
+
+#[test]
+fn regions_add_remove_and_scale_over_ssh_keep_the_config_formatting() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(3);
+    let project = ssh_project(&fleet, &[("syd", &[0, 1], 1)], "");
+    let config = project.path().join("fly.toml");
+    let commented =
+        format!("# deploy config for hello\n{}\n# trailing note: keep me\n", std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, &commented).unwrap();
+    project.deploy("v1").assert_ok();
+
+    let lax = fleet.hosts()[2].spec();
+    project.ferry(&["regions", "add", "lax", "--host", &lax, "--count", "1"]).assert_ok();
+    let status = project.status();
+    let regions: Vec<&str> =
+        status["instances"].as_array().unwrap().iter().map(|i| i["region"].as_str().unwrap()).collect();
+    assert_eq!(regions.iter().filter(|r| **r == "lax").count(), 1, "{regions:?}");
+    assert_eq!(project.versions_served(), ["v1", "v1"]);
+    let edited = std::fs::read_to_string(&config).unwrap();
+    common::assert_lines_kept(&commented, &edited);
+
+    let list = project.ferry(&["regions", "list"]);
+    assert!(list.stdout.contains("lax"), "{}", list.stdout);
+
+    project.ferry(&["scale", "count", "3", "--region", "syd"]).assert_ok();
+    assert_eq!(project.instances().iter().filter(|i| i["region"] == "syd").count(), 3);
+    let spread = on_host(&fleet, 0, "ls ~/ferry/hello/instances | wc -l").trim().parse::<u32>().unwrap()
+        + on_host(&fleet, 1, "ls ~/ferry/hello/instances | wc -l").trim().parse::<u32>().unwrap();
+    assert_eq!(spread, 3);
+    let refused = project.ferry(&["scale", "count", "1", "--region", "syd"]);
+    assert_eq!(refused.code, 2, "stopping instances needs --yes without a terminal: {}", refused.stderr);
+    project.ferry(&["scale", "count", "1", "--region", "syd", "--yes"]).assert_ok();
+    assert_eq!(project.instances().iter().filter(|i| i["region"] == "syd").count(), 1);
+
+    let primary = project.ferry(&["regions", "remove", "syd", "--yes"]);
+    assert_eq!(primary.code, 2, "{}", primary.stderr);
+    project.ferry(&["regions", "remove", "lax", "--yes"]).assert_ok();
+    assert!(project.instances().iter().all(|i| i["region"] == "syd"));
+    assert!(on_host(&fleet, 2, "ls ~/ferry/hello/instances").trim().is_empty());
+    let after = std::fs::read_to_string(&config).unwrap();
+    assert!(!after.contains("[ferry.regions.lax]"));
+    assert_eq!(after, commented, "scaling back and removing lax restores the file");
+}
+
+#[test]
+fn unreachable_host_stops_the_deploy_before_any_change() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    project.deploy("v1").assert_ok();
+    fleet.stop(1);
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(&fleet.hosts()[1].spec()), "names the host: {}", run.stderr);
+    assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
+    assert_eq!(on_host(&fleet, 0, "ls ~/ferry/hello/releases").trim(), "v1", "nothing shipped anywhere");
+    fleet.start_again(1);
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+}
+
+#[test]
+fn host_lost_mid_rollout_halts_and_reverts_then_rerun_converges() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("slow-start=1500"));
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json", "--wait-timeout", "20s"]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // Lose lax's host while its instance is starting.
+    common::wait_for_event(&mut stdout, |e| e["event"] == "instance_updating" && e["region"] == "lax")
+        .expect("lax started");
+    fleet.stop(1);
+    let rest: Vec<serde_json::Value> =
+        std::io::BufRead::lines(stdout).map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let finished = rest.iter().find(|e| e["event"] == "finished").expect("finished event");
+    assert_eq!(finished["outcome"], "failed", "lax could not be reverted while unreachable: {finished}");
+    assert!(rest.iter().any(|e| e["event"] == "instance_revert_failed" && e["region"] == "lax"), "{rest:?}");
+    assert!(
+        rest.iter().any(|e| e["event"] == "instance_reverted" && e["region"] == "syd"),
+        "syd was put back: {rest:?}"
+    );
+    let syd_port = project_port(&fleet, 0);
+    assert_eq!(get(syd_port, "/version").unwrap().1.trim(), "v1");
+
+    // The same v2 (a rebuilt v2 with other contents would be refused as a different
+    // release under a used version).
+    fleet.start_again(1);
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+}
+
+fn project_port(fleet: &SshFleet, i: usize) -> u16 {
+    let json = on_host(fleet, i, "cat ~/ferry/hello/instances/*/instance.json");
+    let value: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    u16::try_from(value["port"].as_u64().unwrap()).unwrap()
+}
+
+#[test]
+fn unknown_and_changed_host_keys_are_refused() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    fleet.forget_host_key(0);
+    let unknown = project.deploy("v1");
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("not in known_hosts"), "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("--accept-new-host-keys"), "the hint says how to trust it: {}", unknown.stderr);
+    assert!(!project.path().join(".ferry/local").exists());
+
+    project.ferry(&["deploy", "--version", "v1", "--accept-new-host-keys"]).assert_ok();
+
+    fleet.rotate_host_key(1);
+    let changed = project.ferry(&["deploy", "--version", "v2", "--accept-new-host-keys"]);
+    assert_eq!(changed.code, 1, "{}", changed.stderr);
+    assert!(changed.stderr.contains("CHANGED"), "{}", changed.stderr);
+    let port = project_port(&fleet, 0);
+    assert_eq!(get(port, "/version").unwrap().1.trim(), "v1", "the reachable host was not changed either");
+}
+
+#[test]
+fn hostile_strings_reach_the_host_literally() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(1);
+    let hostile = r#"it's "q" $(touch /tmp/ferry-pwned) `id`; echo x"#;
+    let project = Project::builder()
+        .ferry_keys("target = \"ssh\"\nroot = \"~/dir with 'q' $(x) `y`; z/ferry\"")
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap())
+        .toml(&format!("[env]\n  HOSTILE = {}", common::toml_string(hostile)))
+        .start(Some("printf '%s' \"$HOSTILE\" > hostile.out; exec bin/hello"))
+        .ssh_region("syd", &[fleet.hosts()[0].spec()], 1)
+        .build();
+    project.deploy("v1+build.1").assert_ok();
+    let dir = "~/\"dir with 'q' \\$(x) \\`y\\`; z/ferry/hello\"";
+    let got = on_host(&fleet, 0, &format!("cat {dir}/releases/v1+build.1/hostile.out"));
+    assert_eq!(got, hostile);
+    assert!(!std::path::Path::new("/tmp/ferry-pwned").exists());
+    assert_eq!(project.versions_served(), ["v1+build.1"]);
+}
