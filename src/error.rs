@@ -27,6 +27,22 @@ pub enum Error {
     Io { action: &'static str, path: String, source: std::io::Error },
 }
 
+/// A host operation that failed before anything changed: unreachable hosts get the
+/// connection hint, hosts that answered but could not do it get a host-side hint.
+pub fn before_change(host: &str, step: &'static str, source: HostError) -> Error {
+    match source {
+        HostError::Transport(TransportError::Connection { .. } | TransportError::HostKey { .. }) => {
+            Error::Unreachable { host: host.to_string(), step, source }
+        }
+        other => Error::Failed {
+            message: other.to_string(),
+            hint: Some(format!(
+                "nothing was changed; check `{host}`: free disk space (`df -h`) and the deploy root's permissions"
+            )),
+        },
+    }
+}
+
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -63,4 +79,19 @@ fn host_key_hint(error: &HostError) -> Option<String> {
         HostError::Transport(TransportError::HostKey { hint, .. }) => Some(hint.clone()),
         _ => None,
     }
+}
+
+/// An error and all its causes on one line: `a: b: c`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -144,3 +144,60 @@ fn release_build_is_deterministic_and_reports_json() {
     assert!(a["path"].as_str().unwrap().ends_with("hello-v1.tar.gz"));
     assert!(a["size"].as_u64().unwrap() > 0);
 }
+
+/// A small tmpfs mounted at a project's `.ferry/local` (root only). On drop it first
+/// destroys the project's instances (their state lives on it), then unmounts.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(project: &Project, size: &str) -> Option<SmallDisk> {
+        let dir = project.path().join(".ferry/local");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(project.path().to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(FERRY).args(["destroy", "--yes", "-q"]).current_dir(&self.0).status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.join(".ferry/local")).status();
+    }
+}
+
+#[test]
+fn full_disk_on_the_host_fails_the_deploy_and_keeps_the_old_release_serving() {
+    let project = Project::builder().region("syd", 1).build();
+    let Some(_disk) = SmallDisk::mount(&project, "4m") else {
+        eprintln!("cannot mount a tmpfs here (not root?); skipped");
+        return;
+    };
+    project.deploy("v1").assert_ok();
+    // Fill the host's disk but for 64 KiB: room for the lock, not for the release.
+    let filler = project.path().join(".ferry/local/filler");
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(project.path().join(".ferry/local"))
+        .output()
+        .unwrap();
+    let avail: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+    let blocks = (avail.saturating_sub(64 * 1024) / 4096).to_string();
+    let out = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4096", &format!("count={blocks}")])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("No space left on device"), "says what happened: {}", run.stderr);
+    assert!(run.stderr.contains("no instance was changed"), "says where things stand: {}", run.stderr);
+    assert_eq!(project.versions_served(), ["v1"]);
+    std::fs::remove_file(&filler).unwrap();
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.versions_served(), ["v2"]);
+}

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Strategy;
-use crate::deploy::{recorded_ports, PortPicker, Rollout, Summary};
+use crate::deploy::{port_picker, Rollout, Summary};
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::health::Checks;
@@ -288,13 +288,15 @@ pub async fn ship_to<'a>(
     }
     while let Some(joined) = tasks.join_next().await {
         if let Ok((host, Err(source))) = joined {
-            return Err(Error::Host {
-                step: "shipping the release",
-                source: crate::host::HostError::Step {
-                    host,
-                    step: "shipping the release",
-                    message: source.to_string(),
-                },
+            let source = crate::error::chain(&source);
+            let hint = if source.contains("different contents") {
+                "a version names one release forever; build the changed tree as a new version (`--version ...`)"
+            } else {
+                "no instance was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
+            };
+            return Err(Error::Failed {
+                message: format!("shipping release {} to `{host}` failed: {source}", artifact.version),
+                hint: Some(hint.into()),
             });
         }
     }
@@ -386,7 +388,7 @@ pub async fn release_command(ctx: &Ctx, fleet: &Fleet, version: &str, command: &
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn roll_out(
+pub(super) async fn roll_out(
     ctx: &Ctx,
     fleet: &Fleet,
     observed: &BTreeMap<String, HostState>,
@@ -397,11 +399,7 @@ async fn roll_out(
     plan: Plan,
 ) -> Summary {
     let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
-    let mut taken = recorded_ports(observed.values().flat_map(|s| s.instances.iter().map(|i| &i.record)));
-    for (host, state) in observed {
-        taken.extend(state.listening.iter().map(|p| (host.clone(), *p)));
-    }
-    let ports = PortPicker::new(taken);
+    let ports = port_picker(observed);
     let rollout = Arc::new(Rollout::new(
         hosts,
         ctx.config.clone(),

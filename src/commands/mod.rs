@@ -65,7 +65,7 @@ pub async fn observe(fleet: &Fleet) -> Result<BTreeMap<String, HostState>, Error
                 observed.insert(name, state);
             }
             Err(source) => {
-                first_error.get_or_insert(Error::Unreachable { host: name, step: "reading its state", source });
+                first_error.get_or_insert(crate::error::before_change(&name, "reading its state", source));
             }
         }
     }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{self, edit};
-use crate::deploy::{recorded_ports, PortPicker, Rollout};
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::health::Checks;
@@ -363,22 +362,8 @@ async fn converge_locked(
         region.batches.retain(|b| b.iter().all(|s| s.action == Action::Create));
     }
     let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
-    let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
-    let mut taken = recorded_ports(observed.values().flat_map(|s| s.instances.iter().map(|i| &i.record)));
-    for (host, state) in &observed {
-        taken.extend(state.listening.iter().map(|p| (host.clone(), *p)));
-    }
-    let rollout = Arc::new(Rollout::new(
-        hosts,
-        ctx.config.clone(),
-        checks,
-        ctx.reporter.clone(),
-        start,
-        ctx.config.deploy.wait_timeout,
-        false,
-        PortPicker::new(taken),
-    ));
-    let summary = rollout.execute(plan).await;
+    let wait = ctx.config.deploy.wait_timeout;
+    let summary = super::deploy::roll_out(ctx, fleet, &observed, checks, &start, wait, false, plan).await;
     let outcome = summary.outcome();
     match &summary.failure {
         None => {

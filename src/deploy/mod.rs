@@ -377,7 +377,12 @@ impl Summary {
     }
 }
 
-/// Ports already recorded for instances, so new instances never take one.
-pub fn recorded_ports<'a>(records: impl Iterator<Item = &'a InstanceRecord>) -> BTreeSet<(String, u16)> {
-    records.map(|r| (r.host.clone(), r.port)).collect()
+/// A picker that avoids every port recorded for an instance or listening on a host.
+pub fn port_picker(observed: &BTreeMap<String, crate::host::HostState>) -> PortPicker {
+    let mut taken: BTreeSet<(String, u16)> = BTreeSet::new();
+    for (host, state) in observed {
+        taken.extend(state.instances.iter().map(|i| (i.record.host.clone(), i.record.port)));
+        taken.extend(state.listening.iter().map(|p| (host.clone(), *p)));
+    }
+    PortPicker::new(taken)
 }

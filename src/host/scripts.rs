@@ -172,7 +172,10 @@ if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz"; fi
 pub const LOCK_ACQUIRE: &str = r#"
 mkdir -p "$app"
 if mkdir "$app/lock" 2>/dev/null; then
-  printf '%s\n' "$1" > "$app/lock/holder.json"; echo acquired; exit 0
+  # A lock nobody can name would block everyone for 30 s: remove it if the holder
+  # cannot be written (a full disk, say).
+  if printf '%s\n' "$1" > "$app/lock/holder.json"; then echo acquired; exit 0; fi
+  rm -rf "$app/lock"; exit 1
 fi
 f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
 printf 'held %s %s\n' "$(( $(date +%s) - $(stat -c %Y "$f") ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
@@ -187,7 +190,7 @@ if [ ! -f "$f" ] || [ -z "$1" ] || grep -qF "\"token\":\"$1\"" "$f"; then
   rm -rf "$app/lock.stale.$$"
 fi
 if mkdir "$app/lock" 2>/dev/null; then
-  printf '%s\n' "$2" > "$app/lock/holder.json"; echo acquired
+  if printf '%s\n' "$2" > "$app/lock/holder.json"; then echo acquired; else rm -rf "$app/lock"; exit 1; fi
 else
   echo lost
 fi

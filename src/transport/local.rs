@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::{Cmd, Output, TransportError};
@@ -36,7 +36,8 @@ impl LocalTransport {
         TransportError::Spawn { host: self.name.clone(), program: cmd.program.clone(), source }
     }
 
-    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
+    /// Spawns `cmd` with piped output and feeds it its stdin.
+    async fn spawn(&self, cmd: &Cmd) -> Result<tokio::process::Child, TransportError> {
         let mut child = Self::command(cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -45,6 +46,11 @@ impl LocalTransport {
         if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
             stdin.write_all(data).await.map_err(|e| self.spawn_error(cmd, e))?;
         }
+        Ok(child)
+    }
+
+    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
+        let child = self.spawn(cmd).await?;
         let out = child.wait_with_output().await.map_err(|e| self.spawn_error(cmd, e))?;
         Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
@@ -54,32 +60,11 @@ impl LocalTransport {
         cmd: &Cmd,
         on_line: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<ExitStatus, TransportError> {
-        let mut child = Self::command(cmd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| self.spawn_error(cmd, e))?;
-        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
-            stdin.write_all(data).await.map_err(|e| self.spawn_error(cmd, e))?;
-        }
+        let mut child = self.spawn(cmd).await?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             unreachable!("both pipes were requested above")
         };
-        let mut out_lines = BufReader::new(stdout).lines();
-        let mut err_lines = BufReader::new(stderr).lines();
-        let (mut out_done, mut err_done) = (false, false);
-        while !(out_done && err_done) {
-            tokio::select! {
-                line = out_lines.next_line(), if !out_done => match line {
-                    Ok(Some(line)) => on_line(&line),
-                    _ => out_done = true,
-                },
-                line = err_lines.next_line(), if !err_done => match line {
-                    Ok(Some(line)) => on_line(&line),
-                    _ => err_done = true,
-                },
-            }
-        }
+        super::pump_lines(stdout, stderr, on_line).await;
         child.wait().await.map_err(|e| self.spawn_error(cmd, e))
     }
 
@@ -100,12 +85,24 @@ impl LocalTransport {
         }
         let tmp = format!("{dest}.part.{}", std::process::id());
         let _ = tokio::fs::remove_file(&tmp).await;
-        // Every local "host" is this machine: a hard link is a copy that costs nothing.
-        let bytes = match tokio::fs::hard_link(src, &tmp).await {
-            Ok(()) => tokio::fs::metadata(&tmp).await.map_err(err)?.len(),
-            Err(_) => tokio::fs::copy(src, &tmp).await.map_err(err)?,
+        let result = async {
+            // Every local "host" is this machine: a hard link is a copy that costs nothing.
+            let bytes = match tokio::fs::hard_link(src, &tmp).await {
+                Ok(()) => tokio::fs::metadata(&tmp).await?.len(),
+                Err(_) => tokio::fs::copy(src, &tmp).await?,
+            };
+            tokio::fs::rename(&tmp, dest).await?;
+            Ok(bytes)
+        }
+        .await;
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // A partial copy must not keep eating a disk that is already full.
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(err(e));
+            }
         };
-        tokio::fs::rename(&tmp, dest).await.map_err(err)?;
         progress(bytes);
         Ok(bytes)
     }

@@ -77,6 +77,30 @@ pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// Hands every line of `stdout` and `stderr` to `on_line` as it arrives, until both end.
+async fn pump_lines(
+    stdout: impl tokio::io::AsyncRead + Unpin,
+    stderr: impl tokio::io::AsyncRead + Unpin,
+    on_line: &(dyn Fn(&str) + Send + Sync),
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut out_lines = BufReader::new(stdout).lines();
+    let mut err_lines = BufReader::new(stderr).lines();
+    let (mut out_done, mut err_done) = (false, false);
+    while !(out_done && err_done) {
+        tokio::select! {
+            line = out_lines.next_line(), if !out_done => match line {
+                Ok(Some(line)) => on_line(&line),
+                _ => out_done = true,
+            },
+            line = err_lines.next_line(), if !err_done => match line {
+                Ok(Some(line)) => on_line(&line),
+                _ => err_done = true,
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Output {
     pub status: ExitStatus,

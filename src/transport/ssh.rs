@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{Cmd, Output, TransportError};
@@ -48,6 +48,7 @@ const UPLOAD: &str = r#"set -eu
 p=$1
 case $p in "~/"*) p="$HOME/${p#"~/"}";; esac
 mkdir -p "$(dirname "$p")"
+trap 'rm -f "$p.part.$$"' EXIT
 cat > "$p.part.$$"
 mv "$p.part.$$" "$p"
 "#;
@@ -134,7 +135,8 @@ impl SshTransport {
         TransportError::Connection { host: self.inner.spec.clone(), message: error.to_string() }
     }
 
-    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
+    /// Spawns `cmd` on the host with piped output and feeds it its stdin.
+    async fn spawn(&self, cmd: &Cmd) -> Result<openssh::Child<Arc<Session>>, TransportError> {
         let session = self.session().await?;
         let mut command = Session::to_raw_command(session, cmd.to_shell());
         command
@@ -146,6 +148,11 @@ impl SshTransport {
             stdin.write_all(data).await.map_err(|e| self.io_lost(&e))?;
             stdin.shutdown().await.map_err(|e| self.io_lost(&e))?;
         }
+        Ok(child)
+    }
+
+    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
+        let child = self.spawn(cmd).await?;
         let out = child.wait_with_output().await.map_err(|e| self.lost(&e))?;
         Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
@@ -159,35 +166,11 @@ impl SshTransport {
         cmd: &Cmd,
         on_line: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<ExitStatus, TransportError> {
-        let session = self.session().await?;
-        let mut command = Session::to_raw_command(session, cmd.to_shell());
-        command
-            .stdin(if cmd.stdin.is_some() { openssh::Stdio::piped() } else { openssh::Stdio::null() })
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::piped());
-        let mut child = command.spawn().await.map_err(|e| self.lost(&e))?;
-        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin().take()) {
-            stdin.write_all(data).await.map_err(|e| self.io_lost(&e))?;
-            stdin.shutdown().await.map_err(|e| self.io_lost(&e))?;
-        }
+        let mut child = self.spawn(cmd).await?;
         let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
             return Err(self.io_lost(&std::io::Error::other("no output pipes")));
         };
-        let mut out_lines = BufReader::new(stdout).lines();
-        let mut err_lines = BufReader::new(stderr).lines();
-        let (mut out_done, mut err_done) = (false, false);
-        while !(out_done && err_done) {
-            tokio::select! {
-                line = out_lines.next_line(), if !out_done => match line {
-                    Ok(Some(line)) => on_line(&line),
-                    _ => out_done = true,
-                },
-                line = err_lines.next_line(), if !err_done => match line {
-                    Ok(Some(line)) => on_line(&line),
-                    _ => err_done = true,
-                },
-            }
-        }
+        super::pump_lines(stdout, stderr, on_line).await;
         child.wait().await.map_err(|e| self.lost(&e))
     }
 
