@@ -46,6 +46,9 @@ enum CommandArgs {
         /// Release to run it from (default: the current one).
         #[arg(long)]
         version: Option<String>,
+        /// pg_dump the database first (as `[ferry.backup] before_migrate`).
+        #[arg(long)]
+        backup: bool,
         /// Wait up to this long for another operation's lock.
         #[arg(long, value_parser = duration, value_name = "DURATION")]
         lock_wait: Option<Duration>,
@@ -65,6 +68,9 @@ enum CommandArgs {
     /// Manage secrets: stored on the hosts (0600), given to instances as env, never printed.
     #[command(subcommand)]
     Secrets(SecretsArgs),
+    /// PostgreSQL backups taken with pg_dump on the release machine.
+    #[command(subcommand)]
+    Backups(BackupsArgs),
     /// Inspect or release the deploy lock.
     #[command(subcommand)]
     Lock(LockArgs),
@@ -118,6 +124,9 @@ struct DeployArgs {
     /// Do not run [deploy] release_command.
     #[arg(long)]
     skip_release_command: bool,
+    /// pg_dump the database before the release_command (as `[ferry.backup] before_migrate`).
+    #[arg(long)]
+    backup: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +142,12 @@ struct RollbackArgs {
     /// How long an instance may take to become healthy.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     wait_timeout: Option<Duration>,
+    /// Also restore the database backup taken before the release being rolled back.
+    #[arg(long)]
+    restore_backup: bool,
+    /// Do not ask before restoring the backup.
+    #[arg(long)]
+    yes: bool,
     /// Wait up to this long for another operation's lock.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     lock_wait: Option<Duration>,
@@ -214,6 +229,21 @@ enum SecretsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum BackupsArgs {
+    /// Backups: id, when, database (no password), size, releases before and after.
+    List,
+    /// Take a backup now.
+    Create,
+    /// Restore a backup over the database (pg_restore --clean --if-exists --single-transaction).
+    Restore {
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LockArgs {
     /// Who holds the lock on each host, and whether it is stale.
     Status,
@@ -253,7 +283,7 @@ pub enum Command {
     ReleaseBuild { version: Option<String>, output: Option<PathBuf> },
     Deploy(DeployOptions),
     Rollback(RollbackOptions),
-    Migrate { version: Option<String>, lock_wait: Option<Duration> },
+    Migrate { version: Option<String>, backup: bool, lock_wait: Option<Duration> },
     Status,
     Releases,
     Logs { region: Option<String>, instance: Option<String>, lines: usize },
@@ -264,6 +294,9 @@ pub enum Command {
     SecretsSet { pairs: Vec<String>, stage: bool },
     SecretsUnset { keys: Vec<String>, stage: bool },
     SecretsList,
+    BackupsList,
+    BackupsCreate,
+    BackupsRestore { id: String, yes: bool },
     LockStatus,
     LockRelease,
     Destroy { yes: bool },
@@ -304,6 +337,7 @@ pub fn parse() -> Invocation {
             }),
             lock_wait: d.lock_wait,
             skip_release_command: d.skip_release_command,
+            backup: d.backup,
         }),
         CommandArgs::Rollback(r) => Command::Rollback(RollbackOptions {
             version: r.version,
@@ -311,8 +345,10 @@ pub fn parse() -> Invocation {
             no_revert: r.no_revert,
             wait_timeout: r.wait_timeout,
             lock_wait: r.lock_wait,
+            restore_backup: r.restore_backup,
+            yes: r.yes,
         }),
-        CommandArgs::Migrate { version, lock_wait } => Command::Migrate { version, lock_wait },
+        CommandArgs::Migrate { version, backup, lock_wait } => Command::Migrate { version, backup, lock_wait },
         CommandArgs::Status => Command::Status,
         CommandArgs::Releases => Command::Releases,
         CommandArgs::Logs(l) => Command::Logs { region: l.region, instance: l.instance, lines: l.lines },
@@ -325,6 +361,9 @@ pub fn parse() -> Invocation {
         CommandArgs::Secrets(SecretsArgs::Set { pairs, stage }) => Command::SecretsSet { pairs, stage },
         CommandArgs::Secrets(SecretsArgs::Unset { keys, stage }) => Command::SecretsUnset { keys, stage },
         CommandArgs::Secrets(SecretsArgs::List) => Command::SecretsList,
+        CommandArgs::Backups(BackupsArgs::List) => Command::BackupsList,
+        CommandArgs::Backups(BackupsArgs::Create) => Command::BackupsCreate,
+        CommandArgs::Backups(BackupsArgs::Restore { id, yes }) => Command::BackupsRestore { id, yes },
         CommandArgs::Lock(LockArgs::Status) => Command::LockStatus,
         CommandArgs::Lock(LockArgs::Release) => Command::LockRelease,
         CommandArgs::Destroy { yes } => Command::Destroy { yes },

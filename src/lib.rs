@@ -12,6 +12,7 @@ pub mod health;
 pub mod history;
 pub mod host;
 pub mod plan;
+pub mod postgres;
 pub mod release;
 pub mod report;
 pub mod run;

@@ -42,7 +42,12 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         Command::ReleaseBuild { version, output } => commands::build::run(&ctx, version, output).await,
         Command::Deploy(opts) => commands::deploy::deploy(&ctx, opts).await,
         Command::Rollback(opts) => commands::deploy::rollback(&ctx, opts).await,
-        Command::Migrate { version, lock_wait } => commands::deploy::migrate(&ctx, version, lock_wait).await,
+        Command::Migrate { version, backup, lock_wait } => {
+            commands::deploy::migrate(&ctx, version, backup, lock_wait).await
+        }
+        Command::BackupsList => commands::backups::list(&ctx).await,
+        Command::BackupsCreate => commands::backups::create(&ctx).await,
+        Command::BackupsRestore { id, yes } => commands::backups::restore(&ctx, &id, yes).await,
         Command::Status => commands::inspect::status(&ctx).await,
         Command::Releases => commands::inspect::releases(&ctx).await,
         Command::Logs { region, instance, lines } => commands::inspect::logs(&ctx, region, instance, lines).await,

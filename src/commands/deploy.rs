@@ -32,10 +32,14 @@ pub struct DeployOptions {
     pub strategy: Option<Strategy>,
     pub lock_wait: Option<Duration>,
     pub skip_release_command: bool,
+    /// Take a backup before the release_command even without `before_migrate`.
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RollbackOptions {
+    pub restore_backup: bool,
+    pub yes: bool,
     pub version: Option<String>,
     pub dry_run: bool,
     pub no_revert: bool,
@@ -221,6 +225,19 @@ async fn deploy_locked(
     let record = Record::new("deploy", &version, previous.clone());
     record_history(ctx, fleet, &record).await;
     if let Some(command) = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command) {
+        if opts.backup || ctx.config.ferry.backup.before_migrate {
+            if let Err(error) = super::backups::take(ctx, fleet, previous.clone(), Some(version.clone())).await {
+                record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
+                ctx.event(Event::Finished {
+                    outcome: Outcome::Failed,
+                    version: Some(version.clone()),
+                    previous: previous.clone(),
+                    message: "the backup failed, so the migration did not run; no instance was changed".into(),
+                    duration_ms: millis(started.elapsed()),
+                });
+                return Err(error);
+            }
+        }
         if let Err(error) = release_command(ctx, fleet, &version, &command).await {
             record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
             ctx.event(Event::Finished {
@@ -517,6 +534,24 @@ pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
     if opts.dry_run {
         return dry_run(ctx, &fleet, &target, Strategy::Rolling).await;
     }
+    if opts.restore_backup {
+        let host = fleet
+            .primary()
+            .and_then(|r| r.hosts.first())
+            .ok_or_else(|| Error::failed("the primary region has no host"))?;
+        let backups = host.backup_list().await.map_err(|source| Error::Host { step: "listing backups", source })?;
+        let Some(backup) = backups.into_iter().rev().find(|b| b.release_after.is_some() && b.release_after == current)
+        else {
+            return Err(Error::Usage {
+                message: format!(
+                    "no backup was taken before {} was deployed, so there is nothing to restore",
+                    current.as_deref().unwrap_or("the current release")
+                ),
+                hint: Some("`ferry backups list` shows what there is; roll back without `--restore-backup`".into()),
+            });
+        };
+        super::backups::restore_backup(ctx, &fleet, &backup, opts.yes).await?;
+    }
     let guard = lock(ctx, &fleet, "rollback", opts.lock_wait).await?;
     let result = rollback_locked(ctx, &fleet, &target, current, &start, &opts, started).await;
     guard.release().await;
@@ -569,7 +604,12 @@ fn versions_everywhere(fleet: &Fleet, observed: &BTreeMap<String, HostState>) ->
 
 /// `ferry migrate`: the release_command alone, against a release already on the
 /// hosts (default: the current one), under the deploy lock.
-pub async fn migrate(ctx: &Ctx, version: Option<String>, lock_wait: Option<Duration>) -> Result<(), Error> {
+pub async fn migrate(
+    ctx: &Ctx,
+    version: Option<String>,
+    backup: bool,
+    lock_wait: Option<Duration>,
+) -> Result<(), Error> {
     let started = Instant::now();
     let Some(command) = ctx.config.deploy.release_command.clone() else {
         return Err(Error::usage("there is no `[deploy] release_command` to run"));
@@ -590,7 +630,15 @@ pub async fn migrate(ctx: &Ctx, version: Option<String>, lock_wait: Option<Durat
     let guard = lock(ctx, &fleet, "migrate", lock_wait).await?;
     let record = Record::new("migrate", &version, None);
     record_history(ctx, &fleet, &record).await;
-    let result = release_command(ctx, &fleet, &version, &command).await;
+    let result = if backup || ctx.config.ferry.backup.before_migrate {
+        super::backups::take(ctx, &fleet, Some(version.clone()), Some(version.clone())).await.map(|_| ())
+    } else {
+        Ok(())
+    };
+    let result = match result {
+        Ok(()) => release_command(ctx, &fleet, &version, &command).await,
+        Err(e) => Err(e),
+    };
     let status = if result.is_ok() { Status::Complete } else { Status::Failed };
     record_history(ctx, &fleet, &record.finished(status, result.as_ref().err().map(ToString::to_string))).await;
     guard.release().await;

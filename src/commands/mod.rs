@@ -2,6 +2,7 @@
 //! (print the plan on `--dry-run`), execute, report the outcome. Shared steps —
 //! observing the fleet, taking the lock, shipping a release — live here.
 
+pub mod backups;
 pub mod build;
 pub mod config;
 pub mod deploy;

@@ -229,6 +229,81 @@ impl Host {
             .collect())
     }
 
+    /// A secret's value, or `None`. Only for values ferry itself must use (a
+    /// database URL); it travels on the connection's stdout, never a command line.
+    pub async fn secret_get(&self, key: &str) -> Result<Option<String>, HostError> {
+        use base64::Engine as _;
+        let out = self.run("reading a secret", &self.cmd(scripts::SECRET_GET).arg(key)).await?;
+        let encoded = out.stdout_str();
+        let encoded = encoded.trim();
+        if encoded.is_empty() {
+            return Ok(None);
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| HostError::Step {
+            host: self.name.clone(),
+            step: "reading a secret",
+            message: format!("secret `{key}` is not stored as expected"),
+        })?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Dumps `db` into `backups/` and returns the stored metadata.
+    pub async fn backup_create(
+        &self,
+        db: &crate::postgres::Database,
+        meta: &crate::postgres::Backup,
+        keep: usize,
+    ) -> Result<crate::postgres::Backup, HostError> {
+        let json = serde_json::to_string(meta).unwrap_or_default();
+        let prefix = json.trim_end_matches('}').trim_end_matches(",\"size\":0,\"sha256\":\"\"").to_string();
+        let cmd = self
+            .cmd(scripts::BACKUP_CREATE)
+            .args([
+                meta.id.clone(),
+                db.host.clone(),
+                db.port.to_string(),
+                db.user.clone(),
+                db.name.clone(),
+                keep.to_string(),
+                prefix,
+            ])
+            .stdin(db.pgpass());
+        let out = self.run("taking the backup", &cmd).await?;
+        serde_json::from_str(out.stdout_str().trim()).map_err(|e| HostError::Step {
+            host: self.name.clone(),
+            step: "taking the backup",
+            message: format!("unexpected metadata: {e}"),
+        })
+    }
+
+    pub async fn backup_list(&self) -> Result<Vec<crate::postgres::Backup>, HostError> {
+        let out = self.run("listing backups", &self.cmd(scripts::BACKUP_LIST)).await?;
+        let mut list: Vec<crate::postgres::Backup> =
+            out.stdout_str().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
+    }
+
+    pub async fn backup_restore(
+        &self,
+        db: &crate::postgres::Database,
+        backup: &crate::postgres::Backup,
+    ) -> Result<(), HostError> {
+        let cmd = self
+            .cmd(scripts::BACKUP_RESTORE)
+            .args([
+                backup.id.clone(),
+                db.host.clone(),
+                db.port.to_string(),
+                db.user.clone(),
+                db.name.clone(),
+                backup.sha256.clone(),
+            ])
+            .stdin(db.pgpass());
+        self.run("restoring the backup", &cmd).await?;
+        Ok(())
+    }
+
     pub async fn destroy(&self) -> Result<(), HostError> {
         self.run("removing the app", &self.cmd(scripts::DESTROY)).await?;
         Ok(())

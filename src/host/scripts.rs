@@ -258,3 +258,59 @@ while IFS="=" read -r k v; do
   [ -n "$k" ] && printf '%s %s\n' "$k" "$(printf %s "$v" | base64 -d | sha256sum | cut -c1-12)"
 done < "$f"
 "#;
+
+/// `$1` key: prints that secret's stored (base64) value, for ferry to read a database
+/// URL; nothing if absent.
+pub const SECRET_GET: &str = r#"
+f="$app/secrets.env"
+[ -f "$f" ] || exit 0
+while IFS="=" read -r k v; do [ "$k" = "$1" ] && printf '%s\n' "$v"; done < "$f"
+exit 0
+"#;
+
+/// `$1` id, `$2` host, `$3` port, `$4` user, `$5` database, `$6` keep, `$7` metadata
+/// json without its closing brace; stdin: the pgpass file. Dumps with `pg_dump -Fc`,
+/// verifies with `pg_restore --list`, stores `backups/<id>.dump` and `<id>.json`,
+/// keeps the newest `$6`, prints the metadata.
+pub const BACKUP_CREATE: &str = r#"
+id=$1 host=$2 port=$3 user=$4 db=$5 keep=$6 meta=$7
+dir="$app/backups"; mkdir -p "$dir"
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/ferry-backup.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+(umask 077; cat > "$scratch/pgpass")
+export PGPASSFILE="$scratch/pgpass" PGCONNECT_TIMEOUT=10
+part="$dir/$id.dump.part"
+if ! pg_dump -Fc -h "$host" -p "$port" -U "$user" -d "$db" -f "$part" 2> "$scratch/err"; then
+  rm -f "$part"; echo "pg_dump failed:" >&2; cat "$scratch/err" >&2; exit 1
+fi
+if ! pg_restore --list "$part" > /dev/null 2> "$scratch/err"; then
+  rm -f "$part"; echo "the dump does not verify (pg_restore --list):" >&2; cat "$scratch/err" >&2; exit 1
+fi
+sha=$(sha256sum "$part" | cut -d' ' -f1); size=$(stat -c %s "$part")
+mv "$part" "$dir/$id.dump"
+printf '%s,"size":%s,"sha256":"%s"}\n' "$meta" "$size" "$sha" > "$dir/$id.json"
+ls "$dir" | grep '\.json$' | sort | head -n "-$keep" | while read -r f; do rm -f "$dir/$f" "$dir/${f%.json}.dump"; done
+cat "$dir/$id.json"
+"#;
+
+/// Prints every backup's metadata, one JSON object per line.
+pub const BACKUP_LIST: &str = r#"
+dir="$app/backups"
+[ -d "$dir" ] || exit 0
+for f in "$dir"/*.json; do [ -f "$f" ] && cat "$f"; done
+exit 0
+"#;
+
+/// `$1` id, `$2` host, `$3` port, `$4` user, `$5` database, `$6` sha256; stdin: the
+/// pgpass file. Checks the dump's sha256, then restores it in one transaction.
+pub const BACKUP_RESTORE: &str = r#"
+id=$1 host=$2 port=$3 user=$4 db=$5 sha=$6
+dump="$app/backups/$id.dump"
+[ -f "$dump" ] || { echo "backup $id is not on this host" >&2; exit 1; }
+[ "$(sha256sum "$dump" | cut -d' ' -f1)" = "$sha" ] || { echo "backup $id does not match its sha256" >&2; exit 1; }
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/ferry-restore.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+(umask 077; cat > "$scratch/pgpass")
+export PGPASSFILE="$scratch/pgpass" PGCONNECT_TIMEOUT=10
+pg_restore --clean --if-exists --single-transaction --no-owner -h "$host" -p "$port" -U "$user" -d "$db" "$dump"
+"#;

@@ -96,6 +96,12 @@ impl Reporter for Human {
                 }
             }
             Event::ReleaseInstalled { .. } | Event::RegionStarted { .. } => {}
+            Event::BackupStarted { host, database } => {
+                self.line(&format!("==> backup of {database} on {host} (pg_dump)"));
+            }
+            Event::BackupTaken { id, size, .. } => {
+                self.line(&format!("  backup {id}: {size} bytes, verified with pg_restore --list"));
+            }
             Event::ReleaseCommandStarted { host, command } => {
                 self.line(&format!("==> release_command on {host}: {command}"));
             }

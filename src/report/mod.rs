@@ -54,6 +54,17 @@ pub enum Event {
         version: String,
         already_present: bool,
     },
+    BackupStarted {
+        host: String,
+        database: String,
+    },
+    BackupTaken {
+        host: String,
+        id: String,
+        database: String,
+        size: u64,
+        sha256: String,
+    },
     ReleaseCommandStarted {
         host: String,
         command: String,

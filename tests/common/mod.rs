@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod sshd;
 
 use std::fmt::Write as _;

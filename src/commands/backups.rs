@@ -1,0 +1,166 @@
+//! `ferry backups create|list|restore` and the backup a deploy or migrate takes before
+//! the release_command: `pg_dump -Fc` on the release machine, verified with
+//! `pg_restore --list`, kept to `[ferry.backup] keep`.
+
+use std::fmt::Write as _;
+
+use crate::error::Error;
+use crate::fleet::Fleet;
+use crate::host::Host;
+use crate::postgres::{Backup, Database};
+use crate::report::{Event, Outcome};
+
+use super::{confirm, lock, observe, Ctx};
+
+/// The release machine: the primary region's first host.
+fn release_host(fleet: &Fleet) -> Result<&Host, Error> {
+    fleet.primary().and_then(|r| r.hosts.first()).ok_or_else(|| Error::failed("the primary region has no host"))
+}
+
+/// The database named by `[ferry.backup] database_url_env`, from `[env]` or secrets.
+pub async fn database(ctx: &Ctx, host: &Host) -> Result<Database, Error> {
+    let var = ctx.config.ferry.backup.database_url_env.clone();
+    let url = match ctx.config.env.get(&var) {
+        Some(url) => url.clone(),
+        None => host
+            .secret_get(&var)
+            .await
+            .map_err(|source| Error::Host { step: "reading the database URL", source })?
+            .ok_or_else(|| Error::Usage {
+                message: format!("no `{var}` in `[env]` or in the app's secrets, so there is no database to back up"),
+                hint: Some(format!(
+                    "`ferry secrets set {var}=-` and paste the URL, or set `[ferry.backup] database_url_env`"
+                )),
+            })?,
+    };
+    Database::from_url(&var, &url).map_err(|e| Error::Usage { message: e.to_string(), hint: None })
+}
+
+/// Takes one backup on the release machine. An error here means nothing was migrated.
+pub async fn take(ctx: &Ctx, fleet: &Fleet, before: Option<String>, after: Option<String>) -> Result<Backup, Error> {
+    let host = release_host(fleet)?;
+    let db = database(ctx, host).await?;
+    let now = std::time::SystemTime::now();
+    let stamp: String =
+        humantime::format_rfc3339_seconds(now).to_string().chars().filter(char::is_ascii_alphanumeric).collect();
+    let meta = Backup {
+        app: ctx.config.app.clone(),
+        id: format!("{stamp}-{}", &super::new_instance_id()[..6]),
+        created_at: humantime::format_rfc3339_seconds(now).to_string(),
+        database: db.describe(),
+        release_before: before,
+        release_after: after,
+        size: 0,
+        sha256: String::new(),
+    };
+    ctx.event(Event::BackupStarted { host: host.name.clone(), database: db.describe() });
+    let backup =
+        host.backup_create(&db, &meta, ctx.config.ferry.backup.keep).await.map_err(|source| Error::Failed {
+            message: format!("the backup of `{}` failed: {}", db.describe(), crate::error::chain(&source)),
+            hint: Some(
+                "nothing was migrated and no instance changed; fix the database URL or access and run again".into(),
+            ),
+        })?;
+    ctx.event(Event::BackupTaken {
+        host: host.name.clone(),
+        id: backup.id.clone(),
+        database: backup.database.clone(),
+        size: backup.size,
+        sha256: backup.sha256.clone(),
+    });
+    Ok(backup)
+}
+
+pub async fn create(ctx: &Ctx) -> Result<(), Error> {
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let observed = observe(&fleet).await?;
+    let current = fleet.hosts().find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone()));
+    let guard = lock(ctx, &fleet, "backups create", None).await?;
+    let result = take(ctx, &fleet, current.clone(), current).await;
+    guard.release().await;
+    let backup = result?;
+    ctx.event(Event::Finished {
+        outcome: Outcome::Succeeded,
+        version: None,
+        previous: None,
+        message: format!("backup {} of {} ({} bytes)", backup.id, backup.database, backup.size),
+        duration_ms: 0,
+    });
+    Ok(())
+}
+
+pub async fn list(ctx: &Ctx) -> Result<(), Error> {
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let host = release_host(&fleet)?;
+    let mut backups = host.backup_list().await.map_err(|source| Error::Host { step: "listing backups", source })?;
+    backups.reverse();
+    if ctx.json {
+        println!("{}", serde_json::to_string(&backups).unwrap_or_default());
+        return Ok(());
+    }
+    if backups.is_empty() {
+        println!("no backups; `ferry backups create` takes one");
+        return Ok(());
+    }
+    let mut out =
+        format!("{:<28} {:<21} {:<28} {:>10} {:<12} {}\n", "ID", "CREATED", "DATABASE", "SIZE", "BEFORE", "AFTER");
+    for b in &backups {
+        let _ = writeln!(
+            out,
+            "{:<28} {:<21} {:<28} {:>10} {:<12} {}",
+            b.id,
+            b.created_at,
+            b.database,
+            b.size,
+            b.release_before.as_deref().unwrap_or("-"),
+            b.release_after.as_deref().unwrap_or("-")
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub async fn restore(ctx: &Ctx, id: &str, yes: bool) -> Result<(), Error> {
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let host = release_host(&fleet)?;
+    let backups = host.backup_list().await.map_err(|source| Error::Host { step: "listing backups", source })?;
+    let Some(backup) = backups.into_iter().find(|b| b.id == id) else {
+        return Err(Error::Usage {
+            message: format!("no backup `{id}`"),
+            hint: Some("`ferry backups list` shows them".into()),
+        });
+    };
+    restore_backup(ctx, &fleet, &backup, yes).await?;
+    ctx.event(Event::Finished {
+        outcome: Outcome::Succeeded,
+        version: None,
+        previous: None,
+        message: format!("restored backup {} into {}", backup.id, backup.database),
+        duration_ms: 0,
+    });
+    Ok(())
+}
+
+/// Restores `backup` over the current database, after confirmation.
+pub async fn restore_backup(ctx: &Ctx, fleet: &Fleet, backup: &Backup, yes: bool) -> Result<(), Error> {
+    let host = release_host(fleet)?;
+    let db = database(ctx, host).await?;
+    if !yes {
+        confirm(
+            ctx,
+            &format!(
+                "replace the contents of `{}` with backup {} from {}?",
+                db.describe(),
+                backup.id,
+                backup.created_at
+            ),
+        )?;
+    }
+    let guard = lock(ctx, fleet, "backups restore", None).await?;
+    let result = host.backup_restore(&db, backup).await;
+    guard.release().await;
+    result.map_err(|source| Error::Failed {
+        message: format!("restoring backup {} failed: {}", backup.id, crate::error::chain(&source)),
+        hint: Some("pg_restore ran in one transaction, so the database is as it was before".into()),
+    })
+}

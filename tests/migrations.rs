@@ -1,0 +1,175 @@
+//! The release_command machine and backups before migrations, against a real
+//! PostgreSQL primary (and replica) on loopback. Needs root (PostgreSQL runs as the
+//! `postgres` user); skips otherwise.
+
+mod common;
+
+use common::postgres::{Postgres, APP_PASSWORD};
+use common::Project;
+
+fn root() -> bool {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    let is_root = String::from_utf8_lossy(&out.stdout).trim() == "0";
+    if !is_root {
+        eprintln!("not root: PostgreSQL runs as its own user; skipped");
+    }
+    is_root
+}
+
+/// A project whose release_command records one row per run in `runs`.
+fn migrating_project(extra_deploy: &str) -> Project {
+    Project::builder()
+        .region("syd", 2)
+        .region("lax", 2)
+        .deploy_keys(&format!(
+            "  release_command = \"psql -X -q -v ON_ERROR_STOP=1 -d \\\"$DATABASE_URL\\\" -c \\\"CREATE TABLE IF NOT EXISTS runs (version text, rc text, grp text, app text, region text, prim text); INSERT INTO runs VALUES ('$RELEASE_VERSION', '$RELEASE_COMMAND', '$FLY_PROCESS_GROUP', '$FLY_APP_NAME', '$FLY_REGION', '$PRIMARY_REGION')\\\"\"\n{extra_deploy}"
+        ))
+        .build()
+}
+
+fn set_url(project: &Project, url: &str) {
+    let mut child = project
+        .command(&["secrets", "set", "DATABASE_URL=-", "--stage"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), url.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn release_command_runs_exactly_once_with_its_environment_before_any_instance_changes() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let project = migrating_project("");
+    set_url(&project, &pg.url());
+    let run = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    run.assert_ok();
+    assert_eq!(pg.primary("SELECT count(*) FROM runs"), "1", "once for 4 instances in 2 regions");
+    assert_eq!(
+        pg.primary("SELECT version || ' ' || rc || ' ' || grp || ' ' || app || ' ' || region || ' ' || prim FROM runs"),
+        "v1 1 fly_app_release_command hello syd syd"
+    );
+    let events = run.events();
+    let finished = events.iter().position(|e| e["event"] == "release_command_finished").unwrap();
+    assert!(events.iter().position(|e| e["event"] == "instance_updating").unwrap() > finished);
+    assert!(!run.stdout.contains(APP_PASSWORD) && !run.stderr.contains(APP_PASSWORD));
+}
+
+#[test]
+fn release_command_timeout_kills_the_command_and_its_children() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys(
+            "  release_command = \"sleep 300 & echo $! > {dir}/child.pid; wait\"\n  release_command_timeout = \"1s\"",
+        )
+        .build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+    let pid = std::fs::read_to_string(project.path().join("child.pid")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "the child `sleep` was killed too: {stat}");
+    assert!(project.instances().is_empty(), "no instance was started");
+}
+
+#[test]
+fn backup_before_migrate_verifies_and_restores_exactly_the_old_rows() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.primary("CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three'); ALTER TABLE items OWNER TO app");
+    // A wrapper records how pg_dump was called (the password must not be in its argv).
+    let project = Project::builder()
+        .region("syd", 1)
+        .ferry_keys("[ferry.backup]\n  before_migrate = true")
+        .deploy_keys("  release_command = \"psql -X -q -v ON_ERROR_STOP=1 -d \\\"$DATABASE_URL\\\" -c 'DELETE FROM items WHERE id > 1; ALTER TABLE items ADD COLUMN price int'\"")
+        .build();
+    let wrappers = project.path().join("wrappers");
+    std::fs::create_dir_all(&wrappers).unwrap();
+    std::fs::write(
+        wrappers.join("pg_dump"),
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}/pg_dump.argv\nexec /usr/bin/pg_dump \"$@\"\n",
+            project.path().display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(wrappers.join("pg_dump")).status().unwrap();
+    let path = format!("{}:{}", wrappers.display(), std::env::var("PATH").unwrap());
+    set_url(&project, &pg.url());
+
+    let run = project.command(&["deploy", "--version", "v1", "--json"]).env("PATH", &path).output().unwrap();
+    let run = common::Run::from(run);
+    run.assert_ok();
+    assert_eq!(pg.primary("SELECT count(*) FROM items"), "1", "the migration ran");
+    let backup = run.events().into_iter().find(|e| e["event"] == "backup_taken").expect("a backup was taken");
+    let id = backup["id"].as_str().unwrap().to_string();
+    assert!(backup["size"].as_u64().unwrap() > 0);
+
+    let list = project.ferry(&["backups", "list", "--json"]);
+    list.assert_ok();
+    let backups: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(backups[0]["id"], id.as_str());
+    assert_eq!(backups[0]["database"], format!("127.0.0.1:{}/appdb", pg.primary_port));
+    assert_eq!(backups[0]["release_after"], "v1");
+
+    let refused = project.ferry(&["backups", "restore", &id]);
+    assert_eq!(refused.code, 2, "restoring needs --yes without a terminal: {}", refused.stderr);
+    project.ferry(&["backups", "restore", &id, "--yes"]).assert_ok();
+    assert_eq!(pg.primary("SELECT string_agg(id || ':' || name, ',' ORDER BY id) FROM items"), "1:one,2:two,3:three");
+    assert_eq!(
+        pg.primary(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'price'"
+        ),
+        "0"
+    );
+
+    // The password appears nowhere: output, metadata, history, pg_dump's argv.
+    let argv = std::fs::read_to_string(project.path().join("pg_dump.argv")).unwrap();
+    assert!(argv.contains("-Fc") && !argv.contains(APP_PASSWORD), "{argv}");
+    let mut everything = format!("{}{}{}{}", run.stdout, run.stderr, list.stdout, list.stderr);
+    for file in walk(&project.path().join(".ferry/local")) {
+        if file.extension().is_some_and(|e| e == "json" || e == "jsonl" || e == "log") {
+            everything.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+        }
+    }
+    assert!(!everything.contains(APP_PASSWORD) && !everything.contains("pw-Zq7"), "the password leaked");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_backup_that_fails_stops_the_deploy_before_the_migration() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let project = migrating_project("");
+    set_url(&project, &pg.url());
+    project.deploy("v1").assert_ok();
+    set_url(&project, &pg.url().replace("pw-", "wrong-"));
+    let run = project.ferry(&["deploy", "--version", "v2", "--backup"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("backup") && run.stderr.contains("nothing was migrated"), "{}", run.stderr);
+    assert!(run.stderr.contains("password authentication failed"), "says why: {}", run.stderr);
+    assert!(!run.stderr.contains("wrong-Zq7"), "no password in the report");
+    assert_eq!(pg.primary("SELECT count(*) FROM runs"), "1", "the v2 migration never ran");
+    assert_eq!(project.versions_served(), ["v1"; 4]);
+    assert_eq!(project.releases()[0]["status"], "failed");
+}
