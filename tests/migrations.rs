@@ -173,3 +173,69 @@ fn a_backup_that_fails_stops_the_deploy_before_the_migration() {
     assert_eq!(project.versions_served(), ["v1"; 4]);
     assert_eq!(project.releases()[0]["status"], "failed");
 }
+
+/// syd (primary) and lax, one instance each; lax reads from the replica.
+fn replica_project(pg: &Postgres, ferry_keys: &str) -> Project {
+    let project = Project::builder()
+        .region("syd", 1)
+        .region("lax", 1)
+        .ferry_keys(ferry_keys)
+        .deploy_keys("  release_command = \"psql -X -q -v ON_ERROR_STOP=1 -d \\\"$DATABASE_URL\\\" -c \\\"CREATE TABLE IF NOT EXISTS runs (v text); INSERT INTO runs SELECT '$RELEASE_VERSION' FROM generate_series(1, 1000)\\\"\"")
+        .build();
+    let config = project.path().join("fly.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace("[ferry.regions.lax]\n", &format!("[ferry.regions.lax]\n  replica_url = \"{}\"\n", pg.replica_url()));
+    std::fs::write(&config, text).unwrap();
+    set_url(&project, &pg.url());
+    project
+}
+
+fn served(project: &Project, region: &str) -> String {
+    let port = project.ports().into_iter().find(|(r, _)| r == region).unwrap().1;
+    common::get(port, "/version").map_or_else(|| "down".into(), |(_, body)| body.trim().to_string())
+}
+
+#[test]
+fn a_region_waits_for_its_replica_to_replay_the_migration() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let project = replica_project(&pg, "");
+    project.deploy("v1").assert_ok();
+    pg.replica("SELECT pg_wal_replay_pause()");
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json"]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let waiting = common::wait_for_event(&mut stdout, |e| e["event"] == "replica_waiting" && e["region"] == "lax")
+        .expect("lax waits");
+    assert!(waiting["lag_bytes"].as_u64().unwrap() > 0, "{waiting}");
+    assert_eq!(served(&project, "syd"), "v2", "the primary region went first");
+    assert_eq!(served(&project, "lax"), "v1", "lax keeps the old code while its replica is behind");
+    pg.replica("SELECT pg_wal_replay_resume()");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(served(&project, "lax"), "v2");
+    assert_eq!(pg.replica("SELECT count(*) FROM runs WHERE v = 'v2'"), "1000", "the replica has the migration");
+}
+
+#[test]
+fn a_replica_that_stays_behind_leaves_its_region_on_the_old_release() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let project = replica_project(&pg, "replica_wait_timeout = \"1s\"");
+    project.deploy("v1").assert_ok();
+    pg.replica("SELECT pg_wal_replay_pause()");
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let expected = format!("region lax was not updated: replica `127.0.0.1:{}/appdb` is ", pg.replica_port);
+    assert!(run.stderr.contains(&expected) && run.stderr.contains("bytes behind"), "{}", run.stderr);
+    assert_eq!(served(&project, "syd"), "v2", "regions already done stay done");
+    assert_eq!(served(&project, "lax"), "v1");
+    assert_eq!(project.releases()[0]["status"], "failed");
+    // Once replay resumes, the same deploy finishes the job.
+    pg.replica("SELECT pg_wal_replay_resume()");
+    project.deploy("v2").assert_ok();
+    assert_eq!(served(&project, "lax"), "v2");
+}

@@ -17,22 +17,23 @@ fn release_host(fleet: &Fleet) -> Result<&Host, Error> {
     fleet.primary().and_then(|r| r.hosts.first()).ok_or_else(|| Error::failed("the primary region has no host"))
 }
 
+/// The value of `var` as the app sees it: `[env]`, else the app's secrets.
+pub async fn url_from(ctx: &Ctx, host: &Host, var: &str) -> Result<String, Error> {
+    if let Some(url) = ctx.config.env.get(var) {
+        return Ok(url.clone());
+    }
+    host.secret_get(var).await.map_err(|source| Error::Host { step: "reading a database URL", source })?.ok_or_else(
+        || Error::Usage {
+            message: format!("no `{var}` in `[env]` or in the app's secrets"),
+            hint: Some(format!("`ferry secrets set {var}=-` and paste the URL")),
+        },
+    )
+}
+
 /// The database named by `[ferry.backup] database_url_env`, from `[env]` or secrets.
 pub async fn database(ctx: &Ctx, host: &Host) -> Result<Database, Error> {
     let var = ctx.config.ferry.backup.database_url_env.clone();
-    let url = match ctx.config.env.get(&var) {
-        Some(url) => url.clone(),
-        None => host
-            .secret_get(&var)
-            .await
-            .map_err(|source| Error::Host { step: "reading the database URL", source })?
-            .ok_or_else(|| Error::Usage {
-                message: format!("no `{var}` in `[env]` or in the app's secrets, so there is no database to back up"),
-                hint: Some(format!(
-                    "`ferry secrets set {var}=-` and paste the URL, or set `[ferry.backup] database_url_env`"
-                )),
-            })?,
-    };
+    let url = url_from(ctx, host, &var).await?;
     Database::from_url(&var, &url).map_err(|e| Error::Usage { message: e.to_string(), hint: None })
 }
 

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Strategy;
-use crate::deploy::{port_picker, Rollout, Summary};
+use crate::deploy::{port_picker, ReplicaWait, Rollout, Summary};
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::health::Checks;
@@ -224,6 +224,7 @@ async fn deploy_locked(
     ship(ctx, fleet, &observed, artifact).await?;
     let record = Record::new("deploy", &version, previous.clone());
     record_history(ctx, fleet, &record).await;
+    let mut waits = BTreeMap::new();
     if let Some(command) = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command) {
         if opts.backup || ctx.config.ferry.backup.before_migrate {
             if let Err(error) = super::backups::take(ctx, fleet, previous.clone(), Some(version.clone())).await {
@@ -252,10 +253,76 @@ async fn deploy_locked(
             });
             return Err(error);
         }
+        match replica_waits(ctx, fleet).await {
+            Ok(found) => waits = found,
+            Err(error) => {
+                record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
+                return Err(error);
+            }
+        }
     }
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
-    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan).await;
+    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, waits).await;
     finish(ctx, fleet, &record, &summary, previous, started, "deploy").await
+}
+
+/// After a migration: the primary's WAL position, and for every non-primary region
+/// that names its read replica, a wait for that replica to replay it. Databases are
+/// reached directly on the local target and through the region's first host over SSH.
+async fn replica_waits(ctx: &Ctx, fleet: &Fleet) -> Result<BTreeMap<String, ReplicaWait>, Error> {
+    let mut waits = BTreeMap::new();
+    let regions: Vec<_> = fleet
+        .regions
+        .iter()
+        .filter(|r| !r.primary)
+        .filter_map(|r| ctx.config.ferry.regions.get(&r.name).map(|c| (r, c)))
+        .filter(|(_, c)| c.replica_url.is_some() || c.replica_url_env.is_some())
+        .collect();
+    if regions.is_empty() {
+        return Ok(waits);
+    }
+    let Some(primary_host) = fleet.primary().and_then(|r| r.hosts.first()) else { return Ok(waits) };
+    let var = ctx.config.ferry.backup.database_url_env.clone();
+    let primary_url = super::backups::url_from(ctx, primary_host, &var).await?;
+    let primary_db =
+        crate::postgres::Database::from_url(&var, &primary_url).map_err(|e| Error::usage(e.to_string()))?;
+    let via = forward(primary_host, &primary_db).await?;
+    let target = crate::postgres::query_text(&primary_url, via, "SELECT pg_current_wal_lsn()::text")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| t.parse::<crate::postgres::Lsn>().ok())
+        .ok_or_else(|| Error::Failed {
+            message: format!(
+                "cannot read the primary's WAL position from `{}`, so replicas cannot be waited for",
+                primary_db.describe()
+            ),
+            hint: Some("the migration ran, no instance changed; check the database and deploy again".into()),
+        })?;
+    for (region, config) in regions {
+        let Some(host) = region.hosts.first() else { continue };
+        let url = match (&config.replica_url, &config.replica_url_env) {
+            (Some(url), _) => url.clone(),
+            (None, Some(env)) => super::backups::url_from(ctx, host, env).await?,
+            (None, None) => continue,
+        };
+        let name =
+            config.replica_url_env.clone().unwrap_or_else(|| format!("ferry.regions.{}.replica_url", region.name));
+        let db = crate::postgres::Database::from_url(&name, &url).map_err(|e| Error::usage(e.to_string()))?;
+        let via = forward(host, &db).await?;
+        waits.insert(
+            region.name.clone(),
+            ReplicaWait { url, replica: db.describe(), via, target, timeout: ctx.config.ferry.replica_wait_timeout },
+        );
+    }
+    Ok(waits)
+}
+
+async fn forward(host: &Host, db: &crate::postgres::Database) -> Result<Option<std::net::SocketAddr>, Error> {
+    host.transport
+        .forward_to(&db.host, db.port)
+        .await
+        .map_err(|e| Error::Host { step: "reaching the database", source: e.into() })
 }
 
 /// What the hosts say is current (the primary's `current`), else the history.
@@ -414,10 +481,11 @@ pub(super) async fn roll_out(
     wait: Duration,
     no_revert: bool,
     plan: Plan,
+    waits: BTreeMap<String, ReplicaWait>,
 ) -> Summary {
     let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
     let ports = port_picker(observed);
-    let rollout = Arc::new(Rollout::new(
+    let mut rollout = Rollout::new(
         hosts,
         ctx.config.clone(),
         checks,
@@ -426,8 +494,9 @@ pub(super) async fn roll_out(
         wait,
         no_revert,
         ports,
-    ));
-    rollout.execute(plan).await
+    );
+    rollout.replica_waits = waits;
+    Arc::new(rollout).execute(plan).await
 }
 
 /// Records the outcome, marks the release current and prunes on success, and turns
@@ -443,6 +512,9 @@ async fn finish(
 ) -> Result<(), Error> {
     let version = record.version.clone();
     let outcome = summary.outcome();
+    if summary.failure.is_none() && !summary.behind.is_empty() {
+        return finish_behind(ctx, fleet, record, summary, previous, started).await;
+    }
     let Some(failure) = &summary.failure else {
         for host in fleet.hosts() {
             if let Err(e) = host.set_current(&version).await {
@@ -587,7 +659,7 @@ async fn rollback_locked(
     let record = Record::new("rollback", target, current.clone());
     record_history(ctx, fleet, &record).await;
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
-    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan).await;
+    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, BTreeMap::new()).await;
     finish(ctx, fleet, &record, &summary, current, started, "rollback").await
 }
 
@@ -681,11 +753,60 @@ pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
         let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
         let record = Record::new("restart", &version, Some(version.clone()));
         record_history(ctx, &fleet, &record).await;
-        let summary =
-            roll_out(ctx, &fleet, &observed, checks, &start, ctx.config.deploy.wait_timeout, false, plan).await;
+        let summary = roll_out(
+            ctx,
+            &fleet,
+            &observed,
+            checks,
+            &start,
+            ctx.config.deploy.wait_timeout,
+            false,
+            plan,
+            BTreeMap::new(),
+        )
+        .await;
         finish(ctx, &fleet, &record, &summary, Some(version), started, "restart").await
     }
     .await;
     guard.release().await;
     result
+}
+
+/// The rollout finished everywhere except in regions whose replica never caught up:
+/// those stay on the old version, the others keep the new one, and the command fails.
+async fn finish_behind(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    record: &Record,
+    summary: &Summary,
+    previous: Option<String>,
+    started: Instant,
+) -> Result<(), Error> {
+    let version = record.version.clone();
+    let skipped: BTreeSet<&str> = summary.behind.iter().map(|b| b.region.as_str()).collect();
+    for host in fleet.hosts().filter(|h| !skipped.contains(h.region.as_str())) {
+        let _ = host.set_current(&version).await;
+    }
+    let what: Vec<String> = summary
+        .behind
+        .iter()
+        .map(|b| {
+            let lag = b.lag_bytes.map_or_else(|| "an unknown amount".to_string(), |l| format!("{l} bytes"));
+            let why = b.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+            format!("region {} was not updated: replica `{}` is {lag} behind the migration{why}", b.region, b.replica)
+        })
+        .collect();
+    let message = format!("{}; the other regions run {version}", what.join("; "));
+    record_history(ctx, fleet, &record.finished(Status::Failed, Some(message.clone()))).await;
+    ctx.event(Event::Finished {
+        outcome: Outcome::Failed,
+        version: Some(version),
+        previous,
+        message: message.clone(),
+        duration_ms: millis(started.elapsed()),
+    });
+    Err(Error::Failed {
+        message,
+        hint: Some("once the replica has caught up, run the same deploy again: it updates only what is left".into()),
+    })
 }

@@ -363,7 +363,8 @@ async fn converge_locked(
     }
     let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
     let wait = ctx.config.deploy.wait_timeout;
-    let summary = super::deploy::roll_out(ctx, fleet, &observed, checks, &start, wait, false, plan).await;
+    let summary =
+        super::deploy::roll_out(ctx, fleet, &observed, checks, &start, wait, false, plan, BTreeMap::new()).await;
     let outcome = summary.outcome();
     match &summary.failure {
         None => {

@@ -37,8 +37,34 @@ pub struct Rollout {
     pub ports: Mutex<PortPicker>,
     /// Extra environment for every instance (secrets), never printed.
     pub extra_env: BTreeMap<String, String>,
+    /// Regions whose read replica must replay the migration before they change.
+    pub replica_waits: BTreeMap<String, ReplicaWait>,
     halt: AtomicBool,
 }
+
+/// Wait for a region's replica to replay the primary's WAL up to `target`.
+#[derive(Debug, Clone)]
+pub struct ReplicaWait {
+    pub url: String,
+    /// `host:port/db`, for reports.
+    pub replica: String,
+    /// A local forward to the replica, when only the region's hosts reach it.
+    pub via: Option<std::net::SocketAddr>,
+    pub target: crate::postgres::Lsn,
+    pub timeout: Duration,
+}
+
+/// A region left on its old version because its replica did not catch up.
+#[derive(Debug, Clone)]
+pub struct ReplicaBehind {
+    pub region: String,
+    pub replica: String,
+    pub lag_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// How often a waiting region asks its replica where replay is.
+pub const REPLICA_POLL: Duration = Duration::from_millis(50);
 
 /// A failed instance, as reported.
 #[derive(Debug, Clone)]
@@ -58,12 +84,14 @@ pub struct Summary {
     /// Instances that could not be put back, and why.
     pub unrecovered: Vec<String>,
     pub reverted: usize,
+    /// Regions not updated because their replica was behind.
+    pub behind: Vec<ReplicaBehind>,
 }
 
 impl Summary {
     pub fn outcome(&self) -> Outcome {
         match (&self.failure, self.unrecovered.is_empty()) {
-            (None, _) => Outcome::Succeeded,
+            (None, _) if self.behind.is_empty() => Outcome::Succeeded,
             (Some(_), true) if self.changed.is_empty() => Outcome::Reverted,
             _ => Outcome::Failed,
         }
@@ -92,6 +120,7 @@ impl Rollout {
             no_revert,
             ports: Mutex::new(ports),
             extra_env: BTreeMap::new(),
+            replica_waits: BTreeMap::new(),
             halt: AtomicBool::new(false),
         }
     }
@@ -138,6 +167,13 @@ impl Rollout {
             });
         }
         let mut outcome = "succeeded";
+        if let (Some(wait), false) = (self.replica_waits.get(&region), plan.batches.is_empty()) {
+            if let Err(behind) = self.wait_for_replica(&region, wait).await {
+                summary.behind.push(behind);
+                self.reporter.event(&Event::RegionFinished { region, outcome: "replica_behind".into() });
+                return summary;
+            }
+        }
         for batch in plan.batches {
             if self.halt.load(Ordering::SeqCst) {
                 outcome = "halted";
@@ -176,6 +212,51 @@ impl Rollout {
         }
         self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
         summary
+    }
+
+    /// Polls the replica until it has replayed `wait.target`, reporting the lag as it
+    /// shrinks; gives up at `wait.timeout` (or when another region failed).
+    async fn wait_for_replica(&self, region: &str, wait: &ReplicaWait) -> Result<(), ReplicaBehind> {
+        let deadline = tokio::time::Instant::now() + wait.timeout;
+        let mut last_lag = None;
+        let mut last_error: Option<String>;
+        loop {
+            match crate::postgres::query_text(&wait.url, wait.via, "SELECT pg_last_wal_replay_lsn()::text").await {
+                Ok(Some(text)) => match text.parse::<crate::postgres::Lsn>() {
+                    Ok(replayed) if replayed >= wait.target => {
+                        self.reporter.event(&Event::ReplicaCaughtUp {
+                            region: region.to_string(),
+                            replica: wait.replica.clone(),
+                        });
+                        return Ok(());
+                    }
+                    Ok(replayed) => {
+                        let lag = wait.target.0 - replayed.0;
+                        if last_lag != Some(lag) {
+                            self.reporter.event(&Event::ReplicaWaiting {
+                                region: region.to_string(),
+                                replica: wait.replica.clone(),
+                                lag_bytes: lag,
+                            });
+                        }
+                        last_lag = Some(lag);
+                        last_error = None;
+                    }
+                    Err(e) => last_error = Some(e),
+                },
+                Ok(None) => last_error = Some("it is not a replica (pg_last_wal_replay_lsn() is NULL)".into()),
+                Err(e) => last_error = Some(e),
+            }
+            if tokio::time::Instant::now() >= deadline || self.halt.load(Ordering::SeqCst) {
+                return Err(ReplicaBehind {
+                    region: region.to_string(),
+                    replica: wait.replica.clone(),
+                    lag_bytes: last_lag,
+                    error: last_error,
+                });
+            }
+            tokio::time::sleep(REPLICA_POLL).await;
+        }
     }
 
     fn pick_port(&self, host: &str) -> u16 {
@@ -371,6 +452,7 @@ impl Summary {
         total.changed.extend(self.changed);
         total.unrecovered.extend(self.unrecovered);
         total.reverted += self.reverted;
+        total.behind.extend(self.behind);
         if total.failure.is_none() {
             total.failure = self.failure;
         }

@@ -110,3 +110,66 @@ mod tests {
         assert!(!err.contains("hunter2"));
     }
 }
+
+/// A WAL position (`pg_lsn`), comparable and subtractable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Lsn(pub u64);
+
+impl FromStr for Lsn {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (hi, lo) = text.trim().split_once('/').ok_or_else(|| format!("`{text}` is not an LSN"))?;
+        let hi = u64::from_str_radix(hi, 16).map_err(|_| format!("`{text}` is not an LSN"))?;
+        let lo = u64::from_str_radix(lo, 16).map_err(|_| format!("`{text}` is not an LSN"))?;
+        Ok(Lsn((hi << 32) | lo))
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// Connects to `url`, but at `via` (a local forward) when given, and runs one query
+/// returning one text value.
+pub async fn query_text(url: &str, via: Option<std::net::SocketAddr>, sql: &str) -> Result<Option<String>, String> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|_| "the URL does not parse".to_string())?;
+    if let Some(addr) = via {
+        let mut forwarded = tokio_postgres::Config::new();
+        forwarded.host(addr.ip().to_string()).port(addr.port());
+        if let Some(user) = config.get_user() {
+            forwarded.user(user);
+        }
+        if let Some(password) = config.get_password() {
+            forwarded.password(password);
+        }
+        if let Some(db) = config.get_dbname() {
+            forwarded.dbname(db);
+        }
+        config = forwarded;
+    }
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| crate::error::chain(&e))?;
+    let task = tokio::spawn(connection);
+    let row = client.query_one(sql, &[]).await.map_err(|e| crate::error::chain(&e));
+    drop(client);
+    let _ = task.await;
+    row?.try_get::<_, Option<String>>(0).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod lsn_tests {
+    use super::*;
+
+    #[test]
+    fn lsns_parse_and_order() {
+        let a: Lsn = "0/3000060".parse().unwrap();
+        let b: Lsn = "1/0".parse().unwrap();
+        assert!(a < b);
+        assert_eq!(b.0 - a.0, (1u64 << 32) - 0x300_0060);
+        assert_eq!(a.to_string(), "0/3000060");
+        assert!("nope".parse::<Lsn>().is_err());
+    }
+}

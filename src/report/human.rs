@@ -96,6 +96,18 @@ impl Reporter for Human {
                 }
             }
             Event::ReleaseInstalled { .. } | Event::RegionStarted { .. } => {}
+            Event::ReplicaWaiting { region, replica, lag_bytes } => {
+                self.activity(
+                    region,
+                    format!("waiting for replica {replica} to replay the migration: {lag_bytes} bytes behind"),
+                );
+                if self.multi.is_none() {
+                    self.line(&format!("  {region:>6}  waiting for replica {replica}: {lag_bytes} bytes behind"));
+                }
+            }
+            Event::ReplicaCaughtUp { region, replica } => {
+                self.line(&format!("  {region:>6}  replica {replica} has replayed the migration"));
+            }
             Event::BackupStarted { host, database } => {
                 self.line(&format!("==> backup of {database} on {host} (pg_dump)"));
             }

@@ -54,6 +54,15 @@ pub enum Event {
         version: String,
         already_present: bool,
     },
+    ReplicaWaiting {
+        region: String,
+        replica: String,
+        lag_bytes: u64,
+    },
+    ReplicaCaughtUp {
+        region: String,
+        replica: String,
+    },
     BackupStarted {
         host: String,
         database: String,

@@ -191,6 +191,16 @@ impl Transport {
         }
     }
 
+    /// An address on this machine that reaches `host:port` as the target machine
+    /// reaches it (a database only the hosts can see); `None` on the local target,
+    /// where it is reached directly.
+    pub async fn forward_to(&self, host: &str, port: u16) -> Result<Option<SocketAddr>, TransportError> {
+        match self {
+            Transport::Local(_) => Ok(None),
+            Transport::Ssh(t) => t.forward_to(host, port).await.map(Some),
+        }
+    }
+
     /// Copies a file from the machine to a local path.
     pub async fn download(&self, src: &str, dest: &Path) -> Result<u64, TransportError> {
         match self {

@@ -38,7 +38,7 @@ struct Inner {
     spec: String,
     options: SshOptions,
     session: OnceCell<Arc<Session>>,
-    forwards: Mutex<HashMap<u16, SocketAddr>>,
+    forwards: Mutex<HashMap<(String, u16), SocketAddr>>,
 }
 
 /// Bytes per write when streaming an upload: memory stays flat whatever the size.
@@ -219,19 +219,25 @@ impl SshTransport {
     /// A local address forwarded through the master connection to `port` on the
     /// host's loopback; opened once per port and reused.
     pub async fn forward(&self, port: u16) -> Result<SocketAddr, TransportError> {
+        self.forward_to("127.0.0.1", port).await
+    }
+
+    /// A local address forwarded to `host:port` as the remote machine reaches it.
+    pub async fn forward_to(&self, host: &str, port: u16) -> Result<SocketAddr, TransportError> {
         let mut forwards = self.inner.forwards.lock().await;
-        if let Some(addr) = forwards.get(&port) {
+        let key = (host.to_string(), port);
+        if let Some(addr) = forwards.get(&key) {
             return Ok(*addr);
         }
         let session = self.session().await?;
         let local =
             std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map_err(|e| self.io_lost(&e))?;
-        let remote = Socket::TcpSocket { host: "127.0.0.1".into(), port };
+        let remote = Socket::TcpSocket { host: host.to_string().into(), port };
         session
             .request_port_forward(ForwardType::Local, Socket::from(local), remote)
             .await
             .map_err(|e| self.lost(&e))?;
-        forwards.insert(port, local);
+        forwards.insert(key, local);
         Ok(local)
     }
 
