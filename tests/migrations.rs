@@ -29,7 +29,7 @@ fn migrating_project(extra_deploy: &str) -> Project {
 
 fn set_url(project: &Project, url: &str) {
     let mut child = project
-        .command(&["secrets", "set", "DATABASE_URL=-", "--stage"])
+        .command(&["secrets", "set", "DATABASE_URL=-", "--stage", "-q"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -238,4 +238,106 @@ fn a_replica_that_stays_behind_leaves_its_region_on_the_old_release() {
     pg.replica("SELECT pg_wal_replay_resume()");
     project.deploy("v2").assert_ok();
     assert_eq!(served(&project, "lax"), "v2");
+}
+
+/// items(1..3), owned by `app`; each deploy's migration drops rows 2 and 3.
+fn items_project(pg: &Postgres, backup_keys: &str) -> Project {
+    pg.primary("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text); ALTER TABLE items OWNER TO app");
+    pg.primary("INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three') ON CONFLICT DO NOTHING");
+    let project = Project::builder()
+        .region("syd", 1)
+        .ferry_keys(&format!("[ferry.backup]\n  before_migrate = true\n{backup_keys}"))
+        .deploy_keys("  release_command = \"psql -X -q -v ON_ERROR_STOP=1 -d \\\"$DATABASE_URL\\\" -c 'DELETE FROM items WHERE id > 1'\"")
+        .build();
+    set_url(&project, &pg.url());
+    project
+}
+
+#[test]
+fn rollback_with_restore_backup_brings_back_code_and_data() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let project = items_project(&pg, "");
+    project.ferry(&["deploy", "--version", "v1", "--skip-release-command"]).assert_ok();
+    project.deploy("v2").assert_ok();
+    assert_eq!(pg.primary("SELECT count(*) FROM items"), "1");
+    let refused = project.ferry(&["rollback", "--restore-backup"]);
+    assert_eq!(refused.code, 2, "restoring needs --yes without a terminal: {}", refused.stderr);
+    assert_eq!(pg.primary("SELECT count(*) FROM items"), "1", "nothing restored without confirmation");
+    project.ferry(&["rollback", "--restore-backup", "--yes"]).assert_ok();
+    assert_eq!(pg.primary("SELECT string_agg(name, ',' ORDER BY id) FROM items"), "one,two,three");
+    assert_eq!(project.versions_served(), ["v1"]);
+}
+
+#[test]
+fn backup_can_run_on_this_machine_and_is_stored_on_the_host() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let project = items_project(&pg, "  run = \"local\"\n  keep = 2");
+    for version in ["v1", "v2", "v3"] {
+        project.deploy(version).assert_ok();
+    }
+    let list = project.ferry(&["backups", "list", "--json"]);
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(backups.len(), 2, "kept to [ferry.backup] keep: {backups:?}");
+    assert_eq!(backups[0]["release_after"], "v3");
+    let dumps = walk(&project.path().join(".ferry/local"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dump"))
+        .count();
+    assert_eq!(dumps, 2);
+    assert!(!project.path().join(".ferry/backups-staging").exists(), "nothing left on this machine");
+    let id = backups[1]["id"].as_str().unwrap();
+    project.ferry(&["backups", "restore", id, "--yes"]).assert_ok();
+}
+
+#[test]
+fn migrations_backups_and_replica_waits_work_over_ssh() {
+    if !root() {
+        return;
+    }
+    let pg = Postgres::start();
+    let fleet = common::sshd::SshFleet::start(2);
+    let project = Project::builder()
+        .ferry_keys("target = \"ssh\"\n[ferry.backup]\n  before_migrate = true")
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap())
+        .ssh_region("syd", &[fleet.hosts()[0].spec()], 1)
+        .ssh_region("lax", &[fleet.hosts()[1].spec()], 1)
+        .deploy_keys("  release_command = \"psql -X -q -v ON_ERROR_STOP=1 -d \\\"$DATABASE_URL\\\" -c \\\"CREATE TABLE IF NOT EXISTS runs (v text, region text); INSERT INTO runs VALUES ('$RELEASE_VERSION', '$FLY_REGION')\\\"\"")
+        .build();
+    let config = project.path().join("fly.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "[ferry.regions.lax]\n",
+            &format!("[ferry.regions.lax]\n  replica_url = \"{}\"\n", pg.replica_url()),
+        ),
+    )
+    .unwrap();
+    set_url(&project, &pg.url());
+
+    project.deploy("v1").assert_ok();
+    assert_eq!(
+        pg.primary("SELECT string_agg(v || '@' || region, ',') FROM runs"),
+        "v1@syd",
+        "once, on the primary's host"
+    );
+    pg.replica("SELECT pg_wal_replay_pause()");
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json"]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    common::wait_for_event(&mut stdout, |e| e["event"] == "replica_waiting" && e["region"] == "lax")
+        .expect("lax waits for its replica through the host");
+    assert_eq!(served(&project, "lax"), "v1");
+    pg.replica("SELECT pg_wal_replay_resume()");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+    let dumps = fleet.ssh(0, "ls ~/ferry/hello/backups | grep -c 'dump$'");
+    assert_eq!(String::from_utf8_lossy(&dumps.stdout).trim(), "2", "a verified dump per migration on the release host");
+    let secrets = fleet.ssh(0, "stat -c %a ~/ferry/hello/secrets.env");
+    assert_eq!(String::from_utf8_lossy(&secrets.stdout).trim(), "600");
 }

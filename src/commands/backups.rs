@@ -4,11 +4,13 @@
 
 use std::fmt::Write as _;
 
+use crate::config::BackupRun;
 use crate::error::Error;
 use crate::fleet::Fleet;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use crate::postgres::{Backup, Database};
 use crate::report::{Event, Outcome};
+use crate::transport::{LocalTransport, Transport};
 
 use super::{confirm, lock, observe, Ctx};
 
@@ -42,8 +44,9 @@ pub async fn take(ctx: &Ctx, fleet: &Fleet, before: Option<String>, after: Optio
     let host = release_host(fleet)?;
     let db = database(ctx, host).await?;
     let now = std::time::SystemTime::now();
+    // Millisecond timestamps, so ids sort in the order the backups were taken.
     let stamp: String =
-        humantime::format_rfc3339_seconds(now).to_string().chars().filter(char::is_ascii_alphanumeric).collect();
+        humantime::format_rfc3339_millis(now).to_string().chars().filter(char::is_ascii_alphanumeric).collect();
     let meta = Backup {
         app: ctx.config.app.clone(),
         id: format!("{stamp}-{}", &super::new_instance_id()[..6]),
@@ -55,13 +58,15 @@ pub async fn take(ctx: &Ctx, fleet: &Fleet, before: Option<String>, after: Optio
         sha256: String::new(),
     };
     ctx.event(Event::BackupStarted { host: host.name.clone(), database: db.describe() });
-    let backup =
-        host.backup_create(&db, &meta, ctx.config.ferry.backup.keep).await.map_err(|source| Error::Failed {
-            message: format!("the backup of `{}` failed: {}", db.describe(), crate::error::chain(&source)),
-            hint: Some(
-                "nothing was migrated and no instance changed; fix the database URL or access and run again".into(),
-            ),
-        })?;
+    let keep = ctx.config.ferry.backup.keep;
+    let taken = match ctx.config.ferry.backup.run {
+        BackupRun::Host => host.backup_create(&db, &meta, keep).await,
+        BackupRun::Local => take_here(ctx, host, &db, &meta, keep).await,
+    };
+    let backup = taken.map_err(|source| Error::Failed {
+        message: format!("the backup of `{}` failed: {}", db.describe(), crate::error::chain(&source)),
+        hint: Some("nothing was migrated and no instance changed; fix the database URL or access and run again".into()),
+    })?;
     ctx.event(Event::BackupTaken {
         host: host.name.clone(),
         id: backup.id.clone(),
@@ -69,6 +74,27 @@ pub async fn take(ctx: &Ctx, fleet: &Fleet, before: Option<String>, after: Optio
         size: backup.size,
         sha256: backup.sha256.clone(),
     });
+    Ok(backup)
+}
+
+/// `[ferry.backup] run = "local"`: pg_dump on this machine (the same script, through
+/// the local transport), then the verified dump goes to the release machine's
+/// `backups/` like any other.
+async fn take_here(ctx: &Ctx, host: &Host, db: &Database, meta: &Backup, keep: usize) -> Result<Backup, HostError> {
+    let staging_root = ctx.config.dir.join(".ferry").join("backups-staging");
+    let staging = staging_root.join(&ctx.config.app);
+    let here = Host {
+        name: "this machine".into(),
+        region: String::new(),
+        transport: Transport::Local(LocalTransport::new("this machine")),
+        app_dir: staging.display().to_string(),
+    };
+    let backup = here.backup_create(db, meta, 1).await?;
+    let dump = staging.join("backups").join(format!("{}.dump", backup.id));
+    let sent = host.transport.upload(&dump, &format!("{}/backups/{}.dump", host.app_dir, backup.id), &|_| {}).await;
+    let _ = std::fs::remove_dir_all(&staging_root);
+    sent?;
+    host.backup_register(&backup, keep).await?;
     Ok(backup)
 }
 

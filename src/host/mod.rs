@@ -276,6 +276,14 @@ impl Host {
         })
     }
 
+    /// Records a dump already uploaded to `backups/<id>.dump`.
+    pub async fn backup_register(&self, backup: &crate::postgres::Backup, keep: usize) -> Result<(), HostError> {
+        let json = serde_json::to_string(backup).unwrap_or_default();
+        let cmd = self.cmd(scripts::BACKUP_REGISTER).args([backup.id.clone(), json, keep.to_string()]);
+        self.run("recording the backup", &cmd).await?;
+        Ok(())
+    }
+
     pub async fn backup_list(&self) -> Result<Vec<crate::postgres::Backup>, HostError> {
         let out = self.run("listing backups", &self.cmd(scripts::BACKUP_LIST)).await?;
         let mut list: Vec<crate::postgres::Backup> =

@@ -314,3 +314,13 @@ trap 'rm -rf "$scratch"' EXIT
 export PGPASSFILE="$scratch/pgpass" PGCONNECT_TIMEOUT=10
 pg_restore --clean --if-exists --single-transaction --no-owner -h "$host" -p "$port" -U "$user" -d "$db" "$dump"
 "#;
+
+/// `$1` id, `$2` metadata json, `$3` keep: records a dump uploaded to
+/// `backups/<id>.dump` (taken elsewhere) and keeps the newest `$3`.
+pub const BACKUP_REGISTER: &str = r#"
+id=$1 meta=$2 keep=$3
+dir="$app/backups"
+[ -f "$dir/$id.dump" ] || { echo "backup $id was not uploaded" >&2; exit 1; }
+printf '%s\n' "$meta" > "$dir/$id.json"
+ls "$dir" | grep '\.json$' | sort | head -n "-$keep" | while read -r f; do rm -f "$dir/$f" "$dir/${f%.json}.dump"; done
+"#;
