@@ -357,3 +357,16 @@ fn failing_release_command_changes_no_instance() {
     assert_eq!(project.versions_served(), ["v1"; 2]);
     assert_eq!(project.releases()[0]["status"], "failed");
 }
+
+#[test]
+fn failing_release_command_shows_its_last_lines_even_with_json() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys("  release_command = \"echo step one; echo step two >&2; exit 4\"")
+        .build();
+    let run = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("| step one") && run.stderr.contains("| step two"), "{}", run.stderr);
+    let lines: Vec<_> = run.events().into_iter().filter(|e| e["event"] == "release_command_output").collect();
+    assert_eq!(lines.len(), 2, "streamed as events too");
+}

@@ -465,8 +465,16 @@ pub async fn release_command(ctx: &Ctx, fleet: &Fleet, version: &str, command: &
     } else {
         format!("exited with {}", status.code().map_or_else(|| "a signal".to_string(), |c| c.to_string()))
     };
+    let last = tail.lock().map(|lines| {
+        lines.iter().fold(String::new(), |mut text, l| {
+            use std::fmt::Write as _;
+            let _ = write!(text, "\n    | {l}");
+            text
+        })
+    });
+    let last = last.unwrap_or_default();
     Err(Error::Failed {
-        message: format!("release_command `{command}` {why} on `{}`; no instance was changed", host.name),
+        message: format!("release_command `{command}` {why} on `{}`; no instance was changed{}", host.name, if last.is_empty() { String::new() } else { format!("\n  its last lines:{last}") }),
         hint: Some("its output is above (and in `release_command.log` on the host); fix it and deploy again, or pass `--skip-release-command`".into()),
     })
 }
