@@ -71,6 +71,9 @@ enum CommandArgs {
     /// PostgreSQL backups taken with pg_dump on the release machine.
     #[command(subcommand)]
     Backups(BackupsArgs),
+    /// Volumes: storage on one host of a region, mounted by instances through [mounts].
+    #[command(subcommand)]
+    Volumes(VolumesArgs),
     /// Inspect or release the deploy lock.
     #[command(subcommand)]
     Lock(LockArgs),
@@ -244,6 +247,30 @@ enum BackupsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum VolumesArgs {
+    /// Create a volume on a host of a region (checked against the free space there).
+    Create {
+        name: String,
+        #[arg(short, long)]
+        region: String,
+        /// Size in GB.
+        #[arg(long)]
+        size: u64,
+        /// The host (default: the region's host with the fewest volumes).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Volumes: id, name, region, size, host, attached instance.
+    List,
+    /// Destroy a volume and its data (refused while an instance holds it).
+    Destroy {
+        id: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LockArgs {
     /// Who holds the lock on each host, and whether it is stale.
     Status,
@@ -297,6 +324,9 @@ pub enum Command {
     BackupsList,
     BackupsCreate,
     BackupsRestore { id: String, yes: bool },
+    VolumesCreate { name: String, region: String, size: u64, host: Option<String> },
+    VolumesList,
+    VolumesDestroy { id: String, yes: bool },
     LockStatus,
     LockRelease,
     Destroy { yes: bool },
@@ -364,6 +394,11 @@ pub fn parse() -> Invocation {
         CommandArgs::Backups(BackupsArgs::List) => Command::BackupsList,
         CommandArgs::Backups(BackupsArgs::Create) => Command::BackupsCreate,
         CommandArgs::Backups(BackupsArgs::Restore { id, yes }) => Command::BackupsRestore { id, yes },
+        CommandArgs::Volumes(VolumesArgs::Create { name, region, size, host }) => {
+            Command::VolumesCreate { name, region, size, host }
+        }
+        CommandArgs::Volumes(VolumesArgs::List) => Command::VolumesList,
+        CommandArgs::Volumes(VolumesArgs::Destroy { id, yes }) => Command::VolumesDestroy { id, yes },
         CommandArgs::Lock(LockArgs::Status) => Command::LockStatus,
         CommandArgs::Lock(LockArgs::Release) => Command::LockRelease,
         CommandArgs::Destroy { yes } => Command::Destroy { yes },

@@ -53,6 +53,15 @@ pub struct RegionPlan {
 pub struct Plan {
     pub version: String,
     pub regions: Vec<RegionPlan>,
+    /// New instances that cannot be placed for want of a free volume.
+    pub missing_volumes: Vec<MissingVolumes>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MissingVolumes {
+    pub region: String,
+    pub name: String,
+    pub count: usize,
 }
 
 impl Plan {
@@ -73,16 +82,48 @@ pub struct Inputs<'a> {
     pub version: &'a str,
     pub strategy: Strategy,
     pub max_unavailable: MaxUnavailable,
+    /// Volume names every instance mounts (`[mounts]`); new instances go only where
+    /// a free volume of each is.
+    pub mounts: &'a [String],
 }
 
 /// Plans a rollout of `version`: every existing instance that is not already healthy
 /// on it is replaced, and each region is filled up to its count.
 pub fn rollout(inputs: &Inputs<'_>, new_id: &mut dyn FnMut() -> String) -> Plan {
-    let regions = inputs.regions.iter().map(|region| plan_region(inputs, region, new_id)).collect();
-    Plan { version: inputs.version.to_string(), regions }
+    let mut missing_volumes = Vec::new();
+    let regions =
+        inputs.regions.iter().map(|region| plan_region(inputs, region, new_id, &mut missing_volumes)).collect();
+    Plan { version: inputs.version.to_string(), regions, missing_volumes }
 }
 
-fn plan_region(inputs: &Inputs<'_>, region: &RegionSpec, new_id: &mut dyn FnMut() -> String) -> RegionPlan {
+/// Free volumes per host for a region: the fewest free of any mounted name (an
+/// instance needs one of each). `None` when nothing is mounted.
+fn free_volumes(inputs: &Inputs<'_>, region: &RegionSpec) -> Option<BTreeMap<String, usize>> {
+    if inputs.mounts.is_empty() {
+        return None;
+    }
+    let mut free = BTreeMap::new();
+    for host in &region.hosts {
+        let volumes = inputs.observed.get(host).map(|s| s.volumes.as_slice()).unwrap_or_default();
+        let n = inputs
+            .mounts
+            .iter()
+            .map(|name| {
+                volumes.iter().filter(|v| &v.name == name && v.region == region.name && v.attached.is_none()).count()
+            })
+            .min()
+            .unwrap_or(0);
+        free.insert(host.clone(), n);
+    }
+    Some(free)
+}
+
+fn plan_region(
+    inputs: &Inputs<'_>,
+    region: &RegionSpec,
+    new_id: &mut dyn FnMut() -> String,
+    missing: &mut Vec<MissingVolumes>,
+) -> RegionPlan {
     let mut unchanged = Vec::new();
     let mut changes = Vec::new();
     let mut per_host: BTreeMap<&str, usize> = region.hosts.iter().map(|h| (h.as_str(), 0)).collect();
@@ -114,8 +155,33 @@ fn plan_region(inputs: &Inputs<'_>, region: &RegionSpec, new_id: &mut dyn FnMut(
     // Dead instances go first: replacing them restores capacity instead of taking it.
     changes.sort_by_key(|s| s.was_alive);
     let mut creates = Vec::new();
-    for _ in existing..region.count as usize {
-        let Some(host) = place(&per_host) else { break };
+    let mut free = free_volumes(inputs, region);
+    for n in existing..region.count as usize {
+        let host = match free.as_mut() {
+            None => place(&per_host),
+            Some(free) => {
+                let candidates: BTreeMap<&str, usize> = per_host
+                    .iter()
+                    .filter(|(h, _)| free.get(**h).copied().unwrap_or(0) > 0)
+                    .map(|(h, c)| (*h, *c))
+                    .collect();
+                let host = place(&candidates);
+                if let Some(host) = host {
+                    *free.entry(host.to_string()).or_default() -= 1;
+                }
+                host
+            }
+        };
+        let Some(host) = host else {
+            for name in inputs.mounts {
+                missing.push(MissingVolumes {
+                    region: region.name.clone(),
+                    name: name.clone(),
+                    count: region.count as usize - n,
+                });
+            }
+            break;
+        };
         *per_host.entry(host).or_default() += 1;
         creates.push(Step {
             action: Action::Create,
@@ -214,8 +280,15 @@ mod tests {
     ) -> Plan {
         let regions = vec![spec("syd", true, count)];
         let healthy: BTreeSet<String> = healthy.iter().map(|s| (*s).to_string()).collect();
-        let inputs =
-            Inputs { regions: &regions, observed, healthy: &healthy, version: "v2", strategy, max_unavailable: max };
+        let inputs = Inputs {
+            regions: &regions,
+            observed,
+            healthy: &healthy,
+            version: "v2",
+            strategy,
+            max_unavailable: max,
+            mounts: &[],
+        };
         rollout(&inputs, &mut ids())
     }
 

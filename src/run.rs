@@ -60,6 +60,12 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         }
         Command::SecretsUnset { keys, stage } => commands::secrets::unset(&ctx, keys, stage).await,
         Command::SecretsList => commands::secrets::list(&ctx).await,
+        Command::VolumesCreate { name, region, size, host } => {
+            commands::volumes::create(&ctx, commands::volumes::CreateOptions { name, region, size_gb: size, host })
+                .await
+        }
+        Command::VolumesList => commands::volumes::list(&ctx).await,
+        Command::VolumesDestroy { id, yes } => commands::volumes::destroy(&ctx, &id, yes).await,
         Command::LockStatus => commands::lock::status(&ctx).await,
         Command::LockRelease => commands::lock::release(&ctx).await,
         Command::Destroy { yes } => commands::destroy::run(&ctx, yes).await,

@@ -119,6 +119,7 @@ fn make_plan(
     strategy: Strategy,
 ) -> Plan {
     let regions = region_specs(fleet);
+    let mounts: Vec<String> = crate::deploy::app_mounts(&ctx.config).iter().map(|m| m.source.clone()).collect();
     let inputs = plan::Inputs {
         regions: &regions,
         observed,
@@ -126,6 +127,7 @@ fn make_plan(
         version,
         strategy,
         max_unavailable: ctx.config.deploy.max_unavailable,
+        mounts: &mounts,
     };
     plan::rollout(&inputs, &mut new_instance_id)
 }
@@ -136,6 +138,7 @@ async fn dry_run(ctx: &Ctx, fleet: &Fleet, version: &str, strategy: Strategy) ->
     let checks = Checks::from_config(&ctx.config, &mut warnings);
     let healthy = healthy_on(fleet, &observed, &checks, version).await;
     let plan = make_plan(ctx, fleet, &observed, &healthy, version, strategy);
+    check_volumes(ctx, fleet, &observed, &plan)?;
     report_plan(ctx, &plan);
     ctx.event(Event::Finished {
         outcome: Outcome::Succeeded,
@@ -201,6 +204,7 @@ async fn deploy_locked(
     }
     let healthy = healthy_on(fleet, &observed, &checks, &version).await;
     let plan = make_plan(ctx, fleet, &observed, &healthy, &version, strategy);
+    check_volumes(ctx, fleet, &observed, &plan)?;
     let previous = current_version(fleet, &observed).await;
     let installed_everywhere = fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(&version)));
     if plan.is_noop() && installed_everywhere && previous.as_deref() == Some(version.as_str()) {
@@ -656,6 +660,7 @@ async fn rollback_locked(
     };
     let healthy = healthy_on(fleet, &observed, &checks, target).await;
     let plan = make_plan(ctx, fleet, &observed, &healthy, target, strategy);
+    check_volumes(ctx, fleet, &observed, &plan)?;
     ctx.event(Event::DeployStarted {
         kind: "rollback".into(),
         app: ctx.config.app.clone(),
@@ -758,6 +763,7 @@ pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
             other => other,
         };
         let plan = make_plan(ctx, &fleet, &observed, &BTreeSet::new(), &version, strategy);
+        check_volumes(ctx, &fleet, &observed, &plan)?;
         let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
         let record = Record::new("restart", &version, Some(version.clone()));
         record_history(ctx, &fleet, &record).await;
@@ -816,5 +822,36 @@ async fn finish_behind(
     Err(Error::Failed {
         message,
         hint: Some("once the replica has caught up, run the same deploy again: it updates only what is left".into()),
+    })
+}
+
+/// Refuses a plan that would start instances where no free volume waits for them,
+/// naming the command that makes one. Nothing has changed when this fails.
+pub(super) fn check_volumes(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let Some(missing) = plan.missing_volumes.first() else { return Ok(()) };
+    let size =
+        observed.values().flat_map(|s| s.volumes.iter()).find(|v| v.name == missing.name).map_or(1, |v| v.size_gb);
+    let host =
+        fleet.regions.iter().find(|r| r.name == missing.region).and_then(|r| r.hosts.first()).map(|h| h.name.clone());
+    let host_flag = match (&ctx.config.ferry.target, host) {
+        (crate::config::Target::Ssh, Some(h)) => format!(" --host {h}"),
+        _ => String::new(),
+    };
+    let command = format!("ferry volumes create {} --region {} --size {size}{host_flag}", missing.name, missing.region);
+    Err(Error::Failed {
+        message: format!(
+            "region {} needs {} more free volume(s) named `{}` for its instances; nothing was changed",
+            missing.region, missing.count, missing.name
+        ),
+        hint: Some(if missing.count > 1 {
+            format!("run `{command}` {} times", missing.count)
+        } else {
+            format!("run `{command}`")
+        }),
     })
 }

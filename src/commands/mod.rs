@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod lock;
 pub mod regions;
 pub mod secrets;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -103,7 +103,7 @@ pub async fn add(ctx: &Ctx, name: &str, hosts: Vec<String>, count: Option<u32>) 
     let implicit = implicit_regions(ctx);
     let path = ctx.config_path.clone();
     let name_owned = name.to_string();
-    edit_config(ctx, move |text| {
+    let (text, ctx) = preview(ctx, move |text| {
         // Without `[ferry.regions]` the app ran in one implicit region: record it first
         // so adding a region does not silently drop it.
         let mut text = text.to_string();
@@ -112,7 +112,8 @@ pub async fn add(ctx: &Ctx, name: &str, hosts: Vec<String>, count: Option<u32>) 
         }
         edit::add_region(&path, &text, &name_owned, &hosts, count)
     })?;
-    let ctx = reload(ctx)?;
+    precheck(&ctx, &[name.to_string()]).await?;
+    write_config(&ctx, text)?;
     converge(&ctx, &[name.to_string()], "regions add").await
 }
 
@@ -227,11 +228,14 @@ pub async fn scale(ctx: &Ctx, opts: ScaleOptions) -> Result<(), Error> {
     let implicit = implicit_regions(ctx);
     let path = ctx.config_path.clone();
     let (count, region) = (opts.count, opts.region.clone());
-    edit_config(ctx, move |text| {
+    let (text, ctx) = preview(ctx, move |text| {
         let implicit_name = implicit.first().map_or("local", |(n, _)| n.as_str());
         edit::set_count(&path, text, region.as_deref(), implicit_name, count)
     })?;
-    let ctx = reload(ctx)?;
+    if starts > 0 {
+        precheck(&ctx, &targets).await?;
+    }
+    write_config(&ctx, text)?;
     let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
     if !stops.is_empty() {
         let guard = lock(&ctx, &fleet, "scale", None).await?;
@@ -287,16 +291,85 @@ fn edit_config(ctx: &Ctx, f: impl FnOnce(&str) -> Result<String, edit::EditError
     edit::edit_file(&ctx.config_path, f).map_err(|e| Error::Failed { message: e.to_string(), hint: None })
 }
 
-fn reload(ctx: &Ctx) -> Result<Ctx, Error> {
-    let loaded = config::load(&ctx.config_path)?;
-    Ok(Ctx {
-        config: Arc::new(loaded.config),
+/// The edited fly.toml text and the config it would give, without writing anything.
+fn preview(ctx: &Ctx, f: impl FnOnce(&str) -> Result<String, edit::EditError>) -> Result<(String, Ctx), Error> {
+    let text = std::fs::read_to_string(&ctx.config_path).map_err(|source| Error::Io {
+        action: "read",
+        path: ctx.config_path.display().to_string(),
+        source,
+    })?;
+    let edited = f(&text).map_err(|e| Error::Failed { message: e.to_string(), hint: None })?;
+    let loaded = config::parse(&ctx.config_path, &edited)?;
+    Ok((edited, with_config(ctx, loaded.config)))
+}
+
+fn write_config(ctx: &Ctx, text: String) -> Result<(), Error> {
+    edit::edit_file(&ctx.config_path, move |_| Ok(text))
+        .map_err(|e| Error::Failed { message: e.to_string(), hint: None })
+}
+
+/// Refuses, before anything changes, a change whose new instances would have no free
+/// volume to mount.
+async fn precheck(ctx: &Ctx, regions: &[String]) -> Result<(), Error> {
+    if crate::deploy::app_mounts(&ctx.config).is_empty() {
+        return Ok(());
+    }
+    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let observed = observe(&fleet).await?;
+    let Some(version) = fleet.hosts().find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone())) else {
+        return Ok(());
+    };
+    let plan = creation_plan(ctx, &fleet, &observed, &BTreeSet::new(), &version, regions);
+    super::deploy::check_volumes(ctx, &fleet, &observed, &plan)
+}
+
+/// New instances only (in `regions`), to bring them up to their count.
+fn creation_plan(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    healthy: &BTreeSet<String>,
+    version: &str,
+    regions: &[String],
+) -> Plan {
+    let specs: Vec<RegionSpec> = fleet
+        .regions
+        .iter()
+        .filter(|r| regions.contains(&r.name))
+        .map(|r| RegionSpec {
+            name: r.name.clone(),
+            primary: false,
+            count: r.count,
+            hosts: r.hosts.iter().map(|h| h.name.clone()).collect(),
+        })
+        .collect();
+    let mounts: Vec<String> = crate::deploy::app_mounts(&ctx.config).iter().map(|m| m.source.clone()).collect();
+    let inputs = plan::Inputs {
+        regions: &specs,
+        observed,
+        healthy,
+        version,
+        strategy: crate::config::Strategy::Rolling,
+        max_unavailable: ctx.config.deploy.max_unavailable,
+        mounts: &mounts,
+    };
+    let mut plan = plan::rollout(&inputs, &mut new_instance_id);
+    // Scaling only adds instances; replacing unhealthy ones is `ferry deploy`'s job.
+    for region in &mut plan.regions {
+        region.batches.retain(|b| b.iter().all(|s| s.action == Action::Create));
+    }
+    plan
+}
+
+fn with_config(ctx: &Ctx, config: crate::config::Config) -> Ctx {
+    Ctx {
+        config: Arc::new(config),
         config_path: ctx.config_path.clone(),
         reporter: ctx.reporter.clone(),
         json: ctx.json,
         ssh: ctx.ssh.clone(),
         interactive: ctx.interactive,
-    })
+    }
 }
 
 /// Starts missing instances of the current release in `regions`, shipping the release
@@ -337,30 +410,8 @@ async fn converge_locked(
     let mut warnings = Vec::new();
     let checks = Checks::from_config(&ctx.config, &mut warnings);
     let healthy = healthy_on(fleet, &observed, &checks, &version).await;
-    let specs: Vec<RegionSpec> = fleet
-        .regions
-        .iter()
-        .filter(|r| regions.contains(&r.name))
-        .map(|r| RegionSpec {
-            name: r.name.clone(),
-            primary: false,
-            count: r.count,
-            hosts: r.hosts.iter().map(|h| h.name.clone()).collect(),
-        })
-        .collect();
-    let inputs = plan::Inputs {
-        regions: &specs,
-        observed: &observed,
-        healthy: &healthy,
-        version: &version,
-        strategy: crate::config::Strategy::Rolling,
-        max_unavailable: ctx.config.deploy.max_unavailable,
-    };
-    let mut plan: Plan = plan::rollout(&inputs, &mut new_instance_id);
-    // Scaling only adds instances; replacing unhealthy ones is `ferry deploy`'s job.
-    for region in &mut plan.regions {
-        region.batches.retain(|b| b.iter().all(|s| s.action == Action::Create));
-    }
+    let plan = creation_plan(ctx, fleet, &observed, &healthy, &version, regions);
+    super::deploy::check_volumes(ctx, fleet, &observed, &plan)?;
     let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
     let wait = ctx.config.deploy.wait_timeout;
     let summary =

@@ -346,7 +346,14 @@ impl Rollout {
     }
 
     async fn start_and_wait(&self, host: &Host, record: &InstanceRecord) -> Result<Duration, String> {
-        let env = self.instance_env(record);
+        let mut env = self.instance_env(record);
+        for mount in app_mounts(&self.config) {
+            let path = host
+                .volume_attach(&record.id, &mount.source, &mount.destination)
+                .await
+                .map_err(|e| format!("attaching volume `{}`: {e}", mount.source))?;
+            env.insert(volume_env(&mount.source), path);
+        }
         let pid = host
             .start_instance(record, &self.start, &env)
             .await
@@ -467,4 +474,16 @@ pub fn port_picker(observed: &BTreeMap<String, crate::host::HostState>) -> PortP
         taken.extend(state.listening.iter().map(|p| (host.clone(), *p)));
     }
     PortPicker::new(taken)
+}
+
+/// The `[mounts]` of the `app` process group (the one ferry runs).
+pub fn app_mounts(config: &Config) -> Vec<&crate::config::Mount> {
+    config.mounts.iter().filter(|m| m.processes.is_empty() || m.processes.iter().any(|p| p == "app")).collect()
+}
+
+/// `FERRY_VOLUME_<NAME>`: where an instance finds the volume named NAME.
+pub fn volume_env(name: &str) -> String {
+    let upper: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("FERRY_VOLUME_{upper}")
 }

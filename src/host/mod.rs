@@ -59,6 +59,25 @@ pub struct InstalledRelease {
     pub installed_at: u64,
 }
 
+/// A volume: storage on one host, bound to at most one instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub host: String,
+    pub size_gb: u64,
+    pub created_at: String,
+    pub attached: Option<String>,
+}
+
+/// What `volume_create` did.
+pub enum VolumeCreated {
+    Created,
+    /// Not enough room: the filesystem's free KiB.
+    NoSpace(u64),
+}
+
 /// Everything ferry reads from a host in one round trip.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HostState {
@@ -66,6 +85,7 @@ pub struct HostState {
     pub instances: Vec<InstanceState>,
     pub lock: Option<lock::Held>,
     pub current: Option<String>,
+    pub volumes: Vec<Volume>,
     /// TCP ports something listens on (on the machine, not just this app).
     #[serde(skip)]
     pub listening: Vec<u16>,
@@ -312,6 +332,41 @@ impl Host {
         Ok(())
     }
 
+    pub async fn volume_create(&self, volume: &Volume) -> Result<VolumeCreated, HostError> {
+        let json = serde_json::to_string(volume).unwrap_or_default();
+        let prefix = json.trim_end_matches('}').trim_end_matches(",\"attached\":null").to_string();
+        let cmd = self.cmd(scripts::VOLUME_CREATE).args([prefix, volume.id.clone(), volume.size_gb.to_string()]);
+        let out = self.run("creating a volume", &cmd).await?;
+        let text = out.stdout_str();
+        Ok(match text.trim().strip_prefix("nospace ") {
+            Some(free) => VolumeCreated::NoSpace(free.trim().parse().unwrap_or(0)),
+            None => VolumeCreated::Created,
+        })
+    }
+
+    /// Removes a volume; `Err(instance)` when an instance holds it.
+    pub async fn volume_destroy(&self, id: &str) -> Result<Result<(), String>, HostError> {
+        let out = self.run("destroying a volume", &self.cmd(scripts::VOLUME_DESTROY).arg(id)).await?;
+        let text = out.stdout_str();
+        Ok(match text.trim().strip_prefix("attached ") {
+            Some(instance) => Err(instance.trim().to_string()),
+            None => Ok(()),
+        })
+    }
+
+    /// Binds `instance` to a volume named `name` and returns the data path.
+    pub async fn volume_attach(&self, instance: &str, name: &str, destination: &str) -> Result<String, HostError> {
+        let out = self
+            .run("attaching a volume", &self.cmd(scripts::VOLUME_ATTACH).args([instance, name, destination]))
+            .await?;
+        Ok(out.stdout_str().trim().to_string())
+    }
+
+    pub async fn volume_detach(&self, instance: &str) -> Result<(), HostError> {
+        self.run("detaching volumes", &self.cmd(scripts::VOLUME_DETACH).arg(instance)).await?;
+        Ok(())
+    }
+
     pub async fn destroy(&self) -> Result<(), HostError> {
         self.run("removing the app", &self.cmd(scripts::DESTROY)).await?;
         Ok(())
@@ -376,6 +431,11 @@ fn parse_observation(text: &str) -> HostState {
                 state.lock = Some(lock::Held::parse(age, json));
             }
             "C" => state.current = Some(rest.trim().to_string()),
+            "V" => {
+                if let Ok(volume) = serde_json::from_str(rest) {
+                    state.volumes.push(volume);
+                }
+            }
             "P" => state.listening = rest.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
             _ => {}
         }

@@ -48,6 +48,8 @@ if [ -d "$app/lock" ]; then
   printf 'L %s %s\n' "$(( $(date +%s) - $(stat -c %Y "$f") ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
 fi
 if [ -L "$app/current" ]; then printf 'C %s\n' "$(basename "$(readlink "$app/current")")"; fi
+for f in "$app"/volumes/*/volume.json; do [ -f "$f" ] && printf 'V %s\n' "$(cat "$f")"; done
+true
 "#;
 
 /// `$1` sha256: exits 0 when the artifact is already there.
@@ -120,9 +122,17 @@ sed 's/"pid":[0-9]*/"pid":0/' "$inst/instance.json" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
 "#;
 
-/// `$1` id: removes a stopped instance's directory.
+/// `$1` id: removes a stopped instance's directory and frees its volumes (their data
+/// stays for the next instance).
 pub const REMOVE_INSTANCE: &str = r#"
 rm -rf "$app/instances/$1"
+for f in "$app"/volumes/*/volume.json; do
+  [ -f "$f" ] || continue
+  if grep -qF "\"attached\":\"$1\"" "$f"; then
+    sed 's/"attached":"[^"]*"}$/"attached":null}/' "$f" > "$f.tmp" && mv "$f.tmp" "$f"
+  fi
+done
+true
 "#;
 
 /// `$1` pid, `$2` limit in 50 ms ticks: returns with `exited` once the process is gone.
@@ -323,4 +333,56 @@ dir="$app/backups"
 [ -f "$dir/$id.dump" ] || { echo "backup $id was not uploaded" >&2; exit 1; }
 printf '%s\n' "$meta" > "$dir/$id.json"
 ls "$dir" | grep '\.json$' | sort | head -n "-$keep" | while read -r f; do rm -f "$dir/$f" "$dir/${f%.json}.dump"; done
+"#;
+
+/// `$1` volume json without its closing brace, `$2` id, `$3` size in GiB. Creates
+/// `volumes/<id>/` after checking the filesystem has the room; prints
+/// `nospace <free KiB>` instead when it has not.
+pub const VOLUME_CREATE: &str = r#"
+meta=$1 id=$2 size=$3
+mkdir -p "$app/volumes"
+free=$(df -Pk "$app/volumes" | awk 'NR == 2 { print $4 }')
+if [ "$free" -lt $((size * 1024 * 1024)) ]; then echo "nospace $free"; exit 0; fi
+mkdir -p "$app/volumes/$id/data"
+printf '%s,"attached":null}\n' "$meta" > "$app/volumes/$id/volume.json"
+echo created
+"#;
+
+/// `$1` id: removes a volume unless an instance holds it (prints `attached ID`).
+pub const VOLUME_DESTROY: &str = r#"
+v="$app/volumes/$1"
+[ -f "$v/volume.json" ] || { echo "no volume $1 here" >&2; exit 1; }
+a=$(sed -n 's/.*"attached":"\([^"]*\)".*/\1/p' "$v/volume.json")
+if [ -n "$a" ]; then echo "attached $a"; exit 0; fi
+rm -rf "$v"; echo destroyed
+"#;
+
+/// `$1` instance id, `$2` volume name, `$3` mount destination: binds the instance to
+/// the volume it already holds, else to a free one of that name; links it as
+/// `instances/<id>/mounts/<destination>` and prints the data path.
+pub const VOLUME_ATTACH: &str = r#"
+inst=$1 name=$2 dest=$3
+pick=""
+for f in "$app"/volumes/*/volume.json; do
+  [ -f "$f" ] || continue
+  grep -qF "\"name\":\"$name\"" "$f" || continue
+  if grep -qF "\"attached\":\"$inst\"" "$f"; then pick=$f; break; fi
+  if [ -z "$pick" ] && grep -qF '"attached":null' "$f"; then pick=$f; fi
+done
+[ -n "$pick" ] || { echo "no free volume named $name on this host" >&2; exit 3; }
+sed 's/"attached":[^}]*}$/"attached":"'"$inst"'"}/' "$pick" > "$pick.tmp" && mv "$pick.tmp" "$pick"
+data="$(dirname "$pick")/data"
+mkdir -p "$app/instances/$inst/mounts"
+ln -sfn "$data" "$app/instances/$inst/mounts/$(printf %s "$dest" | tr -c 'A-Za-z0-9._-' '_')"
+printf '%s\n' "$data"
+"#;
+
+/// `$1` instance id: frees every volume the instance holds.
+pub const VOLUME_DETACH: &str = r#"
+for f in "$app"/volumes/*/volume.json; do
+  [ -f "$f" ] || continue
+  if grep -qF "\"attached\":\"$1\"" "$f"; then
+    sed 's/"attached":"[^"]*"}$/"attached":null}/' "$f" > "$f.tmp" && mv "$f.tmp" "$f"
+  fi
+done
 "#;
