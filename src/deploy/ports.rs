@@ -7,8 +7,10 @@
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 
-/// The range remote instance ports are drawn from.
-pub const REMOTE_PORTS: std::ops::Range<u16> = 20_000..40_000;
+/// The range remote instance ports are drawn from: below Linux's ephemeral range
+/// (32768-60999), so an outgoing connection or an SSH port forward on the same machine
+/// can never be handed a port an instance is about to bind.
+pub const REMOTE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 #[derive(Debug, Default)]
 pub struct PortPicker {
