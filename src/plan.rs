@@ -154,8 +154,23 @@ fn plan_region(
     }
     // Dead instances go first: replacing them restores capacity instead of taking it.
     changes.sort_by_key(|s| s.was_alive);
-    let mut creates = Vec::new();
     let mut free = free_volumes(inputs, region);
+    if let Some(free) = free.as_mut() {
+        // An instance replaced after `[mounts]` was added holds no volume yet: it takes a
+        // free one on its host, or the plan cannot be carried out.
+        for step in &changes {
+            let volumes = inputs.observed.get(&step.host).map(|s| s.volumes.as_slice()).unwrap_or_default();
+            let lacking = inputs.mounts.iter().find(|name| {
+                !volumes.iter().any(|v| &v.name == *name && v.attached.as_deref() == Some(step.id.as_str()))
+            });
+            let Some(name) = lacking else { continue };
+            match free.get_mut(&step.host) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => missing.push(MissingVolumes { region: region.name.clone(), name: name.clone(), count: 1 }),
+            }
+        }
+    }
+    let mut creates = Vec::new();
     for n in existing..region.count as usize {
         let host = match free.as_mut() {
             None => place(&per_host),
@@ -359,6 +374,25 @@ mod tests {
         }
         let plan = plan_with(&observed, &["a", "b"], Strategy::Rolling, MaxUnavailable::Count(1), 2);
         assert!(plan.is_noop());
+    }
+
+    #[test]
+    fn instances_need_a_volume_once_mounts_are_added() {
+        let regions = vec![spec("syd", true, 2)];
+        let observed = two_on_v1();
+        let healthy = BTreeSet::new();
+        let mounts = ["data".to_string()];
+        let inputs = Inputs {
+            regions: &regions,
+            observed: &observed,
+            healthy: &healthy,
+            version: "v2",
+            strategy: Strategy::Rolling,
+            max_unavailable: MaxUnavailable::Count(1),
+            mounts: &mounts,
+        };
+        let plan = rollout(&inputs, &mut ids());
+        assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");
     }
 
     #[test]

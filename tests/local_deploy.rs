@@ -370,3 +370,43 @@ fn failing_release_command_shows_its_last_lines_even_with_json() {
     let lines: Vec<_> = run.events().into_iter().filter(|e| e["event"] == "release_command_output").collect();
     assert_eq!(lines.len(), 2, "streamed as events too");
 }
+
+/// Processes of this project whose command line is exactly `words`.
+fn processes(project: &Project, words: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == words
+            && cwd.starts_with(project.path())
+            && !zombie
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn stopping_an_instance_stops_every_process_it_started() {
+    // The app exits on SIGTERM at once, but leaves a helper that ignores it: the stop
+    // must wait for the whole process group and kill what is left after kill_timeout.
+    let project =
+        Project::builder().region("syd", 1).start(Some("(trap '' TERM; exec sleep 1000) & exec bin/hello")).build();
+    std::fs::write(
+        project.path().join("fly.toml"),
+        std::fs::read_to_string(project.path().join("fly.toml"))
+            .unwrap()
+            .replace("kill_timeout = 5", "kill_timeout = 1"),
+    )
+    .unwrap();
+    project.deploy("v1").assert_ok();
+    assert_eq!(processes(&project, "sleep 1000").len(), 1);
+    project.deploy("v2").assert_ok();
+    assert_eq!(processes(&project, "sleep 1000").len(), 1, "v1's helper is gone, v2's runs");
+    project.ferry(&["destroy", "--yes"]).assert_ok();
+    assert!(processes(&project, "sleep 1000").is_empty());
+}

@@ -341,3 +341,18 @@ fn migrations_backups_and_replica_waits_work_over_ssh() {
     let secrets = fleet.ssh(0, "stat -c %a ~/ferry/hello/secrets.env");
     assert_eq!(String::from_utf8_lossy(&secrets.stdout).trim(), "600");
 }
+
+#[test]
+fn database_urls_of_every_length_are_read_back_from_secrets() {
+    if !root() {
+        return;
+    }
+    // base64 pads to a multiple of 3 bytes: three lengths cover "", "=" and "==".
+    let pg = Postgres::start();
+    let project = Project::builder().region("syd", 1).build();
+    for suffix in ["", "?connect_timeout=10", "?application_name=ab"] {
+        set_url(&project, &format!("{}{suffix}", pg.url()));
+        let run = project.ferry(&["backups", "create"]);
+        assert_eq!(run.code, 0, "url with {suffix:?}: {}", run.stderr);
+    }
+}

@@ -184,9 +184,14 @@ pub async fn restore_backup(ctx: &Ctx, fleet: &Fleet, backup: &Backup, yes: bool
         )?;
     }
     let guard = lock(ctx, fleet, "backups restore", None).await?;
-    let result = host.backup_restore(&db, backup).await;
+    let result = restore_locked(host, &db, backup).await;
     guard.release().await;
-    result.map_err(|source| Error::Failed {
+    result
+}
+
+/// Restores `backup` into `db`; the caller holds the lock.
+pub async fn restore_locked(host: &Host, db: &Database, backup: &Backup) -> Result<(), Error> {
+    host.backup_restore(db, backup).await.map_err(|source| Error::Failed {
         message: format!("restoring backup {} failed: {}", backup.id, crate::error::chain(&source)),
         hint: Some("pg_restore ran in one transaction, so the database is as it was before".into()),
     })

@@ -205,9 +205,15 @@ async fn deploy_locked(
     let healthy = healthy_on(fleet, &observed, &checks, &version).await;
     let plan = make_plan(ctx, fleet, &observed, &healthy, &version, strategy);
     check_volumes(ctx, fleet, &observed, &plan)?;
-    let previous = current_version(fleet, &observed).await;
+    let mut previous = current_version(fleet, &observed).await;
     let installed_everywhere = fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(&version)));
+    let (history_current, history_previous) = history::current(&read_history(fleet).await);
     if plan.is_noop() && installed_everywhere && previous.as_deref() == Some(version.as_str()) {
+        if history_current.as_deref() != Some(version.as_str()) {
+            // Killed after the hosts were switched but before the history said so.
+            let record = Record::new("deploy", &version, history_current.clone());
+            record_history(ctx, fleet, &record.finished(Status::Complete, None)).await;
+        }
         ctx.event(Event::Finished {
             outcome: Outcome::Succeeded,
             version: Some(version.clone()),
@@ -216,6 +222,12 @@ async fn deploy_locked(
             duration_ms: millis(started.elapsed()),
         });
         return Ok(());
+    }
+    if previous.as_deref() == Some(version.as_str()) {
+        // An earlier, partial run of this deploy marked some hosts current already;
+        // what ran before it is what the history last completed.
+        previous =
+            if history_current.as_deref() == Some(version.as_str()) { history_previous } else { history_current };
     }
     ctx.event(Event::DeployStarted {
         kind: "deploy".into(),
@@ -574,11 +586,14 @@ async fn finish(
 /// previous one, never one an instance still runs.
 async fn prune(ctx: &Ctx, fleet: &Fleet, current: &str, previous: Option<&str>) {
     let keep = ctx.config.ferry.keep_releases;
+    // `ferry rollback` goes to the history's previous release: never prune it either.
+    let (_, rollback_target) = history::current(&read_history(fleet).await);
     for host in fleet.hosts() {
         let Ok(state) = host.observe().await else { continue };
         let mut protected: BTreeSet<&str> = state.instances.iter().map(|i| i.record.version.as_str()).collect();
         protected.insert(current);
         protected.extend(previous);
+        protected.extend(rollback_target.as_deref());
         let newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
         for version in newest_first.into_iter().skip(keep).filter(|v| !protected.contains(v)) {
             match host.remove_release(version).await {
@@ -618,25 +633,20 @@ pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
     if opts.dry_run {
         return dry_run(ctx, &fleet, &target, Strategy::Rolling).await;
     }
-    if opts.restore_backup {
-        let host = fleet
-            .primary()
-            .and_then(|r| r.hosts.first())
-            .ok_or_else(|| Error::failed("the primary region has no host"))?;
-        let backups = host.backup_list().await.map_err(|source| Error::Host { step: "listing backups", source })?;
-        let Some(backup) = backups.into_iter().rev().find(|b| b.release_after.is_some() && b.release_after == current)
-        else {
-            return Err(Error::Usage {
-                message: format!(
-                    "no backup was taken before {} was deployed, so there is nothing to restore",
-                    current.as_deref().unwrap_or("the current release")
-                ),
-                hint: Some("`ferry backups list` shows what there is; roll back without `--restore-backup`".into()),
-            });
-        };
-        super::backups::restore_backup(ctx, &fleet, &backup, opts.yes).await?;
-    }
+    // Find the dump and confirm before taking the lock; restore under it, so a running
+    // deploy never has its database replaced underneath it.
+    let restore = if opts.restore_backup {
+        Some(backup_to_restore(ctx, &fleet, current.as_ref(), opts.yes).await?)
+    } else {
+        None
+    };
     let guard = lock(ctx, &fleet, "rollback", opts.lock_wait).await?;
+    if let Some((host, db, backup)) = &restore {
+        if let Err(error) = super::backups::restore_locked(host, db, backup).await {
+            guard.release().await;
+            return Err(error);
+        }
+    }
     let result = rollback_locked(ctx, &fleet, &target, current, &start, &opts, started).await;
     guard.release().await;
     result
@@ -854,4 +864,40 @@ pub(super) fn check_volumes(
             format!("run `{command}`")
         }),
     })
+}
+
+/// The backup taken before `current` was deployed, after the user confirmed.
+async fn backup_to_restore(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    current: Option<&String>,
+    yes: bool,
+) -> Result<(Host, crate::postgres::Database, crate::postgres::Backup), Error> {
+    let host =
+        fleet.primary().and_then(|r| r.hosts.first()).ok_or_else(|| Error::failed("the primary region has no host"))?;
+    let backups = host.backup_list().await.map_err(|source| Error::Host { step: "listing backups", source })?;
+    let Some(backup) =
+        backups.into_iter().rev().find(|b| b.release_after.is_some() && b.release_after.as_ref() == current)
+    else {
+        return Err(Error::Usage {
+            message: format!(
+                "no backup was taken before {} was deployed, so there is nothing to restore",
+                current.map_or("the current release", String::as_str)
+            ),
+            hint: Some("`ferry backups list` shows what there is; roll back without `--restore-backup`".into()),
+        });
+    };
+    let db = super::backups::database(ctx, host).await?;
+    if !yes {
+        super::confirm(
+            ctx,
+            &format!(
+                "replace the contents of `{}` with backup {} from {}?",
+                db.describe(),
+                backup.id,
+                backup.created_at
+            ),
+        )?;
+    }
+    Ok((host.clone(), db, backup))
 }

@@ -108,22 +108,26 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
         let mut taken: Vec<Host> = Vec::new();
         let mut conflict = None;
         for host in &hosts {
-            let attempt = host.lock_acquire(&holder).await.map_err(|source| Error::Unreachable {
-                host: host.name.clone(),
-                step: "taking the lock",
-                source,
-            })?;
+            let attempt = match host.lock_acquire(&holder).await {
+                Ok(attempt) => attempt,
+                Err(source) => {
+                    release_all(&taken, &holder.token).await;
+                    return Err(crate::error::before_change(&host.name, "taking the lock", source));
+                }
+            };
             let Attempt::Held(held) = attempt else {
                 taken.push(host.clone());
                 continue;
             };
             let taken_over = match held.stale_reason() {
                 Some(reason) => {
-                    let ok = host.lock_takeover(&held, &holder).await.map_err(|source| Error::Unreachable {
-                        host: host.name.clone(),
-                        step: "taking the lock",
-                        source,
-                    })?;
+                    let ok = match host.lock_takeover(&held, &holder).await {
+                        Ok(ok) => ok,
+                        Err(source) => {
+                            release_all(&taken, &holder.token).await;
+                            return Err(crate::error::before_change(&host.name, "taking the lock", source));
+                        }
+                    };
                     if ok {
                         ctx.event(Event::LockTakenOver {
                             host: host.name.clone(),
@@ -144,15 +148,20 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
         let Some((host, holder_text)) = conflict else {
             return Ok(Guard::new(taken, holder.token));
         };
-        for host in &taken {
-            let _ = host.lock_release(Some(&holder.token)).await;
-        }
+        release_all(&taken, &holder.token).await;
         match deadline {
             Some(deadline) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             _ => return Err(Error::Locked { host, holder: holder_text }),
         }
+    }
+}
+
+/// Gives back the locks already taken when the whole set cannot be had.
+async fn release_all(hosts: &[Host], token: &str) {
+    for host in hosts {
+        let _ = host.lock_release(Some(token)).await;
     }
 }
 

@@ -14,11 +14,33 @@ alive() {
   [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
 }
 pid_of() { sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null; }
+# Whether any live (non-zombie) process is still in process group $1: an instance is
+# stopped only when all of it is, not just the process ferry started.
+group_alive() {
+  [ -n "$1" ] && [ "$1" != 0 ] || return 1
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '
+    { i = 0; n = split($0, c, ""); for (j = n; j > 1; j--) if (c[j] == ")") { i = j; break }
+      split(substr($0, i + 2), f, " "); if (f[3] == g && f[1] != "Z" && f[1] != "X") found = 1 }
+    END { exit !found }'
+}
+# `hold NAME` takes a short mutex (a directory) under the app dir, released on exit;
+# one left by a killed ferry is broken after 30 s.
+hold() {
+  n=0
+  until mkdir "$app/$1" 2>/dev/null; do
+    t=$(stat -c %Y "$app/$1" 2>/dev/null || echo 0)
+    if [ $(( $(date +%s) - t )) -gt 30 ]; then rm -rf "$app/$1"; continue; fi
+    n=$((n + 1)); [ "$n" -lt 400 ] || { echo "timed out waiting for $1" >&2; exit 1; }
+    sleep 0.05
+  done
+  held="$app/$1"
+  trap 'rm -rf "$held"' EXIT
+}
 # Run as `sh -c "$LOAD_ENV; ..." sh ENV_FILE COMMAND SECRETS_FILE`: sources the env file,
 # in which a `ferry_secrets` line loads the secrets (one `KEY=base64` per line).
 LOAD_ENV='ferry_secrets() {
   [ -f "$3" ] || return 0
-  while IFS="=" read -r k v; do [ -n "$k" ] && export "$k=$(printf %s "$v" | base64 -d)"; done < "$3"
+  while IFS= read -r line; do k=${line%%=*}; v=${line#*=}; [ -n "$k" ] && export "$k=$(printf %s "$v" | base64 -d)"; done < "$3"
 }
 . "$1"'
 "#;
@@ -45,7 +67,9 @@ for d in "$app"/instances/*/; do
 done
 if [ -d "$app/lock" ]; then
   f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
-  printf 'L %s %s\n' "$(( $(date +%s) - $(stat -c %Y "$f") ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
+  if t=$(stat -c %Y "$f" 2>/dev/null); then
+    printf 'L %s %s\n' "$(( $(date +%s) - t ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
+  fi
 fi
 if [ -L "$app/current" ]; then printf 'C %s\n' "$(basename "$(readlink "$app/current")")"; fi
 for f in "$app"/volumes/*/volume.json; do [ -f "$f" ] && printf 'V %s\n' "$(cat "$f")"; done
@@ -108,14 +132,14 @@ id=$1 sig=$2 timeout=$3
 inst="$app/instances/$id"
 [ -f "$inst/instance.json" ] || exit 0
 pid=$(pid_of "$inst/instance.json")
-if alive "$pid"; then
+if alive "$pid" || group_alive "$pid"; then
   kill -s "$sig" -- "-$pid" 2>/dev/null || kill -s "$sig" "$pid" 2>/dev/null || true
   n=0; limit=$((timeout * 20))
-  while alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.05; n=$((n + 1)); done
-  if alive "$pid"; then
+  while group_alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.05; n=$((n + 1)); done
+  if group_alive "$pid"; then
     kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "$pid" 2>/dev/null || true
     echo killed
-    n=0; while alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    n=0; while group_alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
   fi
 fi
 sed 's/"pid":[0-9]*/"pid":0/' "$inst/instance.json" > "$inst/instance.json.tmp"
@@ -174,36 +198,43 @@ pub const READ_HISTORY: &str = r#"
 pub const REMOVE_RELEASE: &str = r#"
 rel="$app/releases/$1"
 sha=$(sed -n 's/.*"sha256":"\([0-9a-f]*\)".*/\1/p' "$rel/.ferry-release" 2>/dev/null || true)
-rm -rf "$rel"
+# Moved out of sight first, so a removal cut short never leaves a half release that
+# still claims to be installed.
+gone="$app/releases/.gone-$1-$$"
+mv "$rel" "$gone" 2>/dev/null && rm -rf "$gone"
 if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz"; fi
 "#;
 
 /// `$1` holder json. Prints `acquired`, or `held <age> <holder json>`.
 pub const LOCK_ACQUIRE: &str = r#"
 mkdir -p "$app"
-if mkdir "$app/lock" 2>/dev/null; then
-  # A lock nobody can name would block everyone for 30 s: remove it if the holder
-  # cannot be written (a full disk, say).
-  if printf '%s\n' "$1" > "$app/lock/holder.json"; then echo acquired; exit 0; fi
-  rm -rf "$app/lock"; exit 1
-fi
+# The lock is built aside with its holder, then renamed into place: it never exists
+# without a holder, and the rename fails if a lock is already there.
+tmp="$app/lock.new.$$"
+rm -rf "$tmp"; mkdir "$tmp"
+if ! printf '%s\n' "$1" > "$tmp/holder.json"; then rm -rf "$tmp"; exit 1; fi
+if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; exit 0; fi
+rm -rf "$tmp"
 f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
-printf 'held %s %s\n' "$(( $(date +%s) - $(stat -c %Y "$f") ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
+t=$(stat -c %Y "$f" 2>/dev/null) || { echo 'held 0 {}'; exit 0; }
+printf 'held %s %s\n' "$(( $(date +%s) - t ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
 "#;
 
 /// `$1` the stale holder's token (may be empty), `$2` new holder json. Replaces the
 /// lock only if it is still the one judged stale.
 pub const LOCK_TAKEOVER: &str = r#"
+# Only one takeover at a time: the check of the stale holder and the replacement
+# happen under one mutex, so two waiters cannot both replace the same stale lock.
+hold lock.takeover
 f="$app/lock/holder.json"
 if [ ! -f "$f" ] || [ -z "$1" ] || grep -qF "\"token\":\"$1\"" "$f"; then
   rm -rf "$app/lock.stale.$$"; mv "$app/lock" "$app/lock.stale.$$" 2>/dev/null || true
   rm -rf "$app/lock.stale.$$"
 fi
-if mkdir "$app/lock" 2>/dev/null; then
-  if printf '%s\n' "$2" > "$app/lock/holder.json"; then echo acquired; else rm -rf "$app/lock"; exit 1; fi
-else
-  echo lost
-fi
+tmp="$app/lock.new.$$"
+rm -rf "$tmp"; mkdir "$tmp"
+if ! printf '%s\n' "$2" > "$tmp/holder.json"; then rm -rf "$tmp"; exit 1; fi
+if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; else rm -rf "$tmp"; echo lost; fi
 "#;
 
 /// `$1` token: refreshes the lease; prints `lost` when the lock is no longer ours.
@@ -264,7 +295,8 @@ chmod 600 "$tmp"; mv "$tmp" "$f"
 pub const SECRETS_LIST: &str = r#"
 f="$app/secrets.env"
 [ -f "$f" ] || exit 0
-while IFS="=" read -r k v; do
+while IFS= read -r line; do
+  k=${line%%=*}; v=${line#*=}
   [ -n "$k" ] && printf '%s %s\n' "$k" "$(printf %s "$v" | base64 -d | sha256sum | cut -c1-12)"
 done < "$f"
 "#;
@@ -274,7 +306,7 @@ done < "$f"
 pub const SECRET_GET: &str = r#"
 f="$app/secrets.env"
 [ -f "$f" ] || exit 0
-while IFS="=" read -r k v; do [ "$k" = "$1" ] && printf '%s\n' "$v"; done < "$f"
+while IFS= read -r line; do [ "${line%%=*}" = "$1" ] && printf '%s\n' "${line#*=}"; done < "$f"
 exit 0
 "#;
 
@@ -362,6 +394,8 @@ rm -rf "$v"; echo destroyed
 /// `instances/<id>/mounts/<destination>` and prints the data path.
 pub const VOLUME_ATTACH: &str = r#"
 inst=$1 name=$2 dest=$3
+mkdir -p "$app/volumes"
+hold volumes/.attach
 pick=""
 for f in "$app"/volumes/*/volume.json; do
   [ -f "$f" ] || continue
