@@ -175,6 +175,15 @@ impl Rollout {
             }
         }
         for batch in plan.batches {
+            if crate::host::lock::lost() && !self.halt.swap(true, Ordering::SeqCst) {
+                summary.failure = Some(StepFailure {
+                    region: region.clone(),
+                    host: String::new(),
+                    instance: "-".into(),
+                    version: String::new(),
+                    reason: "the deploy lock was taken over by another operation (this one looked stale); stopped before changing more instances".into(),
+                });
+            }
             if self.halt.load(Ordering::SeqCst) {
                 outcome = "halted";
                 break;

@@ -176,13 +176,33 @@ impl Drop for Guard {
     }
 }
 
+/// Set when a refresh finds the lock is no longer ours (another operation took it
+/// over because our lease looked stale). One ferry process holds one lock at a time.
+static LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the lock this process holds was taken over by someone else: the caller
+/// must stop changing things.
+pub fn lost() -> bool {
+    LOST.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 async fn refresh_loop(hosts: Arc<Vec<Host>>, token: String) {
+    LOST.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.tick().await;
     loop {
         tick.tick().await;
+        // All hosts at once, each bounded, so one slow host cannot let the others'
+        // leases run out.
+        let mut refreshes = tokio::task::JoinSet::new();
         for host in hosts.iter() {
-            let _ = host.lock_refresh(&token).await;
+            let (host, token) = (host.clone(), token.clone());
+            refreshes.spawn(async move { tokio::time::timeout(REFRESH_EVERY, host.lock_refresh(&token)).await });
+        }
+        while let Some(result) = refreshes.join_next().await {
+            if matches!(result, Ok(Ok(Ok(false)))) {
+                LOST.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
     }
 }
