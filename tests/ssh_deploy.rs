@@ -246,3 +246,31 @@ fn hostile_strings_reach_the_host_literally() {
     assert!(!std::path::Path::new("/tmp/ferry-pwned").exists());
     assert_eq!(project.versions_served(), ["v1+build.1"]);
 }
+
+#[test]
+fn volumes_bind_instances_on_ssh_hosts_and_keep_their_data() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = Project::builder()
+        .ferry_keys("target = \"ssh\"")
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap())
+        .toml("[[mounts]]\n  source = \"data\"\n  destination = \"/data\"")
+        .start(Some("echo \"$RELEASE_VERSION\" >> \"$FERRY_VOLUME_DATA/boots\"; exec bin/hello"))
+        .ssh_region("syd", &[fleet.hosts()[0].spec(), fleet.hosts()[1].spec()], 1)
+        .build();
+    let refused = project.deploy("v1");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("ferry volumes create data --region syd --size 1 --host "), "{}", refused.stderr);
+
+    // The volume goes on the second host; the instance must follow it there.
+    let second = fleet.hosts()[1].spec();
+    project.ferry(&["volumes", "create", "data", "--region", "syd", "--size", "1", "--host", &second]).assert_ok();
+    project.deploy("v1").assert_ok();
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.instances()[0]["host"], second.as_str());
+    let boots = on_host(&fleet, 1, "cat ~/ferry/hello/volumes/*/data/boots");
+    assert_eq!(boots, "v1\nv2\n");
+    assert!(on_host(&fleet, 0, "ls ~/ferry/hello/instances").trim().is_empty());
+}
