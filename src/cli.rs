@@ -74,6 +74,23 @@ enum CommandArgs {
     /// Volumes: storage on one host of a region, mounted by instances through [mounts].
     #[command(subcommand)]
     Volumes(VolumesArgs),
+    /// Create a new app from a template (`postgres`: PostgreSQL with streaming replicas).
+    Launch {
+        #[arg(long)]
+        template: String,
+        /// App name.
+        #[arg(long)]
+        name: String,
+        /// Primary region.
+        #[arg(short, long)]
+        region: String,
+        /// Directory to write into (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// PostgreSQL apps deployed by ferry: member status and connection strings.
+    #[command(subcommand)]
+    Pg(PgArgs),
     /// Inspect or release the deploy lock.
     #[command(subcommand)]
     Lock(LockArgs),
@@ -271,6 +288,17 @@ enum VolumesArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum PgArgs {
+    /// Each member's role, region, LSN, replication lag (bytes and seconds), streaming state.
+    Status,
+    /// The connection string apps in a region should read from, and the primary's for writes.
+    ConnectUrl {
+        #[arg(short, long)]
+        region: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LockArgs {
     /// Who holds the lock on each host, and whether it is stale.
     Status,
@@ -327,6 +355,9 @@ pub enum Command {
     VolumesCreate { name: String, region: String, size: u64, host: Option<String> },
     VolumesList,
     VolumesDestroy { id: String, yes: bool },
+    Launch { template: String, name: String, region: String, dir: Option<PathBuf> },
+    PgStatus,
+    PgConnectUrl { region: String },
     LockStatus,
     LockRelease,
     Destroy { yes: bool },
@@ -399,6 +430,9 @@ pub fn parse() -> Invocation {
         }
         CommandArgs::Volumes(VolumesArgs::List) => Command::VolumesList,
         CommandArgs::Volumes(VolumesArgs::Destroy { id, yes }) => Command::VolumesDestroy { id, yes },
+        CommandArgs::Launch { template, name, region, dir } => Command::Launch { template, name, region, dir },
+        CommandArgs::Pg(PgArgs::Status) => Command::PgStatus,
+        CommandArgs::Pg(PgArgs::ConnectUrl { region }) => Command::PgConnectUrl { region },
         CommandArgs::Lock(LockArgs::Status) => Command::LockStatus,
         CommandArgs::Lock(LockArgs::Release) => Command::LockRelease,
         CommandArgs::Destroy { yes } => Command::Destroy { yes },

@@ -19,6 +19,16 @@ pub fn reporter(output: OutputMode) -> Arc<dyn Reporter> {
 }
 
 pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<(), Error> {
+    // `launch` writes the fly.toml the other commands read.
+    if let Command::Launch { template, name, region, dir } = &invocation.command {
+        let opts = commands::launch::LaunchOptions {
+            template: template.clone(),
+            name: name.clone(),
+            region: region.clone(),
+            dir: dir.clone(),
+        };
+        return commands::launch::run(&opts);
+    }
     let loaded = crate::config::load(&invocation.config)?;
     let ctx = Ctx {
         config: Arc::new(loaded.config),
@@ -66,10 +76,12 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         }
         Command::VolumesList => commands::volumes::list(&ctx).await,
         Command::VolumesDestroy { id, yes } => commands::volumes::destroy(&ctx, &id, yes).await,
+        Command::PgStatus => commands::pg::status(&ctx).await,
+        Command::PgConnectUrl { region } => commands::pg::connect_url(&ctx, &region).await,
         Command::LockStatus => commands::lock::status(&ctx).await,
         Command::LockRelease => commands::lock::release(&ctx).await,
         Command::Destroy { yes } => commands::destroy::run(&ctx, yes).await,
-        Command::ConfigValidate => Ok(()),
+        Command::ConfigValidate | Command::Launch { .. } => Ok(()),
         Command::ConfigShow => commands::config::show(&ctx),
     }
 }

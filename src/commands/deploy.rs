@@ -125,8 +125,12 @@ fn make_plan(
         observed,
         healthy,
         version,
-        strategy,
-        max_unavailable: ctx.config.deploy.max_unavailable,
+        strategy: if ctx.config.ferry.primary_last { Strategy::Rolling } else { strategy },
+        max_unavailable: if ctx.config.ferry.primary_last {
+            crate::config::MaxUnavailable::Count(1)
+        } else {
+            ctx.config.deploy.max_unavailable
+        },
         mounts: &mounts,
     };
     plan::rollout(&inputs, &mut new_instance_id)
@@ -238,6 +242,7 @@ async fn deploy_locked(
         regions: fleet.region_names(),
     });
     ship(ctx, fleet, &observed, artifact).await?;
+    super::secrets::sync(ctx, fleet).await?;
     let record = Record::new("deploy", &version, previous.clone());
     record_history(ctx, fleet, &record).await;
     let mut waits = BTreeMap::new();
@@ -520,6 +525,16 @@ pub(super) async fn roll_out(
         ports,
     );
     rollout.replica_waits = waits;
+    let primary = ctx.config.primary();
+    let primary_addr = fleet.hosts().filter(|h| h.region == primary).find_map(|h| {
+        observed
+            .get(&h.name)?
+            .instances
+            .iter()
+            .find(|i| i.alive && i.record.region == primary)
+            .map(|i| format!("{}:{}", h.address(), i.record.port))
+    });
+    rollout.primary_addr = std::sync::Mutex::new(primary_addr);
     Arc::new(rollout).execute(plan).await
 }
 

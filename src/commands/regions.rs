@@ -407,6 +407,7 @@ async fn converge_locked(
     if !missing.is_empty() {
         ship_existing(ctx, fleet, &observed, &version, &missing).await?;
     }
+    super::secrets::sync(ctx, fleet).await?;
     let mut warnings = Vec::new();
     let checks = Checks::from_config(&ctx.config, &mut warnings);
     let healthy = healthy_on(fleet, &observed, &checks, &version).await;

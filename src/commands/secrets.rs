@@ -140,6 +140,31 @@ pub fn digest(value: &str) -> String {
     })
 }
 
+/// Gives hosts that joined the app after its secrets were set (a new region, a new
+/// host) the same secrets as the primary's first host.
+pub async fn sync(ctx: &Ctx, fleet: &Fleet) -> Result<(), Error> {
+    let Some(reference) = fleet.primary().and_then(|r| r.hosts.first()) else { return Ok(()) };
+    let wanted = reference.secrets_list().await.map_err(|source| Error::Host { step: "reading secrets", source })?;
+    let mut raw = None;
+    for host in fleet.hosts().filter(|h| h.name != reference.name) {
+        let have = host.secrets_list().await.map_err(|source| Error::Host { step: "reading secrets", source })?;
+        if have == wanted {
+            continue;
+        }
+        if raw.is_none() {
+            raw =
+                Some(reference.secrets_raw().await.map_err(|source| Error::Host { step: "reading secrets", source })?);
+        }
+        host.secrets_replace(raw.clone().unwrap_or_default())
+            .await
+            .map_err(|source| Error::Host { step: "copying secrets", source })?;
+        ctx.event(Event::Warning {
+            message: format!("copied the app's secrets to `{}`, which did not have them", host.name),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,10 @@ pub(super) fn resolve(r: &Reader<'_>, root: &Table, dir: &Path) -> Result<FerryC
                 .unwrap_or(DEFAULT_REPLICA_WAIT_TIMEOUT),
             None => DEFAULT_REPLICA_WAIT_TIMEOUT,
         },
+        primary_last: match ferry.get("primary_last") {
+            Some(entry) => r.boolean(&entry.node, "ferry.primary_last")?,
+            None => false,
+        },
         build: build(r, section(r, ferry, "build", "ferry", &empty)?, dir)?,
         regions: regions(r, section(r, ferry, "regions", "ferry", &empty)?)?,
         backup: backup(r, section(r, ferry, "backup", "ferry", &empty)?)?,

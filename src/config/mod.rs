@@ -147,6 +147,9 @@ pub struct FerryConfig {
     /// Deploy root on the hosts.
     pub root: String,
     pub keep_releases: usize,
+    /// Roll out one instance at a time everywhere, the primary region last (a
+    /// database: replicas are updated before the primary restarts).
+    pub primary_last: bool,
     #[serde(serialize_with = "ms")]
     pub replica_wait_timeout: Duration,
     pub build: BuildConfig,

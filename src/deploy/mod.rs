@@ -39,6 +39,9 @@ pub struct Rollout {
     pub extra_env: BTreeMap<String, String>,
     /// Regions whose read replica must replay the migration before they change.
     pub replica_waits: BTreeMap<String, ReplicaWait>,
+    /// `address:port` of a healthy primary-region instance, given to the others as
+    /// `FERRY_PRIMARY_ADDR` (how a database replica finds its primary).
+    pub primary_addr: Mutex<Option<String>>,
     halt: AtomicBool,
 }
 
@@ -121,12 +124,16 @@ impl Rollout {
             ports: Mutex::new(ports),
             extra_env: BTreeMap::new(),
             replica_waits: BTreeMap::new(),
+            primary_addr: Mutex::new(None),
             halt: AtomicBool::new(false),
         }
     }
 
     /// Runs the plan to the end, or to the first failure and its revert.
     pub async fn execute(self: &Arc<Self>, plan: Plan) -> Summary {
+        if self.config.ferry.primary_last {
+            return self.execute_primary_last(plan).await;
+        }
         let mut summary = Summary::default();
         let mut regions = plan.regions.into_iter();
         let mut rest: Vec<RegionPlan> = Vec::new();
@@ -146,6 +153,23 @@ impl Rollout {
             if let Ok(region) = result {
                 region.merge_into(&mut summary);
             }
+        }
+        if summary.failure.is_some() && !self.no_revert {
+            self.revert_all(&mut summary).await;
+        }
+        summary
+    }
+
+    /// One region after another, the primary last, so that a database's primary never
+    /// restarts before its replicas are back and healthy.
+    async fn execute_primary_last(self: &Arc<Self>, plan: Plan) -> Summary {
+        let mut summary = Summary::default();
+        let (primary, others): (Vec<RegionPlan>, Vec<RegionPlan>) = plan.regions.into_iter().partition(|r| r.primary);
+        for region in others.into_iter().chain(primary) {
+            if self.halt.load(Ordering::SeqCst) {
+                break;
+            }
+            Arc::clone(self).run_region(region).await.merge_into(&mut summary);
         }
         if summary.failure.is_some() && !self.no_revert {
             self.revert_all(&mut summary).await;
@@ -300,6 +324,11 @@ impl Rollout {
         .await;
         match result {
             Ok(elapsed) => {
+                if step.region == self.config.primary() {
+                    if let Ok(mut addr) = self.primary_addr.lock() {
+                        addr.get_or_insert_with(|| format!("{}:{port}", host.address()));
+                    }
+                }
                 self.reporter.event(&Event::InstanceHealthy {
                     region: step.region.clone(),
                     host: step.host.clone(),
@@ -383,6 +412,9 @@ impl Rollout {
         let mut env = self.config.env.clone();
         env.extend(self.extra_env.clone());
         let primary = self.config.primary();
+        if let Some(addr) = self.primary_addr.lock().ok().and_then(|a| a.clone()) {
+            env.insert("FERRY_PRIMARY_ADDR".into(), addr);
+        }
         for (key, value) in [
             ("PORT", record.port.to_string()),
             ("FLY_APP_NAME", self.config.app.clone()),

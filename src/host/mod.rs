@@ -102,6 +102,22 @@ pub fn now_ms() -> u64 {
 }
 
 impl Host {
+    /// The address other machines use for this host: loopback for the local target,
+    /// the host part of `user@host:port` for SSH.
+    pub fn address(&self) -> String {
+        match &self.transport {
+            Transport::Local(_) => "127.0.0.1".to_string(),
+            Transport::Ssh(t) => {
+                let spec = t.host();
+                let host = spec.rsplit_once('@').map_or(spec, |(_, h)| h);
+                match host.rsplit_once(':') {
+                    Some((h, port)) if port.parse::<u16>().is_ok() => h.to_string(),
+                    _ => host.to_string(),
+                }
+            }
+        }
+    }
+
     fn cmd(&self, body: &str) -> Cmd {
         Cmd::script(&scripts::full(body)).arg(&self.app_dir)
     }
@@ -235,6 +251,17 @@ impl Host {
     pub async fn secrets_set(&self, keys: &[String], lines: String) -> Result<(), HostError> {
         let cmd = self.cmd(scripts::SECRETS_SET).args(keys.iter().cloned()).stdin(lines.into_bytes());
         self.run("storing secrets", &cmd).await?;
+        Ok(())
+    }
+
+    /// The secrets file as stored; it travels on the connection's stdout only.
+    pub async fn secrets_raw(&self) -> Result<String, HostError> {
+        Ok(self.run("reading secrets", &self.cmd(scripts::SECRETS_RAW)).await?.stdout_str())
+    }
+
+    /// Replaces this host's secrets file with `raw` (sent on stdin).
+    pub async fn secrets_replace(&self, raw: String) -> Result<(), HostError> {
+        self.run("copying secrets", &self.cmd(scripts::SECRETS_REPLACE).stdin(raw.into_bytes())).await?;
         Ok(())
     }
 

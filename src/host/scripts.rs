@@ -420,3 +420,20 @@ for f in "$app"/volumes/*/volume.json; do
   fi
 done
 "#;
+
+/// Prints the secrets file as stored (`KEY=base64` lines), for copying to a host that
+/// joined the app later.
+pub const SECRETS_RAW: &str = r#"
+f="$app/secrets.env"
+[ -f "$f" ] && cat "$f"
+true
+"#;
+
+/// stdin: a whole secrets file, which replaces this host's (0600, atomically).
+pub const SECRETS_REPLACE: &str = r#"
+mkdir -p "$app"
+umask 077
+cat > "$app/secrets.env.tmp.$$"
+chmod 600 "$app/secrets.env.tmp.$$"
+mv "$app/secrets.env.tmp.$$" "$app/secrets.env"
+"#;

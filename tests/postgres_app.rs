@@ -1,0 +1,182 @@
+//! PostgreSQL deployed by ferry itself (`ferry launch --template postgres`): a primary
+//! in syd, a streaming replica in lax from a volume and one command, `pg status` and
+//! `pg connect-url`, and a deploy that updates the replica before the primary.
+//! Needs root (the instances drop to the `postgres` user) and PostgreSQL's binaries.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const PASSWORD: &str = "s3cret-'pg";
+
+struct App {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl App {
+    fn launch() -> App {
+        let tmp = tempfile::tempdir().unwrap();
+        // The postgres user must be able to reach the volumes below it.
+        Command::new("chmod").arg("0755").arg(tmp.path()).status().unwrap();
+        let dir = tmp.path().join("pgapp");
+        let out = Command::new(common::FERRY)
+            .args(["launch", "--template", "postgres", "--name", "pgapp", "--region", "syd", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        App { _tmp: tmp, dir }
+    }
+
+    fn ferry(&self, args: &[&str]) -> common::Run {
+        common::Run::from(
+            Command::new(common::FERRY).args(args).current_dir(&self.dir).stdin(Stdio::null()).output().unwrap(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> common::Run {
+        let run = self.ferry(args);
+        run.assert_ok();
+        run
+    }
+
+    fn port(&self, region: &str) -> u16 {
+        let status: Value = serde_json::from_str(&self.ok(&["status", "--json"]).stdout).unwrap();
+        let instance = status["instances"].as_array().unwrap().iter().find(|i| i["region"] == region).unwrap().clone();
+        u16::try_from(instance["port"].as_u64().unwrap()).unwrap()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = Command::new(common::FERRY).args(["destroy", "--yes", "-q"]).current_dir(&self.dir).status();
+    }
+}
+
+fn psql(port: u16, sql: &str) -> String {
+    try_psql(port, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn try_psql(port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Polls `check` (a condition on the database), up to ~10 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{what} never happened");
+}
+
+fn usable() -> bool {
+    let root = String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0";
+    let pg = Path::new("/usr/lib/postgresql").exists();
+    if !(root && pg) {
+        eprintln!("needs root and PostgreSQL's binaries; skipped");
+    }
+    root && pg
+}
+
+#[test]
+fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
+    if !usable() {
+        return;
+    }
+    let app = App::launch();
+    let mut set = Command::new(common::FERRY)
+        .args(["secrets", "set", "POSTGRES_PASSWORD=-", "--stage", "-q"])
+        .current_dir(&app.dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(set.stdin.as_mut().unwrap(), PASSWORD.as_bytes()).unwrap();
+    drop(set.stdin.take());
+    assert!(set.wait().unwrap().success());
+    app.ok(&["volumes", "create", "pg_data", "--region", "syd", "--size", "1"]);
+    app.ok(&["deploy", "--version", "v1"]);
+    let primary = app.port("syd");
+    psql(primary, "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 100)");
+
+    app.ok(&["volumes", "create", "pg_data", "--region", "lax", "--size", "1"]);
+    app.ok(&["regions", "add", "lax"]);
+    let replica = app.port("lax");
+    // A standby accepts TCP (its health check) before it accepts queries.
+    eventually("rows reaching the replica", || {
+        try_psql(replica, "SELECT count(*) FROM pg_class WHERE relname = 'items'").is_ok_and(|n| n == "1")
+    });
+    assert_eq!(psql(replica, "SELECT count(*) FROM items"), "100");
+    assert_eq!(psql(replica, "SELECT pg_is_in_recovery()"), "t");
+
+    eventually("the replica catching up", || {
+        let members: Value = serde_json::from_str(&app.ok(&["pg", "status", "--json"]).stdout).unwrap();
+        let lax = members.as_array().unwrap().iter().find(|m| m["region"] == "lax").unwrap().clone();
+        let syd = members.as_array().unwrap().iter().find(|m| m["region"] == "syd").unwrap().clone();
+        syd["role"] == "primary" && lax["role"] == "replica" && lax["streaming"] == "streaming" && lax["lag_bytes"] == 0
+    });
+
+    let urls = app.ok(&["pg", "connect-url", "--region", "lax"]);
+    assert!(
+        urls.stdout.contains(&format!("read:  postgres://postgres:$POSTGRES_PASSWORD@127.0.0.1:{replica}/postgres")),
+        "{}",
+        urls.stdout
+    );
+    assert!(urls
+        .stdout
+        .contains(&format!("write: postgres://postgres:$POSTGRES_PASSWORD@127.0.0.1:{primary}/postgres")));
+    assert!(!urls.stdout.contains("s3cret"));
+
+    // A new version: the replica first, then the primary, one member at a time.
+    let run = app.ok(&["deploy", "--version", "v2", "--json"]);
+    let order: Vec<(String, String)> = run
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "instance_updating" || e["event"] == "instance_healthy")
+        .map(|e| (e["event"].as_str().unwrap().to_string(), e["region"].as_str().unwrap().to_string()))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("instance_updating", "lax"),
+        ("instance_healthy", "lax"),
+        ("instance_updating", "syd"),
+        ("instance_healthy", "syd"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+    .collect();
+    assert_eq!(order, expected);
+    let lax = app.port("lax");
+    eventually("the restarted replica answering", || {
+        try_psql(lax, "SELECT count(*) FROM items").is_ok_and(|n| n == "100")
+    });
+    assert_eq!(psql(app.port("syd"), "SELECT count(*) FROM items"), "100");
+}
