@@ -111,17 +111,20 @@ impl Checks {
             .collect()
     }
 
-    /// Runs every check once.
-    pub async fn check(&self, addr: SocketAddr) -> Result<(), String> {
+    /// Runs every check once against `addr`, an SSH forward when `forwarded`.
+    pub async fn check(&self, addr: SocketAddr, forwarded: bool) -> Result<(), String> {
         for probe in &self.probes {
-            self.run_probe(probe, addr).await?;
+            self.run_probe(probe, addr, forwarded).await?;
         }
         Ok(())
     }
 
-    async fn run_probe(&self, probe: &Probe, addr: SocketAddr) -> Result<(), String> {
+    async fn run_probe(&self, probe: &Probe, addr: SocketAddr, forwarded: bool) -> Result<(), String> {
         match probe {
             Probe::Tcp { name, timeout: limit } => match timeout(*limit, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) if forwarded => {
+                    forwarded_stays_open(stream).await.map_err(|e| format!("check `{name}`: {e}"))
+                }
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("check `{name}`: connect to {addr}: {e}")),
                 Err(_) => Err(format!("check `{name}`: connect to {addr} timed out")),
@@ -144,7 +147,13 @@ impl Checks {
 
     /// Waits until every check passes, the process exits (`exited` resolves to
     /// `Ok(true)`), or `deadline` passes. Returns how long it took.
-    pub async fn wait_healthy<F>(&self, addr: SocketAddr, deadline: Duration, exited: F) -> Result<Duration, Failure>
+    pub async fn wait_healthy<F>(
+        &self,
+        addr: SocketAddr,
+        forwarded: bool,
+        deadline: Duration,
+        exited: F,
+    ) -> Result<Duration, Failure>
     where
         F: Future<Output = Result<bool, String>>,
     {
@@ -152,7 +161,7 @@ impl Checks {
         let mut last_error = String::from("no check has run yet");
         let poll = async {
             loop {
-                match self.check(addr).await {
+                match self.check(addr, forwarded).await {
                     Ok(()) => return started.elapsed(),
                     Err(e) => last_error = e,
                 }
@@ -171,6 +180,21 @@ impl Checks {
             failure = exit => Err(failure),
             () = sleep(deadline) => Err(Failure::TimedOut { after: deadline, last_error: last_error.clone() }),
         }
+    }
+}
+
+/// How long a TCP check through an SSH forward watches the connection.
+const FORWARD_SETTLE: Duration = Duration::from_millis(100);
+
+/// The local end of an SSH forward accepts every connection and closes it at once
+/// when nothing listens on the host; a server keeps it open (silent, or with a banner).
+async fn forwarded_stays_open(mut stream: TcpStream) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match timeout(FORWARD_SETTLE, stream.read(&mut byte)).await {
+        Ok(Ok(0)) => Err("nothing accepted the connection on the host (closed through the forward)".into()),
+        Ok(Err(e)) => Err(format!("connection through the forward failed: {e}")),
+        Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
 
@@ -226,34 +250,62 @@ mod tests {
     #[tokio::test]
     async fn http_check_passes_on_200() {
         let addr = serve("200 OK").await;
-        assert!(http("/health").check(addr).await.is_ok());
+        assert!(http("/health").check(addr, false).await.is_ok());
     }
 
     #[tokio::test]
     async fn http_check_fails_on_503() {
         let addr = serve("503 Service Unavailable").await;
-        let err = http("/health").check(addr).await.unwrap_err();
+        let err = http("/health").check(addr, false).await.unwrap_err();
         assert!(err.contains("503"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tcp_through_a_forward_needs_the_connection_to_stay_open() {
+        // What an SSH forward does when nothing listens on the host: accept, then close.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        assert!(tcp_only().check(addr, true).await.is_err());
+        assert!(tcp_only().check(addr, false).await.is_ok(), "directly, a connect is enough");
+        let silent = serve_silently().await;
+        assert!(tcp_only().check(silent, true).await.is_ok());
+    }
+
+    async fn serve_silently() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        addr
     }
 
     #[tokio::test]
     async fn wait_fails_fast_when_the_process_exits() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9)); // nothing listens on discard
-        let result = tcp_only().wait_healthy(addr, Duration::from_mins(1), async { Ok(true) }).await;
+        let result = tcp_only().wait_healthy(addr, false, Duration::from_mins(1), async { Ok(true) }).await;
         assert_eq!(result, Err(Failure::Exited));
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_times_out_with_the_last_error() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
-        let result = tcp_only().wait_healthy(addr, Duration::from_secs(3), std::future::pending()).await;
+        let result = tcp_only().wait_healthy(addr, false, Duration::from_secs(3), std::future::pending()).await;
         assert!(matches!(result, Err(Failure::TimedOut { .. })), "{result:?}");
     }
 
     #[tokio::test]
     async fn wait_returns_once_healthy() {
         let addr = serve("200 OK").await;
-        let result = http("/").wait_healthy(addr, Duration::from_secs(5), std::future::pending()).await;
+        let result = http("/").wait_healthy(addr, false, Duration::from_secs(5), std::future::pending()).await;
         assert!(result.is_ok());
     }
 }

@@ -15,6 +15,7 @@ const PASSWORD: &str = "s3cret-'pg";
 struct App {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl App {
@@ -29,13 +30,28 @@ impl App {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        App { _tmp: tmp, dir }
+        App { _tmp: tmp, dir, env: Vec::new() }
+    }
+
+    fn set_password(&self) {
+        let mut set = self
+            .command(&["secrets", "set", "POSTGRES_PASSWORD=-", "--stage", "-q"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(set.stdin.as_mut().unwrap(), PASSWORD.as_bytes()).unwrap();
+        drop(set.stdin.take());
+        assert!(set.wait().unwrap().success());
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(common::FERRY);
+        command.args(args).current_dir(&self.dir).envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     fn ferry(&self, args: &[&str]) -> common::Run {
-        common::Run::from(
-            Command::new(common::FERRY).args(args).current_dir(&self.dir).stdin(Stdio::null()).output().unwrap(),
-        )
+        common::Run::from(self.command(args).stdin(Stdio::null()).output().unwrap())
     }
 
     fn ok(&self, args: &[&str]) -> common::Run {
@@ -53,7 +69,7 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        let _ = Command::new(common::FERRY).args(["destroy", "--yes", "-q"]).current_dir(&self.dir).status();
+        let _ = self.command(&["destroy", "--yes", "-q"]).status();
     }
 }
 
@@ -114,15 +130,7 @@ fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
         return;
     }
     let app = App::launch();
-    let mut set = Command::new(common::FERRY)
-        .args(["secrets", "set", "POSTGRES_PASSWORD=-", "--stage", "-q"])
-        .current_dir(&app.dir)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(set.stdin.as_mut().unwrap(), PASSWORD.as_bytes()).unwrap();
-    drop(set.stdin.take());
-    assert!(set.wait().unwrap().success());
+    app.set_password();
     app.ok(&["volumes", "create", "pg_data", "--region", "syd", "--size", "1"]);
     app.ok(&["deploy", "--version", "v1"]);
     let primary = app.port("syd");
@@ -144,6 +152,34 @@ fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
         let syd = members.as_array().unwrap().iter().find(|m| m["region"] == "syd").unwrap().clone();
         syd["role"] == "primary" && lax["role"] == "replica" && lax["streaming"] == "streaming" && lax["lag_bytes"] == 0
     });
+
+    // An app in syd and lax whose lax instances read from this replica: after its
+    // migration, lax waits for the replica to replay it (the migrations issue's rollout).
+    let url = |port: u16| format!("postgres://postgres:{}@127.0.0.1:{port}/postgres", PASSWORD.replace('\'', "%27"));
+    let web = common::Project::builder()
+        .region("syd", 1)
+        .region("lax", 1)
+        .deploy_keys("  release_command = \"psql -X -q -v ON_ERROR_STOP=1 -d \\\"$DATABASE_URL\\\" -c 'CREATE TABLE IF NOT EXISTS web_runs (v text); INSERT INTO web_runs VALUES (1)'\"")
+        .build();
+    let config = web.path().join("fly.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[ferry.regions.lax]\n", &format!("[ferry.regions.lax]\n  replica_url = \"{}\"\n", url(replica))),
+    )
+    .unwrap();
+    let mut set =
+        web.command(&["secrets", "set", "DATABASE_URL=-", "--stage", "-q"]).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(set.stdin.as_mut().unwrap(), url(primary).as_bytes()).unwrap();
+    drop(set.stdin.take());
+    assert!(set.wait().unwrap().success());
+    let deployed = web.ferry(&["deploy", "--version", "w1", "--json"]);
+    deployed.assert_ok();
+    assert!(
+        deployed.events().iter().any(|e| e["event"] == "replica_caught_up" && e["region"] == "lax"),
+        "{}",
+        deployed.stdout
+    );
 
     let urls = app.ok(&["pg", "connect-url", "--region", "lax"]);
     assert!(
@@ -179,4 +215,46 @@ fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
         try_psql(lax, "SELECT count(*) FROM items").is_ok_and(|n| n == "100")
     });
     assert_eq!(psql(app.port("syd"), "SELECT count(*) FROM items"), "100");
+}
+
+#[test]
+fn postgres_app_replicates_across_ssh_hosts() {
+    if !usable() {
+        return;
+    }
+    let fleet = common::sshd::SshFleet::start(2);
+    let mut app = App::launch();
+    app.env.push(("FERRY_SSH_CONFIG".into(), fleet.ssh_config().display().to_string()));
+    let config = app.dir.join("fly.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[ferry]\n", "[ferry]\n  target = \"ssh\"\n")
+        .replace(
+            "[ferry.regions.syd]\n",
+            &format!("[ferry.regions.syd]\n  hosts = [\"{}\"]\n", fleet.hosts()[0].spec()),
+        )
+        .replace("PG_LISTEN = \"127.0.0.1\"", "PG_LISTEN = \"*\"")
+        .replace("PG_REPLICA_NET = \"127.0.0.1/32\"", "PG_REPLICA_NET = \"127.0.0.0/8\"");
+    std::fs::write(&config, text).unwrap();
+    app.set_password();
+    app.ok(&["volumes", "create", "pg_data", "--region", "syd", "--size", "1"]);
+    app.ok(&["deploy", "--version", "v1"]);
+    let primary = app.port("syd");
+    psql(primary, "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 10)");
+
+    let lax = fleet.hosts()[1].spec();
+    app.ok(&["volumes", "create", "pg_data", "--region", "lax", "--size", "1", "--host", &lax]);
+    app.ok(&["regions", "add", "lax", "--host", &lax]);
+    let replica = app.port("lax");
+    eventually("rows on the replica host", || try_psql(replica, "SELECT count(*) FROM items").is_ok_and(|n| n == "10"));
+    eventually("pg status over ssh", || {
+        let members: Value = serde_json::from_str(&app.ok(&["pg", "status", "--json"]).stdout).unwrap();
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["region"] == "lax" && m["role"] == "replica" && m["streaming"] == "streaming")
+    });
+    let urls = app.ok(&["pg", "connect-url", "--region", "lax"]);
+    assert!(urls.stdout.contains(&format!("@{}:{replica}/", fleet.hosts()[1].addr)), "{}", urls.stdout);
 }

@@ -44,7 +44,7 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
             let record = &instance.record;
             let health = if instance.alive {
                 match host.transport.forward(record.port).await {
-                    Ok(addr) if checks.check(addr).await.is_ok() => "passing",
+                    Ok(addr) if checks.check(addr, !host.transport.is_local()).await.is_ok() => "passing",
                     _ => "failing",
                 }
             } else {

@@ -91,7 +91,7 @@ pub async fn healthy_on(
         let Some(state) = observed.get(&host.name) else { continue };
         for instance in state.instances.iter().filter(|i| i.alive && i.record.version == version) {
             let Ok(addr) = host.transport.forward(instance.record.port).await else { continue };
-            if checks.check(addr).await.is_ok() {
+            if checks.check(addr, !host.transport.is_local()).await.is_ok() {
                 healthy.insert(instance.record.id.clone());
             }
         }

@@ -400,9 +400,11 @@ impl Rollout {
             host.transport.forward(record.port).await.map_err(|e| format!("reaching port {}: {e}", record.port))?;
         let exited =
             async { host.wait_exit(pid, self.wait_timeout + Duration::from_secs(5)).await.map_err(|e| e.to_string()) };
-        self.checks.wait_healthy(addr, self.wait_timeout, exited).await.map_err(|failure| match failure {
-            Failure::Exited => format!("the process exited before it became healthy (version {})", record.version),
-            other => other.to_string(),
+        self.checks.wait_healthy(addr, !host.transport.is_local(), self.wait_timeout, exited).await.map_err(|failure| {
+            match failure {
+                Failure::Exited => format!("the process exited before it became healthy (version {})", record.version),
+                other => other.to_string(),
+            }
         })
     }
 
