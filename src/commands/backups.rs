@@ -168,20 +168,19 @@ pub async fn restore(ctx: &Ctx, id: &str, yes: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Asks before a restore replaces the database's contents.
+pub fn confirm_restore(ctx: &Ctx, db: &Database, backup: &Backup) -> Result<(), Error> {
+    let question =
+        format!("replace the contents of `{}` with backup {} from {}?", db.describe(), backup.id, backup.created_at);
+    confirm(ctx, &question)
+}
+
 /// Restores `backup` over the current database, after confirmation.
 pub async fn restore_backup(ctx: &Ctx, fleet: &Fleet, backup: &Backup, yes: bool) -> Result<(), Error> {
     let host = release_host(fleet)?;
     let db = database(ctx, host).await?;
     if !yes {
-        confirm(
-            ctx,
-            &format!(
-                "replace the contents of `{}` with backup {} from {}?",
-                db.describe(),
-                backup.id,
-                backup.created_at
-            ),
-        )?;
+        confirm_restore(ctx, &db, backup)?;
     }
     let guard = lock(ctx, fleet, "backups restore", None).await?;
     let result = restore_locked(host, &db, backup).await;

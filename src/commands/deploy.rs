@@ -904,15 +904,7 @@ async fn backup_to_restore(
     };
     let db = super::backups::database(ctx, host).await?;
     if !yes {
-        super::confirm(
-            ctx,
-            &format!(
-                "replace the contents of `{}` with backup {} from {}?",
-                db.describe(),
-                backup.id,
-                backup.created_at
-            ),
-        )?;
+        super::backups::confirm_restore(ctx, &db, &backup)?;
     }
     Ok((host.clone(), db, backup))
 }
