@@ -101,16 +101,6 @@ impl Checks {
         Self { probes, client }
     }
 
-    pub fn describe(&self) -> Vec<String> {
-        self.probes
-            .iter()
-            .map(|p| match p {
-                Probe::Http { name, method, path, .. } => format!("{name}: http {method} {path}"),
-                Probe::Tcp { name, .. } => format!("{name}: tcp connect"),
-            })
-            .collect()
-    }
-
     /// Runs every check once against `addr`, an SSH forward when `forwarded`.
     pub async fn check(&self, addr: SocketAddr, forwarded: bool) -> Result<(), String> {
         for probe in &self.probes {

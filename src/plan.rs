@@ -69,6 +69,7 @@ impl Plan {
         self.regions.iter().all(|r| r.batches.is_empty())
     }
 
+    #[cfg(test)]
     pub fn steps(&self) -> impl Iterator<Item = &Step> {
         self.regions.iter().flat_map(|r| r.unchanged.iter().chain(r.batches.iter().flatten()))
     }

@@ -242,7 +242,7 @@ async fn deploy_locked(
         regions: fleet.region_names(),
     });
     ship(ctx, fleet, &observed, artifact).await?;
-    super::secrets::sync(ctx, fleet).await?;
+    super::secrets::sync(ctx, fleet, &observed).await?;
     let record = Record::new("deploy", &version, previous.clone());
     record_history(ctx, fleet, &record).await;
     let mut waits = BTreeMap::new();
@@ -555,11 +555,7 @@ async fn finish(
         return finish_behind(ctx, fleet, record, summary, previous, started).await;
     }
     let Some(failure) = &summary.failure else {
-        for host in fleet.hosts() {
-            if let Err(e) = host.set_current(&version).await {
-                ctx.warn(format!("could not mark {version} current on `{}`: {e}", host.name));
-            }
-        }
+        mark_current(ctx, fleet.hosts(), &version).await;
         record_history(ctx, fleet, &record.finished(Status::Complete, None)).await;
         prune(ctx, fleet, &version, previous.as_deref()).await;
         ctx.event(Event::Finished {
@@ -595,6 +591,16 @@ async fn finish(
         message: format!("{kind} of {version} failed: {what}; {now}"),
         hint: Some("see the instance's last log lines above; `ferry status` shows where things stand, `ferry logs -i ID` shows more".into()),
     })
+}
+
+/// Points `current` at `version` on `hosts`; a host that cannot be marked is warned
+/// about, since its instances already run the version.
+async fn mark_current<'a>(ctx: &Ctx, hosts: impl Iterator<Item = &'a Host>, version: &str) {
+    for host in hosts {
+        if let Err(e) = host.set_current(version).await {
+            ctx.warn(format!("could not mark {version} current on `{}`: {e}", host.name));
+        }
+    }
 }
 
 /// Removes releases beyond `keep_releases` on each host: never the current or
@@ -823,9 +829,7 @@ async fn finish_behind(
 ) -> Result<(), Error> {
     let version = record.version.clone();
     let skipped: BTreeSet<&str> = summary.behind.iter().map(|b| b.region.as_str()).collect();
-    for host in fleet.hosts().filter(|h| !skipped.contains(h.region.as_str())) {
-        let _ = host.set_current(&version).await;
-    }
+    mark_current(ctx, fleet.hosts().filter(|h| !skipped.contains(h.region.as_str())), &version).await;
     let what: Vec<String> = summary
         .behind
         .iter()

@@ -192,7 +192,8 @@ pub async fn scale(ctx: &Ctx, opts: ScaleOptions) -> Result<(), Error> {
         if instances.len() > want {
             // Newest first: the longest-running instances keep serving.
             instances.sort_by_key(|i| std::cmp::Reverse((i.record.created_at, i.record.id.clone())));
-            stops.extend(instances.into_iter().take_while_count(want));
+            let excess = instances.len() - want;
+            stops.extend(instances.into_iter().take(excess));
         } else {
             starts += want - instances.len();
         }
@@ -256,18 +257,6 @@ pub async fn scale(ctx: &Ctx, opts: ScaleOptions) -> Result<(), Error> {
     }
     Ok(())
 }
-
-trait TakeWhileCount: Iterator + Sized {
-    /// All but the last `keep` items.
-    fn take_while_count(self, keep: usize) -> std::vec::IntoIter<Self::Item> {
-        let mut items: Vec<Self::Item> = self.collect();
-        let excess = items.len().saturating_sub(keep);
-        items.truncate(excess);
-        items.into_iter()
-    }
-}
-
-impl<I: Iterator> TakeWhileCount for I {}
 
 async fn stop_instances(ctx: &Ctx, fleet: &Fleet, instances: &[InstanceState]) -> Result<(), Error> {
     for instance in instances {
@@ -407,7 +396,7 @@ async fn converge_locked(
     if !missing.is_empty() {
         ship_existing(ctx, fleet, &observed, &version, &missing).await?;
     }
-    super::secrets::sync(ctx, fleet).await?;
+    super::secrets::sync(ctx, fleet, &observed).await?;
     let mut warnings = Vec::new();
     let checks = Checks::from_config(&ctx.config, &mut warnings);
     let healthy = healthy_on(fleet, &observed, &checks, &version).await;

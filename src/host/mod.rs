@@ -86,6 +86,9 @@ pub struct HostState {
     pub lock: Option<lock::Held>,
     pub current: Option<String>,
     pub volumes: Vec<Volume>,
+    /// sha256 of the secrets file, when there is one (to spot hosts that lack them).
+    #[serde(skip)]
+    pub secrets: Option<String>,
     /// TCP ports something listens on (on the machine, not just this app).
     #[serde(skip)]
     pub listening: Vec<u16>,
@@ -389,11 +392,6 @@ impl Host {
         Ok(out.stdout_str().trim().to_string())
     }
 
-    pub async fn volume_detach(&self, instance: &str) -> Result<(), HostError> {
-        self.run("detaching volumes", &self.cmd(scripts::VOLUME_DETACH).arg(instance)).await?;
-        Ok(())
-    }
-
     pub async fn destroy(&self) -> Result<(), HostError> {
         self.run("removing the app", &self.cmd(scripts::DESTROY)).await?;
         Ok(())
@@ -458,6 +456,7 @@ fn parse_observation(text: &str) -> HostState {
                 state.lock = Some(lock::Held::parse(age, json));
             }
             "C" => state.current = Some(rest.trim().to_string()),
+            "S" => state.secrets = Some(rest.trim().to_string()),
             "V" => {
                 if let Ok(volume) = serde_json::from_str(rest) {
                     state.volumes.push(volume);

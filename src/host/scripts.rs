@@ -50,7 +50,8 @@ pub fn full(body: &str) -> String {
 }
 
 /// Prints one line per fact: `P <listening tcp ports>`, `R <release json>`,
-/// `I <alive> <instance json>`, `L <age seconds> <holder json>`, `C <current version>`.
+/// `I <alive> <instance json>`, `L <age seconds> <holder json>`, `C <current version>`,
+/// `V <volume json>`, `S <sha256 of the secrets file>`.
 pub const OBSERVE: &str = r#"
 printf 'P'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '
   function hex(s,  i, n) { n = 0; for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", toupper(substr(s, i, 1))) - 1; return n }
@@ -73,6 +74,7 @@ if [ -d "$app/lock" ]; then
 fi
 if [ -L "$app/current" ]; then printf 'C %s\n' "$(basename "$(readlink "$app/current")")"; fi
 for f in "$app"/volumes/*/volume.json; do [ -f "$f" ] && printf 'V %s\n' "$(cat "$f")"; done
+if [ -f "$app/secrets.env" ]; then printf 'S %s\n' "$(sha256sum < "$app/secrets.env" | cut -c1-64)"; fi
 true
 "#;
 
@@ -409,16 +411,6 @@ data="$(dirname "$pick")/data"
 mkdir -p "$app/instances/$inst/mounts"
 ln -sfn "$data" "$app/instances/$inst/mounts/$(printf %s "$dest" | tr -c 'A-Za-z0-9._-' '_')"
 printf '%s\n' "$data"
-"#;
-
-/// `$1` instance id: frees every volume the instance holds.
-pub const VOLUME_DETACH: &str = r#"
-for f in "$app"/volumes/*/volume.json; do
-  [ -f "$f" ] || continue
-  if grep -qF "\"attached\":\"$1\"" "$f"; then
-    sed 's/"attached":"[^"]*"}$/"attached":null}/' "$f" > "$f.tmp" && mv "$f.tmp" "$f"
-  fi
-done
 "#;
 
 /// Prints the secrets file as stored (`KEY=base64` lines), for copying to a host that

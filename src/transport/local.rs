@@ -74,14 +74,9 @@ impl LocalTransport {
         dest: &str,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, TransportError> {
-        let err = |source| TransportError::Upload {
-            host: self.name.clone(),
-            from: src.display().to_string(),
-            to: dest.to_string(),
-            source,
-        };
+        let err = TransportError::copying(&self.name, src.display(), dest);
         if let Some(parent) = Path::new(dest).parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(err)?;
+            tokio::fs::create_dir_all(parent).await.map_err(&err)?;
         }
         let tmp = format!("{dest}.part.{}", std::process::id());
         let _ = tokio::fs::remove_file(&tmp).await;

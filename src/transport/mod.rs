@@ -134,6 +134,18 @@ pub enum TransportError {
     HostKey { host: String, message: String, hint: String },
 }
 
+impl TransportError {
+    /// The error for a failed copy of `from` to `to` on `host`, as a `map_err` function.
+    pub fn copying(
+        host: &str,
+        from: impl std::fmt::Display,
+        to: impl std::fmt::Display,
+    ) -> impl Fn(std::io::Error) -> Self {
+        let (host, from, to) = (host.to_string(), from.to_string(), to.to_string());
+        move |source| TransportError::Upload { host: host.clone(), from: from.clone(), to: to.clone(), source }
+    }
+}
+
 /// Which machine a transport reaches. Chosen at runtime from `[ferry] target`.
 #[derive(Debug, Clone)]
 pub enum Transport {
@@ -204,12 +216,9 @@ impl Transport {
     /// Copies a file from the machine to a local path.
     pub async fn download(&self, src: &str, dest: &Path) -> Result<u64, TransportError> {
         match self {
-            Transport::Local(_) => tokio::fs::copy(src, dest).await.map_err(|source| TransportError::Upload {
-                host: self.host().to_string(),
-                from: src.to_string(),
-                to: dest.display().to_string(),
-                source,
-            }),
+            Transport::Local(_) => {
+                tokio::fs::copy(src, dest).await.map_err(TransportError::copying(self.host(), src, dest.display()))
+            }
             Transport::Ssh(t) => t.download(src, dest).await,
         }
     }

@@ -181,13 +181,8 @@ impl SshTransport {
         dest: &str,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, TransportError> {
-        let err = |source| TransportError::Upload {
-            host: self.inner.spec.clone(),
-            from: src.display().to_string(),
-            to: dest.to_string(),
-            source,
-        };
-        let mut file = tokio::fs::File::open(src).await.map_err(err)?;
+        let err = TransportError::copying(&self.inner.spec, src.display(), dest);
+        let mut file = tokio::fs::File::open(src).await.map_err(&err)?;
         let session = self.session().await?;
         let cmd = Cmd::script(UPLOAD).arg(dest);
         let mut command = Session::to_raw_command(session, cmd.to_shell());
@@ -199,7 +194,7 @@ impl SshTransport {
         let mut buf = vec![0u8; CHUNK];
         let mut sent = 0u64;
         loop {
-            let n = file.read(&mut buf).await.map_err(err)?;
+            let n = file.read(&mut buf).await.map_err(&err)?;
             if n == 0 {
                 break;
             }
@@ -243,12 +238,7 @@ impl SshTransport {
 
     /// Copies `src` on the host to a local file, streamed.
     pub async fn download(&self, src: &str, dest: &Path) -> Result<u64, TransportError> {
-        let err = |source| TransportError::Upload {
-            host: self.inner.spec.clone(),
-            from: src.to_string(),
-            to: dest.display().to_string(),
-            source,
-        };
+        let err = TransportError::copying(&self.inner.spec, src, dest.display());
         let session = self.session().await?;
         let cmd = Cmd::script("p=$1; case $p in \"~/\"*) p=\"$HOME/${p#\"~/\"}\";; esac; exec cat \"$p\"").arg(src);
         let mut command = Session::to_raw_command(session, cmd.to_shell());
@@ -257,9 +247,9 @@ impl SshTransport {
         let Some(mut stdout) = child.stdout().take() else {
             return Err(self.io_lost(&std::io::Error::other("no stdout pipe")));
         };
-        let mut file = tokio::fs::File::create(dest).await.map_err(err)?;
-        let bytes = tokio::io::copy(&mut stdout, &mut file).await.map_err(err)?;
-        file.flush().await.map_err(err)?;
+        let mut file = tokio::fs::File::create(dest).await.map_err(&err)?;
+        let bytes = tokio::io::copy(&mut stdout, &mut file).await.map_err(&err)?;
+        file.flush().await.map_err(&err)?;
         let status = child.wait().await.map_err(|e| self.lost(&e))?;
         if !status.success() {
             return Err(err(std::io::Error::other(format!("`cat {src}` failed"))));
