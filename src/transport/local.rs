@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::{Cmd, Output, TransportError};
@@ -36,22 +35,17 @@ impl LocalTransport {
         TransportError::Spawn { host: self.name.clone(), program: cmd.program.clone(), source }
     }
 
-    /// Spawns `cmd` with piped output and feeds it its stdin.
-    async fn spawn(&self, cmd: &Cmd) -> Result<tokio::process::Child, TransportError> {
-        let mut child = Self::command(cmd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| self.spawn_error(cmd, e))?;
-        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
-            stdin.write_all(data).await.map_err(|e| self.spawn_error(cmd, e))?;
-        }
-        Ok(child)
+    /// Spawns `cmd` with piped output; its stdin is fed by the caller through `feed`.
+    fn spawn(&self, cmd: &Cmd) -> Result<tokio::process::Child, TransportError> {
+        Self::command(cmd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| self.spawn_error(cmd, e))
     }
 
     pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
-        let child = self.spawn(cmd).await?;
-        let out = child.wait_with_output().await.map_err(|e| self.spawn_error(cmd, e))?;
+        let mut child = self.spawn(cmd)?;
+        let stdin = child.stdin.take();
+        let (fed, out) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), child.wait_with_output());
+        let out = out.map_err(|e| self.spawn_error(cmd, e))?;
+        fed.map_err(|e| self.spawn_error(cmd, e))?;
         Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
 
@@ -60,12 +54,16 @@ impl LocalTransport {
         cmd: &Cmd,
         on_line: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<ExitStatus, TransportError> {
-        let mut child = self.spawn(cmd).await?;
+        let mut child = self.spawn(cmd)?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             unreachable!("both pipes were requested above")
         };
-        super::pump_lines(stdout, stderr, on_line).await;
-        child.wait().await.map_err(|e| self.spawn_error(cmd, e))
+        let stdin = child.stdin.take();
+        let (fed, ()) =
+            tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), super::pump_lines(stdout, stderr, on_line));
+        let status = child.wait().await.map_err(|e| self.spawn_error(cmd, e))?;
+        fed.map_err(|e| self.spawn_error(cmd, e))?;
+        Ok(status)
     }
 
     pub async fn upload(
@@ -100,5 +98,33 @@ impl LocalTransport {
         };
         progress(bytes);
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn a_child_that_ignores_its_input_is_judged_by_its_exit_status() {
+        let local = LocalTransport::new("local");
+        let input = vec![b'x'; 4 << 20];
+        let ok = runtime().block_on(local.exec(&Cmd::new("true").stdin(input.clone()))).unwrap();
+        assert!(ok.success());
+        let failed = runtime().block_on(local.exec(&Cmd::new("false").stdin(input))).unwrap();
+        assert!(!failed.success());
+    }
+
+    #[test]
+    fn input_and_output_larger_than_a_pipe_flow_both_ways() {
+        let local = LocalTransport::new("local");
+        let input: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let out = runtime().block_on(local.exec(&Cmd::new("cat").stdin(input.clone()))).unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, input);
     }
 }

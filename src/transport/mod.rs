@@ -77,6 +77,19 @@ pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// Writes `data` to a child's stdin and closes it. Runs beside the reading of the
+/// child's output, so neither side can fill a pipe and wait on the other. A child
+/// that exits without reading all of its input is not an error here: its exit
+/// status says what happened.
+async fn feed(stdin: Option<impl tokio::io::AsyncWrite + Unpin>, data: Option<&[u8]>) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (Some(mut stdin), Some(data)) = (stdin, data) else { return Ok(()) };
+    match stdin.write_all(data).await.and(stdin.shutdown().await) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Hands every line of `stdout` and `stderr` to `on_line` as it arrives, until both end.
 async fn pump_lines(
     stdout: impl tokio::io::AsyncRead + Unpin,

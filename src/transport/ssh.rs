@@ -135,7 +135,8 @@ impl SshTransport {
         TransportError::Connection { host: self.inner.spec.clone(), message: error.to_string() }
     }
 
-    /// Spawns `cmd` on the host with piped output and feeds it its stdin.
+    /// Spawns `cmd` on the host with piped output; its stdin is fed by the caller
+    /// through `feed`.
     async fn spawn(&self, cmd: &Cmd) -> Result<openssh::Child<Arc<Session>>, TransportError> {
         let session = self.session().await?;
         let mut command = Session::to_raw_command(session, cmd.to_shell());
@@ -143,17 +144,15 @@ impl SshTransport {
             .stdin(if cmd.stdin.is_some() { openssh::Stdio::piped() } else { openssh::Stdio::null() })
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
-        let mut child = command.spawn().await.map_err(|e| self.lost(&e))?;
-        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin().take()) {
-            stdin.write_all(data).await.map_err(|e| self.io_lost(&e))?;
-            stdin.shutdown().await.map_err(|e| self.io_lost(&e))?;
-        }
-        Ok(child)
+        command.spawn().await.map_err(|e| self.lost(&e))
     }
 
     pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
-        let child = self.spawn(cmd).await?;
-        let out = child.wait_with_output().await.map_err(|e| self.lost(&e))?;
+        let mut child = self.spawn(cmd).await?;
+        let stdin = child.stdin().take();
+        let (fed, out) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), child.wait_with_output());
+        let out = out.map_err(|e| self.lost(&e))?;
+        fed.map_err(|e| self.io_lost(&e))?;
         Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
 
@@ -170,8 +169,12 @@ impl SshTransport {
         let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
             return Err(self.io_lost(&std::io::Error::other("no output pipes")));
         };
-        super::pump_lines(stdout, stderr, on_line).await;
-        child.wait().await.map_err(|e| self.lost(&e))
+        let stdin = child.stdin().take();
+        let (fed, ()) =
+            tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), super::pump_lines(stdout, stderr, on_line));
+        let status = child.wait().await.map_err(|e| self.lost(&e))?;
+        fed.map_err(|e| self.io_lost(&e))?;
+        Ok(status)
     }
 
     /// Streams `src` into `dest` on the host (written beside it, then renamed).
