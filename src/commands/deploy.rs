@@ -59,10 +59,17 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
         };
         return dry_run(ctx, &fleet, &version, strategy).await;
     }
-    let artifact = match &opts.release {
-        Some(path) => build::take(ctx, path.clone()).await?,
-        None => build::build(ctx, opts.version.clone()).await?,
+    let artifact = async {
+        match &opts.release {
+            Some(path) => build::take(ctx, path.clone()).await,
+            None => build::build(ctx, opts.version.clone()).await,
+        }
     };
+    // Connecting to the hosts overlaps building or inspecting the release.
+    let hosts: Vec<Host> = fleet.hosts().cloned().collect();
+    let (artifact, connected) = tokio::join!(artifact, super::connect_all(&hosts));
+    let artifact = artifact?;
+    connected?;
     let start = start_command(ctx, &artifact)?;
     let guard = lock(ctx, &fleet, "deploy", opts.lock_wait).await?;
     let result = deploy_locked(ctx, &fleet, &artifact, &start, strategy, &opts, started).await;
@@ -416,13 +423,13 @@ async fn ship_one(
     reporter: &dyn crate::report::Reporter,
 ) -> Result<(), crate::host::HostError> {
     let skipped = present || host.has_artifact(&artifact.sha256).await?;
-    let mut bytes_sent = 0;
-    if !skipped {
+    let (installed, bytes_sent) = if skipped {
+        (host.install_release(&artifact.sha256, &artifact.version, sums).await?, 0)
+    } else {
         let progress = |sent| reporter.upload_progress(&host.name, sent, artifact.size);
-        bytes_sent = host.transport.upload(&artifact.path, &host.artifact_path(&artifact.sha256), &progress).await?;
-    }
+        host.ship_release(&artifact.path, &artifact.sha256, artifact.size, &artifact.version, sums, &progress).await?
+    };
     reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent, skipped });
-    let installed = host.install_release(&artifact.sha256, &artifact.version, sums).await?;
     reporter.event(&Event::ReleaseInstalled {
         host: host.name.clone(),
         version: artifact.version.clone(),
@@ -596,9 +603,14 @@ async fn finish(
 /// Points `current` at `version` on `hosts`; a host that cannot be marked is warned
 /// about, since its instances already run the version.
 async fn mark_current<'a>(ctx: &Ctx, hosts: impl Iterator<Item = &'a Host>, version: &str) {
-    for host in hosts {
-        if let Err(e) = host.set_current(version).await {
-            ctx.warn(format!("could not mark {version} current on `{}`: {e}", host.name));
+    let marked = crate::host::on_each(hosts.cloned(), |host| {
+        let version = version.to_string();
+        async move { host.set_current(&version).await }
+    })
+    .await;
+    for (name, result) in marked {
+        if let Err(e) = result {
+            ctx.warn(format!("could not mark {version} current on `{name}`: {e}"));
         }
     }
 }
@@ -609,17 +621,30 @@ async fn prune(ctx: &Ctx, fleet: &Fleet, current: &str, previous: Option<&str>) 
     let keep = ctx.config.ferry.keep_releases;
     // `ferry rollback` goes to the history's previous release: never prune it either.
     let (_, rollback_target) = history::current(&read_history(fleet).await);
-    for host in fleet.hosts() {
-        let Ok(state) = host.observe().await else { continue };
-        let mut protected: BTreeSet<&str> = state.instances.iter().map(|i| i.record.version.as_str()).collect();
-        protected.insert(current);
-        protected.extend(previous);
-        protected.extend(rollback_target.as_deref());
-        let newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
-        for version in newest_first.into_iter().skip(keep).filter(|v| !protected.contains(v)) {
-            match host.remove_release(version).await {
-                Ok(()) => ctx.event(Event::Pruned { host: host.name.clone(), version: version.to_string() }),
-                Err(e) => ctx.warn(format!("could not prune {version} on `{}`: {e}", host.name)),
+    let mut protected: BTreeSet<String> = [current.to_string()].into_iter().collect();
+    protected.extend(previous.map(str::to_string));
+    protected.extend(rollback_target);
+    let pruned = crate::host::on_each(fleet.hosts().cloned(), |host| {
+        let protected = protected.clone();
+        async move {
+            let Ok(state) = host.observe().await else { return Vec::new() };
+            let in_use: BTreeSet<&str> = state.instances.iter().map(|i| i.record.version.as_str()).collect();
+            let newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
+            let mut results = Vec::new();
+            for version in newest_first.into_iter().skip(keep) {
+                if !protected.contains(version) && !in_use.contains(version) {
+                    results.push((version.to_string(), host.remove_release(version).await));
+                }
+            }
+            results
+        }
+    })
+    .await;
+    for (host, results) in pruned {
+        for (version, result) in results {
+            match result {
+                Ok(()) => ctx.event(Event::Pruned { host: host.clone(), version }),
+                Err(e) => ctx.warn(format!("could not prune {version} on `{host}`: {e}")),
             }
         }
     }

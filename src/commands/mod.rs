@@ -112,47 +112,43 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
     let holder = Holder::me(command);
     let mut hosts: Vec<Host> = fleet.hosts().cloned().collect();
     hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let Some((first, rest)) = hosts.split_first() else {
+        return Ok(Guard::new(Vec::new(), holder.token));
+    };
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    connect_all(&hosts).await?;
     loop {
-        let mut taken: Vec<Host> = Vec::new();
-        let mut conflict = None;
-        for host in &hosts {
-            let attempt = match host.lock_acquire(&holder).await {
-                Ok(attempt) => attempt,
+        // The first host in name order settles which of two operations started at
+        // once goes ahead (the other never holds half the fleet); the rest are then
+        // taken all at once.
+        let mut results = vec![(first.name.clone(), take_one(first.clone(), holder.clone()).await)];
+        if matches!(results[0].1, Ok(Took::Yes | Took::TakenOver { .. })) {
+            let rest = crate::host::on_each(rest.to_vec(), |host| take_one(host, holder.clone())).await;
+            results.extend(rest);
+        }
+        let mut taken = BTreeSet::new();
+        let (mut conflict, mut failure) = (None, None);
+        for (name, result) in results {
+            match result {
+                Ok(Took::Yes) => {
+                    taken.insert(name);
+                }
+                Ok(Took::TakenOver { previous_holder, reason }) => {
+                    ctx.event(Event::LockTakenOver { host: name.clone(), previous_holder, reason });
+                    taken.insert(name);
+                }
+                Ok(Took::Conflict(holder_text)) => {
+                    conflict.get_or_insert((name, holder_text));
+                }
                 Err(source) => {
-                    release_all(&taken, &holder.token).await;
-                    return Err(crate::error::before_change(&host.name, "taking the lock", source));
+                    failure.get_or_insert((name, source));
                 }
-            };
-            let Attempt::Held(held) = attempt else {
-                taken.push(host.clone());
-                continue;
-            };
-            let taken_over = match held.stale_reason() {
-                Some(reason) => {
-                    let ok = match host.lock_takeover(&held, &holder).await {
-                        Ok(ok) => ok,
-                        Err(source) => {
-                            release_all(&taken, &holder.token).await;
-                            return Err(crate::error::before_change(&host.name, "taking the lock", source));
-                        }
-                    };
-                    if ok {
-                        ctx.event(Event::LockTakenOver {
-                            host: host.name.clone(),
-                            previous_holder: held.describe(),
-                            reason,
-                        });
-                    }
-                    ok
-                }
-                None => false,
-            };
-            if !taken_over {
-                conflict = Some((host.name.clone(), held.describe()));
-                break;
             }
-            taken.push(host.clone());
+        }
+        let taken: Vec<Host> = hosts.iter().filter(|h| taken.contains(&h.name)).cloned().collect();
+        if let Some((name, source)) = failure {
+            release_all(&taken, &holder.token).await;
+            return Err(crate::error::before_change(&name, "taking the lock", source));
         }
         let Some((host, holder_text)) = conflict else {
             return Ok(Guard::new(taken, holder.token));
@@ -167,11 +163,47 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
     }
 }
 
+/// What trying one host's lock came to.
+enum Took {
+    Yes,
+    TakenOver {
+        previous_holder: String,
+        reason: String,
+    },
+    /// Held by someone else: who.
+    Conflict(String),
+}
+
+/// Takes one host's lock, taking over a stale one.
+async fn take_one(host: Host, holder: Holder) -> Result<Took, crate::host::HostError> {
+    let Attempt::Held(held) = host.lock_acquire(&holder).await? else {
+        return Ok(Took::Yes);
+    };
+    match held.stale_reason() {
+        Some(reason) if host.lock_takeover(&held, &holder).await? => {
+            Ok(Took::TakenOver { previous_holder: held.describe(), reason })
+        }
+        _ => Ok(Took::Conflict(held.describe())),
+    }
+}
+
+/// Opens the connection to every host at once (established ones are reused).
+pub async fn connect_all(hosts: &[Host]) -> Result<(), Error> {
+    let connected = crate::host::on_each(hosts.to_vec(), |host| async move { host.transport.connect().await }).await;
+    match connected.into_iter().find(|(_, r)| r.is_err()) {
+        Some((name, Err(source))) => Err(crate::error::before_change(&name, "connecting", source.into())),
+        _ => Ok(()),
+    }
+}
+
 /// Gives back the locks already taken when the whole set cannot be had.
 async fn release_all(hosts: &[Host], token: &str) {
-    for host in hosts {
-        let _ = host.lock_release(Some(token)).await;
-    }
+    let token = token.to_string();
+    crate::host::on_each(hosts.to_vec(), |host| {
+        let token = token.clone();
+        async move { host.lock_release(Some(&token)).await }
+    })
+    .await;
 }
 
 /// The history as the primary region's first reachable host has it.
@@ -190,9 +222,14 @@ pub async fn read_history(fleet: &Fleet) -> Vec<history::Entry> {
 /// about, since the operation itself already happened.
 pub async fn record_history(ctx: &Ctx, fleet: &Fleet, record: &history::Record) {
     let line = record.to_line();
-    for host in fleet.hosts() {
-        if let Err(e) = host.append_history(&line).await {
-            ctx.warn(format!("could not record history on `{}`: {e}", host.name));
+    let appended = crate::host::on_each(fleet.hosts().cloned(), |host| {
+        let line = line.clone();
+        async move { host.append_history(&line).await }
+    })
+    .await;
+    for (name, result) in appended {
+        if let Err(e) = result {
+            ctx.warn(format!("could not record history on `{name}`: {e}"));
         }
     }
 }

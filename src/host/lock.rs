@@ -162,11 +162,14 @@ impl Guard {
 
     pub async fn release(self) {
         self.refresher.abort();
-        for host in self.hosts.iter() {
-            // A lock left behind here is only an inconvenience: it goes stale and the
-            // next operation takes it over with a warning.
-            let _ = host.lock_release(Some(&self.token)).await;
-        }
+        // A lock left behind here is only an inconvenience: it goes stale and the
+        // next operation takes it over with a warning.
+        let token = self.token.clone();
+        super::on_each(self.hosts.iter().cloned(), |host| {
+            let token = token.clone();
+            async move { host.lock_release(Some(&token)).await }
+        })
+        .await;
     }
 }
 

@@ -100,6 +100,31 @@ impl HostState {
     }
 }
 
+/// Runs `op` on every host at once; each host's name and result, in the hosts' order.
+/// For steps that are independent per host (recording history, marking a release
+/// current, releasing a lock): over SSH each is a round trip, and hosts in a row
+/// would add them up.
+pub async fn on_each<T, Fut>(hosts: impl IntoIterator<Item = Host>, op: impl Fn(Host) -> Fut) -> Vec<(String, T)>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, host) in hosts.into_iter().enumerate() {
+        let name = host.name.clone();
+        let work = op(host);
+        tasks.spawn(async move { (i, name, work.await) });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(result) = joined {
+            results.push(result);
+        }
+    }
+    results.sort_by_key(|(i, _, _)| *i);
+    results.into_iter().map(|(_, name, result)| (name, result)).collect()
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -164,6 +189,32 @@ impl Host {
             .stdin(sums.as_bytes().to_vec());
         let out = self.run("unpacking the release", &cmd).await?;
         Ok(out.stdout_str().trim() == "installed")
+    }
+
+    /// Streams the artifact at `path` into `releases/<version>` on the host, unpacking
+    /// it as it arrives, and verifies it against `sums`. Returns whether it was
+    /// installed (false: already there) and the bytes sent.
+    pub async fn ship_release(
+        &self,
+        path: &std::path::Path,
+        sha256: &str,
+        size: u64,
+        version: &str,
+        sums: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(bool, u64), HostError> {
+        let mut input = format!("{}\n", sums.len()).into_bytes();
+        input.extend_from_slice(sums.as_bytes());
+        let cmd = self
+            .cmd(scripts::INSTALL_STREAM)
+            .args([sha256, version, &now_ms().to_string(), &size.to_string()])
+            .stdin(input);
+        let (out, sent) = self.transport.exec_with_file(&cmd, path, progress).await?;
+        if !out.success() {
+            return Err(self.step_error("unpacking the release", &out));
+        }
+        let installed = out.stdout_str().trim() == "installed";
+        Ok((installed, if installed { sent } else { 0 }))
     }
 
     /// Starts an instance of `record.version` and returns its pid.

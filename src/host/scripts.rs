@@ -43,6 +43,17 @@ LOAD_ENV='ferry_secrets() {
   while IFS= read -r line; do k=${line%%=*}; v=${line#*=}; [ -n "$k" ] && export "$k=$(printf %s "$v" | base64 -d)"; done < "$3"
 }
 . "$1"'
+# `verify DIR SUMS`: the files under DIR match SUMS (sha256sum lines). openssl hashes
+# several times faster than coreutils where the CPU helps; on any difference (or
+# without openssl) `sha256sum -c` decides and names the file.
+verify() {
+  if command -v openssl >/dev/null 2>&1 &&
+    (cd "$1" && sed 's/^[0-9a-f]*  //' "$2" | tr '\n' '\0' | xargs -0 -r openssl dgst -sha256 -r --) 2>/dev/null |
+    sed 's/ \*/  /' | cmp -s - "$2"; then
+    return 0
+  fi
+  (cd "$1" && sha256sum -c --quiet --strict - < "$2" >&2)
+}
 "#;
 
 pub fn full(body: &str) -> String {
@@ -100,10 +111,45 @@ if ! tar -xzf "$app/artifacts/$sha.tar.gz" -C "$tmp" --no-same-owner 2>"$tmp.err
   cat "$tmp.err" >&2; rm -rf "$tmp" "$tmp.err"; exit 6
 fi
 rm -f "$tmp.err"
-if ! (cd "$tmp" && sha256sum -c --quiet --strict - >&2); then
-  rm -rf "$tmp"; echo "release $version does not match its manifest" >&2; exit 7
+cat > "$tmp.sums"
+if ! verify "$tmp" "$tmp.sums"; then
+  rm -rf "$tmp" "$tmp.sums"; echo "release $version does not match its manifest" >&2; exit 7
 fi
+rm -f "$tmp.sums"
 printf '{"version":"%s","sha256":"%s","installed_at":%s}\n' "$version" "$sha" "$at" > "$tmp/.ferry-release"
+mv "$tmp" "$rel"
+echo installed
+"#;
+
+/// `$1` sha256, `$2` version, `$3` now (ms), `$4` artifact size; stdin: a line with
+/// the length of the sums, the sums (sha256sum lines), then the artifact itself.
+/// Unpacks the artifact as it arrives (one pass: transfer and unpack overlap),
+/// keeps a copy under `artifacts/` for later installs, verifies every file, and
+/// only then moves the release into place. Prints `installed`, or `present` (without
+/// reading the artifact) when this release is already there.
+pub const INSTALL_STREAM: &str = r#"
+sha=$1 version=$2 at=$3 size=$4
+rel="$app/releases/$version"
+if [ -f "$rel/.ferry-release" ]; then
+  if grep -qF "\"sha256\":\"$sha\"" "$rel/.ferry-release"; then echo present; exit 0; fi
+  echo "release $version is already installed with different contents" >&2; exit 5
+fi
+mkdir -p "$app/artifacts" "$app/releases"
+tmp="$app/releases/.tmp-$version-$$" part="$app/artifacts/.part-$sha-$$"
+trap 'rm -rf "$tmp" "$tmp.sums" "$tmp.err" "$part"' EXIT
+rm -rf "$rel"; mkdir "$tmp"
+IFS= read -r n
+head -c "$n" > "$tmp.sums"
+if ! tee "$part" | tar -xzf - -C "$tmp" --no-same-owner 2>"$tmp.err"; then
+  cat "$tmp.err" >&2; exit 6
+fi
+got=$(stat -c %s "$part" 2>/dev/null || echo 0)
+if [ "$got" != "$size" ]; then
+  echo "the artifact arrived incomplete ($got of $size bytes; is the disk full? \`df -h\`)" >&2; exit 6
+fi
+if ! verify "$tmp" "$tmp.sums"; then echo "release $version does not match its manifest" >&2; exit 7; fi
+printf '{"version":"%s","sha256":"%s","installed_at":%s}\n' "$version" "$sha" "$at" > "$tmp/.ferry-release"
+mv "$part" "$app/artifacts/$sha.tar.gz"
 mv "$tmp" "$rel"
 echo installed
 "#;
@@ -136,8 +182,11 @@ inst="$app/instances/$id"
 pid=$(pid_of "$inst/instance.json")
 if alive "$pid" || group_alive "$pid"; then
   kill -s "$sig" -- "-$pid" 2>/dev/null || kill -s "$sig" "$pid" 2>/dev/null || true
-  n=0; limit=$((timeout * 20))
-  while group_alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.05; n=$((n + 1)); done
+  # Most processes exit within milliseconds of the signal: look often, and check the
+  # cheap leader first, the whole group (a scan of /proc) only after it.
+  n=0; limit=$((timeout * 100))
+  while alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
+  while group_alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
   if group_alive "$pid"; then
     kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "$pid" 2>/dev/null || true
     echo killed

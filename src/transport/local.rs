@@ -49,6 +49,26 @@ impl LocalTransport {
         Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
 
+    pub async fn exec_with_file(
+        &self,
+        cmd: &Cmd,
+        file: &Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Output, u64), TransportError> {
+        let mut child = Self::command(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(cmd, e))?;
+        let stdin = child.stdin.take();
+        let prefix = cmd.stdin.as_deref().unwrap_or_default();
+        let (fed, out) = tokio::join!(super::feed_file(stdin, prefix, file, progress), child.wait_with_output());
+        let out = out.map_err(|e| self.spawn_error(cmd, e))?;
+        let sent = fed.map_err(TransportError::copying(&self.name, file.display(), &cmd.program))?;
+        Ok((Output { status: out.status, stdout: out.stdout, stderr: out.stderr }, sent))
+    }
+
     pub async fn exec_streaming(
         &self,
         cmd: &Cmd,

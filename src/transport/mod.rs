@@ -90,6 +90,44 @@ async fn feed(stdin: Option<impl tokio::io::AsyncWrite + Unpin>, data: Option<&[
     }
 }
 
+/// Writes `prefix` and then the contents of `file` to a child's stdin, calling
+/// `progress` with the file bytes sent so far; returns that count. Like [`feed`], it
+/// runs beside the reading of the output and treats a closed pipe as the child's
+/// business. Memory stays flat whatever the file's size.
+async fn feed_file(
+    stdin: Option<impl tokio::io::AsyncWrite + Unpin>,
+    prefix: &[u8],
+    file: &Path,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> std::io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut stdin) = stdin else { return Err(std::io::Error::other("no stdin pipe")) };
+    let mut file = tokio::fs::File::open(file).await?;
+    let mut buf = vec![0u8; FEED_CHUNK];
+    let mut sent = 0u64;
+    let written: std::io::Result<()> = async {
+        stdin.write_all(prefix).await?;
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            stdin.write_all(&buf[..n]).await?;
+            sent += n as u64;
+            progress(sent);
+        }
+        stdin.shutdown().await
+    }
+    .await;
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(sent),
+    }
+}
+
+/// Bytes per write when streaming a file to a command.
+const FEED_CHUNK: usize = 256 * 1024;
+
 /// Hands every line of `stdout` and `stderr` to `on_line` as it arrives, until both end.
 async fn pump_lines(
     stdout: impl tokio::io::AsyncRead + Unpin,
@@ -205,6 +243,29 @@ impl Transport {
         match self {
             Transport::Local(t) => t.upload(src, dest, progress).await,
             Transport::Ssh(t) => t.upload(src, dest, progress).await,
+        }
+    }
+
+    /// Runs `cmd` with its stdin (if any) followed by the contents of `file` as input,
+    /// streamed; returns its output and the file bytes sent.
+    pub async fn exec_with_file(
+        &self,
+        cmd: &Cmd,
+        file: &Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Output, u64), TransportError> {
+        match self {
+            Transport::Local(t) => t.exec_with_file(cmd, file, progress).await,
+            Transport::Ssh(t) => t.exec_with_file(cmd, file, progress).await,
+        }
+    }
+
+    /// Opens the connection now (a no-op on the local target), so that many hosts
+    /// can be connected at once before steps that must go one host at a time.
+    pub async fn connect(&self) -> Result<(), TransportError> {
+        match self {
+            Transport::Local(_) => Ok(()),
+            Transport::Ssh(t) => t.connect().await,
         }
     }
 

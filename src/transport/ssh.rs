@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{Cmd, Output, TransportError};
@@ -40,9 +40,6 @@ struct Inner {
     session: OnceCell<Arc<Session>>,
     forwards: Mutex<HashMap<(String, u16), SocketAddr>>,
 }
-
-/// Bytes per write when streaming an upload: memory stays flat whatever the size.
-const CHUNK: usize = 256 * 1024;
 
 const UPLOAD: &str = r#"set -eu
 p=$1
@@ -102,6 +99,10 @@ impl SshTransport {
             .cloned()
     }
 
+    pub async fn connect(&self) -> Result<(), TransportError> {
+        self.session().await.map(drop)
+    }
+
     fn connect_error(&self, error: &openssh::Error) -> TransportError {
         let mut message = error.to_string();
         let mut source = std::error::Error::source(error);
@@ -156,6 +157,24 @@ impl SshTransport {
         Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
 
+    pub async fn exec_with_file(
+        &self,
+        cmd: &Cmd,
+        file: &Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Output, u64), TransportError> {
+        let session = self.session().await?;
+        let mut command = Session::to_raw_command(session, cmd.to_shell());
+        command.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
+        let mut child = command.spawn().await.map_err(|e| self.lost(&e))?;
+        let stdin = child.stdin().take();
+        let prefix = cmd.stdin.as_deref().unwrap_or_default();
+        let (fed, out) = tokio::join!(super::feed_file(stdin, prefix, file, progress), child.wait_with_output());
+        let out = out.map_err(|e| self.lost(&e))?;
+        let sent = fed.map_err(TransportError::copying(&self.inner.spec, file.display(), "the host"))?;
+        Ok((Output { status: out.status, stdout: out.stdout, stderr: out.stderr }, sent))
+    }
+
     fn io_lost(&self, error: &std::io::Error) -> TransportError {
         TransportError::Connection { host: self.inner.spec.clone(), message: error.to_string() }
     }
@@ -185,31 +204,9 @@ impl SshTransport {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, TransportError> {
         let err = TransportError::copying(&self.inner.spec, src.display(), dest);
-        let mut file = tokio::fs::File::open(src).await.map_err(&err)?;
-        let session = self.session().await?;
-        let cmd = Cmd::script(UPLOAD).arg(dest);
-        let mut command = Session::to_raw_command(session, cmd.to_shell());
-        command.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::null()).stderr(openssh::Stdio::piped());
-        let mut child = command.spawn().await.map_err(|e| self.lost(&e))?;
-        let Some(mut stdin) = child.stdin().take() else {
-            return Err(self.io_lost(&std::io::Error::other("no stdin pipe")));
-        };
-        let mut buf = vec![0u8; CHUNK];
-        let mut sent = 0u64;
-        loop {
-            let n = file.read(&mut buf).await.map_err(&err)?;
-            if n == 0 {
-                break;
-            }
-            stdin.write_all(&buf[..n]).await.map_err(|e| self.io_lost(&e))?;
-            sent += n as u64;
-            progress(sent);
-        }
-        stdin.shutdown().await.map_err(|e| self.io_lost(&e))?;
-        drop(stdin);
-        let out = child.wait_with_output().await.map_err(|e| self.lost(&e))?;
+        let (out, sent) = self.exec_with_file(&Cmd::script(UPLOAD).arg(dest), src, progress).await?;
         if !out.status.success() {
-            return Err(err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string())));
+            return Err(err(std::io::Error::other(out.stderr_str().trim().to_string())));
         }
         Ok(sent)
     }
