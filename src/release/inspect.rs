@@ -45,18 +45,19 @@ pub fn inspect(tarball: &Path) -> Result<Inspected, ReleaseError> {
             ReleaseError::Io { action: "open", path: tarball.to_owned(), source }
         }
     })?;
-    // The gzip decoder reads from the buffer without consuming past its stream, so what
-    // is left in `raw` afterwards is trailing data.
+    // Like `gzip -d` under `tar -xzf`, the decoder reads every gzip member in turn, so
+    // what a host would unpack from a later member is checked too (as entries, or as
+    // data after the end-of-archive marker), and bytes that are no gzip member are corrupt.
     let mut raw = BufReader::new(Hashing::new(file));
     let manifest = {
-        let mut gz = flate2::bufread::GzDecoder::new(&mut raw);
+        let mut gz = flate2::bufread::MultiGzDecoder::new(&mut raw);
         let manifest = check_entries(tarball, &mut gz)?;
         check_end_of_archive(tarball, &mut gz)?;
         manifest
     };
+    // The decoder stops only at the end of the file; what it left would be unchecked.
     let trailing = io::copy(&mut raw, &mut io::sink()).map_err(ReleaseError::io("read", tarball))?;
     if trailing > 0 {
-        // A second gzip member would be unpacked by `tar -xzf` without having been checked.
         return Err(not_a_release(tarball, "it has data after the end of its compressed stream"));
     }
     let (_, sha256, size) = raw.into_inner().finish();

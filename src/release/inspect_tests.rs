@@ -171,11 +171,29 @@ fn a_tampered_file_in_a_packed_release_is_detected() {
     let built = pack(&src, "hello", "v2", None, &fixture.path()).unwrap();
 
     let mut tar_bytes = Vec::new();
-    flate2::read::GzDecoder::new(File::open(&built.path).unwrap()).read_to_end(&mut tar_bytes).unwrap();
+    flate2::read::MultiGzDecoder::new(File::open(&built.path).unwrap()).read_to_end(&mut tar_bytes).unwrap();
     let at = tar_bytes.windows(11).position(|w| w == b"port = 8080").unwrap();
     tar_bytes[at..at + 11].copy_from_slice(b"port = 6666");
 
     assert_mismatch(fixture.inspect_bytes(&gzip(&tar_bytes)), "lib/app/config.txt", "sha256");
+}
+
+#[test]
+fn entries_in_later_gzip_members_are_read_and_checked() {
+    let fixture = Fixture::new();
+    let craft = Craft::valid()
+        .entry(Raw::file("e.txt", b"one"), listed_file("e.txt", b"one"))
+        .entry(Raw::file("f.txt", b"two"), listed_file("f.txt", b"two"));
+    let tar_bytes = craft.tar_bytes();
+    // Split inside the manifest's data, so every other entry is in the second member.
+    let members = |tar_bytes: &[u8]| [gzip(&tar_bytes[..700]), gzip(&tar_bytes[700..])].concat();
+    let inspected = fixture.inspect_bytes(&members(&tar_bytes)).unwrap();
+    assert_eq!(inspected.manifest.files.len(), 6);
+
+    let mut tampered = tar_bytes.clone();
+    let at = tampered.windows(3).position(|w| w == b"two").unwrap();
+    tampered[at..at + 3].copy_from_slice(b"TWO");
+    assert_mismatch(fixture.inspect_bytes(&members(&tampered)), "f.txt", "sha256");
 }
 
 #[test]
@@ -232,9 +250,15 @@ fn data_after_the_end_of_the_archive_is_refused() {
     let fixture = Fixture::new();
     let valid = Craft::valid();
 
+    // `tar -xzf` reads on into a second gzip member; so does inspection.
     let mut two_members = gzip(&valid.tar_bytes());
     two_members.extend(gzip(&Raw::file("evil", b"x").header().as_bytes()[..]));
-    assert_not_a_release(fixture.inspect_bytes(&two_members), "after the end of its compressed stream");
+    assert_not_a_release(fixture.inspect_bytes(&two_members), "after its end-of-archive marker");
+
+    let mut garbage = gzip(&valid.tar_bytes());
+    garbage.extend_from_slice(b"not gzip");
+    let err = fixture.inspect_bytes(&garbage).unwrap_err();
+    assert!(matches!(err, ReleaseError::CorruptArchive { .. }), "{err:?}");
 
     let mut after_marker = valid.tar_bytes();
     after_marker.extend_from_slice(Raw::file("evil", b"").header().as_bytes());

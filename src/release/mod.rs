@@ -8,6 +8,7 @@
 mod build;
 mod digest;
 mod error;
+mod gzip;
 mod inspect;
 mod manifest;
 mod pack;

@@ -1,21 +1,27 @@
 //! Packing a release directory into a deterministic `tar.gz`: the manifest first, then
 //! every entry sorted by path, with fixed times, owners and modes, so the same tree always
-//! gives the same bytes and the same sha256, whatever the file times or umask. It streams
-//! file contents and hashes the archive while writing it; it must not hold a file or the
-//! archive in memory, and it must not follow symlinks out of the release.
+//! gives the same bytes and the same sha256, whatever the file times or umask or the number
+//! of cores compressing it. It streams file contents and hashes the archive while writing
+//! it; it must not hold a file or the archive in memory, and it must not follow symlinks
+//! out of the release.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
+use std::num::NonZeroUsize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::thread;
 
-use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
 
 use super::digest::{sha256_and_size, Hashing};
+use super::gzip::{with_parallel_gzip, ParallelGz};
 use super::manifest::{EntryKind, Manifest, ManifestEntry, MANIFEST_NAME};
 use super::paths::{check_name, check_symlink_target, normalize_target};
 use super::{validate_version, ReleaseError};
+
+/// The most compression threads a build uses.
+const MAX_WORKERS: NonZeroUsize = NonZeroUsize::new(4).unwrap();
 
 /// Modification time of every archive entry: 2000-01-01T00:00:00Z. Not 0, which some
 /// tools warn about as "implausibly old".
@@ -38,7 +44,8 @@ pub struct Built {
     pub manifest: Manifest,
 }
 
-/// Packs the directory `src` into `out` (written as `out.tmp`, then renamed).
+/// Packs the directory `src` into `out` (written as `out.tmp`, then renamed), compressing
+/// on every core.
 ///
 /// # Errors
 ///
@@ -52,12 +59,27 @@ pub fn pack(
     git_commit: Option<String>,
     out: &Path,
 ) -> Result<Built, ReleaseError> {
+    // Each worker holds a few MiB of chunks: past a handful, more cores add memory
+    // faster than they save time.
+    let workers = thread::available_parallelism().unwrap_or(NonZeroUsize::MIN).min(MAX_WORKERS);
+    pack_with_workers(src, app, version, git_commit, out, workers)
+}
+
+/// [`pack`] with `workers` compression threads, which change only the time it takes.
+pub(crate) fn pack_with_workers(
+    src: &Path,
+    app: &str,
+    version: &str,
+    git_commit: Option<String>,
+    out: &Path,
+    workers: NonZeroUsize,
+) -> Result<Built, ReleaseError> {
     validate_version(version)?;
     check_output_outside_source(src, out)?;
     let manifest = Manifest { app: app.to_owned(), version: version.to_owned(), git_commit, files: scan(src)? };
 
     let tmp = tmp_path(out);
-    let written = write_archive(src, &manifest, &tmp).and_then(|digest| {
+    let written = write_archive(src, &manifest, &tmp, workers).and_then(|digest| {
         fs::rename(&tmp, out).map(|()| digest).map_err(ReleaseError::io("move the archive to", out))
     });
     if written.is_err() {
@@ -158,21 +180,25 @@ fn tmp_path(out: &Path) -> PathBuf {
 }
 
 /// Writes the archive to `tmp` and returns its sha256 and size.
-fn write_archive(src: &Path, manifest: &Manifest, tmp: &Path) -> Result<(String, u64), ReleaseError> {
+fn write_archive(
+    src: &Path,
+    manifest: &Manifest,
+    tmp: &Path,
+    workers: NonZeroUsize,
+) -> Result<(String, u64), ReleaseError> {
     let write_err = |source| ReleaseError::Io { action: "write", path: tmp.to_owned(), source };
     let file = File::create(tmp).map_err(ReleaseError::io("create", tmp))?;
-    let gz = GzBuilder::new().mtime(0).write(Hashing::new(BufWriter::new(file)), Compression::default());
-    let mut tar = tar::Builder::new(gz);
-
-    let mut json = serde_json::to_vec_pretty(manifest).map_err(|source| ReleaseError::EncodeManifest { source })?;
-    json.push(b'\n');
-    tar.append_data(&mut header(EntryType::Regular, json.len() as u64, FILE_MODE), MANIFEST_NAME, json.as_slice())
-        .map_err(write_err)?;
-    for entry in &manifest.files {
-        append_entry(&mut tar, src, entry)?;
-    }
-
-    let hashing = tar.into_inner().and_then(flate2::write::GzEncoder::finish).map_err(write_err)?;
+    let hashing = with_parallel_gzip(Hashing::new(BufWriter::new(file)), workers, |gz| {
+        let mut tar = tar::Builder::new(gz);
+        let mut json = serde_json::to_vec_pretty(manifest).map_err(|source| ReleaseError::EncodeManifest { source })?;
+        json.push(b'\n');
+        tar.append_data(&mut header(EntryType::Regular, json.len() as u64, FILE_MODE), MANIFEST_NAME, json.as_slice())
+            .map_err(write_err)?;
+        for entry in &manifest.files {
+            append_entry(&mut tar, src, entry)?;
+        }
+        tar.into_inner().and_then(ParallelGz::finish).map_err(write_err)
+    })?;
     let (buffered, sha256, size) = hashing.finish();
     let file = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
     file.sync_all().map_err(write_err)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tempfile::TempDir;
 
 use super::*;
-use crate::release::testutil::{sample_tree, sha256_hex};
+use crate::release::testutil::{noise, sample_tree, sha256_hex, text};
 use crate::release::{inspect, sha256_file};
 
 struct Fixture {
@@ -47,7 +47,7 @@ fn system_tar(args: &[&str]) -> String {
 }
 
 fn archive_headers(path: &Path) -> Vec<(String, EntryType, u32, u64, u64, u64, u64)> {
-    let gz = flate2::read::GzDecoder::new(File::open(path).unwrap());
+    let gz = flate2::read::MultiGzDecoder::new(File::open(path).unwrap());
     let mut archive = tar::Archive::new(gz);
     archive
         .entries()
@@ -196,7 +196,7 @@ fn archive_starts_with_the_manifest_and_has_sorted_entries_with_fixed_metadata()
 fn manifest_entry_in_the_archive_is_the_returned_manifest() {
     let fixture = Fixture::sample();
     let built = fixture.pack("r.tar.gz").unwrap();
-    let gz = flate2::read::GzDecoder::new(File::open(&built.path).unwrap());
+    let gz = flate2::read::MultiGzDecoder::new(File::open(&built.path).unwrap());
     let mut archive = tar::Archive::new(gz);
     let first = archive.entries().unwrap().next().unwrap().unwrap();
     let manifest: Manifest = serde_json::from_reader(first).unwrap();
@@ -236,6 +236,65 @@ fn system_tar_lists_and_extracts_the_archive_with_modes_and_links() {
     assert!(check.success(), "sha256sum -c failed on the extracted release");
 }
 
+/// The sample tree plus a compressible "binary" and random assets, some of odd sizes:
+/// several compression chunks, some mixing random and compressible data.
+fn several_chunks_tree(root: &Path) {
+    sample_tree(root);
+    fs::write(root.join("bin/app"), text(1_500_000, 1)).unwrap();
+    fs::create_dir(root.join("lib/assets")).unwrap();
+    for (seed, size) in [700_000, 1_300_000, 65_537, 999].into_iter().enumerate() {
+        fs::write(root.join(format!("lib/assets/blob{seed}")), noise(size, seed as u64)).unwrap();
+    }
+}
+
+#[test]
+fn the_archive_does_not_depend_on_the_number_of_compression_workers() {
+    let fixture = Fixture::new();
+    several_chunks_tree(&fixture.src());
+    let pack = |workers, name| {
+        let workers = NonZeroUsize::new(workers).unwrap();
+        pack_with_workers(&fixture.src(), "hello", "v1", None, &fixture.out(name), workers).unwrap()
+    };
+    let one = pack(1, "one.tar.gz");
+    let four = pack(4, "four.tar.gz");
+    assert!(one.manifest.files.iter().map(|f| f.size).sum::<u64>() > 3 << 20, "the tree spans several chunks");
+    assert_eq!(one.sha256, four.sha256);
+    assert_eq!(one.size, four.size);
+    assert!(fs::read(&one.path).unwrap() == fs::read(&four.path).unwrap(), "the archives differ");
+}
+
+#[test]
+fn system_tar_extracts_an_archive_of_several_chunks_intact() {
+    let fixture = Fixture::new();
+    several_chunks_tree(&fixture.src());
+    let built = fixture.pack("r.tar.gz").unwrap();
+    let archive = built.path.to_str().unwrap();
+    let gzip_test = Command::new("gzip").args(["-t", archive]).output().unwrap();
+    assert!(gzip_test.status.success(), "gzip -t: {}", String::from_utf8_lossy(&gzip_test.stderr));
+
+    let dest = fixture.dir.path().join("extracted");
+    fs::create_dir(&dest).unwrap();
+    system_tar(&["-xzf", archive, "-C", dest.to_str().unwrap()]);
+    let files: Vec<_> = built.manifest.files.iter().filter(|e| e.kind == EntryKind::File).collect();
+    assert_eq!(files.len(), 9);
+    for file in files {
+        let (extracted, original) =
+            (fs::read(dest.join(&file.path)).unwrap(), fs::read(fixture.src().join(&file.path)).unwrap());
+        assert!(extracted == original, "`{}` was extracted with other contents", file.path);
+    }
+}
+
+#[test]
+fn random_assets_cost_little_more_than_their_size() {
+    let fixture = Fixture::new();
+    let src = fixture.src();
+    for seed in 0..4 {
+        fs::write(src.join(format!("blob{seed}")), noise(800_000, seed)).unwrap();
+    }
+    let built = fixture.pack("r.tar.gz").unwrap();
+    assert!(built.size < 3_200_000 + 10_000, "{} bytes", built.size);
+}
+
 #[test]
 fn long_paths_and_link_targets_survive_packing_and_inspection() {
     let fixture = Fixture::new();
@@ -259,7 +318,7 @@ fn long_paths_and_link_targets_survive_packing_and_inspection() {
 fn symlinks_inside_the_release_are_kept_as_symlinks() {
     let fixture = Fixture::sample();
     let built = fixture.pack("r.tar.gz").unwrap();
-    let gz = flate2::read::GzDecoder::new(File::open(&built.path).unwrap());
+    let gz = flate2::read::MultiGzDecoder::new(File::open(&built.path).unwrap());
     let mut archive = tar::Archive::new(gz);
     let link =
         archive.entries().unwrap().map(Result::unwrap).find(|e| e.path_bytes().as_ref() == b"bin/config").unwrap();

@@ -162,3 +162,34 @@ pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     std::io::Write::write_all(&mut gz, data).unwrap();
     gz.finish().unwrap()
 }
+
+/// `len` bytes that look random to a compressor, the same for the same `seed`.
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        bytes.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// `len` bytes of varied but compressible text, the same for the same `seed`.
+pub(crate) fn text(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(len + 64);
+    let mut line = seed;
+    while bytes.len() < len {
+        line += 1;
+        let words = ["deploy", "release", "region", "health", "check", "host", "ferry", "tarball"];
+        let word = words[usize::try_from(line * 7 % 8).unwrap()];
+        bytes.extend_from_slice(
+            format!("{line:>8}: {word} {} ok={}\n", line * 31 % 1009, line.is_multiple_of(3)).as_bytes(),
+        );
+    }
+    bytes.truncate(len);
+    bytes
+}
