@@ -18,13 +18,15 @@ pub struct Tree {
 }
 
 /// The start script: boots the app from the release directory. With `BENCH_FIRST_OK`
-/// set, the app records when it first answered 200 (for the health latency figure).
+/// set, the app records when it started listening and when it first answered 200
+/// (for the health latency figure).
 const START: &str = r#"#!/bin/sh
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "${BENCH_FIRST_OK:-}" ]; then
   dir="${BENCH_FIRST_OK_DIR:-$HOME/first-ok}"
   mkdir -p "$dir"
   export HELLO_FIRST_OK_FILE="$dir/${FERRY_INSTANCE_ID:-x}-${RELEASE_VERSION:-x}"
+  export HELLO_READY_FILE="$dir/ready-${FERRY_INSTANCE_ID:-x}-${RELEASE_VERSION:-x}"
 fi
 exec "$here/bin/hello"
 "#;

@@ -11,7 +11,8 @@
 //! The mode is read from the file `mode` in the working directory, else from
 //! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `exit-at-start`,
 //! `slow-start=MS`. If `$HELLO_FIRST_OK_FILE` is set, the time of the first
-//! healthy `/health` answer (Unix epoch nanoseconds) is written there once.
+//! healthy `/health` answer (Unix epoch nanoseconds) is written there once; if
+//! `$HELLO_READY_FILE` is set, the time it started listening is written there.
 //!
 //! On Unix, SIGTERM and SIGINT make it print "hello: shutting down" and exit 0.
 
@@ -84,6 +85,9 @@ fn main() {
     let addr = format!("{}:{port}", var("HELLO_BIND", "127.0.0.1"));
     let listener = TcpListener::bind(&addr)
         .unwrap_or_else(|e| die(1, &format!("cannot listen on {addr}: {e}")));
+    if let Some(path) = env::var("HELLO_READY_FILE").ok().filter(|s| !s.is_empty()) {
+        write_time(&path);
+    }
     log(&format!(
         "hello {} listening on {addr} (region {}, instance {})",
         app.version, app.region, app.instance
@@ -204,6 +208,12 @@ fn record_first_ok(app: &App) {
     if app.first_ok_done.swap(true, Ordering::SeqCst) {
         return;
     }
+    write_time(path);
+}
+
+/// Writes the current time (Unix epoch nanoseconds) to `path` atomically: a
+/// temporary file, then renamed into place.
+fn write_time(path: &str) {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
