@@ -12,6 +12,9 @@ use crate::sshd::SshFleet;
 use crate::tree::Tree;
 use crate::Opts;
 
+/// The line in BENCHMARKS.md after which the text is kept from run to run.
+const NOTES: &str = "<!-- notes: everything below is kept when the benchmark rewrites this file -->";
+
 /// Region names for the two SSH regions and the local scale test; the first is primary.
 const REGIONS: [&str; 10] = ["syd", "lax", "ams", "nrt", "gru", "jnb", "fra", "sin", "ord", "cdg"];
 
@@ -500,7 +503,20 @@ impl Report {
         out
     }
 
-    pub fn markdown(&self, results: &Path) -> String {
+    /// BENCHMARKS.md: this run's table, then whatever followed [`NOTES`] in the
+    /// previous file (the notes written by hand stay).
+    pub fn markdown(&self, results: &Path, previous: &str) -> String {
+        let mut out = self.table(results);
+        out.push('\n');
+        out.push_str(NOTES);
+        out.push('\n');
+        if let Some((_, notes)) = previous.split_once(NOTES) {
+            out.push_str(notes.trim_start_matches('\n'));
+        }
+        out
+    }
+
+    fn table(&self, results: &Path) -> String {
         let rel = results.strip_prefix(crate::repo()).unwrap_or(results).display().to_string();
         let mut out = String::from(
             "# Benchmarks\n\nferry against the Ansible playbook a competent user would write for the same job, and against \

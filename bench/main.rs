@@ -147,7 +147,8 @@ fn main() {
     eprintln!("results: {}", path.display());
     if !opts.smoke {
         let md = repo().join("BENCHMARKS.md");
-        std::fs::write(&md, report.markdown(&path)).expect("BENCHMARKS.md");
+        let previous = std::fs::read_to_string(&md).unwrap_or_default();
+        std::fs::write(&md, report.markdown(&path, &previous)).expect("BENCHMARKS.md");
         eprintln!("table:   {}", md.display());
     }
     if let Err(problem) = report.sane() {

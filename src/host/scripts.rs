@@ -8,12 +8,16 @@
 const PRELUDE: &str = r#"set -eu
 app=$1; shift
 case $app in "~/"*) app="$HOME/${app#"~/"}";; "~") app=$HOME;; esac
+# Builtins only (no process per call): they run in tight loops.
 alive() {
-  [ -n "$1" ] && [ "$1" != 0 ] && [ -r "/proc/$1/stat" ] || return 1
-  s=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
-  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
+  [ -n "$1" ] && [ "$1" != 0 ] || return 1
+  read -r _stat 2>/dev/null < "/proc/$1/stat" || return 1
+  case ${_stat##*) } in Z* | X* | "") return 1 ;; esac
 }
-pid_of() { sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null; }
+pid_of() {
+  [ -f "$1" ] && read -r _json < "$1" || return 0
+  case $_json in *'"pid":'[0-9]*) _pid=${_json##*\"pid\":}; printf '%s\n' "${_pid%%[!0-9]*}" ;; esac
+}
 # Whether any live (non-zombie) process is still in process group $1: an instance is
 # stopped only when all of it is, not just the process ferry started.
 group_alive() {
@@ -68,23 +72,29 @@ printf 'P'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '
   function hex(s,  i, n) { n = 0; for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", toupper(substr(s, i, 1))) - 1; return n }
   $4 == "0A" { split($2, a, ":"); printf " %d", hex(a[2]) }' 2>/dev/null || true; echo
 [ -d "$app" ] || exit 0
-for d in "$app"/releases/*/; do
-  [ -f "$d.ferry-release" ] || continue
-  printf 'R %s\n' "$(cat "$d.ferry-release")"
-done
-for d in "$app"/instances/*/; do
-  [ -f "$d/instance.json" ] || continue
-  a=0; if alive "$(pid_of "$d/instance.json")"; then a=1; fi
-  printf 'I %s %s\n' "$a" "$(cat "$d/instance.json")"
-done
+# One awk each for every release and every instance (whether its pid is a live,
+# non-zombie process), not a few processes per item.
+set -- "$app"/releases/*/.ferry-release
+[ ! -f "$1" ] || awk '{ print "R " $0 }' "$@"
+set -- "$app"/instances/*/instance.json
+[ ! -f "$1" ] || awk '{
+  a = 0
+  if (match($0, /"pid":[0-9]+/)) {
+    f = "/proc/" substr($0, RSTART + 6, RLENGTH - 6) "/stat"
+    if ((getline st < f) > 0) { sub(/^.*\) /, "", st); a = (st !~ /^[ZX]/) }
+    close(f)
+  }
+  print "I " a " " $0
+}' "$@"
 if [ -d "$app/lock" ]; then
   f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
   if t=$(stat -c %Y "$f" 2>/dev/null); then
     printf 'L %s %s\n' "$(( $(date +%s) - t ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
   fi
 fi
-if [ -L "$app/current" ]; then printf 'C %s\n' "$(basename "$(readlink "$app/current")")"; fi
-for f in "$app"/volumes/*/volume.json; do [ -f "$f" ] && printf 'V %s\n' "$(cat "$f")"; done
+if [ -L "$app/current" ]; then c=$(readlink "$app/current"); printf 'C %s\n' "${c##*/}"; fi
+set -- "$app"/volumes/*/volume.json
+[ ! -f "$1" ] || awk '{ print "V " $0 }' "$@"
 if [ -f "$app/secrets.env" ]; then printf 'S %s\n' "$(sha256sum < "$app/secrets.env" | cut -c1-64)"; fi
 true
 "#;

@@ -27,6 +27,35 @@ pub struct SshOptions {
     pub config_file: Option<PathBuf>,
 }
 
+/// How long a master connection outlives the ferry run that opened it, idle: a
+/// command run soon after another (a deploy, then `status`, then a rollback) skips
+/// the handshakes, as with OpenSSH's own `ControlPersist`.
+const PERSIST_SECS: u32 = 60;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where master connections are kept between runs: a directory only this user can
+/// enter. `None` (each run connects afresh) when `FERRY_SSH_PERSIST=0` or when the
+/// directory is not safely this user's own.
+fn persist_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if std::env::var_os("FERRY_SSH_PERSIST").is_some_and(|v| v == "0") {
+        return None;
+    }
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let dir = std::env::temp_dir().join(format!("ferry-ssh-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    // No permission bit for group or others.
+    let private = meta.mode().trailing_zeros() >= 6;
+    (meta.is_dir() && meta.uid() == uid && private).then_some(dir)
+}
+
 #[derive(Debug, Clone)]
 pub struct SshTransport {
     inner: Arc<Inner>,
@@ -39,6 +68,29 @@ struct Inner {
     options: SshOptions,
     session: OnceCell<Arc<Session>>,
     forwards: Mutex<HashMap<(String, u16), SocketAddr>>,
+    /// The control socket of a master that outlives this run, if that is what the
+    /// session uses.
+    persisted: std::sync::OnceLock<PathBuf>,
+}
+
+impl Drop for Inner {
+    /// A master that stays up must not keep this run's port forwards listening:
+    /// they are cancelled (the master's own ones go when it exits).
+    fn drop(&mut self) {
+        let Some(ctl) = self.persisted.get() else { return };
+        for ((host, port), local) in self.forwards.get_mut().drain() {
+            let _ = std::process::Command::new("ssh")
+                .arg("-S")
+                .arg(ctl)
+                .args(["-O", "cancel", "-L"])
+                .arg(format!("{local}:{host}:{port}"))
+                .arg("ferry-master")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 const UPLOAD: &str = r#"set -eu
@@ -58,6 +110,7 @@ impl SshTransport {
                 options,
                 session: OnceCell::new(),
                 forwards: Mutex::new(HashMap::new()),
+                persisted: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -80,6 +133,9 @@ impl SshTransport {
         self.inner
             .session
             .get_or_try_init(|| async {
+                if let Some(dir) = persist_dir() {
+                    return self.persistent_session(&dir).await.map(Arc::new);
+                }
                 let mut builder = SessionBuilder::default();
                 builder
                     .known_hosts_check(if self.inner.options.accept_new_host_keys {
@@ -87,8 +143,8 @@ impl SshTransport {
                     } else {
                         KnownHosts::Strict
                     })
-                    .connect_timeout(Duration::from_secs(10))
-                    .server_alive_interval(Duration::from_secs(5))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .server_alive_interval(ALIVE_INTERVAL)
                     .control_directory(std::env::temp_dir());
                 if let Some(config) = &self.inner.options.config_file {
                     builder.config_file(config);
@@ -97,6 +153,93 @@ impl SshTransport {
             })
             .await
             .cloned()
+    }
+
+    /// The master connection in `dir` for this host and these options: the one a
+    /// recent ferry run left (it lives on for [`PERSIST_SECS`] idle), else a new one.
+    /// A lock file keeps two ferry runs from starting two masters for one host.
+    async fn persistent_session(&self, dir: &Path) -> Result<Session, TransportError> {
+        let name = self.control_name();
+        let ctl = dir.join(&name);
+        let lock = std::fs::File::create(dir.join(format!("{name}.lock"))).map_err(|e| self.io_lost(&e))?;
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT * 2;
+        while let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(self.io_lost(&std::io::Error::other("another ferry run is still connecting to this host")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if ctl.exists() {
+            let session = Session::resume_mux(ctl.clone().into_boxed_path(), None);
+            if session.check().await.is_ok() {
+                let _ = self.inner.persisted.set(ctl);
+                return Ok(session);
+            }
+            let _ = std::fs::remove_file(&ctl);
+        }
+        let log = dir.join(format!("{name}.log"));
+        let mut command = tokio::process::Command::new("ssh");
+        command
+            .arg("-E")
+            .arg(&log)
+            .arg("-S")
+            .arg(&ctl)
+            .args(["-M", "-f", "-N", "-T"])
+            .args(["-o", &format!("ControlPersist={PERSIST_SECS}")])
+            .args(["-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                if self.inner.options.accept_new_host_keys {
+                    "StrictHostKeyChecking=accept-new"
+                } else {
+                    "StrictHostKeyChecking=yes"
+                },
+            ])
+            .args(["-o", &format!("ConnectTimeout={}", CONNECT_TIMEOUT.as_secs())])
+            .args(["-o", &format!("ServerAliveInterval={}", ALIVE_INTERVAL.as_secs())]);
+        if let Some(config) = &self.inner.options.config_file {
+            command.arg("-F").arg(config);
+        }
+        let _ = std::fs::remove_file(&log);
+        let status = command
+            .arg(self.destination())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|e| self.io_lost(&e))?;
+        if !status.success() {
+            let message = std::fs::read_to_string(&log).unwrap_or_default();
+            let message = message.trim();
+            return Err(self.classify(if message.is_empty() {
+                format!("ssh exited with {status}")
+            } else {
+                message.to_string()
+            }));
+        }
+        let session = Session::resume_mux(ctl.clone().into_boxed_path(), None);
+        session.check().await.map_err(|e| self.connect_error(&e))?;
+        let _ = self.inner.persisted.set(ctl);
+        Ok(session)
+    }
+
+    /// The control socket's name: the host and every option that changes how it
+    /// was reached, so a master is only ever reused for the same connection.
+    fn control_name(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.inner.spec.as_bytes());
+        hash.update([0]);
+        if let Some(config) = &self.inner.options.config_file {
+            hash.update(config.as_os_str().as_encoded_bytes());
+        }
+        hash.update([0, u8::from(self.inner.options.accept_new_host_keys)]);
+        hash.finalize().iter().take(8).fold(String::new(), |mut name, b| {
+            use std::fmt::Write as _;
+            let _ = write!(name, "{b:02x}");
+            name
+        })
     }
 
     pub async fn connect(&self) -> Result<(), TransportError> {
@@ -111,6 +254,11 @@ impl SshTransport {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
+        self.classify(message)
+    }
+
+    /// A failed connection, told apart: a changed or unknown host key, or the rest.
+    fn classify(&self, message: String) -> TransportError {
         let host = self.inner.spec.clone();
         if message.contains("IDENTIFICATION HAS CHANGED") || message.contains("Host key for") {
             return TransportError::HostKey {
