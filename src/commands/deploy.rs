@@ -382,9 +382,23 @@ pub async fn ship_to<'a>(
     artifact: &Artifact,
 ) -> Result<(), Error> {
     let sums = artifact.manifest.sha256sum_lines();
+    let mut hosts: Vec<Host> = hosts.cloned().collect();
+    // On the local target every region is a directory of this machine: unpack and
+    // verify once, then link the others to it.
+    let mut linked_from = None;
+    if hosts.len() > 1 && hosts.iter().all(|h| h.transport.is_local()) {
+        let first = hosts.remove(0);
+        let present = observed
+            .get(&first.name)
+            .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256));
+        if let Err(source) = ship_one(&first, artifact, &sums, present, ctx.reporter.as_ref()).await {
+            return Err(ship_failed(&first.name, &artifact.version, &source));
+        }
+        linked_from = Some(first);
+    }
     let slots = Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE));
     let mut tasks = JoinSet::new();
-    for host in hosts.cloned() {
+    for host in hosts {
         let slots = Arc::clone(&slots);
         let present = observed
             .get(&host.name)
@@ -392,27 +406,58 @@ pub async fn ship_to<'a>(
         let artifact = artifact.clone();
         let sums = sums.clone();
         let reporter = ctx.reporter.clone();
+        let source = linked_from.clone();
         tasks.spawn(async move {
             let _slot = slots.acquire().await;
-            let result = ship_one(&host, &artifact, &sums, present, reporter.as_ref()).await;
+            let result = match source {
+                Some(source) if !present => link_one(&host, &source, &artifact, &sums, reporter.as_ref()).await,
+                _ => ship_one(&host, &artifact, &sums, present, reporter.as_ref()).await,
+            };
             (host.name.clone(), result)
         });
     }
     while let Some(joined) = tasks.join_next().await {
         if let Ok((host, Err(source))) = joined {
-            let source = crate::error::chain(&source);
-            let hint = if source.contains("different contents") {
-                "a version names one release forever; build the changed tree as a new version (`--version ...`)"
-            } else {
-                "no instance was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
-            };
-            return Err(Error::Failed {
-                message: format!("shipping release {} to `{host}` failed: {source}", artifact.version),
-                hint: Some(hint.into()),
-            });
+            return Err(ship_failed(&host, &artifact.version, &source));
         }
     }
     Ok(())
+}
+
+fn ship_failed(host: &str, version: &str, source: &crate::host::HostError) -> Error {
+    let source = crate::error::chain(source);
+    let hint = if source.contains("different contents") {
+        "a version names one release forever; build the changed tree as a new version (`--version ...`)"
+    } else {
+        "no instance was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
+    };
+    Error::Failed {
+        message: format!("shipping release {version} to `{host}` failed: {source}"),
+        hint: Some(hint.into()),
+    }
+}
+
+/// Installs the release on `host` as links to `source`'s copy (both directories of
+/// this machine); ships it the usual way if linking fails (another filesystem).
+async fn link_one(
+    host: &Host,
+    source: &Host,
+    artifact: &Artifact,
+    sums: &str,
+    reporter: &dyn crate::report::Reporter,
+) -> Result<(), crate::host::HostError> {
+    match host.install_linked(source, &artifact.sha256, &artifact.version).await {
+        Ok(installed) => {
+            reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent: 0, skipped: true });
+            reporter.event(&Event::ReleaseInstalled {
+                host: host.name.clone(),
+                version: artifact.version.clone(),
+                already_present: !installed,
+            });
+            Ok(())
+        }
+        Err(_) => ship_one(host, artifact, sums, false, reporter).await,
+    }
 }
 
 async fn ship_one(

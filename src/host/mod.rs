@@ -217,6 +217,14 @@ impl Host {
         Ok((installed, if installed { sent } else { 0 }))
     }
 
+    /// Installs the release from `source`, another host on this same machine that
+    /// holds it verified, as hard links. Returns false when it was already there.
+    pub async fn install_linked(&self, source: &Host, sha256: &str, version: &str) -> Result<bool, HostError> {
+        let cmd = self.cmd(scripts::INSTALL_LINKED).args([&source.app_dir, sha256, version, &now_ms().to_string()]);
+        let out = self.run("linking the release", &cmd).await?;
+        Ok(out.stdout_str().trim() == "installed")
+    }
+
     /// Starts an instance of `record.version` and returns its pid.
     pub async fn start_instance(
         &self,

@@ -22,6 +22,8 @@ pid_of() {
 # stopped only when all of it is, not just the process ferry started.
 group_alive() {
   [ -n "$1" ] && [ "$1" != 0 ] || return 1
+  # No process at all in the group (zombies included): no need to look closer.
+  kill -s 0 -- "-$1" 2>/dev/null || return 1
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '
     { i = 0; n = split($0, c, ""); for (j = n; j > 1; j--) if (c[j] == ")") { i = j; break }
       split(substr($0, i + 2), f, " "); if (f[3] == g && f[1] != "Z" && f[1] != "X") found = 1 }
@@ -164,6 +166,32 @@ mv "$tmp" "$rel"
 echo installed
 "#;
 
+/// `$1` another app dir on this machine holding the release, `$2` sha256, `$3`
+/// version, `$4` now (ms). On the local target every region is a directory of one
+/// machine: the release verified in one of them is given to the others as hard links
+/// (releases are never modified), instead of unpacking it once per region.
+pub const INSTALL_LINKED: &str = r#"
+src=$1 sha=$2 version=$3 at=$4
+rel="$app/releases/$version"
+if [ -f "$rel/.ferry-release" ]; then
+  if grep -qF "\"sha256\":\"$sha\"" "$rel/.ferry-release"; then echo present; exit 0; fi
+  echo "release $version is already installed with different contents" >&2; exit 5
+fi
+if ! grep -qF "\"sha256\":\"$sha\"" "$src/releases/$version/.ferry-release" 2>/dev/null; then
+  echo "$src holds no verified release $version with this sha256" >&2; exit 8
+fi
+mkdir -p "$app/artifacts" "$app/releases"
+tmp="$app/releases/.tmp-$version-$$"
+trap 'rm -rf "$tmp"' EXIT
+rm -rf "$tmp" "$rel"
+cp -al "$src/releases/$version" "$tmp"
+rm -f "$tmp/.ferry-release"
+printf '{"version":"%s","sha256":"%s","installed_at":%s}\n' "$version" "$sha" "$at" > "$tmp/.ferry-release"
+ln -f "$src/artifacts/$sha.tar.gz" "$app/artifacts/$sha.tar.gz" 2>/dev/null || true
+mv "$tmp" "$rel"
+echo installed
+"#;
+
 /// `$1` id, `$2` version, `$3` start command, `$4` instance json without its closing
 /// brace; stdin: the env file. Starts the instance in its own session (so it outlives
 /// ferry and can be signalled as a group) with a clean environment, and prints its pid.
@@ -195,6 +223,7 @@ if alive "$pid" || group_alive "$pid"; then
   # Most processes exit within milliseconds of the signal: look often, and check the
   # cheap leader first, the whole group (a scan of /proc) only after it.
   n=0; limit=$((timeout * 100))
+  while alive "$pid" && [ "$n" -lt 5 ]; do sleep 0.002; n=$((n + 1)); done
   while alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
   while group_alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
   if group_alive "$pid"; then
@@ -203,7 +232,8 @@ if alive "$pid" || group_alive "$pid"; then
     n=0; while group_alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
   fi
 fi
-sed 's/"pid":[0-9]*/"pid":0/' "$inst/instance.json" > "$inst/instance.json.tmp"
+read -r json < "$inst/instance.json"
+printf '%s"pid":0}\n' "${json%\"pid\":*}" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
 "#;
 
