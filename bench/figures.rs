@@ -305,13 +305,15 @@ pub fn ssh(opts: &Opts, work: &Path, tree: &Tree, fleet: &SshFleet, report: &mut
                     let scp = secs(measure::parallel_scp(fleet, release));
                     let unpacked = work.join("floor").join(version);
                     unpack(release, &unpacked);
-                    let restart = serial_path(&unpacked, split) + serial_path(&unpacked, opts.hosts - split);
+                    let start = serial_path(&unpacked, split) + serial_path(&unpacked, opts.hosts - split);
+                    let restart: f64 = (0..opts.hosts).map(|_| secs(measure::restart_to_healthy(&unpacked))).sum();
                     report.deploy_scp.push(scp);
-                    report.deploy_floor.push(scp + restart);
+                    report.deploy_floor.push(scp + start);
                     report.rollback_floor.push(restart);
                     report.log(&format!(
-                        "deploy run {run}: floor {:.3} s (parallel scp {scp:.3} s + start-to-healthy {restart:.3} s)",
-                        scp + restart
+                        "deploy run {run}: floor {:.3} s (parallel scp {scp:.3} s + start-to-healthy {start:.3} s); \
+                         rollback floor (stop, start, healthy) {restart:.3} s",
+                        scp + start
                     ));
                 }
             }
@@ -486,8 +488,9 @@ impl Report {
         let _ = writeln!(
             out,
             "floors: deploy = parallel scp to every host + the app's start-to-healthy times summed over the primary \
-             region's serial path and the other region's; rollback = the same sums without the copy; scale = the \
-             primary region's serial path + the slowest other region's\n"
+             region's serial path and the other region's; rollback = the same serial path of restarts (SIGTERM to \
+             the running app, wait until it is gone, start, healthy), no copy; scale = the primary region's serial \
+             path + the slowest other region's\n"
         );
         for row in self.rows() {
             let _ = writeln!(

@@ -115,6 +115,28 @@ pub fn healthy(port: u16) -> bool {
 /// The floor of one instance: start the app from the unpacked release `dir` directly
 /// and poll `/health` every millisecond until it answers 200.
 pub fn start_to_healthy(dir: &Path) -> Duration {
+    let (elapsed, mut child) = start_app(dir);
+    let _ = child.kill();
+    let _ = child.wait();
+    elapsed
+}
+
+/// The floor of one restart: the app running, stop it with SIGTERM (until it is
+/// gone), start it again and wait until it answers 200.
+pub fn restart_to_healthy(dir: &Path) -> Duration {
+    let (_, old) = start_app(dir);
+    let started = Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &old.id().to_string()]).status();
+    let mut old = old;
+    let _ = old.wait();
+    let stopped = started.elapsed();
+    let (elapsed, mut new) = start_app(dir);
+    let _ = new.kill();
+    let _ = new.wait();
+    stopped + elapsed
+}
+
+fn start_app(dir: &Path) -> (Duration, std::process::Child) {
     let port = free_port();
     let started = Instant::now();
     let mut child = Command::new(dir.join("bin/start"))
@@ -126,18 +148,15 @@ pub fn start_to_healthy(dir: &Path) -> Duration {
         .stderr(Stdio::null())
         .spawn()
         .expect("the app starts");
-    let elapsed = loop {
+    loop {
         if healthy(port) {
-            break started.elapsed();
+            return (started.elapsed(), child);
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the app exited before answering: {status}");
         }
         std::thread::sleep(Duration::from_millis(1));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    elapsed
+    }
 }
 
 /// Copies `file` to every host at once with `scp` (strict host keys, the fleet's

@@ -410,3 +410,38 @@ fn stopping_an_instance_stops_every_process_it_started() {
     project.ferry(&["destroy", "--yes"]).assert_ok();
     assert!(processes(&project, "sleep 1000").is_empty());
 }
+
+#[test]
+fn a_release_of_compressed_files_ships_as_plain_tar_and_arrives_intact() {
+    // Random bytes do not deflate: the hosts get the tar stream, not the archive.
+    let project = Project::builder().region("syd", 1).region("lax", 1).build();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(project.path().join("rel/noise.bin"), &noise).unwrap();
+    let run = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    run.assert_ok();
+    let uploads: Vec<_> = run.events().into_iter().filter(|e| e["event"] == "upload").collect();
+    let sent: Vec<u64> = uploads.iter().map(|u| u["bytes_sent"].as_u64().unwrap()).collect();
+    assert_eq!(sent.iter().filter(|b| **b > 0).count(), 1, "one region unpacks, the other links: {uploads:?}");
+    let archive = std::fs::metadata(project.path().join(".ferry/build/hello-v1.tar.gz")).unwrap().len();
+    let shipped = sent.iter().copied().max().unwrap();
+    assert!(shipped > archive, "the plain tar stream ({shipped} bytes) is longer than the archive ({archive})");
+    for region in ["syd", "lax"] {
+        let copy = project.path().join(format!(".ferry/local/{region}/local/hello/releases/v1/noise.bin"));
+        assert!(std::fs::read(&copy).unwrap() == noise, "{region} has the file as built");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(project.path().join(".ferry/build"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
+        .collect();
+    assert!(leftovers.is_empty(), "the temporary tar stream is removed: {leftovers:?}");
+    assert_eq!(project.versions_served(), ["v1", "v1"]);
+}

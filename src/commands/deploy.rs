@@ -17,6 +17,7 @@ use crate::health::Checks;
 use crate::history::{self, Record, Status};
 use crate::host::{Host, HostState};
 use crate::plan::{self, Plan, RegionSpec};
+use crate::release::RawTar;
 use crate::report::{Event, Outcome};
 
 use super::build::{self, Artifact};
@@ -383,15 +384,19 @@ pub async fn ship_to<'a>(
 ) -> Result<(), Error> {
     let sums = artifact.manifest.sha256sum_lines();
     let mut hosts: Vec<Host> = hosts.cloned().collect();
+    let has = |host: &Host| {
+        observed
+            .get(&host.name)
+            .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256))
+    };
+    let raw = if hosts.iter().any(|h| !has(h)) { raw_stream(ctx, artifact).await } else { None };
     // On the local target every region is a directory of this machine: unpack and
     // verify once, then link the others to it.
     let mut linked_from = None;
     if hosts.len() > 1 && hosts.iter().all(|h| h.transport.is_local()) {
         let first = hosts.remove(0);
-        let present = observed
-            .get(&first.name)
-            .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256));
-        if let Err(source) = ship_one(&first, artifact, &sums, present, ctx.reporter.as_ref()).await {
+        if let Err(source) = ship_one(&first, artifact, raw.as_deref(), &sums, has(&first), ctx.reporter.as_ref()).await
+        {
             return Err(ship_failed(&first.name, &artifact.version, &source));
         }
         linked_from = Some(first);
@@ -400,18 +405,19 @@ pub async fn ship_to<'a>(
     let mut tasks = JoinSet::new();
     for host in hosts {
         let slots = Arc::clone(&slots);
-        let present = observed
-            .get(&host.name)
-            .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256));
+        let present = has(&host);
         let artifact = artifact.clone();
         let sums = sums.clone();
         let reporter = ctx.reporter.clone();
         let source = linked_from.clone();
+        let raw = raw.clone();
         tasks.spawn(async move {
             let _slot = slots.acquire().await;
             let result = match source {
-                Some(source) if !present => link_one(&host, &source, &artifact, &sums, reporter.as_ref()).await,
-                _ => ship_one(&host, &artifact, &sums, present, reporter.as_ref()).await,
+                Some(source) if !present => {
+                    link_one(&host, &source, &artifact, raw.as_deref(), &sums, reporter.as_ref()).await
+                }
+                _ => ship_one(&host, &artifact, raw.as_deref(), &sums, present, reporter.as_ref()).await,
             };
             (host.name.clone(), result)
         });
@@ -443,6 +449,7 @@ async fn link_one(
     host: &Host,
     source: &Host,
     artifact: &Artifact,
+    raw: Option<&RawTar>,
     sums: &str,
     reporter: &dyn crate::report::Reporter,
 ) -> Result<(), crate::host::HostError> {
@@ -456,13 +463,35 @@ async fn link_one(
             });
             Ok(())
         }
-        Err(_) => ship_one(host, artifact, sums, false, reporter).await,
+        Err(_) => ship_one(host, artifact, raw, sums, false, reporter).await,
     }
+}
+
+/// The artifact's plain tar stream, when deflate saved next to nothing (a release of
+/// compressed files): the same bytes on the wire, nothing to decompress on the hosts.
+/// Written once under `.ferry/build` for every host; `None` (ship the artifact) when
+/// that is not worth it or fails.
+async fn raw_stream(ctx: &Ctx, artifact: &Artifact) -> Option<Arc<RawTar>> {
+    if !crate::release::worth_shipping_raw(artifact.size, &artifact.manifest) {
+        return None;
+    }
+    let dir = ctx.config.dir.join(".ferry").join("build");
+    let dest = dir.join(format!(".{}-{}.tar", artifact.sha256, std::process::id()));
+    let archive = artifact.path.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).ok()?;
+        crate::release::decompress(&archive, &dest).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .map(Arc::new)
 }
 
 async fn ship_one(
     host: &Host,
     artifact: &Artifact,
+    raw: Option<&RawTar>,
     sums: &str,
     present: bool,
     reporter: &dyn crate::report::Reporter,
@@ -471,8 +500,9 @@ async fn ship_one(
     let (installed, bytes_sent) = if skipped {
         (host.install_release(&artifact.sha256, &artifact.version, sums).await?, 0)
     } else {
-        let progress = |sent| reporter.upload_progress(&host.name, sent, artifact.size);
-        host.ship_release(&artifact.path, &artifact.sha256, artifact.size, &artifact.version, sums, &progress).await?
+        let (path, size) = raw.map_or((&artifact.path, artifact.size), |r| (&r.path, r.size));
+        let progress = |sent| reporter.upload_progress(&host.name, sent, size);
+        host.ship_release(path, raw.is_some(), &artifact.sha256, size, &artifact.version, sums, &progress).await?
     };
     reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent, skipped });
     reporter.event(&Event::ReleaseInstalled {

@@ -191,12 +191,15 @@ impl Host {
         Ok(out.stdout_str().trim() == "installed")
     }
 
-    /// Streams the artifact at `path` into `releases/<version>` on the host, unpacking
-    /// it as it arrives, and verifies it against `sums`. Returns whether it was
-    /// installed (false: already there) and the bytes sent.
+    /// Streams the artifact at `path` (or, with `raw`, its plain tar stream) into
+    /// `releases/<version>` on the host, unpacking it as it arrives, and verifies it
+    /// against `sums`. Returns whether it was installed (false: already there) and
+    /// the bytes sent.
+    #[allow(clippy::too_many_arguments)]
     pub async fn ship_release(
         &self,
         path: &std::path::Path,
+        raw: bool,
         sha256: &str,
         size: u64,
         version: &str,
@@ -205,9 +208,10 @@ impl Host {
     ) -> Result<(bool, u64), HostError> {
         let mut input = format!("{}\n", sums.len()).into_bytes();
         input.extend_from_slice(sums.as_bytes());
+        let format = if raw { "tar" } else { "gz" };
         let cmd = self
             .cmd(scripts::INSTALL_STREAM)
-            .args([sha256, version, &now_ms().to_string(), &size.to_string()])
+            .args([sha256, version, &now_ms().to_string(), &size.to_string(), format])
             .stdin(input);
         let (out, sent) = self.transport.exec_with_file(&cmd, path, progress).await?;
         if !out.success() {

@@ -133,14 +133,16 @@ mv "$tmp" "$rel"
 echo installed
 "#;
 
-/// `$1` sha256, `$2` version, `$3` now (ms), `$4` artifact size; stdin: a line with
-/// the length of the sums, the sums (sha256sum lines), then the artifact itself.
-/// Unpacks the artifact as it arrives (one pass: transfer and unpack overlap),
-/// keeps a copy under `artifacts/` for later installs, verifies every file, and
-/// only then moves the release into place. Prints `installed`, or `present` (without
-/// reading the artifact) when this release is already there.
+/// `$1` sha256, `$2` version, `$3` now (ms), `$4` artifact size, `$5` `gz` or `tar`;
+/// stdin: a line with the length of the sums, the sums (sha256sum lines), then the
+/// artifact itself (`gz`) or its plain tar stream (`tar`: a release of already
+/// compressed files, which the host need not decompress). Unpacks it as it arrives
+/// (one pass: transfer and unpack overlap), keeps a copy of an artifact under
+/// `artifacts/` for later installs, verifies every file, and only then moves the
+/// release into place. Prints `installed`, or `present` (without reading the rest of
+/// its input) when this release is already there.
 pub const INSTALL_STREAM: &str = r#"
-sha=$1 version=$2 at=$3 size=$4
+sha=$1 version=$2 at=$3 size=$4 format=$5
 rel="$app/releases/$version"
 if [ -f "$rel/.ferry-release" ]; then
   if grep -qF "\"sha256\":\"$sha\"" "$rel/.ferry-release"; then echo present; exit 0; fi
@@ -152,16 +154,20 @@ trap 'rm -rf "$tmp" "$tmp.sums" "$tmp.err" "$part"' EXIT
 rm -rf "$rel"; mkdir "$tmp"
 IFS= read -r n
 head -c "$n" > "$tmp.sums"
-if ! tee "$part" | tar -xzf - -C "$tmp" --no-same-owner 2>"$tmp.err"; then
+if [ "$format" = tar ]; then
+  tar -xf - -C "$tmp" --no-same-owner 2>"$tmp.err" || { cat "$tmp.err" >&2; exit 6; }
+  got=$size
+elif tee "$part" | tar -xzf - -C "$tmp" --no-same-owner 2>"$tmp.err"; then
+  got=$(stat -c %s "$part" 2>/dev/null || echo 0)
+else
   cat "$tmp.err" >&2; exit 6
 fi
-got=$(stat -c %s "$part" 2>/dev/null || echo 0)
 if [ "$got" != "$size" ]; then
   echo "the artifact arrived incomplete ($got of $size bytes; is the disk full? \`df -h\`)" >&2; exit 6
 fi
 if ! verify "$tmp" "$tmp.sums"; then echo "release $version does not match its manifest" >&2; exit 7; fi
 printf '{"version":"%s","sha256":"%s","installed_at":%s}\n' "$version" "$sha" "$at" > "$tmp/.ferry-release"
-mv "$part" "$app/artifacts/$sha.tar.gz"
+[ "$format" = tar ] || mv "$part" "$app/artifacts/$sha.tar.gz"
 mv "$tmp" "$rel"
 echo installed
 "#;

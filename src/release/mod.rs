@@ -13,6 +13,7 @@ mod inspect;
 mod manifest;
 mod pack;
 mod paths;
+mod raw;
 mod version;
 
 #[cfg(test)]
@@ -24,4 +25,5 @@ pub use error::ReleaseError;
 pub use inspect::{inspect, Inspected};
 pub use manifest::{EntryKind, Manifest, ManifestEntry, MANIFEST_NAME};
 pub use pack::{pack, Built, ARCHIVE_MTIME};
+pub use raw::{decompress, worth_shipping_raw, RawTar};
 pub use version::{git_commit, resolve_version, validate_version};
