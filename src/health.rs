@@ -13,7 +13,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::config::{CheckKind, Config};
 
 /// Pause between two rounds of checks while an instance is not yet healthy.
-pub const POLL_EVERY: Duration = Duration::from_millis(10);
+pub const POLL_EVERY: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone)]
 enum Probe {

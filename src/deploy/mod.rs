@@ -313,15 +313,7 @@ impl Rollout {
         });
         let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
         let record = Self::record(&step, &step.to, port, created_at);
-        let result = async {
-            if step.was_alive {
-                host.stop_instance(&step.id, &self.config.kill_signal, self.config.kill_timeout)
-                    .await
-                    .map_err(|e| format!("stopping the old version: {e}"))?;
-            }
-            self.start_and_wait(&host, &record).await
-        }
-        .await;
+        let result = self.start_and_wait(&host, &record, step.was_alive).await;
         match result {
             Ok(elapsed) => {
                 if step.region == self.config.primary() {
@@ -383,19 +375,35 @@ impl Rollout {
         }
     }
 
-    async fn start_and_wait(&self, host: &Host, record: &InstanceRecord) -> Result<Duration, String> {
+    /// Starts `record` (stopping the instance's old process first when `replace`)
+    /// and waits until it is healthy; returns how long that took.
+    async fn start_and_wait(&self, host: &Host, record: &InstanceRecord, replace: bool) -> Result<Duration, String> {
         let mut env = self.instance_env(record);
-        for mount in app_mounts(&self.config) {
-            let path = host
-                .volume_attach(&record.id, &mount.source, &mount.destination)
+        let mounts = app_mounts(&self.config);
+        let (signal, timeout) = (&self.config.kill_signal, self.config.kill_timeout);
+        let pid = if replace && mounts.is_empty() {
+            // Stop and start in one round trip.
+            host.switch_instance(signal, timeout, record, &self.start, &env)
                 .await
-                .map_err(|e| format!("attaching volume `{}`: {e}", mount.source))?;
-            env.insert(volume_env(&mount.source), path);
-        }
-        let pid = host
-            .start_instance(record, &self.start, &env)
-            .await
-            .map_err(|e| format!("starting {}: {e}", record.version))?;
+                .map_err(|e| format!("replacing the old version with {}: {e}", record.version))?
+        } else {
+            if replace {
+                host.stop_instance(&record.id, signal, timeout)
+                    .await
+                    .map_err(|e| format!("stopping the old version: {e}"))?;
+            }
+            // The old process held the volumes: attach them once it is gone.
+            for mount in mounts {
+                let path = host
+                    .volume_attach(&record.id, &mount.source, &mount.destination)
+                    .await
+                    .map_err(|e| format!("attaching volume `{}`: {e}", mount.source))?;
+                env.insert(volume_env(&mount.source), path);
+            }
+            host.start_instance(record, &self.start, &env)
+                .await
+                .map_err(|e| format!("starting {}: {e}", record.version))?
+        };
         let addr =
             host.transport.forward(record.port).await.map_err(|e| format!("reaching port {}: {e}", record.port))?;
         let exited =
@@ -440,7 +448,7 @@ impl Rollout {
             (None, Ok(_)) => host.remove_instance(&step.id).await.map(|()| Duration::ZERO).map_err(|e| e.to_string()),
             (Some(previous), Ok(_)) => {
                 let record = Self::record(step, &previous.version, port, previous.created_at);
-                self.start_and_wait(host, &record).await
+                self.start_and_wait(host, &record, false).await
             }
         };
         match result {

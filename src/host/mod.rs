@@ -100,6 +100,22 @@ impl HostState {
     }
 }
 
+/// How often an instance on this machine is checked for having exited.
+const LOCAL_WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// Whether `pid` is a live process on this machine (a zombie counts as gone, as in
+/// the host scripts).
+fn local_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])))
+}
+
+/// STOP's signal name (without `SIG`) and timeout in whole seconds (rounded up).
+fn stop_args(signal: &str, timeout: Duration) -> (&str, String) {
+    let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    (signal.trim_start_matches("SIG"), secs.to_string())
+}
+
 /// Runs `op` on every host at once; each host's name and result, in the hosts' order.
 /// For steps that are independent per host (recording history, marking a release
 /// current, releasing a lock): over SSH each is a round trip, and hosts in a row
@@ -236,27 +252,61 @@ impl Host {
         start: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<u32, HostError> {
+        let cmd = self.start_cmd(scripts::START, &[], record, start, env)?;
+        let out = self.run("starting instance", &cmd).await?;
+        self.started_pid("starting instance", &out)
+    }
+
+    /// Stops the instance (as [`Host::stop_instance`]) and starts `record.version` in
+    /// its place, in one round trip; returns the new pid.
+    pub async fn switch_instance(
+        &self,
+        signal: &str,
+        timeout: Duration,
+        record: &InstanceRecord,
+        start: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<u32, HostError> {
+        let (sig, secs) = stop_args(signal, timeout);
+        let cmd = self.start_cmd(scripts::SWITCH, &[record.id.as_str(), sig, &secs], record, start, env)?;
+        let out = self.run("replacing instance", &cmd).await?;
+        self.started_pid("replacing instance", &out)
+    }
+
+    fn start_cmd(
+        &self,
+        script: &str,
+        before: &[&str],
+        record: &InstanceRecord,
+        start: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Cmd, HostError> {
         let json = serde_json::to_string(&InstanceRecord { pid: 0, ..record.clone() }).map_err(|e| {
             HostError::Step { host: self.name.clone(), step: "starting instance", message: e.to_string() }
         })?;
         let prefix = json.trim_end_matches('}').trim_end_matches(",\"pid\":0").to_string();
-        let cmd = self
-            .cmd(scripts::START)
+        Ok(self
+            .cmd(script)
+            .args(before.iter().copied())
             .args([record.id.as_str(), record.version.as_str(), start, prefix.as_str()])
-            .stdin(env_file(env));
-        let out = self.run("starting instance", &cmd).await?;
-        out.stdout_str().trim().parse().map_err(|_| HostError::Step {
+            .arg(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
+            .stdin(env_file(env)))
+    }
+
+    /// The pid a start printed last (a stop before it may have printed `killed`).
+    fn started_pid(&self, step: &'static str, out: &Output) -> Result<u32, HostError> {
+        let text = out.stdout_str();
+        text.lines().last().unwrap_or_default().trim().parse().map_err(|_| HostError::Step {
             host: self.name.clone(),
-            step: "starting instance",
-            message: format!("unexpected output `{}`", out.stdout_str().trim()),
+            step,
+            message: format!("unexpected output `{}`", text.trim()),
         })
     }
 
     /// Stops an instance gracefully; returns true when it had to be killed.
     pub async fn stop_instance(&self, id: &str, signal: &str, timeout: Duration) -> Result<bool, HostError> {
-        let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-        let sig = signal.trim_start_matches("SIG");
-        let cmd = self.cmd(scripts::STOP).args([id, sig, &secs.to_string()]);
+        let (sig, secs) = stop_args(signal, timeout);
+        let cmd = self.cmd(scripts::STOP).args([id, sig, &secs]);
         let out = self.run("stopping instance", &cmd).await?;
         Ok(out.stdout_str().contains("killed"))
     }
@@ -268,6 +318,17 @@ impl Host {
 
     /// Resolves once process `pid` has exited (true), or after `limit` (false).
     pub async fn wait_exit(&self, pid: u32, limit: Duration) -> Result<bool, HostError> {
+        if self.transport.is_local() {
+            // This machine's /proc, read in-process: no shell ticking per instance.
+            let deadline = tokio::time::Instant::now() + limit;
+            while local_alive(pid) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(LOCAL_WATCH_EVERY).await;
+            }
+            return Ok(true);
+        }
         let ticks = (limit.as_millis() / 50).max(1);
         let cmd = self.cmd(scripts::WATCH_EXIT).args([pid.to_string(), ticks.to_string()]);
         let out = self.run("watching instance", &cmd).await?;

@@ -24,9 +24,10 @@ group_alive() {
   [ -n "$1" ] && [ "$1" != 0 ] || return 1
   # No process at all in the group (zombies included): no need to look closer.
   kill -s 0 -- "-$1" 2>/dev/null || return 1
+  # After the command name (which may hold spaces and parentheses) come the state,
+  # the parent pid and the process group.
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '
-    { i = 0; n = split($0, c, ""); for (j = n; j > 1; j--) if (c[j] == ")") { i = j; break }
-      split(substr($0, i + 2), f, " "); if (f[3] == g && f[1] != "Z" && f[1] != "X") found = 1 }
+    { sub(/^.*\) /, ""); if ($3 == g && $1 != "Z" && $1 != "X") found = 1 }
     END { exit !found }'
 }
 # `hold NAME` takes a short mutex (a directory) under the app dir, released on exit;
@@ -199,15 +200,18 @@ echo installed
 "#;
 
 /// `$1` id, `$2` version, `$3` start command, `$4` instance json without its closing
-/// brace; stdin: the env file. Starts the instance in its own session (so it outlives
+/// brace, `$5` the time for the log line; stdin: the env file. Starts the instance in its own session (so it outlives
 /// ferry and can be signalled as a group) with a clean environment, and prints its pid.
-pub const START: &str = r#"
-id=$1 version=$2 start=$3 json=$4
+macro_rules! start_fn {
+    () => {
+        r#"
+start_instance() {
+id=$1 version=$2 start=$3 json=$4 now=$5
 inst="$app/instances/$id" rel="$app/releases/$version"
 if [ ! -f "$rel/.ferry-release" ]; then echo "release $version is not installed" >&2; exit 4; fi
-mkdir -p "$inst"
-(umask 077; cat > "$inst/env.tmp"); mv "$inst/env.tmp" "$inst/env"
-printf '== %s starting %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$version" >> "$inst/log"
+[ -d "$inst" ] || mkdir -p "$inst"
+(umask 077; cat > "$inst/env")
+printf '== %s starting %s\n' "$now" "$version" >> "$inst/log"
 cd "$rel"
 env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" \
   setsid sh -c "$LOAD_ENV"'; exec sh -c "$2"' sh "$inst/env" "$start" "$app/secrets.env" >> "$inst/log" 2>&1 < /dev/null &
@@ -215,14 +219,22 @@ pid=$!
 printf '%s,"pid":%s}\n' "$json" "$pid" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
 echo "$pid"
-"#;
+}
+"#
+    };
+}
+
+pub const START: &str = concat!(start_fn!(), "start_instance \"$@\"\n");
 
 /// `$1` id, `$2` signal name, `$3` timeout seconds. Signals the instance's process
 /// group, waits, then SIGKILLs. Prints `killed` when it had to.
-pub const STOP: &str = r#"
+macro_rules! stop_fn {
+    () => {
+        r#"
+stop_instance() {
 id=$1 sig=$2 timeout=$3
 inst="$app/instances/$id"
-[ -f "$inst/instance.json" ] || exit 0
+[ -f "$inst/instance.json" ] || return 0
 pid=$(pid_of "$inst/instance.json")
 if alive "$pid" || group_alive "$pid"; then
   kill -s "$sig" -- "-$pid" 2>/dev/null || kill -s "$sig" "$pid" 2>/dev/null || true
@@ -232,7 +244,7 @@ if alive "$pid" || group_alive "$pid"; then
   while alive "$pid" && [ "$n" -lt 5 ]; do sleep 0.002; n=$((n + 1)); done
   while alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
   while group_alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
-  if group_alive "$pid"; then
+  if [ "$n" -ge "$limit" ] && group_alive "$pid"; then
     kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "$pid" 2>/dev/null || true
     echo killed
     n=0; while group_alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
@@ -241,7 +253,18 @@ fi
 read -r json < "$inst/instance.json"
 printf '%s"pid":0}\n' "${json%\"pid\":*}" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
-"#;
+}
+"#
+    };
+}
+
+pub const STOP: &str = concat!(stop_fn!(), "stop_instance \"$@\"\n");
+
+/// `$1` id, `$2` signal name, `$3` timeout seconds, then START's arguments; stdin:
+/// the env file. STOP then START in one round trip: replacing an instance whose
+/// volumes need no re-attaching.
+pub const SWITCH: &str =
+    concat!(stop_fn!(), start_fn!(), "stop_instance \"$1\" \"$2\" \"$3\"\nshift 3\nstart_instance \"$@\"\n");
 
 /// `$1` id: removes a stopped instance's directory and frees its volumes (their data
 /// stays for the next instance).
