@@ -637,9 +637,12 @@ async fn finish(
         return finish_behind(ctx, fleet, record, summary, previous, started).await;
     }
     let Some(failure) = &summary.failure else {
-        mark_current(ctx, fleet.hosts(), &version).await;
-        record_history(ctx, fleet, &record.finished(Status::Complete, None)).await;
-        prune(ctx, fleet, &version, previous.as_deref()).await;
+        let complete = record.finished(Status::Complete, None);
+        tokio::join!(mark_current(ctx, fleet.hosts(), &version), record_history(ctx, fleet, &complete));
+        // A rollback brings no new release, so it leaves nothing new to prune.
+        if kind == "deploy" {
+            prune(ctx, fleet, &version, previous.as_deref()).await;
+        }
         ctx.event(Event::Finished {
             outcome,
             version: Some(version.clone()),
