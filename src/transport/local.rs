@@ -6,7 +6,7 @@ use std::process::{ExitStatus, Stdio};
 
 use tokio::process::Command;
 
-use super::{Cmd, Output, TransportError};
+use super::{Cmd, FileInput, Output, TransportError};
 
 #[derive(Debug, Clone)]
 pub struct LocalTransport {
@@ -22,50 +22,34 @@ impl LocalTransport {
         &self.name
     }
 
-    fn command(cmd: &Cmd) -> Command {
-        let mut command = Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .kill_on_drop(true);
-        command
-    }
-
     fn spawn_error(&self, cmd: &Cmd, source: std::io::Error) -> TransportError {
         TransportError::Spawn { host: self.name.clone(), program: cmd.program.clone(), source }
     }
 
-    /// Spawns `cmd` with piped output; its stdin is fed by the caller through `feed`.
-    fn spawn(&self, cmd: &Cmd) -> Result<tokio::process::Child, TransportError> {
-        Self::command(cmd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| self.spawn_error(cmd, e))
-    }
-
-    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
-        let mut child = self.spawn(cmd)?;
-        let stdin = child.stdin.take();
-        let (fed, out) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), child.wait_with_output());
-        let out = out.map_err(|e| self.spawn_error(cmd, e))?;
-        fed.map_err(|e| self.spawn_error(cmd, e))?;
-        Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
-    }
-
-    pub async fn exec_with_file(
-        &self,
-        cmd: &Cmd,
-        file: &Path,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(Output, u64), TransportError> {
-        let mut child = Self::command(cmd)
-            .stdin(Stdio::piped())
+    /// Spawns `cmd` with piped output, and a piped stdin when it has input; the
+    /// caller feeds it through `feed`.
+    fn spawn(&self, cmd: &Cmd, input: bool) -> Result<tokio::process::Child, TransportError> {
+        Command::new(&cmd.program)
+            .args(&cmd.args)
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
-            .map_err(|e| self.spawn_error(cmd, e))?;
+            .map_err(|e| self.spawn_error(cmd, e))
+    }
+
+    /// Runs `cmd` to completion on its stdin, then `file`; returns its output and
+    /// the file bytes sent.
+    pub async fn run(&self, cmd: &Cmd, file: Option<&FileInput<'_>>) -> Result<(Output, u64), TransportError> {
+        let mut child = self.spawn(cmd, cmd.stdin.is_some() || file.is_some())?;
         let stdin = child.stdin.take();
-        let prefix = cmd.stdin.as_deref().unwrap_or_default();
-        let (fed, out) = tokio::join!(super::feed_file(stdin, prefix, file, progress), child.wait_with_output());
+        let (fed, out) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref(), file), child.wait_with_output());
         let out = out.map_err(|e| self.spawn_error(cmd, e))?;
-        let sent = fed.map_err(TransportError::copying(&self.name, file.display(), &cmd.program))?;
+        let sent = fed.map_err(|e| match file {
+            Some(input) => TransportError::copying(&self.name, input.path.display(), &cmd.program)(e),
+            None => self.spawn_error(cmd, e),
+        })?;
         Ok((Output { status: out.status, stdout: out.stdout, stderr: out.stderr }, sent))
     }
 
@@ -74,13 +58,13 @@ impl LocalTransport {
         cmd: &Cmd,
         on_line: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<ExitStatus, TransportError> {
-        let mut child = self.spawn(cmd)?;
+        let mut child = self.spawn(cmd, cmd.stdin.is_some())?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             unreachable!("both pipes were requested above")
         };
         let stdin = child.stdin.take();
         let (fed, ()) =
-            tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), super::pump_lines(stdout, stderr, on_line));
+            tokio::join!(super::feed(stdin, cmd.stdin.as_deref(), None), super::pump_lines(stdout, stderr, on_line));
         let status = child.wait().await.map_err(|e| self.spawn_error(cmd, e))?;
         fed.map_err(|e| self.spawn_error(cmd, e))?;
         Ok(status)
@@ -133,9 +117,9 @@ mod tests {
     fn a_child_that_ignores_its_input_is_judged_by_its_exit_status() {
         let local = LocalTransport::new("local");
         let input = vec![b'x'; 4 << 20];
-        let ok = runtime().block_on(local.exec(&Cmd::new("true").stdin(input.clone()))).unwrap();
+        let ok = runtime().block_on(local.run(&Cmd::new("true").stdin(input.clone()), None)).unwrap().0;
         assert!(ok.success());
-        let failed = runtime().block_on(local.exec(&Cmd::new("false").stdin(input))).unwrap();
+        let failed = runtime().block_on(local.run(&Cmd::new("false").stdin(input), None)).unwrap().0;
         assert!(!failed.success());
     }
 
@@ -143,7 +127,7 @@ mod tests {
     fn input_and_output_larger_than_a_pipe_flow_both_ways() {
         let local = LocalTransport::new("local");
         let input: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-        let out = runtime().block_on(local.exec(&Cmd::new("cat").stdin(input.clone()))).unwrap();
+        let out = runtime().block_on(local.run(&Cmd::new("cat").stdin(input.clone()), None)).unwrap().0;
         assert!(out.success());
         assert_eq!(out.stdout, input);
     }

@@ -77,44 +77,40 @@ pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// Writes `data` to a child's stdin and closes it. Runs beside the reading of the
-/// child's output, so neither side can fill a pipe and wait on the other. A child
-/// that exits without reading all of its input is not an error here: its exit
-/// status says what happened.
-async fn feed(stdin: Option<impl tokio::io::AsyncWrite + Unpin>, data: Option<&[u8]>) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let (Some(mut stdin), Some(data)) = (stdin, data) else { return Ok(()) };
-    match stdin.write_all(data).await.and(stdin.shutdown().await) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
-        _ => Ok(()),
-    }
+/// A file a command reads after its `stdin` bytes, streamed, with the bytes of it
+/// sent so far reported to `progress`.
+pub struct FileInput<'a> {
+    pub path: &'a Path,
+    pub progress: &'a (dyn Fn(u64) + Send + Sync),
 }
 
-/// Writes `prefix` and then the contents of `file` to a child's stdin, calling
-/// `progress` with the file bytes sent so far; returns that count. Like [`feed`], it
-/// runs beside the reading of the output and treats a closed pipe as the child's
-/// business. Memory stays flat whatever the file's size.
-async fn feed_file(
+/// Writes `prefix` and then `file` (when given) to a child's stdin and closes it;
+/// returns the file bytes sent. Runs beside the reading of the child's output, so
+/// neither side can fill a pipe and wait on the other; memory stays flat whatever
+/// the file's size. A child that exits without reading all of its input is not an
+/// error here: its exit status says what happened.
+async fn feed(
     stdin: Option<impl tokio::io::AsyncWrite + Unpin>,
-    prefix: &[u8],
-    file: &Path,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    prefix: Option<&[u8]>,
+    file: Option<&FileInput<'_>>,
 ) -> std::io::Result<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(mut stdin) = stdin else { return Err(std::io::Error::other("no stdin pipe")) };
-    let mut file = tokio::fs::File::open(file).await?;
-    let mut buf = vec![0u8; FEED_CHUNK];
+    let Some(mut stdin) = stdin else { return Ok(0) };
     let mut sent = 0u64;
     let written: std::io::Result<()> = async {
-        stdin.write_all(prefix).await?;
-        loop {
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                break;
+        stdin.write_all(prefix.unwrap_or_default()).await?;
+        if let Some(input) = file {
+            let mut file = tokio::fs::File::open(input.path).await?;
+            let mut buf = vec![0u8; FEED_CHUNK];
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                stdin.write_all(&buf[..n]).await?;
+                sent += n as u64;
+                (input.progress)(sent);
             }
-            stdin.write_all(&buf[..n]).await?;
-            sent += n as u64;
-            progress(sent);
         }
         stdin.shutdown().await
     }
@@ -215,8 +211,8 @@ impl Transport {
     /// Run to completion, capturing output.
     pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
         match self {
-            Transport::Local(t) => t.exec(cmd).await,
-            Transport::Ssh(t) => t.exec(cmd).await,
+            Transport::Local(t) => t.run(cmd, None).await.map(|(out, _)| out),
+            Transport::Ssh(t) => t.run(cmd, None).await.map(|(out, _)| out),
         }
     }
 
@@ -255,8 +251,8 @@ impl Transport {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(Output, u64), TransportError> {
         match self {
-            Transport::Local(t) => t.exec_with_file(cmd, file, progress).await,
-            Transport::Ssh(t) => t.exec_with_file(cmd, file, progress).await,
+            Transport::Local(t) => t.run(cmd, Some(&FileInput { path: file, progress })).await,
+            Transport::Ssh(t) => t.run(cmd, Some(&FileInput { path: file, progress })).await,
         }
     }
 

@@ -15,7 +15,7 @@ use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, OnceCell};
 
-use super::{Cmd, Output, TransportError};
+use super::{Cmd, FileInput, Output, TransportError};
 
 /// How ferry connects: shared by every host of a command.
 #[derive(Debug, Clone, Default)]
@@ -284,42 +284,29 @@ impl SshTransport {
         TransportError::Connection { host: self.inner.spec.clone(), message: error.to_string() }
     }
 
-    /// Spawns `cmd` on the host with piped output; its stdin is fed by the caller
-    /// through `feed`.
-    async fn spawn(&self, cmd: &Cmd) -> Result<openssh::Child<Arc<Session>>, TransportError> {
+    /// Spawns `cmd` on the host with piped output, and a piped stdin when it has
+    /// input; the caller feeds it through `feed`.
+    async fn spawn(&self, cmd: &Cmd, input: bool) -> Result<openssh::Child<Arc<Session>>, TransportError> {
         let session = self.session().await?;
         let mut command = Session::to_raw_command(session, cmd.to_shell());
         command
-            .stdin(if cmd.stdin.is_some() { openssh::Stdio::piped() } else { openssh::Stdio::null() })
+            .stdin(if input { openssh::Stdio::piped() } else { openssh::Stdio::null() })
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
         command.spawn().await.map_err(|e| self.lost(&e))
     }
 
-    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, TransportError> {
-        let mut child = self.spawn(cmd).await?;
+    /// Runs `cmd` to completion on its stdin, then `file`; returns its output and
+    /// the file bytes sent.
+    pub async fn run(&self, cmd: &Cmd, file: Option<&FileInput<'_>>) -> Result<(Output, u64), TransportError> {
+        let mut child = self.spawn(cmd, cmd.stdin.is_some() || file.is_some()).await?;
         let stdin = child.stdin().take();
-        let (fed, out) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), child.wait_with_output());
+        let (fed, out) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref(), file), child.wait_with_output());
         let out = out.map_err(|e| self.lost(&e))?;
-        fed.map_err(|e| self.io_lost(&e))?;
-        Ok(Output { status: out.status, stdout: out.stdout, stderr: out.stderr })
-    }
-
-    pub async fn exec_with_file(
-        &self,
-        cmd: &Cmd,
-        file: &Path,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(Output, u64), TransportError> {
-        let session = self.session().await?;
-        let mut command = Session::to_raw_command(session, cmd.to_shell());
-        command.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
-        let mut child = command.spawn().await.map_err(|e| self.lost(&e))?;
-        let stdin = child.stdin().take();
-        let prefix = cmd.stdin.as_deref().unwrap_or_default();
-        let (fed, out) = tokio::join!(super::feed_file(stdin, prefix, file, progress), child.wait_with_output());
-        let out = out.map_err(|e| self.lost(&e))?;
-        let sent = fed.map_err(TransportError::copying(&self.inner.spec, file.display(), "the host"))?;
+        let sent = fed.map_err(|e| match file {
+            Some(input) => TransportError::copying(&self.inner.spec, input.path.display(), "the host")(e),
+            None => self.io_lost(&e),
+        })?;
         Ok((Output { status: out.status, stdout: out.stdout, stderr: out.stderr }, sent))
     }
 
@@ -332,13 +319,13 @@ impl SshTransport {
         cmd: &Cmd,
         on_line: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<ExitStatus, TransportError> {
-        let mut child = self.spawn(cmd).await?;
+        let mut child = self.spawn(cmd, cmd.stdin.is_some()).await?;
         let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
             return Err(self.io_lost(&std::io::Error::other("no output pipes")));
         };
         let stdin = child.stdin().take();
         let (fed, ()) =
-            tokio::join!(super::feed(stdin, cmd.stdin.as_deref()), super::pump_lines(stdout, stderr, on_line));
+            tokio::join!(super::feed(stdin, cmd.stdin.as_deref(), None), super::pump_lines(stdout, stderr, on_line));
         let status = child.wait().await.map_err(|e| self.lost(&e))?;
         fed.map_err(|e| self.io_lost(&e))?;
         Ok(status)
@@ -352,7 +339,8 @@ impl SshTransport {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, TransportError> {
         let err = TransportError::copying(&self.inner.spec, src.display(), dest);
-        let (out, sent) = self.exec_with_file(&Cmd::script(UPLOAD).arg(dest), src, progress).await?;
+        let input = FileInput { path: src, progress };
+        let (out, sent) = self.run(&Cmd::script(UPLOAD).arg(dest), Some(&input)).await?;
         if !out.status.success() {
             return Err(err(std::io::Error::other(out.stderr_str().trim().to_string())));
         }
