@@ -90,3 +90,30 @@ fn migrate_runs_the_release_command_alone() {
     let after: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
     assert_eq!(pids, after, "migrate touches no instance");
 }
+
+#[test]
+fn a_region_added_after_a_plain_tar_deploy_gets_the_release_from_the_kept_archive() {
+    // Random bytes do not deflate, so the hosts got the plain tar and keep no archive:
+    // the new region's release must come from the copy ferry keeps.
+    let project = Project::builder().region("syd", 1).build();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(project.path().join("rel/noise.bin"), &noise).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let built = project.ferry(&["release", "build", "--version", "v1", "--output", elsewhere.path().to_str().unwrap()]);
+    built.assert_ok();
+    let tarball = elsewhere.path().join("hello-v1.tar.gz");
+    project.ferry(&["deploy", "--release", tarball.to_str().unwrap()]).assert_ok();
+
+    project.ferry(&["regions", "add", "ams", "--count", "1"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v1"; 2]);
+    let copy = project.path().join(".ferry/local/ams/local/hello/releases/v1/noise.bin");
+    assert!(std::fs::read(copy).unwrap() == noise, "the new region has the file as built");
+}

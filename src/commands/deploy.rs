@@ -470,16 +470,21 @@ async fn link_one(
 /// The artifact's plain tar stream, when deflate saved next to nothing (a release of
 /// compressed files): the same bytes on the wire, nothing to decompress on the hosts.
 /// Written once under `.ferry/build` for every host; `None` (ship the artifact) when
-/// that is not worth it or fails.
+/// that is not worth it or fails. The hosts then keep no copy of the archive, so
+/// `.ferry/build` keeps one (`regions add` and `scale` ship the release from it).
 async fn raw_stream(ctx: &Ctx, artifact: &Artifact) -> Option<Arc<RawTar>> {
     if !crate::release::worth_shipping_raw(artifact.size, &artifact.manifest) {
         return None;
     }
     let dir = ctx.config.dir.join(".ferry").join("build");
     let dest = dir.join(format!(".{}-{}.tar", artifact.sha256, std::process::id()));
+    let kept = dir.join(format!("{}-{}.tar.gz", ctx.config.app, artifact.version));
     let archive = artifact.path.clone();
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir).ok()?;
+        if kept != archive {
+            std::fs::copy(&archive, &kept).ok()?;
+        }
         crate::release::decompress(&archive, &dest).ok()
     })
     .await

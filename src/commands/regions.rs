@@ -468,11 +468,19 @@ async fn ship_existing(
             source,
         })?;
         let dest = dir.join(format!("{}-{version}.download.tar.gz", ctx.config.app));
-        source
-            .transport
-            .download(&source.artifact_path(&installed.sha256), &dest)
-            .await
-            .map_err(|e| Error::Host { step: "fetching the release", source: e.into() })?;
+        source.transport.download(&source.artifact_path(&installed.sha256), &dest).await.map_err(|e| match e {
+            crate::transport::TransportError::Upload { .. } => Error::Failed {
+                message: format!(
+                    "release {version} is neither in {} nor kept as an archive on `{}`",
+                    local.display(),
+                    source.name
+                ),
+                hint: Some(format!(
+                    "ship it again with `ferry deploy --version {version}` (or `--release FILE`), then add the hosts"
+                )),
+            },
+            other => Error::Host { step: "fetching the release", source: other.into() },
+        })?;
         dest
     };
     let artifact = super::build::take(ctx, tarball).await?;
