@@ -265,13 +265,20 @@ pub fn ssh(opts: &Opts, work: &Path, tree: &Tree, fleet: &SshFleet, report: &mut
     eprintln!("==> warm-up: first deploy of v0 (ferry and peer)");
     let v0 = releases[0].1.to_str().unwrap();
     measure::ferry(&dir, &["deploy", "--release", v0], &env);
-    ansible(&peer_env, &releases[0].0, &releases[0].1);
+    if !opts.only_ferry {
+        ansible(&peer_env, &releases[0].0, &releases[0].1);
+    }
 
+    if std::env::var_os("FERRY_BENCH_HOLD").is_some() {
+        // For looking closer by hand: the fleet stays up until stdin closes.
+        eprintln!("holding: cd {} && FERRY_SSH_CONFIG={ssh_config} ferry ...; close stdin to go on", dir.display());
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    }
     eprintln!("==> 1, 2, 3, 5, 7: deploy N = {}", opts.hosts);
     for (run, (version, release)) in releases.iter().enumerate().skip(1) {
         let mut order = ["ferry", "peer", "floor"];
         order.rotate_left(run % 3);
-        for what in order {
+        for what in order.into_iter().filter(|w| !opts.only_ferry || *w == "ferry") {
             match what {
                 "ferry" => {
                     let deploy = measure::ferry(&dir, &["deploy", "--release", release.to_str().unwrap()], &env);
@@ -364,10 +371,10 @@ pub fn local_scale(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
             let slowest = (1..n).map(|_| serial_path(&unpacked, per)).fold(0.0, f64::max);
             primary + slowest
         };
-        let floor_first = run % 2 == 0;
+        let floor_first = run % 2 == 0 && !opts.only_ferry;
         let before = if floor_first { Some(floor()) } else { None };
         let deploy = measure::ferry(&dir, &["deploy", "--release", release.to_str().unwrap()], &[]);
-        let floor = before.unwrap_or_else(floor);
+        let floor = before.unwrap_or_else(|| if opts.only_ferry { f64::NAN } else { floor() });
         report.scale_ferry.push(secs(deploy.wall));
         report.scale_floor.push(floor);
         report.rss_scale_kib.push(deploy.rss_kib);

@@ -37,6 +37,9 @@ pub struct Opts {
     pub local_regions: usize,
     pub local_per_region: usize,
     pub smoke: bool,
+    /// Only ferry's own runs (no build comparison, peer or floor): to see quickly
+    /// where ferry's time goes; nothing is written to BENCHMARKS.md.
+    pub only_ferry: bool,
     /// Where the results file goes.
     pub results: PathBuf,
 }
@@ -52,6 +55,7 @@ impl Opts {
             local_regions: 6,
             local_per_region: 10,
             smoke: false,
+            only_ferry: false,
             results: repo.join("bench/results"),
         };
         let mut args = std::env::args().skip(1);
@@ -69,8 +73,13 @@ impl Opts {
                         local_regions: 2,
                         local_per_region: 2,
                         smoke: true,
+                        only_ferry: false,
                         results: repo.join("target/bench-smoke"),
                     };
+                }
+                "--only-ferry" => {
+                    opts.only_ferry = true;
+                    opts.results = repo.join("target/bench-partial");
                 }
                 "--hosts" => opts.hosts = value("--hosts"),
                 "--runs" => opts.runs = value("--runs"),
@@ -96,7 +105,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: cargo bench --bench deploy -- [--smoke] [--hosts N] [--runs N] [--release-mib N] [--boot-ms N] \
+        "usage: cargo bench --bench deploy -- [--smoke] [--only-ferry] [--hosts N] [--runs N] [--release-mib N] [--boot-ms N] \
          [--local-regions N] [--local-per-region N]"
     );
     std::process::exit(2);
@@ -130,7 +139,9 @@ fn main() {
     eprintln!("release tree: {} files, {} bytes", tree.files, tree.bytes);
 
     let mut report = figures::Report::new(&opts, cores, &tree);
-    figures::build(&opts, work.path(), &tree, &mut report);
+    if !opts.only_ferry {
+        figures::build(&opts, work.path(), &tree, &mut report);
+    }
 
     let fleet = SshFleet::start(opts.hosts);
     figures::ssh(&opts, work.path(), &tree, &fleet, &mut report);
@@ -141,10 +152,19 @@ fn main() {
     let text = report.render();
     eprintln!("\n{text}");
     std::fs::create_dir_all(&opts.results).expect("results directory");
-    let name = if opts.smoke { "smoke.txt".to_string() } else { format!("{}-n{}.txt", today(), opts.hosts) };
+    let name = if opts.smoke {
+        "smoke.txt".to_string()
+    } else if opts.only_ferry {
+        "partial.txt".to_string()
+    } else {
+        format!("{}-n{}.txt", today(), opts.hosts)
+    };
     let path = opts.results.join(name);
     std::fs::write(&path, &text).expect("results file");
     eprintln!("results: {}", path.display());
+    if opts.only_ferry {
+        return;
+    }
     if !opts.smoke {
         let md = repo().join("BENCHMARKS.md");
         let previous = std::fs::read_to_string(&md).unwrap_or_default();

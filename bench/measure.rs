@@ -39,6 +39,7 @@ pub fn now_ns() -> u128 {
 pub fn ferry(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> FerryRun {
     let rss_file = tempfile::NamedTempFile::new().expect("temp file");
     let started = Instant::now();
+    let started_ns = now_ns();
     let mut child = Command::new("/usr/bin/time")
         .arg("-f")
         .arg("%M")
@@ -76,7 +77,25 @@ pub fn ferry(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> FerryRun {
         .ok()
         .and_then(|text| text.lines().last().and_then(|l| l.trim().parse().ok()))
         .unwrap_or(0);
+    if std::env::var_os("FERRY_BENCH_TRACE").is_some() {
+        trace(args, started_ns, &events);
+    }
     FerryRun { wall, rss_kib, events }
+}
+
+/// With `FERRY_BENCH_TRACE` set: every event of a run, in ms from its start, to see
+/// where a run's time goes.
+fn trace(args: &[&str], started_ns: u128, events: &[(u128, serde_json::Value)]) {
+    eprintln!("trace: ferry {}", args.join(" "));
+    for (at, event) in events {
+        let ms = at.saturating_sub(started_ns) as f64 / 1e6;
+        let what = ["host", "region", "instance"]
+            .iter()
+            .filter_map(|k| event[*k].as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!("  {ms:8.1} ms  {} {what}", event["event"].as_str().unwrap_or("?"));
+    }
 }
 
 /// Runs a command to completion and returns its wall time; panics when it fails.

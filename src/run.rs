@@ -48,41 +48,47 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
     for warning in &loaded.warnings {
         ctx.event(Event::Warning { message: format!("{}:{warning}", invocation.config.display()) });
     }
-    match invocation.command {
-        Command::ReleaseBuild { version, output } => commands::build::run(&ctx, version, output).await,
-        Command::Deploy(opts) => commands::deploy::deploy(&ctx, opts).await,
-        Command::Rollback(opts) => commands::deploy::rollback(&ctx, opts).await,
+    let result = dispatch(&ctx, invocation.command).await;
+    crate::transport::close_forwards().await;
+    result
+}
+
+async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
+    match command {
+        Command::ReleaseBuild { version, output } => commands::build::run(ctx, version, output).await,
+        Command::Deploy(opts) => commands::deploy::deploy(ctx, opts).await,
+        Command::Rollback(opts) => commands::deploy::rollback(ctx, opts).await,
         Command::Migrate { version, backup, lock_wait } => {
-            commands::deploy::migrate(&ctx, version, backup, lock_wait).await
+            commands::deploy::migrate(ctx, version, backup, lock_wait).await
         }
-        Command::BackupsList => commands::backups::list(&ctx).await,
-        Command::BackupsCreate => commands::backups::create(&ctx).await,
-        Command::BackupsRestore { id, yes } => commands::backups::restore(&ctx, &id, yes).await,
-        Command::Status => commands::inspect::status(&ctx).await,
-        Command::Releases => commands::inspect::releases(&ctx).await,
-        Command::Logs { region, instance, lines } => commands::inspect::logs(&ctx, region, instance, lines).await,
-        Command::RegionsList => commands::regions::list(&ctx).await,
-        Command::RegionsAdd { name, hosts, count } => commands::regions::add(&ctx, &name, hosts, count).await,
-        Command::RegionsRemove { name, yes } => commands::regions::remove(&ctx, &name, yes).await,
-        Command::Scale(opts) => commands::regions::scale(&ctx, opts).await,
+        Command::BackupsList => commands::backups::list(ctx).await,
+        Command::BackupsCreate => commands::backups::create(ctx).await,
+        Command::BackupsRestore { id, yes } => commands::backups::restore(ctx, &id, yes).await,
+        Command::Status => commands::inspect::status(ctx).await,
+        Command::Releases => commands::inspect::releases(ctx).await,
+        Command::Logs { region, instance, lines } => commands::inspect::logs(ctx, region, instance, lines).await,
+        Command::RegionsList => commands::regions::list(ctx).await,
+        Command::RegionsAdd { name, hosts, count } => commands::regions::add(ctx, &name, hosts, count).await,
+        Command::RegionsRemove { name, yes } => commands::regions::remove(ctx, &name, yes).await,
+        Command::Scale(opts) => commands::regions::scale(ctx, opts).await,
         Command::SecretsSet { pairs, stage } => {
-            commands::secrets::set(&ctx, commands::secrets::SetOptions { pairs, stage }).await
+            commands::secrets::set(ctx, commands::secrets::SetOptions { pairs, stage }).await
         }
-        Command::SecretsUnset { keys, stage } => commands::secrets::unset(&ctx, keys, stage).await,
-        Command::SecretsList => commands::secrets::list(&ctx).await,
+        Command::SecretsUnset { keys, stage } => commands::secrets::unset(ctx, keys, stage).await,
+        Command::SecretsList => commands::secrets::list(ctx).await,
         Command::VolumesCreate { name, region, size, host } => {
-            commands::volumes::create(&ctx, commands::volumes::CreateOptions { name, region, size_gb: size, host })
+            commands::volumes::create(ctx, commands::volumes::CreateOptions { name, region, size_gb: size, host })
                 .await
         }
-        Command::VolumesList => commands::volumes::list(&ctx).await,
-        Command::VolumesDestroy { id, yes } => commands::volumes::destroy(&ctx, &id, yes).await,
-        Command::PgStatus => commands::pg::status(&ctx).await,
-        Command::PgConnectUrl { region } => commands::pg::connect_url(&ctx, &region).await,
-        Command::LockStatus => commands::lock::status(&ctx).await,
-        Command::LockRelease => commands::lock::release(&ctx).await,
-        Command::Destroy { yes } => commands::destroy::run(&ctx, yes).await,
+        Command::VolumesList => commands::volumes::list(ctx).await,
+        Command::VolumesDestroy { id, yes } => commands::volumes::destroy(ctx, &id, yes).await,
+        Command::PgStatus => commands::pg::status(ctx).await,
+        Command::PgConnectUrl { region } => commands::pg::connect_url(ctx, &region).await,
+        Command::LockStatus => commands::lock::status(ctx).await,
+        Command::LockRelease => commands::lock::release(ctx).await,
+        Command::Destroy { yes } => commands::destroy::run(ctx, yes).await,
         Command::ConfigValidate | Command::Launch { .. } => Ok(()),
-        Command::ConfigShow => commands::config::show(&ctx),
+        Command::ConfigShow => commands::config::show(ctx),
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 
 pub use local::LocalTransport;
-pub use ssh::{SshOptions, SshTransport};
+pub use ssh::{close_forwards, SshOptions, SshTransport};
 
 /// A program and its arguments, never a shell string. Values that come from users
 /// (versions, env values, paths) travel as separate arguments.

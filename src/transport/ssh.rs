@@ -102,6 +102,39 @@ cat > "$p.part.$$"
 mv "$p.part.$$" "$p"
 "#;
 
+/// The line sshd hands to the login shell: `exec` first, so the login shell becomes
+/// the command instead of forking it (one process less per round trip).
+fn remote_line(cmd: &Cmd) -> String {
+    format!("exec {}", cmd.to_shell())
+}
+
+/// Transports that opened port forwards in this run, kept until [`close_forwards`]
+/// (which `run` calls last) so that the forwards close through the master at once,
+/// not one `ssh -O cancel` process per forward when each transport is dropped.
+static FORWARDING: std::sync::Mutex<Vec<Arc<Inner>>> = std::sync::Mutex::new(Vec::new());
+
+/// Closes every port forward this run opened, all hosts at once, through each master
+/// connection (a master kept for later runs must not keep them listening). What is
+/// left (a failed close) is cancelled when the transport is dropped.
+pub async fn close_forwards() {
+    let open: Vec<Arc<Inner>> = FORWARDING.lock().map(|mut list| list.drain(..).collect()).unwrap_or_default();
+    let mut closing = tokio::task::JoinSet::new();
+    for inner in open {
+        let Some(session) = inner.session.get().cloned() else { continue };
+        let forwards: Vec<((String, u16), SocketAddr)> = inner.forwards.lock().await.drain().collect();
+        for ((host, port), local) in forwards {
+            let (session, inner) = (Arc::clone(&session), Arc::clone(&inner));
+            closing.spawn(async move {
+                let remote = Socket::TcpSocket { host: host.clone().into(), port };
+                if session.close_port_forward(ForwardType::Local, Socket::from(local), remote).await.is_err() {
+                    inner.forwards.lock().await.insert((host, port), local);
+                }
+            });
+        }
+    }
+    while closing.join_next().await.is_some() {}
+}
+
 impl SshTransport {
     pub fn new(spec: &str, options: SshOptions) -> Self {
         Self {
@@ -288,7 +321,7 @@ impl SshTransport {
     /// input; the caller feeds it through `feed`.
     async fn spawn(&self, cmd: &Cmd, input: bool) -> Result<openssh::Child<Arc<Session>>, TransportError> {
         let session = self.session().await?;
-        let mut command = Session::to_raw_command(session, cmd.to_shell());
+        let mut command = Session::to_raw_command(session, remote_line(cmd));
         command
             .stdin(if input { openssh::Stdio::piped() } else { openssh::Stdio::null() })
             .stdout(openssh::Stdio::piped())
@@ -368,6 +401,11 @@ impl SshTransport {
             .request_port_forward(ForwardType::Local, Socket::from(local), remote)
             .await
             .map_err(|e| self.lost(&e))?;
+        if forwards.is_empty() {
+            if let Ok(mut list) = FORWARDING.lock() {
+                list.push(Arc::clone(&self.inner));
+            }
+        }
         forwards.insert(key, local);
         Ok(local)
     }
@@ -377,7 +415,7 @@ impl SshTransport {
         let err = TransportError::copying(&self.inner.spec, src, dest.display());
         let session = self.session().await?;
         let cmd = Cmd::script("p=$1; case $p in \"~/\"*) p=\"$HOME/${p#\"~/\"}\";; esac; exec cat \"$p\"").arg(src);
-        let mut command = Session::to_raw_command(session, cmd.to_shell());
+        let mut command = Session::to_raw_command(session, remote_line(&cmd));
         command.stdin(openssh::Stdio::null()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::null());
         let mut child = command.spawn().await.map_err(|e| self.lost(&e))?;
         let Some(mut stdout) = child.stdout().take() else {
