@@ -89,11 +89,8 @@ fn trace(args: &[&str], started_ns: u128, events: &[(u128, serde_json::Value)]) 
     eprintln!("trace: ferry {}", args.join(" "));
     for (at, event) in events {
         let ms = at.saturating_sub(started_ns) as f64 / 1e6;
-        let what = ["host", "region", "instance"]
-            .iter()
-            .filter_map(|k| event[*k].as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let what =
+            ["host", "region", "instance"].iter().filter_map(|k| event[*k].as_str()).collect::<Vec<_>>().join(" ");
         eprintln!("  {ms:8.1} ms  {} {what}", event["event"].as_str().unwrap_or("?"));
     }
 }

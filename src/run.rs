@@ -77,8 +77,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::SecretsUnset { keys, stage } => commands::secrets::unset(ctx, keys, stage).await,
         Command::SecretsList => commands::secrets::list(ctx).await,
         Command::VolumesCreate { name, region, size, host } => {
-            commands::volumes::create(ctx, commands::volumes::CreateOptions { name, region, size_gb: size, host })
-                .await
+            commands::volumes::create(ctx, commands::volumes::CreateOptions { name, region, size_gb: size, host }).await
         }
         Command::VolumesList => commands::volumes::list(ctx).await,
         Command::VolumesDestroy { id, yes } => commands::volumes::destroy(ctx, &id, yes).await,

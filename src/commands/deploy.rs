@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::health::Checks;
 use crate::history::{self, Record, Status};
+use crate::host::lock::Guard;
 use crate::host::{Host, HostState};
 use crate::plan::{self, Plan, RegionSpec};
 use crate::release::RawTar;
@@ -72,8 +73,8 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
     let artifact = artifact?;
     connected?;
     let start = start_command(ctx, &artifact)?;
-    let guard = lock(ctx, &fleet, "deploy", opts.lock_wait).await?;
-    let result = deploy_locked(ctx, &fleet, &artifact, &start, strategy, &opts, started).await;
+    let mut guard = lock(ctx, &fleet, "deploy", opts.lock_wait).await?;
+    let result = deploy_locked(ctx, &fleet, &mut guard, &artifact, &start, strategy, &opts, started).await;
     guard.release().await;
     result
 }
@@ -198,9 +199,11 @@ fn report_plan(ctx: &Ctx, plan: &Plan) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn deploy_locked(
     ctx: &Ctx,
     fleet: &Fleet,
+    guard: &mut Guard,
     artifact: &Artifact,
     start: &str,
     strategy: Strategy,
@@ -208,18 +211,18 @@ async fn deploy_locked(
     started: Instant,
 ) -> Result<(), Error> {
     let version = artifact.version.clone();
-    let observed = observe(fleet).await?;
+    let observed = guard.observed().clone();
     let mut warnings = Vec::new();
     let checks = Checks::from_config(&ctx.config, &mut warnings);
     for warning in warnings {
         ctx.warn(warning);
     }
-    let healthy = healthy_on(fleet, &observed, &checks, &version).await;
+    let (healthy, entries) = tokio::join!(healthy_on(fleet, &observed, &checks, &version), read_history(fleet));
     let plan = make_plan(ctx, fleet, &observed, &healthy, &version, strategy);
     check_volumes(ctx, fleet, &observed, &plan)?;
-    let mut previous = current_version(fleet, &observed).await;
+    let mut previous = current_from(fleet, &observed, &entries);
     let installed_everywhere = fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(&version)));
-    let (history_current, history_previous) = history::current(&read_history(fleet).await);
+    let (history_current, history_previous) = history::current(&entries);
     if plan.is_noop() && installed_everywhere && previous.as_deref() == Some(version.as_str()) {
         if history_current.as_deref() != Some(version.as_str()) {
             // Killed after the hosts were switched but before the history said so.
@@ -249,10 +252,14 @@ async fn deploy_locked(
         strategy: format!("{strategy:?}").to_lowercase(),
         regions: fleet.region_names(),
     });
-    ship(ctx, fleet, &observed, artifact).await?;
-    super::secrets::sync(ctx, fleet, &observed).await?;
     let record = Record::new("deploy", &version, previous.clone());
-    record_history(ctx, fleet, &record).await;
+    // The history says a deploy started while the release travels.
+    let (shipped, ()) = tokio::join!(ship(ctx, fleet, &observed, artifact), record_history(ctx, fleet, &record));
+    if let Err(error) = shipped {
+        record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
+        return Err(error);
+    }
+    super::secrets::sync(ctx, fleet, &observed).await?;
     let mut waits = BTreeMap::new();
     if let Some(command) = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command) {
         if opts.backup || ctx.config.ferry.backup.before_migrate {
@@ -292,7 +299,8 @@ async fn deploy_locked(
     }
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
     let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, waits).await;
-    finish(ctx, fleet, &record, &summary, previous, started, "deploy").await
+    let done = Done { record: &record, summary: &summary, observed: &observed, kind: "deploy" };
+    finish(ctx, fleet, guard, &done, previous, started).await
 }
 
 /// After a migration: the primary's WAL position, and for every non-primary region
@@ -360,6 +368,14 @@ async fn current_version(fleet: &Fleet, observed: &BTreeMap<String, HostState>) 
         return Some(current);
     }
     history::current(&read_history(fleet).await).0
+}
+
+/// [`current_version`] with the history already read.
+fn current_from(fleet: &Fleet, observed: &BTreeMap<String, HostState>, entries: &[history::Entry]) -> Option<String> {
+    fleet
+        .hosts()
+        .find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone()))
+        .or_else(|| history::current(entries).0)
 }
 
 /// Hosts receiving an upload at the same time.
@@ -600,7 +616,7 @@ pub(super) async fn roll_out(
     waits: BTreeMap<String, ReplicaWait>,
 ) -> Summary {
     let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
-    let ports = port_picker(observed);
+    let ports = port_picker(&with_listening(ctx, fleet, observed, &plan).await);
     let mut rollout = Rollout::new(
         hosts,
         ctx.config.clone(),
@@ -625,17 +641,58 @@ pub(super) async fn roll_out(
     Arc::new(rollout).execute(plan).await
 }
 
-/// Records the outcome, marks the release current and prunes on success, and turns
-/// a failure into an error that says what was restored.
+/// What a rollout came to, for [`finish`].
+struct Done<'a> {
+    record: &'a Record,
+    summary: &'a Summary,
+    /// The hosts as observed under the lock, before the rollout.
+    observed: &'a BTreeMap<String, HostState>,
+    /// `deploy`, `rollback` or `restart`.
+    kind: &'a str,
+}
+
+/// `observed`, with the ports listening on each SSH host where the plan creates an
+/// instance (a new instance's port must avoid them); other hosts need no ports.
+async fn with_listening(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    plan: &Plan,
+) -> BTreeMap<String, HostState> {
+    let creating: BTreeSet<&str> = plan
+        .regions
+        .iter()
+        .flat_map(|r| r.batches.iter().flatten())
+        .filter(|step| step.previous.is_none())
+        .map(|step| step.host.as_str())
+        .collect();
+    let hosts = fleet.hosts().filter(|h| !h.transport.is_local() && creating.contains(h.name.as_str())).cloned();
+    let listening = crate::host::on_each(hosts, |host| async move { host.listening().await }).await;
+    let mut observed = observed.clone();
+    for (name, ports) in listening {
+        match (ports, observed.get_mut(&name)) {
+            (Ok(ports), Some(state)) => state.listening = ports,
+            (Err(e), _) => ctx.warn(format!(
+                "could not list the ports in use on `{name}` ({e}); new instances there get a random free-looking port"
+            )),
+            _ => {}
+        }
+    }
+    observed
+}
+
+/// Records the outcome, marks the release current and prunes on success (releasing
+/// the lock in the same round trip), and turns a failure into an error that says
+/// what was restored.
 async fn finish(
     ctx: &Ctx,
     fleet: &Fleet,
-    record: &Record,
-    summary: &Summary,
+    guard: &mut Guard,
+    done: &Done<'_>,
     previous: Option<String>,
     started: Instant,
-    kind: &str,
 ) -> Result<(), Error> {
+    let (record, summary, kind) = (done.record, done.summary, done.kind);
     let version = record.version.clone();
     let outcome = summary.outcome();
     if summary.failure.is_none() && !summary.behind.is_empty() {
@@ -643,11 +700,13 @@ async fn finish(
     }
     let Some(failure) = &summary.failure else {
         let complete = record.finished(Status::Complete, None);
-        tokio::join!(mark_current(ctx, fleet.hosts(), &version), record_history(ctx, fleet, &complete));
-        // A rollback brings no new release, so it leaves nothing new to prune.
-        if kind == "deploy" {
-            prune(ctx, fleet, &version, previous.as_deref()).await;
-        }
+        // A rollback or restart brings no new release, so it leaves nothing to prune.
+        let prune = if kind == "deploy" {
+            to_prune(ctx.config.ferry.keep_releases, done.observed, &summary.changed, &version, previous.as_deref())
+        } else {
+            BTreeMap::new()
+        };
+        finish_hosts(ctx, fleet, guard, &version, &complete, &prune).await;
         ctx.event(Event::Finished {
             outcome,
             version: Some(version.clone()),
@@ -698,47 +757,95 @@ async fn mark_current<'a>(ctx: &Ctx, hosts: impl Iterator<Item = &'a Host>, vers
     }
 }
 
-/// Removes releases beyond `keep_releases` on each host: never the current or
-/// previous one, never one an instance still runs.
-async fn prune(ctx: &Ctx, fleet: &Fleet, current: &str, previous: Option<&str>) {
-    let keep = ctx.config.ferry.keep_releases;
-    // `ferry rollback` goes to the history's previous release: never prune it either.
-    let (_, rollback_target) = history::current(&read_history(fleet).await);
-    let mut protected: BTreeSet<String> = [current.to_string()].into_iter().collect();
-    protected.extend(previous.map(str::to_string));
-    protected.extend(rollback_target);
-    let pruned = crate::host::on_each(fleet.hosts().cloned(), |host| {
-        let protected = protected.clone();
-        async move {
-            let Ok(state) = host.observe().await else { return Vec::new() };
-            let in_use: BTreeSet<&str> = state.instances.iter().map(|i| i.record.version.as_str()).collect();
-            let newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
-            let mut results = Vec::new();
-            for version in newest_first.into_iter().skip(keep) {
-                if !protected.contains(version) && !in_use.contains(version) {
-                    results.push((version.to_string(), host.remove_release(version).await));
-                }
-            }
-            results
-        }
+/// On every host at once, in one round trip each: marks `version` current, records
+/// `record`, prunes what `prune` names for that host, and releases the lock. A step
+/// that fails on a host is warned about: the rollout itself already happened.
+async fn finish_hosts(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    guard: &mut Guard,
+    version: &str,
+    record: &Record,
+    prune: &BTreeMap<String, Vec<String>>,
+) {
+    let token = guard.token().to_string();
+    let line = record.to_line();
+    let finished = crate::host::on_each(fleet.hosts().cloned(), |host| {
+        let (token, version, line) = (token.clone(), version.to_string(), line.clone());
+        let prune = prune.get(&host.name).cloned().unwrap_or_default();
+        async move { host.finish(Some(&token), Some(&version), Some(&line), &prune).await }
     })
     .await;
-    for (host, results) in pruned {
-        for (version, result) in results {
-            match result {
-                Ok(()) => ctx.event(Event::Pruned { host: host.clone(), version }),
-                Err(e) => ctx.warn(format!("could not prune {version} on `{host}`: {e}")),
+    guard.mark_released();
+    for (host, result) in finished {
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                ctx.warn(format!(
+                    "could not mark {version} current, record history or release the lock on `{host}`: {e}"
+                ));
+                continue;
+            }
+        };
+        if !done.current {
+            ctx.warn(format!("could not mark {version} current on `{host}`"));
+        }
+        if !done.history {
+            ctx.warn(format!("could not record history on `{host}`"));
+        }
+        for wanted in prune.get(&host).into_iter().flatten() {
+            if done.pruned.contains(wanted) {
+                ctx.event(Event::Pruned { host: host.clone(), version: wanted.clone() });
+            } else {
+                ctx.warn(format!("could not prune {wanted} on `{host}`"));
             }
         }
+        if let Some(error) = done.error {
+            ctx.warn(format!("finishing on `{host}`: {error}"));
+        }
     }
+}
+
+/// Releases beyond `keep` on each host, newest first, once every instance the rollout
+/// `changed` runs `version`: never `version` or `previous` (what `ferry rollback` goes
+/// back to), never one an instance still runs. Decided from the hosts as observed
+/// under the lock, which nothing but this operation changed since.
+fn to_prune(
+    keep: usize,
+    observed: &BTreeMap<String, HostState>,
+    changed: &[(crate::plan::Step, u16)],
+    version: &str,
+    previous: Option<&str>,
+) -> BTreeMap<String, Vec<String>> {
+    let moved: BTreeSet<&str> = changed.iter().map(|(step, _)| step.id.as_str()).collect();
+    observed
+        .iter()
+        .map(|(host, state)| {
+            let mut kept: BTreeSet<&str> = state
+                .instances
+                .iter()
+                .filter(|i| !moved.contains(i.record.id.as_str()))
+                .map(|i| i.record.version.as_str())
+                .collect();
+            kept.insert(version);
+            kept.extend(previous);
+            let mut newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
+            if !newest_first.contains(&version) {
+                newest_first.insert(0, version);
+            }
+            let doomed =
+                newest_first.into_iter().skip(keep).filter(|v| !kept.contains(v)).map(str::to_string).collect();
+            (host.clone(), doomed)
+        })
+        .collect()
 }
 
 pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
     let started = Instant::now();
     let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let observed = observe(&fleet).await?;
-    let entries = read_history(&fleet).await;
-    let current = current_version(&fleet, &observed).await;
+    let (observed, entries) = tokio::join!(observe(&fleet), read_history(&fleet));
+    let observed = observed?;
+    let current = current_from(&fleet, &observed, &entries);
     let Some(target) = opts.version.clone().or_else(|| history::current(&entries).1) else {
         return Err(Error::Usage {
             message: "there is no earlier release to roll back to".into(),
@@ -769,28 +876,30 @@ pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
     } else {
         None
     };
-    let guard = lock(ctx, &fleet, "rollback", opts.lock_wait).await?;
+    let mut guard = lock(ctx, &fleet, "rollback", opts.lock_wait).await?;
     if let Some((host, db, backup)) = &restore {
         if let Err(error) = super::backups::restore_locked(host, db, backup).await {
             guard.release().await;
             return Err(error);
         }
     }
-    let result = rollback_locked(ctx, &fleet, &target, current, &start, &opts, started).await;
+    let result = rollback_locked(ctx, &fleet, &mut guard, &target, current, &start, &opts, started).await;
     guard.release().await;
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn rollback_locked(
     ctx: &Ctx,
     fleet: &Fleet,
+    guard: &mut Guard,
     target: &str,
     current: Option<String>,
     start: &str,
     opts: &RollbackOptions,
     started: Instant,
 ) -> Result<(), Error> {
-    let observed = observe(fleet).await?;
+    let observed = guard.observed().clone();
     let mut warnings = Vec::new();
     let checks = Checks::from_config(&ctx.config, &mut warnings);
     let strategy = match ctx.config.deploy.strategy {
@@ -809,10 +918,14 @@ async fn rollback_locked(
         regions: fleet.region_names(),
     });
     let record = Record::new("rollback", target, current.clone());
-    record_history(ctx, fleet, &record).await;
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
-    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, BTreeMap::new()).await;
-    finish(ctx, fleet, &record, &summary, current, started, "rollback").await
+    // The history says a rollback started while the first instance switches.
+    let (summary, ()) = tokio::join!(
+        roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, BTreeMap::new()),
+        record_history(ctx, fleet, &record)
+    );
+    let done = Done { record: &record, summary: &summary, observed: &observed, kind: "rollback" };
+    finish(ctx, fleet, guard, &done, current, started).await
 }
 
 fn versions_everywhere(fleet: &Fleet, observed: &BTreeMap<String, HostState>) -> BTreeSet<String> {
@@ -882,9 +995,9 @@ pub async fn migrate(
 pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
     let started = Instant::now();
     let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let guard = lock(ctx, &fleet, command, None).await?;
+    let mut guard = lock(ctx, &fleet, command, None).await?;
     let result = async {
-        let observed = observe(&fleet).await?;
+        let observed = guard.observed().clone();
         let Some(version) = current_version(&fleet, &observed).await else {
             ctx.event(Event::Finished {
                 outcome: Outcome::Succeeded,
@@ -918,7 +1031,8 @@ pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
             BTreeMap::new(),
         )
         .await;
-        finish(ctx, &fleet, &record, &summary, Some(version), started, "restart").await
+        let done = Done { record: &record, summary: &summary, observed: &observed, kind: "restart" };
+        finish(ctx, &fleet, &mut guard, &done, Some(version), started).await
     }
     .await;
     guard.release().await;

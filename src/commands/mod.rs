@@ -107,13 +107,14 @@ pub async fn healthy_on(
 }
 
 /// Takes the lock on every host (in a fixed order), taking over stale leases with a
-/// warning. With `wait`, retries until it is free or the wait is over.
+/// warning. With `wait`, retries until it is free or the wait is over. Each host's
+/// state is read under its lock in the same round trip ([`Guard::observed`]).
 pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration>) -> Result<Guard, Error> {
     let holder = Holder::me(command);
     let mut hosts: Vec<Host> = fleet.hosts().cloned().collect();
     hosts.sort_by(|a, b| a.name.cmp(&b.name));
     let Some((first, rest)) = hosts.split_first() else {
-        return Ok(Guard::new(Vec::new(), holder.token));
+        return Ok(Guard::new(Vec::new(), holder.token, BTreeMap::new()));
     };
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     connect_all(&hosts).await?;
@@ -122,20 +123,20 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
         // once goes ahead (the other never holds half the fleet); the rest are then
         // taken all at once.
         let mut results = vec![(first.name.clone(), take_one(first.clone(), holder.clone()).await)];
-        if matches!(results[0].1, Ok(Took::Yes | Took::TakenOver { .. })) {
+        if matches!(results[0].1, Ok(Took::Yes(_) | Took::TakenOver { .. })) {
             let rest = crate::host::on_each(rest.to_vec(), |host| take_one(host, holder.clone())).await;
             results.extend(rest);
         }
-        let mut taken = BTreeSet::new();
+        let mut taken = BTreeMap::new();
         let (mut conflict, mut failure) = (None, None);
         for (name, result) in results {
             match result {
-                Ok(Took::Yes) => {
-                    taken.insert(name);
+                Ok(Took::Yes(state)) => {
+                    taken.insert(name, *state);
                 }
-                Ok(Took::TakenOver { previous_holder, reason }) => {
+                Ok(Took::TakenOver { previous_holder, reason, state }) => {
                     ctx.event(Event::LockTakenOver { host: name.clone(), previous_holder, reason });
-                    taken.insert(name);
+                    taken.insert(name, *state);
                 }
                 Ok(Took::Conflict(holder_text)) => {
                     conflict.get_or_insert((name, holder_text));
@@ -145,15 +146,15 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
                 }
             }
         }
-        let taken: Vec<Host> = hosts.iter().filter(|h| taken.contains(&h.name)).cloned().collect();
+        let held: Vec<Host> = hosts.iter().filter(|h| taken.contains_key(&h.name)).cloned().collect();
         if let Some((name, source)) = failure {
-            release_all(&taken, &holder.token).await;
+            release_all(&held, &holder.token).await;
             return Err(crate::error::before_change(&name, "taking the lock", source));
         }
         let Some((host, holder_text)) = conflict else {
-            return Ok(Guard::new(taken, holder.token));
+            return Ok(Guard::new(held, holder.token, taken));
         };
-        release_all(&taken, &holder.token).await;
+        release_all(&held, &holder.token).await;
         match deadline {
             Some(deadline) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -163,12 +164,13 @@ pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration
     }
 }
 
-/// What trying one host's lock came to.
+/// What trying one host's lock came to; when taken, the host's state read under it.
 enum Took {
-    Yes,
+    Yes(Box<HostState>),
     TakenOver {
         previous_holder: String,
         reason: String,
+        state: Box<HostState>,
     },
     /// Held by someone else: who.
     Conflict(String),
@@ -176,14 +178,14 @@ enum Took {
 
 /// Takes one host's lock, taking over a stale one.
 async fn take_one(host: Host, holder: Holder) -> Result<Took, crate::host::HostError> {
-    let Attempt::Held(held) = host.lock_acquire(&holder).await? else {
-        return Ok(Took::Yes);
+    let held = match host.lock_acquire(&holder).await? {
+        Attempt::Acquired(state) => return Ok(Took::Yes(state)),
+        Attempt::Held(held) => held,
     };
-    match held.stale_reason() {
-        Some(reason) if host.lock_takeover(&held, &holder).await? => {
-            Ok(Took::TakenOver { previous_holder: held.describe(), reason })
-        }
-        _ => Ok(Took::Conflict(held.describe())),
+    let Some(reason) = held.stale_reason() else { return Ok(Took::Conflict(held.describe())) };
+    match host.lock_takeover(&held, &holder).await? {
+        Some(state) => Ok(Took::TakenOver { previous_holder: held.describe(), reason, state: Box::new(state) }),
+        None => Ok(Took::Conflict(held.describe())),
     }
 }
 

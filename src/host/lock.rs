@@ -4,6 +4,7 @@
 //! process is gone from this machine, is stale and may be taken over, so a killed
 //! deploy never needs a manual unlock.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,18 +77,30 @@ impl Held {
     }
 }
 
-/// Who runs ferry: `$USER`, `$LOGNAME`, else the name `id -un` gives for our uid.
+/// Who runs ferry: `$USER`, `$LOGNAME`, else our uid's name in `/etc/passwd` (read
+/// here, not by running `id`: this is asked on the way to every deploy's first step).
 pub fn current_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| {
-            let out = std::process::Command::new("id").arg("-un").output().ok()?;
-            let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            (out.status.success() && !name.is_empty()).then_some(name)
-        })
-        .unwrap_or_else(|| "unknown".into())
+    static USER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    USER.get_or_init(|| {
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(user_from_passwd)
+            .unwrap_or_else(|| "unknown".into())
+    })
+    .clone()
+}
+
+fn user_from_passwd() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 pub fn this_machine() -> String {
@@ -108,7 +121,8 @@ fn process_alive(pid: u32) -> bool {
 }
 
 pub enum Attempt {
-    Acquired,
+    /// Taken; the host's state as read under it.
+    Acquired(Box<super::HostState>),
     Held(Held),
 }
 
@@ -117,21 +131,22 @@ impl Host {
         let json = serde_json::to_string(holder).unwrap_or_default();
         let out = self.run("taking the lock", &self.cmd(scripts::LOCK_ACQUIRE).arg(json)).await?;
         let text = out.stdout_str();
-        let text = text.trim();
-        if text == "acquired" {
-            return Ok(Attempt::Acquired);
+        if let Some(state) = acquired(&text) {
+            return Ok(Attempt::Acquired(Box::new(state)));
         }
+        let text = text.trim();
         let rest = text.strip_prefix("held ").unwrap_or("0 {}");
         let (age, json) = rest.split_once(' ').unwrap_or((rest, "{}"));
         Ok(Attempt::Held(Held::parse(age, json)))
     }
 
-    /// Replaces a stale lock, only if it is still the one that was judged stale.
-    pub async fn lock_takeover(&self, stale: &Held, holder: &Holder) -> Result<bool, HostError> {
+    /// Replaces a stale lock, only if it is still the one that was judged stale;
+    /// returns the host's state read under it, or `None` when someone else got it.
+    pub async fn lock_takeover(&self, stale: &Held, holder: &Holder) -> Result<Option<super::HostState>, HostError> {
         let token = stale.holder.as_ref().map(|h| h.token.clone()).unwrap_or_default();
         let json = serde_json::to_string(holder).unwrap_or_default();
         let out = self.run("taking over the lock", &self.cmd(scripts::LOCK_TAKEOVER).args([token, json])).await?;
-        Ok(out.stdout_str().trim() == "acquired")
+        Ok(acquired(&out.stdout_str()))
     }
 
     pub async fn lock_refresh(&self, token: &str) -> Result<bool, HostError> {
@@ -146,22 +161,53 @@ impl Host {
     }
 }
 
+/// `acquired` followed by the observation: the state read under the lock.
+fn acquired(text: &str) -> Option<super::HostState> {
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    (first.trim() == "acquired").then(|| super::parse_observation(rest))
+}
+
 /// A lock held on a set of hosts, refreshed in the background until released.
 pub struct Guard {
     hosts: Arc<Vec<Host>>,
     token: String,
     refresher: tokio::task::JoinHandle<()>,
+    /// Each host's state as read when its lock was taken.
+    observed: BTreeMap<String, super::HostState>,
+    /// Set once the hosts released the lock themselves (in the same round trip as
+    /// the last steps of an operation).
+    released: bool,
 }
 
 impl Guard {
-    pub fn new(hosts: Vec<Host>, token: String) -> Self {
+    pub fn new(hosts: Vec<Host>, token: String, observed: BTreeMap<String, super::HostState>) -> Self {
         let hosts = Arc::new(hosts);
         let refresher = tokio::spawn(refresh_loop(Arc::clone(&hosts), token.clone()));
-        Self { hosts, token, refresher }
+        Self { hosts, token, refresher, observed, released: false }
+    }
+
+    /// Every host's state read under the lock, in the round trip that took it: what
+    /// an operation plans from.
+    pub fn observed(&self) -> &BTreeMap<String, super::HostState> {
+        &self.observed
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The hosts gave the lock back themselves (see [`Host::finish`]): stop
+    /// refreshing it; [`Guard::release`] then has nothing left to do.
+    pub fn mark_released(&mut self) {
+        self.refresher.abort();
+        self.released = true;
     }
 
     pub async fn release(self) {
         self.refresher.abort();
+        if self.released {
+            return;
+        }
         // A lock left behind here is only an inconvenience: it goes stale and the
         // next operation takes it over with a warning.
         let token = self.token.clone();

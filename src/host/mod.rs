@@ -89,7 +89,8 @@ pub struct HostState {
     /// sha256 of the secrets file, when there is one (to spot hosts that lack them).
     #[serde(skip)]
     pub secrets: Option<String>,
-    /// TCP ports something listens on (on the machine, not just this app).
+    /// TCP ports something listens on (on the machine, not just this app); read only
+    /// when a new instance needs a port ([`Host::listening`]).
     #[serde(skip)]
     pub listening: Vec<u16>,
 }
@@ -184,6 +185,12 @@ impl Host {
     pub async fn observe(&self) -> Result<HostState, HostError> {
         let out = self.run("reading state", &self.cmd(scripts::OBSERVE)).await?;
         Ok(parse_observation(&out.stdout_str()))
+    }
+
+    /// The TCP ports something listens on, on the whole machine.
+    pub async fn listening(&self) -> Result<Vec<u16>, HostError> {
+        let out = self.run("listing listening ports", &self.cmd(scripts::LISTENING)).await?;
+        Ok(parse_observation(&out.stdout_str()).listening)
     }
 
     /// Whether `artifacts/<sha>.tar.gz` is already on the host (creating the layout).
@@ -288,7 +295,7 @@ impl Host {
         Ok(self
             .cmd(script)
             .args(before.iter().copied())
-            .args([record.id.as_str(), record.version.as_str(), start, prefix.as_str()])
+            .args([record.id.as_str(), record.version.as_str(), &start_line(start), prefix.as_str()])
             .arg(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
             .stdin(env_file(env)))
     }
@@ -353,6 +360,37 @@ impl Host {
 
     pub async fn read_history(&self) -> Result<String, HostError> {
         Ok(self.run("reading history", &self.cmd(scripts::READ_HISTORY)).await?.stdout_str())
+    }
+
+    /// The steps after a rollout in one round trip (see `scripts::FINISH`): marks
+    /// `current`, appends `history`, prunes `prune`, and, with `token`, releases the
+    /// lock last. Reports which steps succeeded.
+    pub async fn finish(
+        &self,
+        token: Option<&str>,
+        current: Option<&str>,
+        history: Option<&str>,
+        prune: &[String],
+    ) -> Result<Finished, HostError> {
+        let cmd = self
+            .cmd(scripts::FINISH)
+            .args([token.unwrap_or(""), current.unwrap_or(""), history.unwrap_or("")])
+            .args(prune.iter().cloned());
+        let out = self.transport.exec(&cmd).await?;
+        let text = out.stdout_str();
+        let mut done = Finished::default();
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("pruned", version)) => done.pruned.push(version.to_string()),
+                _ if line == "current" => done.current = true,
+                _ if line == "history" => done.history = true,
+                _ => {}
+            }
+        }
+        if !out.success() {
+            done.error = Some(self.step_error("finishing", &out).to_string());
+        }
+        Ok(done)
     }
 
     pub async fn remove_release(&self, version: &str) -> Result<(), HostError> {
@@ -522,6 +560,29 @@ impl Host {
     }
 }
 
+/// What [`Host::finish`] did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub current: bool,
+    pub history: bool,
+    pub pruned: Vec<String>,
+    /// The script itself failed (its stderr).
+    pub error: Option<String>,
+}
+
+/// The line an instance's shell evals to become the start command: `exec` of the
+/// command itself when it is plain words (the app is then the process ferry records
+/// and signals, with no shell in between), else `exec sh -c` of it.
+fn start_line(start: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || " -_./=:@,+%".contains(c);
+    let first = start.split_whitespace().next().unwrap_or_default();
+    if start.chars().all(plain) && !first.is_empty() && !first.contains('=') {
+        format!("exec {start}")
+    } else {
+        format!("exec sh -c {}", quote(start))
+    }
+}
+
 /// Variables ferry sets itself; nothing a user configures overrides them.
 pub const OWN_VARS: &[&str] = &[
     "PORT",
@@ -598,6 +659,15 @@ fn parse_observation(text: &str) -> HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_start_commands_are_execed_and_the_rest_go_through_sh() {
+        assert_eq!(start_line("bin/hello start --port=80"), "exec bin/hello start --port=80");
+        assert_eq!(start_line("PORT=1 bin/start"), "exec sh -c 'PORT=1 bin/start'");
+        assert_eq!(start_line("cd app && bin/start"), "exec sh -c 'cd app && bin/start'");
+        assert_eq!(start_line("bin/start $(id)"), "exec sh -c 'bin/start $(id)'");
+        assert_eq!(start_line(""), "exec sh -c ''");
+    }
 
     #[test]
     fn env_file_quotes_values() {

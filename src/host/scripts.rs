@@ -67,39 +67,65 @@ pub fn full(body: &str) -> String {
     format!("{PRELUDE}{body}")
 }
 
-/// Prints one line per fact: `P <listening tcp ports>`, `R <release json>`,
-/// `I <alive> <instance json>`, `L <age seconds> <holder json>`, `C <current version>`,
-/// `V <volume json>`, `S <sha256 of the secrets file>`.
-pub const OBSERVE: &str = r#"
-printf 'P'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '
-  function hex(s,  i, n) { n = 0; for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", toupper(substr(s, i, 1))) - 1; return n }
-  $4 == "0A" { split($2, a, ":"); printf " %d", hex(a[2]) }' 2>/dev/null || true; echo
-[ -d "$app" ] || exit 0
-# One awk each for every release and every instance (whether its pid is a live,
-# non-zombie process), not a few processes per item.
-set -- "$app"/releases/*/.ferry-release
-[ ! -f "$1" ] || awk '{ print "R " $0 }' "$@"
-set -- "$app"/instances/*/instance.json
-[ ! -f "$1" ] || awk '{
-  a = 0
-  if (match($0, /"pid":[0-9]+/)) {
-    f = "/proc/" substr($0, RSTART + 6, RLENGTH - 6) "/stat"
-    if ((getline st < f) > 0) { sub(/^.*\) /, "", st); a = (st !~ /^[ZX]/) }
-    close(f)
+/// `observe`: prints one line per fact: `R <release json>`, `I <alive> <instance
+/// json>`, `L <age seconds> <holder json>`, `C <current version>`, `V <volume json>`,
+/// `S <sha256 of the secrets file>`. One awk reads every file (a process per fact
+/// would make this the slowest round trip of a deploy); with `own_lock` set, the lock
+/// this very script just took is not reported. Listening ports are not read here
+/// (see LISTENING): the kernel takes milliseconds to list every socket of a busy host.
+macro_rules! observe_fn {
+    () => {
+        r#"
+observe() {
+# Operands starting with `/` or `./` are never taken for awk's `kind=value` assignments.
+case $app in /*) d=$app ;; *) d=./$app ;; esac
+set -- kind=R
+for f in "$d"/releases/*/.ferry-release; do [ ! -f "$f" ] || set -- "$@" "$f"; done
+set -- "$@" kind=I
+for f in "$d"/instances/*/instance.json; do [ ! -f "$f" ] || set -- "$@" "$f"; done
+set -- "$@" kind=V
+for f in "$d"/volumes/*/volume.json; do [ ! -f "$f" ] || set -- "$@" "$f"; done
+awk '
+  kind == "I" {
+    # Whether its pid is a live, non-zombie process.
+    alive = 0
+    if (match($0, /"pid":[0-9]+/)) {
+      f = "/proc/" substr($0, RSTART + 6, RLENGTH - 6) "/stat"
+      if ((getline st < f) > 0) { sub(/^.*\) /, "", st); alive = (st !~ /^[ZX]/) }
+      close(f)
+    }
+    print "I " alive " " $0; next
   }
-  print "I " a " " $0
-}' "$@"
-if [ -d "$app/lock" ]; then
+  { print kind " " $0 }' "$@" < /dev/null
+[ -d "$app" ] || return 0
+if [ -z "${own_lock:-}" ] && [ -d "$app/lock" ]; then
   f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
   if t=$(stat -c %Y "$f" 2>/dev/null); then
     printf 'L %s %s\n' "$(( $(date +%s) - t ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
   fi
 fi
-if [ -L "$app/current" ]; then c=$(readlink "$app/current"); printf 'C %s\n' "${c##*/}"; fi
-set -- "$app"/volumes/*/volume.json
-[ ! -f "$1" ] || awk '{ print "V " $0 }' "$@"
+if [ -L "$app/current" ]; then
+  # The release `current` points at names itself: no process to read the link.
+  if read -r c < "$app/current/.ferry-release" 2>/dev/null; then
+    c=${c#*\"version\":\"}; printf 'C %s\n' "${c%%\"*}"
+  else
+    c=$(readlink "$app/current"); printf 'C %s\n' "${c##*/}"
+  fi
+fi
 if [ -f "$app/secrets.env" ]; then printf 'S %s\n' "$(sha256sum < "$app/secrets.env" | cut -c1-64)"; fi
 true
+}
+"#
+    };
+}
+
+pub const OBSERVE: &str = concat!(observe_fn!(), "observe\n");
+
+/// Prints `P <listening tcp ports>`: what a new instance's port must avoid.
+pub const LISTENING: &str = r#"
+printf 'P'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '
+  function hex(s,  i, n) { n = 0; for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", toupper(substr(s, i, 1))) - 1; return n }
+  $4 == "0A" { split($2, a, ":"); printf " %d", hex(a[2]) }' 2>/dev/null || true; echo
 "#;
 
 /// `$1` sha256: exits 0 when the artifact is already there.
@@ -199,8 +225,9 @@ mv "$tmp" "$rel"
 echo installed
 "#;
 
-/// `$1` id, `$2` version, `$3` start command, `$4` instance json without its closing
-/// brace, `$5` the time for the log line; stdin: the env file. Starts the instance in its own session (so it outlives
+/// `$1` id, `$2` version, `$3` the line that execs the start command (see
+/// `start_line` in `host`), `$4` instance json without its closing brace, `$5` the time
+/// for the log line; stdin: the env file. Starts the instance in its own session (so it outlives
 /// ferry and can be signalled as a group) with a clean environment, and prints its pid.
 macro_rules! start_fn {
     () => {
@@ -210,11 +237,12 @@ id=$1 version=$2 start=$3 json=$4 now=$5
 inst="$app/instances/$id" rel="$app/releases/$version"
 if [ ! -f "$rel/.ferry-release" ]; then echo "release $version is not installed" >&2; exit 4; fi
 [ -d "$inst" ] || mkdir -p "$inst"
-(umask 077; cat > "$inst/env")
+# Builtins only: the env file is a few lines, and a process per start adds up.
+(umask 077; while IFS= read -r line; do printf '%s\n' "$line"; done > "$inst/env")
 printf '== %s starting %s\n' "$now" "$version" >> "$inst/log"
 cd "$rel"
 env -i PATH="$PATH" HOME="$HOME" USER="${USER:-}" LANG="${LANG:-C.UTF-8}" \
-  setsid sh -c "$LOAD_ENV"'; exec sh -c "$2"' sh "$inst/env" "$start" "$app/secrets.env" >> "$inst/log" 2>&1 < /dev/null &
+  setsid sh -c "$LOAD_ENV"'; eval "$2"' sh "$inst/env" "$start" "$app/secrets.env" >> "$inst/log" 2>&1 < /dev/null &
 pid=$!
 printf '%s,"pid":%s}\n' "$json" "$pid" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
@@ -226,22 +254,24 @@ echo "$pid"
 
 pub const START: &str = concat!(start_fn!(), "start_instance \"$@\"\n");
 
-/// `$1` id, `$2` signal name, `$3` timeout seconds. Signals the instance's process
-/// group, waits, then SIGKILLs. Prints `killed` when it had to.
+/// `$1` id, `$2` signal name, `$3` timeout seconds, `$4` (optional) `switch` when a
+/// start follows at once and rewrites the instance's record anyway. Signals the
+/// instance's process group, waits, then SIGKILLs. Prints `killed` when it had to.
 macro_rules! stop_fn {
     () => {
         r#"
 stop_instance() {
-id=$1 sig=$2 timeout=$3
+id=$1 sig=$2 timeout=$3 then=${4:-}
 inst="$app/instances/$id"
 [ -f "$inst/instance.json" ] || return 0
 pid=$(pid_of "$inst/instance.json")
 if alive "$pid" || group_alive "$pid"; then
   kill -s "$sig" -- "-$pid" 2>/dev/null || kill -s "$sig" "$pid" 2>/dev/null || true
-  # Most processes exit within milliseconds of the signal: look often, and check the
-  # cheap leader first, the whole group (a scan of /proc) only after it.
-  n=0; limit=$((timeout * 100))
-  while alive "$pid" && [ "$n" -lt 5 ]; do sleep 0.002; n=$((n + 1)); done
+  # Most processes exit within a millisecond or two of the signal: look without
+  # pausing at first (no `sleep` process per look), then every 10 ms; the cheap
+  # leader first, the whole group (a scan of /proc) only after it.
+  n=0; limit=$((timeout * 100)); spin=0
+  while alive "$pid" && [ "$spin" -lt 1000 ]; do spin=$((spin + 1)); done
   while alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
   while group_alive "$pid" && [ "$n" -lt "$limit" ]; do sleep 0.01; n=$((n + 1)); done
   if [ "$n" -ge "$limit" ] && group_alive "$pid"; then
@@ -250,6 +280,7 @@ if alive "$pid" || group_alive "$pid"; then
     n=0; while group_alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
   fi
 fi
+[ "$then" != switch ] || return 0
 read -r json < "$inst/instance.json"
 printf '%s"pid":0}\n' "${json%\"pid\":*}" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
@@ -264,7 +295,7 @@ pub const STOP: &str = concat!(stop_fn!(), "stop_instance \"$@\"\n");
 /// the env file. STOP then START in one round trip: replacing an instance whose
 /// volumes need no re-attaching.
 pub const SWITCH: &str =
-    concat!(stop_fn!(), start_fn!(), "stop_instance \"$1\" \"$2\" \"$3\"\nshift 3\nstart_instance \"$@\"\n");
+    concat!(stop_fn!(), start_fn!(), "stop_instance \"$1\" \"$2\" \"$3\" switch\nshift 3\nstart_instance \"$@\"\n");
 
 /// `$1` id: removes a stopped instance's directory and frees its volumes (their data
 /// stays for the next instance).
@@ -314,35 +345,74 @@ pub const READ_HISTORY: &str = r#"
 [ -f "$app/history.jsonl" ] && cat "$app/history.jsonl" || true
 "#;
 
-/// `$1` version: removes an unpacked release and its artifact.
-pub const REMOVE_RELEASE: &str = r#"
+/// `remove_release VERSION`: removes an unpacked release and its artifact.
+macro_rules! remove_release_fn {
+    () => {
+        r#"
+remove_release() {
 rel="$app/releases/$1"
 sha=$(sed -n 's/.*"sha256":"\([0-9a-f]*\)".*/\1/p' "$rel/.ferry-release" 2>/dev/null || true)
 # Moved out of sight first, so a removal cut short never leaves a half release that
 # still claims to be installed.
 gone="$app/releases/.gone-$1-$$"
-mv "$rel" "$gone" 2>/dev/null && rm -rf "$gone"
+if mv "$rel" "$gone" 2>/dev/null; then rm -rf "$gone"; fi
 if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz"; fi
-"#;
+}
+"#
+    };
+}
 
-/// `$1` holder json. Prints `acquired`, or `held <age> <holder json>`.
-pub const LOCK_ACQUIRE: &str = r#"
+/// `$1` version.
+pub const REMOVE_RELEASE: &str = concat!(remove_release_fn!(), "remove_release \"$1\"\n");
+
+/// `$1` the lock's token (empty: leave the lock), `$2` the version to mark current
+/// (empty: none), `$3` a history line (empty: none), then releases to prune. The steps
+/// after a rollout in one round trip, the lock released last; prints `current`,
+/// `history`, `pruned VERSION` for each step that succeeded (a failed one is reported
+/// by its absence, and the others still run).
+pub const FINISH: &str = concat!(
+    remove_release_fn!(),
+    r#"
+token=$1 version=$2 line=$3; shift 3
+if [ -n "$version" ] && ln -sfn "releases/$version" "$app/current.tmp" && mv -T "$app/current.tmp" "$app/current"; then
+  echo current
+fi
+if [ -n "$line" ] && printf '%s\n' "$line" >> "$app/history.jsonl"; then echo history; fi
+for v in "$@"; do
+  if (remove_release "$v"); then echo "pruned $v"; fi
+done
+f="$app/lock/holder.json"
+if [ -n "$token" ] && [ -f "$f" ] && grep -qF "\"token\":\"$token\"" "$f"; then rm -rf "$app/lock"; fi
+true
+"#
+);
+
+/// `$1` holder json. Prints `acquired` and then what OBSERVE prints (the state ferry
+/// plans from, read under the lock in the same round trip), or `held <age> <holder
+/// json>`.
+pub const LOCK_ACQUIRE: &str = concat!(
+    observe_fn!(),
+    r#"
 mkdir -p "$app"
 # The lock is built aside with its holder, then renamed into place: it never exists
 # without a holder, and the rename fails if a lock is already there.
 tmp="$app/lock.new.$$"
 rm -rf "$tmp"; mkdir "$tmp"
 if ! printf '%s\n' "$1" > "$tmp/holder.json"; then rm -rf "$tmp"; exit 1; fi
-if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; exit 0; fi
+if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; own_lock=1 observe; exit 0; fi
 rm -rf "$tmp"
 f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
 t=$(stat -c %Y "$f" 2>/dev/null) || { echo 'held 0 {}'; exit 0; }
 printf 'held %s %s\n' "$(( $(date +%s) - t ))" "$(cat "$app/lock/holder.json" 2>/dev/null || echo '{}')"
-"#;
+"#
+);
 
 /// `$1` the stale holder's token (may be empty), `$2` new holder json. Replaces the
-/// lock only if it is still the one judged stale.
-pub const LOCK_TAKEOVER: &str = r#"
+/// lock only if it is still the one judged stale; prints `acquired` and what OBSERVE
+/// prints, or `lost`.
+pub const LOCK_TAKEOVER: &str = concat!(
+    observe_fn!(),
+    r#"
 # Only one takeover at a time: the check of the stale holder and the replacement
 # happen under one mutex, so two waiters cannot both replace the same stale lock.
 hold lock.takeover
@@ -354,8 +424,9 @@ fi
 tmp="$app/lock.new.$$"
 rm -rf "$tmp"; mkdir "$tmp"
 if ! printf '%s\n' "$2" > "$tmp/holder.json"; then rm -rf "$tmp"; exit 1; fi
-if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; else rm -rf "$tmp"; echo lost; fi
-"#;
+if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; own_lock=1 observe; else rm -rf "$tmp"; echo lost; fi
+"#
+);
 
 /// `$1` token: refreshes the lease; prints `lost` when the lock is no longer ours.
 pub const LOCK_REFRESH: &str = r#"
