@@ -160,6 +160,35 @@ fn unreachable_host_stops_the_deploy_before_any_change() {
 }
 
 #[test]
+fn other_region_that_cannot_take_the_release_halts_the_deploy_and_puts_the_primary_back() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    project.deploy("v1").assert_ok();
+    // lax's host receives releases while syd rolls out; make it refuse this one.
+    on_host(&fleet, 1, "chmod 555 ~/ferry/hello/releases");
+    let run = project.ferry(&["deploy", "--version", "v2", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let events = run.events();
+    let primary_first = events.iter().position(|e| e["event"] == "release_installed").map(|i| &events[i]["host"]);
+    assert_eq!(primary_first, Some(&serde_json::Value::from(fleet.hosts()[0].spec())), "the primary gets it first");
+    assert_eq!(run.finished()["outcome"], "reverted", "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("shipping release v2 to `{}`", fleet.hosts()[1].spec())), "{}", run.stderr);
+    assert!(run.stderr.contains("Permission denied"), "says why: {}", run.stderr);
+    assert!(run.stderr.contains("put back on v1"), "says what was restored: {}", run.stderr);
+    assert_eq!(project.versions_served(), ["v1", "v1"]);
+    assert!(on_host(&fleet, 0, "readlink ~/ferry/hello/current").contains("v1"), "current stays v1 on syd");
+    let locks = on_host(&fleet, 0, "ls ~/ferry/hello").contains("lock");
+    assert!(!locks, "the lock is released");
+
+    on_host(&fleet, 1, "chmod 755 ~/ferry/hello/releases");
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+}
+
+#[test]
 fn host_lost_mid_rollout_halts_and_reverts_then_rerun_converges() {
     if !root() {
         return;

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Strategy;
-use crate::deploy::{port_picker, ReplicaWait, Rollout, Summary};
+use crate::deploy::{port_picker, Gates, ReplicaWait, Rollout, Summary};
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::health::Checks;
@@ -18,10 +17,10 @@ use crate::history::{self, Record, Status};
 use crate::host::lock::Guard;
 use crate::host::{Host, HostState};
 use crate::plan::{self, Plan, RegionSpec};
-use crate::release::RawTar;
 use crate::report::{Event, Outcome};
 
 use super::build::{self, Artifact};
+use super::ship::Shipment;
 use super::{healthy_on, lock, millis, new_instance_id, observe, read_history, record_history, Ctx};
 
 #[derive(Debug, Clone, Default)]
@@ -253,15 +252,24 @@ async fn deploy_locked(
         regions: fleet.region_names(),
     });
     let record = Record::new("deploy", &version, previous.clone());
+    let migration = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command);
+    // The primary region's hosts get the release first; the other regions' hosts get
+    // it while the primary region rolls out, and each region waits for its own. A
+    // migration changes what cannot be reverted, so it waits for every host.
+    let ahead = migration.is_none() && !ctx.config.ferry.primary_last;
+    let primary = ctx.config.primary();
+    let (now, later): (Vec<Host>, Vec<Host>) = fleet.hosts().cloned().partition(|h| !ahead || h.region == primary);
+    let shipment = Shipment::prepare(ctx, artifact, &observed, fleet.hosts()).await;
     // The history says a deploy started while the release travels.
-    let (shipped, ()) = tokio::join!(ship(ctx, fleet, &observed, artifact), record_history(ctx, fleet, &record));
+    let (shipped, ()) =
+        tokio::join!(shipment.send(ctx, now.clone(), &observed, None, &|_, _| {}), record_history(ctx, fleet, &record));
     if let Err(error) = shipped {
         record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
         return Err(error);
     }
     super::secrets::sync(ctx, fleet, &observed).await?;
-    let mut waits = BTreeMap::new();
-    if let Some(command) = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command) {
+    let mut gates = Gates::default();
+    if let Some(command) = migration {
         if opts.backup || ctx.config.ferry.backup.before_migrate {
             if let Err(error) = super::backups::take(ctx, fleet, previous.clone(), Some(version.clone())).await {
                 record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
@@ -290,15 +298,31 @@ async fn deploy_locked(
             return Err(error);
         }
         match replica_waits(ctx, fleet).await {
-            Ok(found) => waits = found,
+            Ok(found) => gates.replicas = found,
             Err(error) => {
                 record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
                 return Err(error);
             }
         }
     }
+    let mut senders = BTreeMap::new();
+    for host in &later {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        senders.insert(host.name.clone(), tx);
+        gates.shipped.insert(host.name.clone(), rx);
+    }
+    let heard = |host: &str, result: Result<(), String>| {
+        if let Some(tx) = senders.get(host) {
+            tx.send_replace(Some(result));
+        }
+    };
+    let source = now.iter().find(|h| h.transport.is_local()).cloned();
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
-    let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, waits).await;
+    // Every upload has ended before the outcome is recorded and the lock released.
+    let (_, summary) = tokio::join!(
+        shipment.send(ctx, later, &observed, source, &heard),
+        roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, gates)
+    );
     let done = Done { record: &record, summary: &summary, observed: &observed, kind: "deploy" };
     finish(ctx, fleet, guard, &done, previous, started).await
 }
@@ -376,162 +400,6 @@ fn current_from(fleet: &Fleet, observed: &BTreeMap<String, HostState>, entries: 
         .hosts()
         .find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone()))
         .or_else(|| history::current(entries).0)
-}
-
-/// Hosts receiving an upload at the same time.
-const UPLOADS_AT_ONCE: usize = 8;
-
-/// Uploads the artifact to every host that lacks it (in parallel) and unpacks it.
-async fn ship(
-    ctx: &Ctx,
-    fleet: &Fleet,
-    observed: &BTreeMap<String, HostState>,
-    artifact: &Artifact,
-) -> Result<(), Error> {
-    ship_to(ctx, fleet.hosts(), observed, artifact).await
-}
-
-/// Uploads (unless present) and unpacks the artifact on `hosts`, in parallel.
-pub async fn ship_to<'a>(
-    ctx: &Ctx,
-    hosts: impl Iterator<Item = &'a Host>,
-    observed: &BTreeMap<String, HostState>,
-    artifact: &Artifact,
-) -> Result<(), Error> {
-    let sums = artifact.manifest.sha256sum_lines();
-    let mut hosts: Vec<Host> = hosts.cloned().collect();
-    let has = |host: &Host| {
-        observed
-            .get(&host.name)
-            .is_some_and(|s| s.releases.iter().any(|r| r.version == artifact.version && r.sha256 == artifact.sha256))
-    };
-    let raw = if hosts.iter().any(|h| !has(h)) { raw_stream(ctx, artifact).await } else { None };
-    // On the local target every region is a directory of this machine: unpack and
-    // verify once, then link the others to it.
-    let mut linked_from = None;
-    if hosts.len() > 1 && hosts.iter().all(|h| h.transport.is_local()) {
-        let first = hosts.remove(0);
-        if let Err(source) = ship_one(&first, artifact, raw.as_deref(), &sums, has(&first), ctx.reporter.as_ref()).await
-        {
-            return Err(ship_failed(&first.name, &artifact.version, &source));
-        }
-        linked_from = Some(first);
-    }
-    let slots = Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE));
-    let mut tasks = JoinSet::new();
-    for host in hosts {
-        let slots = Arc::clone(&slots);
-        let present = has(&host);
-        let artifact = artifact.clone();
-        let sums = sums.clone();
-        let reporter = ctx.reporter.clone();
-        let source = linked_from.clone();
-        let raw = raw.clone();
-        tasks.spawn(async move {
-            let _slot = slots.acquire().await;
-            let result = match source {
-                Some(source) if !present => {
-                    link_one(&host, &source, &artifact, raw.as_deref(), &sums, reporter.as_ref()).await
-                }
-                _ => ship_one(&host, &artifact, raw.as_deref(), &sums, present, reporter.as_ref()).await,
-            };
-            (host.name.clone(), result)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((host, Err(source))) = joined {
-            return Err(ship_failed(&host, &artifact.version, &source));
-        }
-    }
-    Ok(())
-}
-
-fn ship_failed(host: &str, version: &str, source: &crate::host::HostError) -> Error {
-    let source = crate::error::chain(source);
-    let hint = if source.contains("different contents") {
-        "a version names one release forever; build the changed tree as a new version (`--version ...`)"
-    } else {
-        "no instance was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
-    };
-    Error::Failed {
-        message: format!("shipping release {version} to `{host}` failed: {source}"),
-        hint: Some(hint.into()),
-    }
-}
-
-/// Installs the release on `host` as links to `source`'s copy (both directories of
-/// this machine); ships it the usual way if linking fails (another filesystem).
-async fn link_one(
-    host: &Host,
-    source: &Host,
-    artifact: &Artifact,
-    raw: Option<&RawTar>,
-    sums: &str,
-    reporter: &dyn crate::report::Reporter,
-) -> Result<(), crate::host::HostError> {
-    match host.install_linked(source, &artifact.sha256, &artifact.version).await {
-        Ok(installed) => {
-            reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent: 0, skipped: true });
-            reporter.event(&Event::ReleaseInstalled {
-                host: host.name.clone(),
-                version: artifact.version.clone(),
-                already_present: !installed,
-            });
-            Ok(())
-        }
-        Err(_) => ship_one(host, artifact, raw, sums, false, reporter).await,
-    }
-}
-
-/// The artifact's plain tar stream, when deflate saved next to nothing (a release of
-/// compressed files): the same bytes on the wire, nothing to decompress on the hosts.
-/// Written once under `.ferry/build` for every host; `None` (ship the artifact) when
-/// that is not worth it or fails. The hosts then keep no copy of the archive, so
-/// `.ferry/build` keeps one (`regions add` and `scale` ship the release from it).
-async fn raw_stream(ctx: &Ctx, artifact: &Artifact) -> Option<Arc<RawTar>> {
-    if !crate::release::worth_shipping_raw(artifact.size, &artifact.manifest) {
-        return None;
-    }
-    let dir = ctx.config.dir.join(".ferry").join("build");
-    let dest = dir.join(format!(".{}-{}.tar", artifact.sha256, std::process::id()));
-    let kept = dir.join(format!("{}-{}.tar.gz", ctx.config.app, artifact.version));
-    let archive = artifact.path.clone();
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).ok()?;
-        if kept != archive {
-            std::fs::copy(&archive, &kept).ok()?;
-        }
-        crate::release::decompress(&archive, &dest).ok()
-    })
-    .await
-    .ok()
-    .flatten()
-    .map(Arc::new)
-}
-
-async fn ship_one(
-    host: &Host,
-    artifact: &Artifact,
-    raw: Option<&RawTar>,
-    sums: &str,
-    present: bool,
-    reporter: &dyn crate::report::Reporter,
-) -> Result<(), crate::host::HostError> {
-    let skipped = present || host.has_artifact(&artifact.sha256).await?;
-    let (installed, bytes_sent) = if skipped {
-        (host.install_release(&artifact.sha256, &artifact.version, sums).await?, 0)
-    } else {
-        let (path, size) = raw.map_or((&artifact.path, artifact.size), |r| (&r.path, r.size));
-        let progress = |sent| reporter.upload_progress(&host.name, sent, size);
-        host.ship_release(path, raw.is_some(), &artifact.sha256, size, &artifact.version, sums, &progress).await?
-    };
-    reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent, skipped });
-    reporter.event(&Event::ReleaseInstalled {
-        host: host.name.clone(),
-        version: artifact.version.clone(),
-        already_present: !installed,
-    });
-    Ok(())
 }
 
 /// Runs the release_command once on the primary region's first host.
@@ -613,7 +481,7 @@ pub(super) async fn roll_out(
     wait: Duration,
     no_revert: bool,
     plan: Plan,
-    waits: BTreeMap<String, ReplicaWait>,
+    gates: Gates,
 ) -> Summary {
     let hosts: BTreeMap<String, Host> = fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect();
     let ports = port_picker(&with_listening(ctx, fleet, observed, &plan).await);
@@ -627,7 +495,8 @@ pub(super) async fn roll_out(
         no_revert,
         ports,
     );
-    rollout.replica_waits = waits;
+    rollout.replica_waits = gates.replicas;
+    rollout.shipped = gates.shipped;
     let primary = ctx.config.primary();
     let primary_addr = fleet.hosts().filter(|h| h.region == primary).find_map(|h| {
         observed
@@ -716,10 +585,14 @@ async fn finish(
         });
         return Ok(());
     };
-    let what = format!(
-        "instance {} in {} on `{}` failed on {version}: {}",
-        failure.instance, failure.region, failure.host, failure.reason
-    );
+    let what = if failure.instance == "-" {
+        format!("in region {}: {}", failure.region, failure.reason)
+    } else {
+        format!(
+            "instance {} in {} on `{}` failed on {version}: {}",
+            failure.instance, failure.region, failure.host, failure.reason
+        )
+    };
     let back_to = previous.clone().unwrap_or_else(|| "the previous state".into());
     let (status, now) = match outcome {
         Outcome::Reverted => (Status::Reverted, format!("every instance was put back on {back_to}")),
@@ -738,7 +611,7 @@ async fn finish(
     });
     Err(Error::Failed {
         message: format!("{kind} of {version} failed: {what}; {now}"),
-        hint: Some("see the instance's last log lines above; `ferry status` shows where things stand, `ferry logs -i ID` shows more".into()),
+        hint: Some(failure.hint.clone().unwrap_or_else(|| "see the instance's last log lines above; `ferry status` shows where things stand, `ferry logs -i ID` shows more".into())),
     })
 }
 
@@ -921,7 +794,7 @@ async fn rollback_locked(
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
     // The history says a rollback started while the first instance switches.
     let (summary, ()) = tokio::join!(
-        roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, BTreeMap::new()),
+        roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, Gates::default()),
         record_history(ctx, fleet, &record)
     );
     let done = Done { record: &record, summary: &summary, observed: &observed, kind: "rollback" };
@@ -1028,7 +901,7 @@ pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
             ctx.config.deploy.wait_timeout,
             false,
             plan,
-            BTreeMap::new(),
+            Gates::default(),
         )
         .await;
         let done = Done { record: &record, summary: &summary, observed: &observed, kind: "restart" };

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod pg;
 pub mod regions;
 pub mod secrets;
+pub mod ship;
 pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -404,8 +404,18 @@ async fn converge_locked(
     super::deploy::check_volumes(ctx, fleet, &observed, &plan)?;
     let start = ctx.config.start_command().map_or_else(|| "bin/start".to_string(), str::to_string);
     let wait = ctx.config.deploy.wait_timeout;
-    let summary =
-        super::deploy::roll_out(ctx, fleet, &observed, checks, &start, wait, false, plan, BTreeMap::new()).await;
+    let summary = super::deploy::roll_out(
+        ctx,
+        fleet,
+        &observed,
+        checks,
+        &start,
+        wait,
+        false,
+        plan,
+        crate::deploy::Gates::default(),
+    )
+    .await;
     let outcome = summary.outcome();
     match &summary.failure {
         None => {
@@ -490,5 +500,5 @@ async fn ship_existing(
         )));
     }
     let only: BTreeSet<&str> = missing.iter().map(|h| h.name.as_str()).collect();
-    super::deploy::ship_to(ctx, fleet.hosts().filter(|h| only.contains(h.name.as_str())), observed, &artifact).await
+    super::ship::ship_to(ctx, fleet.hosts().filter(|h| only.contains(h.name.as_str())), observed, &artifact).await
 }

@@ -39,11 +39,28 @@ pub struct Rollout {
     pub extra_env: BTreeMap<String, String>,
     /// Regions whose read replica must replay the migration before they change.
     pub replica_waits: BTreeMap<String, ReplicaWait>,
+    /// Hosts still receiving the release: a region starts once all of its have it.
+    pub shipped: BTreeMap<String, Shipped>,
     /// `address:port` of a healthy primary-region instance, given to the others as
     /// `FERRY_PRIMARY_ADDR` (how a database replica finds its primary).
     pub primary_addr: Mutex<Option<String>>,
     halt: AtomicBool,
 }
+
+/// What a region waits for before its first instance changes.
+#[derive(Default)]
+pub struct Gates {
+    /// By region: its read replica replaying the migration.
+    pub replicas: BTreeMap<String, ReplicaWait>,
+    /// By host: the release arriving there (`None` until the host's shipping ends).
+    pub shipped: BTreeMap<String, Shipped>,
+}
+
+/// How a host's shipping ended, once it has: `Err` says why it failed.
+pub type Shipped = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
+
+/// How often a region waiting for its hosts' release looks whether the rollout halted.
+const SHIPPED_POLL: Duration = Duration::from_millis(20);
 
 /// Wait for a region's replica to replay the primary's WAL up to `target`.
 #[derive(Debug, Clone)]
@@ -77,6 +94,8 @@ pub struct StepFailure {
     pub instance: String,
     pub version: String,
     pub reason: String,
+    /// What to do next, when it is not to read the instance's log.
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +143,7 @@ impl Rollout {
             ports: Mutex::new(ports),
             extra_env: BTreeMap::new(),
             replica_waits: BTreeMap::new(),
+            shipped: BTreeMap::new(),
             primary_addr: Mutex::new(None),
             halt: AtomicBool::new(false),
         }
@@ -191,6 +211,16 @@ impl Rollout {
             });
         }
         let mut outcome = "succeeded";
+        if let Err(failed) = self.wait_shipped(&region).await {
+            let outcome = if let Some(reason) = failed {
+                self.halt_for_shipping(&mut summary, &region, reason);
+                "failed"
+            } else {
+                "halted"
+            };
+            self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
+            return summary;
+        }
         if let (Some(wait), false) = (self.replica_waits.get(&region), plan.batches.is_empty()) {
             if let Err(behind) = self.wait_for_replica(&region, wait).await {
                 summary.behind.push(behind);
@@ -206,7 +236,12 @@ impl Rollout {
                     instance: "-".into(),
                     version: String::new(),
                     reason: "the deploy lock was taken over by another operation (this one looked stale); stopped before changing more instances".into(),
+                    hint: Some("`ferry lock status` shows who holds it now; `ferry status` shows where things stand".into()),
                 });
+            }
+            if let Some((failed, reason)) = self.shipping_failed() {
+                // Another region's host could not get the release: change nothing more.
+                self.halt_for_shipping(&mut summary, &failed, reason);
             }
             if self.halt.load(Ordering::SeqCst) {
                 outcome = "halted";
@@ -238,6 +273,7 @@ impl Rollout {
                             instance: String::new(),
                             version: String::new(),
                             reason: format!("internal error: {join}"),
+                            hint: None,
                         });
                     }
                 }
@@ -245,6 +281,60 @@ impl Rollout {
         }
         self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
         summary
+    }
+
+    /// A host whose shipping failed, if any: its region and why.
+    fn shipping_failed(&self) -> Option<(String, String)> {
+        self.shipped.iter().find_map(|(host, receiver)| match &*receiver.borrow() {
+            Some(Err(reason)) => {
+                Some((self.hosts.get(host).map(|h| h.region.clone()).unwrap_or_default(), reason.clone()))
+            }
+            _ => None,
+        })
+    }
+
+    /// Halts the rollout because `region`'s hosts could not get the release.
+    fn halt_for_shipping(&self, summary: &mut Summary, region: &str, reason: String) {
+        if self.halt.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        summary.failure.get_or_insert(StepFailure {
+            region: region.to_string(),
+            host: String::new(),
+            instance: "-".into(),
+            version: String::new(),
+            reason,
+            hint: Some(format!(
+                "no instance in {region} was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
+            )),
+        });
+    }
+
+    /// Waits until every host of `region` still receiving the release has it: `Err`
+    /// with why one failed, or `Err(None)` when another region failed meanwhile.
+    async fn wait_shipped(&self, region: &str) -> Result<(), Option<String>> {
+        let pending = self.hosts.values().filter(|h| h.region == region).filter_map(|h| self.shipped.get(&h.name));
+        for receiver in pending {
+            let mut receiver = receiver.clone();
+            loop {
+                if let Some(ended) = receiver.borrow_and_update().clone() {
+                    ended.map_err(Some)?;
+                    break;
+                }
+                if self.halt.load(Ordering::SeqCst) {
+                    return Err(None);
+                }
+                tokio::select! {
+                    changed = receiver.changed() => {
+                        if changed.is_err() && receiver.borrow().is_none() {
+                            return Err(Some("shipping the release stopped before it ended".into()));
+                        }
+                    }
+                    () = tokio::time::sleep(SHIPPED_POLL) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Polls the replica until it has replayed `wait.target`, reporting the lag as it
@@ -359,6 +449,7 @@ impl Rollout {
             instance: step.id.clone(),
             version: step.to.clone(),
             reason,
+            hint: None,
         }
     }
 
