@@ -216,7 +216,13 @@ async fn deploy_locked(
     for warning in warnings {
         ctx.warn(warning);
     }
-    let (healthy, entries) = tokio::join!(healthy_on(fleet, &observed, &checks, &version), read_history(fleet));
+    // What the hosts will be sent is readied meanwhile (a release of compressed files
+    // is decompressed once, to ship as plain tar).
+    let (healthy, entries, shipment) = tokio::join!(
+        healthy_on(fleet, &observed, &checks, &version),
+        read_history(fleet),
+        Shipment::prepare(ctx, artifact, &observed, fleet.hosts())
+    );
     let plan = make_plan(ctx, fleet, &observed, &healthy, &version, strategy);
     check_volumes(ctx, fleet, &observed, &plan)?;
     let mut previous = current_from(fleet, &observed, &entries);
@@ -259,7 +265,6 @@ async fn deploy_locked(
     let ahead = migration.is_none() && !ctx.config.ferry.primary_last;
     let primary = ctx.config.primary();
     let (now, later): (Vec<Host>, Vec<Host>) = fleet.hosts().cloned().partition(|h| !ahead || h.region == primary);
-    let shipment = Shipment::prepare(ctx, artifact, &observed, fleet.hosts()).await;
     // The history says a deploy started while the release travels.
     let (shipped, ()) =
         tokio::join!(shipment.send(ctx, now.clone(), &observed, None, &|_, _| {}), record_history(ctx, fleet, &record));
@@ -267,7 +272,10 @@ async fn deploy_locked(
         record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
         return Err(error);
     }
-    super::secrets::sync(ctx, fleet, &observed).await?;
+    if let Err(error) = super::secrets::sync(ctx, fleet, &observed).await {
+        record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
+        return Err(error);
+    }
     let mut gates = Gates::default();
     if let Some(command) = migration {
         if opts.backup || ctx.config.ferry.backup.before_migrate {
@@ -643,13 +651,18 @@ async fn finish_hosts(
 ) {
     let token = guard.token().to_string();
     let line = record.to_line();
+    guard.stop_refreshing();
     let finished = crate::host::on_each(fleet.hosts().cloned(), |host| {
         let (token, version, line) = (token.clone(), version.to_string(), line.clone());
         let prune = prune.get(&host.name).cloned().unwrap_or_default();
         async move { host.finish(Some(&token), Some(&version), Some(&line), &prune).await }
     })
     .await;
-    guard.mark_released();
+    // Where the script failed, the lock may still be there: `Guard::release` then
+    // gives it back on every host (a no-op where it is gone).
+    if finished.iter().all(|(_, result)| result.as_ref().is_ok_and(|done| done.error.is_none())) {
+        guard.mark_released();
+    }
     for (host, result) in finished {
         let done = match result {
             Ok(done) => done,

@@ -5,7 +5,7 @@
 //! primary region first and to the others while the primary rolls out; each host's
 //! result is reported as it comes, so a region waits only for its own hosts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -76,6 +76,7 @@ impl<'a> Shipment<'a> {
             source = Some(first);
         }
         let slots = Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE));
+        let mut unheard: BTreeSet<String> = hosts.iter().map(|h| h.name.clone()).collect();
         let mut tasks = JoinSet::new();
         for host in hosts {
             let slots = Arc::clone(&slots);
@@ -106,10 +107,15 @@ impl<'a> Shipment<'a> {
                 }
             };
             let result = result.map_err(|e| ship_failed(&host, &artifact.version, &e));
+            unheard.remove(&host);
             done(&host, result.as_ref().copied().map_err(ToString::to_string));
             if let Err(error) = result {
                 first_error.get_or_insert(error);
             }
+        }
+        // A task that died without a word (a panic) still ends its host's wait.
+        for host in unheard {
+            done(&host, Err(format!("shipping release {} to `{host}` ended without a result", artifact.version)));
         }
         first_error.map_or(Ok(()), Err)
     }

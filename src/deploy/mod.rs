@@ -303,10 +303,12 @@ impl Rollout {
             host: String::new(),
             instance: "-".into(),
             version: String::new(),
+            hint: Some(if reason.contains("different contents") {
+                format!("no instance in {region} was changed; a version names one release forever: build the changed tree as a new version (`--version ...`)")
+            } else {
+                format!("no instance in {region} was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again")
+            }),
             reason,
-            hint: Some(format!(
-                "no instance in {region} was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
-            )),
         });
     }
 

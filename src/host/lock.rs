@@ -87,6 +87,12 @@ pub fn current_user() -> String {
             .ok()
             .filter(|u| !u.is_empty())
             .or_else(user_from_passwd)
+            .or_else(|| {
+                // A user the passwd file does not list (LDAP, SSSD): ask `id`.
+                let out = std::process::Command::new("id").arg("-un").output().ok()?;
+                let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                (out.status.success() && !name.is_empty()).then_some(name)
+            })
             .unwrap_or_else(|| "unknown".into())
     })
     .clone()
@@ -196,8 +202,13 @@ impl Guard {
         &self.token
     }
 
-    /// The hosts gave the lock back themselves (see [`Host::finish`]): stop
-    /// refreshing it; [`Guard::release`] then has nothing left to do.
+    /// Stops refreshing the lease, before the hosts give the lock back themselves
+    /// (see [`Host::finish`]), so that no refresh races the removal.
+    pub fn stop_refreshing(&self) {
+        self.refresher.abort();
+    }
+
+    /// Every host gave the lock back itself: [`Guard::release`] has nothing left to do.
     pub fn mark_released(&mut self) {
         self.refresher.abort();
         self.released = true;

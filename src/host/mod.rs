@@ -570,13 +570,22 @@ pub struct Finished {
     pub error: Option<String>,
 }
 
+/// Shell builtins and reserved words: a start command beginning with one is not a
+/// program that `exec` could run.
+const SHELL_WORDS: &[&str] = &[
+    "!", ".", ":", "[", "{", "}", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done", "elif",
+    "else", "esac", "eval", "exec", "exit", "export", "false", "fc", "fg", "fi", "for", "getopts", "hash", "if", "in",
+    "jobs", "kill", "local", "newgrp", "pwd", "read", "readonly", "return", "set", "shift", "source", "test", "then",
+    "time", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+];
+
 /// The line an instance's shell evals to become the start command: `exec` of the
-/// command itself when it is plain words (the app is then the process ferry records
-/// and signals, with no shell in between), else `exec sh -c` of it.
+/// command itself when it is a program and plain words (the app is then the process
+/// ferry records and signals, with no shell in between), else `exec sh -c` of it.
 fn start_line(start: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || " -_./=:@,+%".contains(c);
     let first = start.split_whitespace().next().unwrap_or_default();
-    if start.chars().all(plain) && !first.is_empty() && !first.contains('=') {
+    if start.chars().all(plain) && !first.is_empty() && !first.contains('=') && !SHELL_WORDS.contains(&first) {
         format!("exec {start}")
     } else {
         format!("exec sh -c {}", quote(start))
@@ -666,6 +675,9 @@ mod tests {
         assert_eq!(start_line("PORT=1 bin/start"), "exec sh -c 'PORT=1 bin/start'");
         assert_eq!(start_line("cd app && bin/start"), "exec sh -c 'cd app && bin/start'");
         assert_eq!(start_line("bin/start $(id)"), "exec sh -c 'bin/start $(id)'");
+        assert_eq!(start_line("exec bin/server"), "exec sh -c 'exec bin/server'");
+        assert_eq!(start_line(". ./run.sh"), "exec sh -c '. ./run.sh'");
+        assert_eq!(start_line("ulimit -n 4096"), "exec sh -c 'ulimit -n 4096'");
         assert_eq!(start_line(""), "exec sh -c ''");
     }
 

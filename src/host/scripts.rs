@@ -96,7 +96,7 @@ awk '
     }
     print "I " alive " " $0; next
   }
-  { print kind " " $0 }' "$@" < /dev/null
+  { print kind " " $0 }' "$@" < /dev/null || return 1
 [ -d "$app" ] || return 0
 if [ -z "${own_lock:-}" ] && [ -d "$app/lock" ]; then
   f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
@@ -106,7 +106,7 @@ if [ -z "${own_lock:-}" ] && [ -d "$app/lock" ]; then
 fi
 if [ -L "$app/current" ]; then
   # The release `current` points at names itself: no process to read the link.
-  if read -r c < "$app/current/.ferry-release" 2>/dev/null; then
+  if read -r c 2>/dev/null < "$app/current/.ferry-release"; then
     c=${c#*\"version\":\"}; printf 'C %s\n' "${c%%\"*}"
   else
     c=$(readlink "$app/current"); printf 'C %s\n' "${c##*/}"
@@ -254,14 +254,13 @@ echo "$pid"
 
 pub const START: &str = concat!(start_fn!(), "start_instance \"$@\"\n");
 
-/// `$1` id, `$2` signal name, `$3` timeout seconds, `$4` (optional) `switch` when a
-/// start follows at once and rewrites the instance's record anyway. Signals the
-/// instance's process group, waits, then SIGKILLs. Prints `killed` when it had to.
+/// `$1` id, `$2` signal name, `$3` timeout seconds. Signals the instance's process
+/// group, waits, then SIGKILLs. Prints `killed` when it had to.
 macro_rules! stop_fn {
     () => {
         r#"
 stop_instance() {
-id=$1 sig=$2 timeout=$3 then=${4:-}
+id=$1 sig=$2 timeout=$3
 inst="$app/instances/$id"
 [ -f "$inst/instance.json" ] || return 0
 pid=$(pid_of "$inst/instance.json")
@@ -280,7 +279,6 @@ if alive "$pid" || group_alive "$pid"; then
     n=0; while group_alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
   fi
 fi
-[ "$then" != switch ] || return 0
 read -r json < "$inst/instance.json"
 printf '%s"pid":0}\n' "${json%\"pid\":*}" > "$inst/instance.json.tmp"
 mv "$inst/instance.json.tmp" "$inst/instance.json"
@@ -294,8 +292,17 @@ pub const STOP: &str = concat!(stop_fn!(), "stop_instance \"$@\"\n");
 /// `$1` id, `$2` signal name, `$3` timeout seconds, then START's arguments; stdin:
 /// the env file. STOP then START in one round trip: replacing an instance whose
 /// volumes need no re-attaching.
-pub const SWITCH: &str =
-    concat!(stop_fn!(), start_fn!(), "stop_instance \"$1\" \"$2\" \"$3\" switch\nshift 3\nstart_instance \"$@\"\n");
+pub const SWITCH: &str = concat!(
+    stop_fn!(),
+    start_fn!(),
+    r#"
+# The old version keeps running when the new one is not there to start.
+if [ ! -f "$app/releases/$5/.ferry-release" ]; then echo "release $5 is not installed" >&2; exit 4; fi
+stop_instance "$1" "$2" "$3"
+shift 3
+start_instance "$@"
+"#
+);
 
 /// `$1` id: removes a stopped instance's directory and frees its volumes (their data
 /// stays for the next instance).
@@ -355,8 +362,8 @@ sha=$(sed -n 's/.*"sha256":"\([0-9a-f]*\)".*/\1/p' "$rel/.ferry-release" 2>/dev/
 # Moved out of sight first, so a removal cut short never leaves a half release that
 # still claims to be installed.
 gone="$app/releases/.gone-$1-$$"
-if mv "$rel" "$gone" 2>/dev/null; then rm -rf "$gone"; fi
-if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz"; fi
+if mv "$rel" "$gone" 2>/dev/null; then rm -rf "$gone" || return 1; fi
+if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz" || return 1; fi
 }
 "#
     };
@@ -399,7 +406,12 @@ mkdir -p "$app"
 tmp="$app/lock.new.$$"
 rm -rf "$tmp"; mkdir "$tmp"
 if ! printf '%s\n' "$1" > "$tmp/holder.json"; then rm -rf "$tmp"; exit 1; fi
-if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; own_lock=1 observe; exit 0; fi
+if mv -T "$tmp" "$app/lock" 2>/dev/null; then
+  echo acquired
+  # A lock taken by a script that then fails is given back, not left behind.
+  own_lock=1 observe || { rm -rf "$app/lock"; echo "could not read the app's state after taking the lock" >&2; exit 1; }
+  exit 0
+fi
 rm -rf "$tmp"
 f="$app/lock/holder.json"; [ -f "$f" ] || f="$app/lock"
 t=$(stat -c %Y "$f" 2>/dev/null) || { echo 'held 0 {}'; exit 0; }
@@ -424,7 +436,12 @@ fi
 tmp="$app/lock.new.$$"
 rm -rf "$tmp"; mkdir "$tmp"
 if ! printf '%s\n' "$2" > "$tmp/holder.json"; then rm -rf "$tmp"; exit 1; fi
-if mv -T "$tmp" "$app/lock" 2>/dev/null; then echo acquired; own_lock=1 observe; else rm -rf "$tmp"; echo lost; fi
+if mv -T "$tmp" "$app/lock" 2>/dev/null; then
+  echo acquired
+  own_lock=1 observe || { rm -rf "$app/lock"; echo "could not read the app's state after taking the lock" >&2; exit 1; }
+else
+  rm -rf "$tmp"; echo lost
+fi
 "#
 );
 
