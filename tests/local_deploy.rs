@@ -147,6 +147,29 @@ fn rollback_to_a_pruned_release_is_refused_with_the_list() {
 }
 
 #[test]
+fn pruning_keeps_the_release_a_rollback_goes_back_to() {
+    let project = Project::builder().region("syd", 2).ferry_keys("keep_releases = 2").build();
+    let deploy = |version: &str| -> Vec<String> {
+        let run = project.ferry(&["deploy", "--version", version, "--json"]);
+        run.assert_ok();
+        run.events()
+            .iter()
+            .filter(|e| e["event"] == "pruned")
+            .map(|e| e["version"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(deploy("v1").is_empty());
+    assert!(deploy("v2").is_empty());
+    assert_eq!(deploy("v3"), ["v1"], "beyond the newest two, on the one local host");
+    project.ferry(&["rollback"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+    // v2 is now the oldest of three, but it is what a rollback from v4 goes back to.
+    assert!(deploy("v4").is_empty(), "nothing pruned");
+    project.ferry(&["rollback"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+}
+
+#[test]
 fn deploying_the_running_version_again_changes_nothing() {
     let project = Project::builder().region("syd", 2).build();
     project.deploy("v1").assert_ok();
