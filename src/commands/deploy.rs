@@ -326,10 +326,22 @@ async fn deploy_locked(
     };
     let source = now.iter().find(|h| h.transport.is_local()).cloned();
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
-    // Every upload has ended before the outcome is recorded and the lock released.
-    let (_, summary) = tokio::join!(
-        shipment.send(ctx, later, &observed, source, &heard),
-        roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, gates)
+    // A rollout that failed does not wait for uploads nobody needs any more: they are
+    // cut off (the host removes what it half received). Every upload has ended before
+    // the outcome is recorded and the lock released.
+    let (failed, mut on_failure) = tokio::sync::watch::channel(false);
+    let ((), summary) = tokio::join!(
+        async {
+            tokio::select! {
+                _ = shipment.send(ctx, later, &observed, source, &heard) => {}
+                _ = on_failure.wait_for(|failed| *failed) => {}
+            }
+        },
+        async {
+            let summary = roll_out(ctx, fleet, &observed, checks, start, wait, opts.no_revert, plan, gates).await;
+            failed.send_replace(summary.failure.is_some());
+            summary
+        }
     );
     let done = Done { record: &record, summary: &summary, observed: &observed, kind: "deploy" };
     finish(ctx, fleet, guard, &done, previous, started).await

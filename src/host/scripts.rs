@@ -178,6 +178,8 @@ fi
 mkdir -p "$app/artifacts" "$app/releases"
 tmp="$app/releases/.tmp-$version-$$" part="$app/artifacts/.part-$sha-$$"
 trap 'rm -rf "$tmp" "$tmp.sums" "$tmp.err" "$part"' EXIT
+# An upload cut off (ferry stopped it, or the connection went) still cleans up.
+trap 'exit 1' HUP INT TERM PIPE
 rm -rf "$rel"; mkdir "$tmp"
 IFS= read -r n
 head -c "$n" > "$tmp.sums"
