@@ -189,6 +189,27 @@ fn other_region_that_cannot_take_the_release_halts_the_deploy_and_puts_the_prima
 }
 
 #[test]
+fn primary_host_that_cannot_take_the_release_halts_its_region_and_puts_the_first_back() {
+    if !root() {
+        return;
+    }
+    let fleet = SshFleet::start(2);
+    let project = ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
+    project.deploy("v1").assert_ok();
+    // The first batch's host gets the release first and rolls out while the second
+    // host receives it; make the second refuse it.
+    on_host(&fleet, 1, "chmod 555 ~/ferry/hello/releases");
+    let run = project.ferry(&["deploy", "--version", "v2", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("shipping release v2 to `{}`", fleet.hosts()[1].spec())), "{}", run.stderr);
+    assert!(run.stderr.contains("put back on v1"), "{}", run.stderr);
+    assert_eq!(project.versions_served(), ["v1", "v1"]);
+    on_host(&fleet, 1, "chmod 755 ~/ferry/hello/releases");
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.versions_served(), ["v2", "v2"]);
+}
+
+#[test]
 fn host_lost_mid_rollout_halts_and_reverts_then_rerun_converges() {
     if !root() {
         return;

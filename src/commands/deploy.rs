@@ -259,12 +259,24 @@ async fn deploy_locked(
     });
     let record = Record::new("deploy", &version, previous.clone());
     let migration = ctx.config.deploy.release_command.clone().filter(|_| !opts.skip_release_command);
-    // The primary region's hosts get the release first; the other regions' hosts get
-    // it while the primary region rolls out, and each region waits for its own. A
-    // migration changes what cannot be reverted, so it waits for every host.
+    // The hosts of the primary region's first batch get the release first; the rest of
+    // the primary region's next, while that batch rolls out; then the other regions'.
+    // Each batch waits only for its own hosts, and a region other than the primary
+    // for all of its hosts. A migration changes what cannot be reverted, so it waits
+    // for every host.
     let ahead = migration.is_none() && !ctx.config.ferry.primary_last;
     let primary = ctx.config.primary();
-    let (now, later): (Vec<Host>, Vec<Host>) = fleet.hosts().cloned().partition(|h| !ahead || h.region == primary);
+    let first: BTreeSet<&str> = plan
+        .regions
+        .iter()
+        .filter(|r| r.primary)
+        .filter_map(|r| r.batches.first())
+        .flatten()
+        .map(|step| step.host.as_str())
+        .collect();
+    let (now, later): (Vec<Host>, Vec<Host>) =
+        fleet.hosts().cloned().partition(|h| !ahead || first.contains(h.name.as_str()));
+    let (soon, later): (Vec<Host>, Vec<Host>) = later.into_iter().partition(|h| h.region == primary);
     // The history says a deploy started while the release travels.
     let (shipped, ()) =
         tokio::join!(shipment.send(ctx, now.clone(), &observed, None, &|_, _| {}), record_history(ctx, fleet, &record));
@@ -314,7 +326,7 @@ async fn deploy_locked(
         }
     }
     let mut senders = BTreeMap::new();
-    for host in &later {
+    for host in soon.iter().chain(&later) {
         let (tx, rx) = tokio::sync::watch::channel(None);
         senders.insert(host.name.clone(), tx);
         gates.shipped.insert(host.name.clone(), rx);
@@ -330,10 +342,16 @@ async fn deploy_locked(
     // cut off (the host removes what it half received). Every upload has ended before
     // the outcome is recorded and the lock released.
     let (failed, mut on_failure) = tokio::sync::watch::channel(false);
+    let shipping = async {
+        // Each phase reports every host's outcome; a failure halts the rollout, which
+        // then cuts off the rest.
+        let _ = shipment.send(ctx, soon, &observed, source.clone(), &heard).await;
+        let _ = shipment.send(ctx, later, &observed, source, &heard).await;
+    };
     let ((), summary) = tokio::join!(
         async {
             tokio::select! {
-                _ = shipment.send(ctx, later, &observed, source, &heard) => {}
+                () = shipping => {}
                 _ = on_failure.wait_for(|failed| *failed) => {}
             }
         },

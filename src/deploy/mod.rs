@@ -211,13 +211,13 @@ impl Rollout {
             });
         }
         let mut outcome = "succeeded";
-        if let Err(failed) = self.wait_shipped(&region).await {
-            let outcome = if let Some(reason) = failed {
-                self.halt_for_shipping(&mut summary, &region, reason);
-                "failed"
-            } else {
-                "halted"
-            };
+        let region_hosts: Vec<String> =
+            self.hosts.values().filter(|h| h.region == region).map(|h| h.name.clone()).collect();
+        // A region other than the primary changes nothing until all its hosts hold the
+        // release; the primary starts as soon as its first batch's hosts do.
+        let first = if plan.primary { Vec::new() } else { region_hosts.clone() };
+        if let Err(failed) = self.wait_shipped(&first).await {
+            let outcome = self.shipping_outcome(&mut summary, &region, failed);
             self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
             return summary;
         }
@@ -245,6 +245,11 @@ impl Rollout {
             }
             if self.halt.load(Ordering::SeqCst) {
                 outcome = "halted";
+                break;
+            }
+            let hosts: Vec<String> = batch.iter().map(|step| step.host.clone()).collect();
+            if let Err(failed) = self.wait_shipped(&hosts).await {
+                outcome = self.shipping_outcome(&mut summary, &region, failed);
                 break;
             }
             let mut tasks = JoinSet::new();
@@ -279,8 +284,27 @@ impl Rollout {
                 }
             }
         }
+        if outcome == "succeeded" {
+            // Hosts of the region that no batch needed must hold the release too.
+            if let Err(failed) = self.wait_shipped(&region_hosts).await {
+                outcome = self.shipping_outcome(&mut summary, &region, failed);
+            }
+        }
         self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
         summary
+    }
+
+    /// The region's outcome when waiting for its hosts' release did not end well:
+    /// `failed` (a host could not get it: the rollout halts) or `halted` (another
+    /// region failed meanwhile).
+    fn shipping_outcome(&self, summary: &mut Summary, region: &str, failed: Option<String>) -> &'static str {
+        match failed {
+            Some(reason) => {
+                self.halt_for_shipping(summary, region, reason);
+                "failed"
+            }
+            None => "halted",
+        }
     }
 
     /// A host whose shipping failed, if any: its region and why.
@@ -304,19 +328,19 @@ impl Rollout {
             instance: "-".into(),
             version: String::new(),
             hint: Some(if reason.contains("different contents") {
-                format!("no instance in {region} was changed; a version names one release forever: build the changed tree as a new version (`--version ...`)")
+                "a version names one release forever: build the changed tree as a new version (`--version ...`)".into()
             } else {
-                format!("no instance in {region} was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again")
+                "fix the host (disk space: `df -h`, permissions) and run the deploy again: it ships only what is missing"
+                    .into()
             }),
             reason,
         });
     }
 
-    /// Waits until every host of `region` still receiving the release has it: `Err`
-    /// with why one failed, or `Err(None)` when another region failed meanwhile.
-    async fn wait_shipped(&self, region: &str) -> Result<(), Option<String>> {
-        let pending = self.hosts.values().filter(|h| h.region == region).filter_map(|h| self.shipped.get(&h.name));
-        for receiver in pending {
+    /// Waits until each of `hosts` still receiving the release has it: `Err` with why
+    /// one failed, or `Err(None)` when the rollout halted meanwhile.
+    async fn wait_shipped(&self, hosts: &[String]) -> Result<(), Option<String>> {
+        for receiver in hosts.iter().filter_map(|h| self.shipped.get(h)) {
             let mut receiver = receiver.clone();
             loop {
                 if let Some(ended) = receiver.borrow_and_update().clone() {
