@@ -278,8 +278,9 @@ async fn deploy_locked(
         fleet.hosts().cloned().partition(|h| !ahead || first.contains(h.name.as_str()));
     let (soon, later): (Vec<Host>, Vec<Host>) = later.into_iter().partition(|h| h.region == primary);
     // The history says a deploy started while the release travels.
+    let source = now.iter().find(|h| h.transport.is_local()).cloned();
     let (shipped, ()) =
-        tokio::join!(shipment.send(ctx, now.clone(), &observed, None, &|_, _| {}), record_history(ctx, fleet, &record));
+        tokio::join!(shipment.send(ctx, now, &observed, None, &|_, _| {}), record_history(ctx, fleet, &record));
     if let Err(error) = shipped {
         record_history(ctx, fleet, &record.finished(Status::Failed, Some(error.to_string()))).await;
         return Err(error);
@@ -336,7 +337,6 @@ async fn deploy_locked(
             tx.send_replace(Some(result));
         }
     };
-    let source = now.iter().find(|h| h.transport.is_local()).cloned();
     let wait = opts.wait_timeout.unwrap_or(ctx.config.deploy.wait_timeout);
     // A rollout that failed does not wait for uploads nobody needs any more: they are
     // cut off (the host removes what it half received). Every upload has ended before
@@ -424,20 +424,22 @@ async fn forward(host: &Host, db: &crate::postgres::Database) -> Result<Option<s
         .map_err(|e| Error::Host { step: "reaching the database", source: e.into() })
 }
 
-/// What the hosts say is current (the primary's `current`), else the history.
+/// What the hosts say is current (the primary's `current`).
+fn current_on_hosts(fleet: &Fleet, observed: &BTreeMap<String, HostState>) -> Option<String> {
+    fleet.hosts().find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone()))
+}
+
+/// What the hosts say is current, else the history (read only then).
 async fn current_version(fleet: &Fleet, observed: &BTreeMap<String, HostState>) -> Option<String> {
-    if let Some(current) = fleet.hosts().find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone())) {
-        return Some(current);
+    match current_on_hosts(fleet, observed) {
+        Some(current) => Some(current),
+        None => history::current(&read_history(fleet).await).0,
     }
-    history::current(&read_history(fleet).await).0
 }
 
 /// [`current_version`] with the history already read.
 fn current_from(fleet: &Fleet, observed: &BTreeMap<String, HostState>, entries: &[history::Entry]) -> Option<String> {
-    fleet
-        .hosts()
-        .find_map(|h| observed.get(&h.name).and_then(|s| s.current.clone()))
-        .or_else(|| history::current(entries).0)
+    current_on_hosts(fleet, observed).or_else(|| history::current(entries).0)
 }
 
 /// Runs the release_command once on the primary region's first host.
@@ -603,7 +605,7 @@ async fn finish(
     let version = record.version.clone();
     let outcome = summary.outcome();
     if summary.failure.is_none() && !summary.behind.is_empty() {
-        return finish_behind(ctx, fleet, record, summary, previous, started).await;
+        return finish_behind(ctx, fleet, guard, record, summary, previous, started).await;
     }
     let Some(failure) = &summary.failure else {
         let complete = record.finished(Status::Complete, None);
@@ -613,7 +615,7 @@ async fn finish(
         } else {
             BTreeMap::new()
         };
-        finish_hosts(ctx, fleet, guard, &version, &complete, &prune).await;
+        finish_hosts(ctx, fleet, guard, &complete, |_| true, &prune).await;
         ctx.event(Event::Finished {
             outcome,
             version: Some(version.clone()),
@@ -639,7 +641,7 @@ async fn finish(
         }
         _ => (Status::Failed, format!("--no-revert: {} instance(s) were left on {version}", summary.changed.len())),
     };
-    record_history(ctx, fleet, &record.finished(status, Some(what.clone()))).await;
+    finish_hosts(ctx, fleet, guard, &record.finished(status, Some(what.clone())), |_| false, &BTreeMap::new()).await;
     ctx.event(Event::Finished {
         outcome,
         version: Some(version.clone()),
@@ -653,39 +655,28 @@ async fn finish(
     })
 }
 
-/// Points `current` at `version` on `hosts`; a host that cannot be marked is warned
-/// about, since its instances already run the version.
-async fn mark_current<'a>(ctx: &Ctx, hosts: impl Iterator<Item = &'a Host>, version: &str) {
-    let marked = crate::host::on_each(hosts.cloned(), |host| {
-        let version = version.to_string();
-        async move { host.set_current(&version).await }
-    })
-    .await;
-    for (name, result) in marked {
-        if let Err(e) = result {
-            ctx.warn(format!("could not mark {version} current on `{name}`: {e}"));
-        }
-    }
-}
-
-/// On every host at once, in one round trip each: marks `version` current, records
-/// `record`, prunes what `prune` names for that host, and releases the lock. A step
-/// that fails on a host is warned about: the rollout itself already happened.
+/// On every host at once, in one round trip each: records `record`, marks its
+/// version current where `marked` says so, prunes what `prune` names for that host,
+/// and releases the lock. A step that fails on a host is warned about: the rollout
+/// itself already happened.
 async fn finish_hosts(
     ctx: &Ctx,
     fleet: &Fleet,
     guard: &mut Guard,
-    version: &str,
     record: &Record,
+    marked: impl Fn(&Host) -> bool,
     prune: &BTreeMap<String, Vec<String>>,
 ) {
+    let version = record.version.as_str();
     let token = guard.token().to_string();
     let line = record.to_line();
     guard.stop_refreshing();
+    let mark: BTreeSet<String> = fleet.hosts().filter(|h| marked(h)).map(|h| h.name.clone()).collect();
     let finished = crate::host::on_each(fleet.hosts().cloned(), |host| {
-        let (token, version, line) = (token.clone(), version.to_string(), line.clone());
+        let (token, line) = (token.clone(), line.clone());
+        let current = mark.contains(&host.name).then(|| version.to_string());
         let prune = prune.get(&host.name).cloned().unwrap_or_default();
-        async move { host.finish(Some(&token), Some(&version), Some(&line), &prune).await }
+        async move { host.finish(Some(&token), current.as_deref(), Some(&line), &prune).await }
     })
     .await;
     // Where the script failed, the lock may still be there: `Guard::release` then
@@ -697,13 +688,12 @@ async fn finish_hosts(
         let done = match result {
             Ok(done) => done,
             Err(e) => {
-                ctx.warn(format!(
-                    "could not mark {version} current, record history or release the lock on `{host}`: {e}"
-                ));
+                let marking = if mark.contains(&host) { format!("mark {version} current, ") } else { String::new() };
+                ctx.warn(format!("could not {marking}record history or release the lock on `{host}`: {e}"));
                 continue;
             }
         };
-        if !done.current {
+        if !done.current && mark.contains(&host) {
             ctx.warn(format!("could not mark {version} current on `{host}`"));
         }
         if !done.history {
@@ -960,6 +950,7 @@ pub async fn restart(ctx: &Ctx, command: &str) -> Result<(), Error> {
 async fn finish_behind(
     ctx: &Ctx,
     fleet: &Fleet,
+    guard: &mut Guard,
     record: &Record,
     summary: &Summary,
     previous: Option<String>,
@@ -967,7 +958,6 @@ async fn finish_behind(
 ) -> Result<(), Error> {
     let version = record.version.clone();
     let skipped: BTreeSet<&str> = summary.behind.iter().map(|b| b.region.as_str()).collect();
-    mark_current(ctx, fleet.hosts().filter(|h| !skipped.contains(h.region.as_str())), &version).await;
     let what: Vec<String> = summary
         .behind
         .iter()
@@ -978,7 +968,8 @@ async fn finish_behind(
         })
         .collect();
     let message = format!("{}; the other regions run {version}", what.join("; "));
-    record_history(ctx, fleet, &record.finished(Status::Failed, Some(message.clone()))).await;
+    let failed = record.finished(Status::Failed, Some(message.clone()));
+    finish_hosts(ctx, fleet, guard, &failed, |h| !skipped.contains(h.region.as_str()), &BTreeMap::new()).await;
     ctx.event(Event::Finished {
         outcome: Outcome::Failed,
         version: Some(version),

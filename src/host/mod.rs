@@ -348,11 +348,6 @@ impl Host {
         Ok(out.stdout_str().lines().map(str::to_string).collect())
     }
 
-    pub async fn set_current(&self, version: &str) -> Result<(), HostError> {
-        self.run("marking the current release", &self.cmd(scripts::SET_CURRENT).arg(version)).await?;
-        Ok(())
-    }
-
     pub async fn append_history(&self, line: &str) -> Result<(), HostError> {
         self.run("recording history", &self.cmd(scripts::APPEND_HISTORY).arg(line)).await?;
         Ok(())
@@ -391,11 +386,6 @@ impl Host {
             done.error = Some(self.step_error("finishing", &out).to_string());
         }
         Ok(done)
-    }
-
-    pub async fn remove_release(&self, version: &str) -> Result<(), HostError> {
-        self.run("pruning a release", &self.cmd(scripts::REMOVE_RELEASE).arg(version)).await?;
-        Ok(())
     }
 
     /// Runs the release_command from `releases/<version>`, streaming its output.

@@ -338,12 +338,6 @@ f="$app/instances/$1/log"
 [ -f "$f" ] && tail -n "$2" "$f" || true
 "#;
 
-/// `$1` version.
-pub const SET_CURRENT: &str = r#"
-ln -sfn "releases/$1" "$app/current.tmp"
-mv -T "$app/current.tmp" "$app/current"
-"#;
-
 /// `$1` one JSON line.
 pub const APPEND_HISTORY: &str = r#"
 mkdir -p "$app"
@@ -370,9 +364,6 @@ if [ -n "$sha" ]; then rm -f "$app/artifacts/$sha.tar.gz" || return 1; fi
 "#
     };
 }
-
-/// `$1` version.
-pub const REMOVE_RELEASE: &str = concat!(remove_release_fn!(), "remove_release \"$1\"\n");
 
 /// `$1` the lock's token (empty: leave the lock), `$2` the version to mark current
 /// (empty: none), `$3` a history line (empty: none), then releases to prune. The steps
