@@ -1,14 +1,14 @@
 //! The command line: clap definitions and help text. Parsed arguments are turned into
-//! plain [`Invocation`] data here; clap types never leave this module.
+//! plain [`Invocation`] data here (what the command line overrides goes into
+//! [`Overrides`]); clap types never leave this module.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::commands::deploy::{DeployOptions, RollbackOptions};
-use crate::commands::regions::ScaleOptions;
 use crate::config::Strategy;
+use crate::settings::Overrides;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Deploy release tarballs to your own machines, region by region, behind health checks", long_about = None)]
@@ -336,16 +336,16 @@ pub enum OutputMode {
 #[derive(Debug)]
 pub enum Command {
     ReleaseBuild { version: Option<String>, output: Option<PathBuf> },
-    Deploy(DeployOptions),
-    Rollback(RollbackOptions),
-    Migrate { version: Option<String>, backup: bool, lock_wait: Option<Duration> },
+    Deploy { version: Option<String>, release: Option<PathBuf>, dry_run: bool },
+    Rollback { version: Option<String>, dry_run: bool, restore_backup: bool, yes: bool },
+    Migrate { version: Option<String> },
     Status,
     Releases,
     Logs { region: Option<String>, instance: Option<String>, lines: usize },
     RegionsList,
     RegionsAdd { name: String, hosts: Vec<String>, count: Option<u32> },
     RegionsRemove { name: String, yes: bool },
-    Scale(ScaleOptions),
+    Scale { count: u32, region: Option<String>, yes: bool, dry_run: bool },
     SecretsSet { pairs: Vec<String>, stage: bool },
     SecretsUnset { keys: Vec<String>, stage: bool },
     SecretsList,
@@ -371,6 +371,8 @@ pub struct Invocation {
     pub accept_new_host_keys: bool,
     pub ssh_config: Option<PathBuf>,
     pub output: OutputMode,
+    /// What the command's flags override of fly.toml.
+    pub overrides: Overrides,
     pub command: Command,
 }
 
@@ -382,34 +384,38 @@ pub fn parse() -> Invocation {
         (_, true) => OutputMode::Quiet,
         _ => OutputMode::Human,
     };
+    let mut overrides = Overrides::default();
     let command = match args.command {
         CommandArgs::Release(ReleaseArgs::Build { version, output }) => Command::ReleaseBuild { version, output },
-        CommandArgs::Deploy(d) => Command::Deploy(DeployOptions {
-            version: d.version,
-            release: d.release,
-            dry_run: d.dry_run,
-            no_revert: d.no_revert,
-            wait_timeout: d.wait_timeout,
-            strategy: d.strategy.map(|s| match s {
-                StrategyArg::Rolling => Strategy::Rolling,
-                StrategyArg::Immediate => Strategy::Immediate,
-                StrategyArg::Canary => Strategy::Canary,
-                StrategyArg::Bluegreen => Strategy::Bluegreen,
-            }),
-            lock_wait: d.lock_wait,
-            skip_release_command: d.skip_release_command,
-            backup: d.backup,
-        }),
-        CommandArgs::Rollback(r) => Command::Rollback(RollbackOptions {
-            version: r.version,
-            dry_run: r.dry_run,
-            no_revert: r.no_revert,
-            wait_timeout: r.wait_timeout,
-            lock_wait: r.lock_wait,
-            restore_backup: r.restore_backup,
-            yes: r.yes,
-        }),
-        CommandArgs::Migrate { version, backup, lock_wait } => Command::Migrate { version, backup, lock_wait },
+        CommandArgs::Deploy(d) => {
+            overrides = Overrides {
+                wait_timeout: d.wait_timeout,
+                strategy: d.strategy.map(|s| match s {
+                    StrategyArg::Rolling => Strategy::Rolling,
+                    StrategyArg::Immediate => Strategy::Immediate,
+                    StrategyArg::Canary => Strategy::Canary,
+                    StrategyArg::Bluegreen => Strategy::Bluegreen,
+                }),
+                no_revert: d.no_revert,
+                lock_wait: d.lock_wait,
+                backup: d.backup,
+                skip_release_command: d.skip_release_command,
+            };
+            Command::Deploy { version: d.version, release: d.release, dry_run: d.dry_run }
+        }
+        CommandArgs::Rollback(r) => {
+            overrides = Overrides {
+                wait_timeout: r.wait_timeout,
+                no_revert: r.no_revert,
+                lock_wait: r.lock_wait,
+                ..Overrides::default()
+            };
+            Command::Rollback { version: r.version, dry_run: r.dry_run, restore_backup: r.restore_backup, yes: r.yes }
+        }
+        CommandArgs::Migrate { version, backup, lock_wait } => {
+            overrides = Overrides { lock_wait, backup, ..Overrides::default() };
+            Command::Migrate { version }
+        }
         CommandArgs::Status => Command::Status,
         CommandArgs::Releases => Command::Releases,
         CommandArgs::Logs(l) => Command::Logs { region: l.region, instance: l.instance, lines: l.lines },
@@ -417,7 +423,7 @@ pub fn parse() -> Invocation {
         CommandArgs::Regions(RegionsArgs::Add { name, hosts, count }) => Command::RegionsAdd { name, hosts, count },
         CommandArgs::Regions(RegionsArgs::Remove { name, yes }) => Command::RegionsRemove { name, yes },
         CommandArgs::Scale(ScaleArgs::Count { count, region, yes, dry_run }) => {
-            Command::Scale(ScaleOptions { count, region, yes, dry_run })
+            Command::Scale { count, region, yes, dry_run }
         }
         CommandArgs::Secrets(SecretsArgs::Set { pairs, stage }) => Command::SecretsSet { pairs, stage },
         CommandArgs::Secrets(SecretsArgs::Unset { keys, stage }) => Command::SecretsUnset { keys, stage },
@@ -444,6 +450,7 @@ pub fn parse() -> Invocation {
         accept_new_host_keys: args.accept_new_host_keys,
         ssh_config: args.ssh_config,
         output,
+        overrides,
         command,
     }
 }

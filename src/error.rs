@@ -4,7 +4,7 @@
 
 use crate::config::ConfigError;
 use crate::host::HostError;
-use crate::release::ReleaseError;
+use crate::release::{ArtifactError, ReleaseError};
 use crate::transport::TransportError;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,8 @@ pub enum Error {
     Usage { message: String, hint: Option<String> },
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
     #[error("failed to reach `{host}` while {step}")]
     Unreachable { host: String, step: &'static str, source: HostError },
     #[error("{step} failed")]
@@ -31,9 +33,7 @@ pub enum Error {
 /// connection hint, hosts that answered but could not do it get a host-side hint.
 pub fn before_change(host: &str, step: &'static str, source: HostError) -> Error {
     match source {
-        HostError::Transport(TransportError::Connection { .. } | TransportError::HostKey { .. }) => {
-            Error::Unreachable { host: host.to_string(), step, source }
-        }
+        source if source.is_unreachable() => Error::Unreachable { host: host.to_string(), step, source },
         other => Error::Failed {
             message: other.to_string(),
             hint: Some(format!(
@@ -48,6 +48,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage { .. } => 2,
             Error::Release(e) if e.is_usage() => 2,
+            Error::Artifact(e) if e.is_usage() => 2,
             _ => 1,
         }
     }

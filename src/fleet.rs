@@ -78,4 +78,9 @@ impl Fleet {
     pub fn region_names(&self) -> Vec<String> {
         self.regions.iter().map(|r| r.name.clone()).collect()
     }
+
+    /// Closes the port forwards opened through the hosts' connections, all at once.
+    pub async fn close(&self) {
+        crate::host::on_each(self.hosts().cloned(), |host| async move { host.transport.close_forwards().await }).await;
+    }
 }

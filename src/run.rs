@@ -1,5 +1,7 @@
-//! Runs one parsed [`Invocation`]: loads the config, picks the reporter, dispatches to
-//! the command. Returns the error for `main` to print and map to an exit code.
+//! The edge: runs one parsed [`Invocation`]. Picks the reporter, loads the config,
+//! resolves the settings, dispatches to the command, and renders the error for
+//! `main` to print and map to an exit code. The only module that knows both the
+//! command line and the commands.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -27,20 +29,14 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
             region: region.clone(),
             dir: dir.clone(),
         };
-        return commands::launch::run(&opts);
+        return commands::launch::run(&opts, reporter.as_ref());
     }
     let loaded = crate::config::load(&invocation.config)?;
-    let ctx = Ctx {
-        config: Arc::new(loaded.config),
-        config_path: invocation.config.clone(),
-        reporter,
-        json: invocation.output == OutputMode::Json,
-        ssh: SshOptions {
-            accept_new_host_keys: invocation.accept_new_host_keys,
-            config_file: invocation.ssh_config.clone(),
-        },
-        interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+    let ssh = SshOptions {
+        accept_new_host_keys: invocation.accept_new_host_keys,
+        config_file: invocation.ssh_config.clone(),
     };
+    let ctx = Ctx::new(loaded.config, invocation.config.clone(), reporter, ssh, invocation.overrides);
     if matches!(invocation.command, Command::ConfigValidate) {
         commands::config::validate(&ctx, &loaded.warnings);
         return Ok(());
@@ -49,43 +45,46 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         ctx.event(Event::Warning { message: format!("{}:{warning}", invocation.config.display()) });
     }
     let result = dispatch(&ctx, invocation.command).await;
-    crate::transport::close_forwards().await;
+    ctx.close().await;
     result
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
+    use commands::{backups, build, deploy, destroy, inspect, lock, pg, regions, secrets, volumes};
     match command {
-        Command::ReleaseBuild { version, output } => commands::build::run(ctx, version, output).await,
-        Command::Deploy(opts) => commands::deploy::deploy(ctx, opts).await,
-        Command::Rollback(opts) => commands::deploy::rollback(ctx, opts).await,
-        Command::Migrate { version, backup, lock_wait } => {
-            commands::deploy::migrate(ctx, version, backup, lock_wait).await
+        Command::ReleaseBuild { version, output } => build::run(ctx, version, output).await,
+        Command::Deploy { version, release, dry_run } => {
+            deploy::deploy(ctx, deploy::DeployOptions { version, release, dry_run }).await
         }
-        Command::BackupsList => commands::backups::list(ctx).await,
-        Command::BackupsCreate => commands::backups::create(ctx).await,
-        Command::BackupsRestore { id, yes } => commands::backups::restore(ctx, &id, yes).await,
-        Command::Status => commands::inspect::status(ctx).await,
-        Command::Releases => commands::inspect::releases(ctx).await,
-        Command::Logs { region, instance, lines } => commands::inspect::logs(ctx, region, instance, lines).await,
-        Command::RegionsList => commands::regions::list(ctx).await,
-        Command::RegionsAdd { name, hosts, count } => commands::regions::add(ctx, &name, hosts, count).await,
-        Command::RegionsRemove { name, yes } => commands::regions::remove(ctx, &name, yes).await,
-        Command::Scale(opts) => commands::regions::scale(ctx, opts).await,
-        Command::SecretsSet { pairs, stage } => {
-            commands::secrets::set(ctx, commands::secrets::SetOptions { pairs, stage }).await
+        Command::Rollback { version, dry_run, restore_backup, yes } => {
+            deploy::rollback(ctx, deploy::RollbackOptions { version, dry_run, restore_backup, yes }).await
         }
-        Command::SecretsUnset { keys, stage } => commands::secrets::unset(ctx, keys, stage).await,
-        Command::SecretsList => commands::secrets::list(ctx).await,
+        Command::Migrate { version } => deploy::migrate(ctx, version).await,
+        Command::BackupsList => backups::list(ctx).await,
+        Command::BackupsCreate => backups::create(ctx).await,
+        Command::BackupsRestore { id, yes } => backups::restore(ctx, &id, yes).await,
+        Command::Status => inspect::status(ctx).await,
+        Command::Releases => inspect::releases(ctx).await,
+        Command::Logs { region, instance, lines } => inspect::logs(ctx, region, instance, lines).await,
+        Command::RegionsList => regions::list(ctx).await,
+        Command::RegionsAdd { name, hosts, count } => regions::add(ctx, &name, hosts, count).await,
+        Command::RegionsRemove { name, yes } => regions::remove(ctx, &name, yes).await,
+        Command::Scale { count, region, yes, dry_run } => {
+            regions::scale(ctx, regions::ScaleOptions { count, region, yes, dry_run }).await
+        }
+        Command::SecretsSet { pairs, stage } => secrets::set(ctx, &pairs, stage).await,
+        Command::SecretsUnset { keys, stage } => secrets::unset(ctx, &keys, stage).await,
+        Command::SecretsList => secrets::list(ctx).await,
         Command::VolumesCreate { name, region, size, host } => {
-            commands::volumes::create(ctx, commands::volumes::CreateOptions { name, region, size_gb: size, host }).await
+            volumes::create(ctx, volumes::CreateOptions { name, region, size_gb: size, host }).await
         }
-        Command::VolumesList => commands::volumes::list(ctx).await,
-        Command::VolumesDestroy { id, yes } => commands::volumes::destroy(ctx, &id, yes).await,
-        Command::PgStatus => commands::pg::status(ctx).await,
-        Command::PgConnectUrl { region } => commands::pg::connect_url(ctx, &region).await,
-        Command::LockStatus => commands::lock::status(ctx).await,
-        Command::LockRelease => commands::lock::release(ctx).await,
-        Command::Destroy { yes } => commands::destroy::run(ctx, yes).await,
+        Command::VolumesList => volumes::list(ctx).await,
+        Command::VolumesDestroy { id, yes } => volumes::destroy(ctx, &id, yes).await,
+        Command::PgStatus => pg::status(ctx).await,
+        Command::PgConnectUrl { region } => pg::connect_url(ctx, &region).await,
+        Command::LockStatus => lock::status(ctx).await,
+        Command::LockRelease => lock::release(ctx).await,
+        Command::Destroy { yes } => destroy::run(ctx, yes).await,
         Command::ConfigValidate | Command::Launch { .. } => Ok(()),
         Command::ConfigShow => commands::config::show(ctx),
     }

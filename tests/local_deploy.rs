@@ -187,8 +187,12 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     let project = Project::two_by_two();
     let run = project.ferry(&["deploy", "--version", "v1", "--dry-run", "--json"]);
     run.assert_ok();
-    let plans = run.events().into_iter().filter(|e| e["event"] == "plan").count();
-    assert_eq!(plans, 4);
+    let events = run.events();
+    let instances = events.iter().filter(|e| e["event"] == "plan" && e["phase"] == "instance").count();
+    assert_eq!(instances, 4);
+    let ships = events.iter().filter(|e| e["event"] == "plan" && e["phase"] == "ship").count();
+    assert_eq!(ships, 2, "every host's upload is planned: {}", run.stdout);
+    assert!(events.iter().any(|e| e["event"] == "plan" && e["phase"] == "finish"), "{}", run.stdout);
     assert!(!project.path().join(".ferry/local").exists());
     assert!(!project.path().join(".ferry/build").exists());
 }

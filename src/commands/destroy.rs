@@ -1,46 +1,53 @@
 //! `ferry destroy --yes`: stop every instance and remove the app from every host.
 
+use crate::config::Target;
+use crate::deploy::lock;
 use crate::error::Error;
-use crate::fleet::{local_root, Fleet};
+use crate::fleet::local_root;
+use crate::host::Stop;
 use crate::report::Event;
 
-use super::{lock, observe, Ctx};
+use super::Ctx;
 
 pub async fn run(ctx: &Ctx, yes: bool) -> Result<(), Error> {
     if !yes {
         return Err(Error::Usage {
             message: format!(
                 "`ferry destroy` stops every instance of `{}` and deletes its releases, history and volumes",
-                ctx.config.app
+                ctx.settings.app
             ),
             hint: Some("run it again with `--yes` if that is what you want".into()),
         });
     }
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let guard = lock(ctx, &fleet, "destroy", None).await?;
-    let observed = observe(&fleet).await?;
-    for host in fleet.hosts() {
-        for instance in observed.get(&host.name).map(|s| s.instances.clone()).unwrap_or_default() {
-            host.stop_instance(&instance.record.id, &ctx.config.kill_signal, ctx.config.kill_timeout)
-                .await
-                .map_err(|source| Error::Host { step: "stopping instances", source })?;
-            ctx.event(Event::InstanceStopped {
-                region: host.region.clone(),
-                host: host.name.clone(),
-                instance: instance.record.id.clone(),
-            });
+    let fleet = ctx.fleet()?;
+    let guard = lock::take(&fleet, ctx.reporter.as_ref(), "destroy", ctx.settings.lock_wait).await?;
+    let observed = guard.observed().clone();
+    let stop = Stop { signal: ctx.settings.instance.kill_signal.clone(), timeout: ctx.settings.instance.kill_timeout };
+    let stopped = async {
+        for host in fleet.hosts() {
+            for instance in observed.get(&host.name).map(|s| s.instances.clone()).unwrap_or_default() {
+                host.stop_instance(&instance.record.id, &stop)
+                    .await
+                    .map_err(|source| Error::Host { step: "stopping instances", source })?;
+                ctx.event(Event::InstanceStopped {
+                    region: host.region.clone(),
+                    host: host.name.clone(),
+                    instance: instance.record.id.clone(),
+                });
+            }
         }
+        Ok::<(), Error>(())
     }
+    .await;
     guard.release().await;
+    stopped?;
     for host in fleet.hosts() {
         host.destroy().await.map_err(|source| Error::Host { step: "removing the app", source })?;
     }
-    if matches!(ctx.config.ferry.target, crate::config::Target::Local) {
-        remove_empty_dirs(&local_root(&ctx.config.dir));
+    if ctx.settings.target == Target::Local {
+        remove_empty_dirs(&local_root(&ctx.settings.dir));
     }
-    if !ctx.json {
-        eprintln!("destroyed `{}`", ctx.config.app);
-    }
+    ctx.finished(format!("destroyed `{}`", ctx.settings.app));
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::report::Reporter;
 
 const POSTGRES_FLY: &str = include_str!("../../templates/postgres/fly.toml");
 const POSTGRES_START: &str = include_str!("../../templates/postgres/release/bin/start");
@@ -15,7 +16,7 @@ pub struct LaunchOptions {
     pub dir: Option<PathBuf>,
 }
 
-pub fn run(opts: &LaunchOptions) -> Result<(), Error> {
+pub fn run(opts: &LaunchOptions, reporter: &dyn Reporter) -> Result<(), Error> {
     if opts.template != "postgres" {
         return Err(Error::usage(format!("unknown template `{}` (templates: postgres)", opts.template)));
     }
@@ -39,11 +40,11 @@ pub fn run(opts: &LaunchOptions) -> Result<(), Error> {
     let fly = POSTGRES_FLY.replace("{{app}}", &opts.name).replace("{{region}}", &opts.region);
     write(&config, &fly, false)?;
     write(&dir.join("release").join("bin").join("start"), POSTGRES_START, true)?;
-    eprintln!("wrote {} and {}", config.display(), dir.join("release/bin/start").display());
-    eprintln!("next, in {}:", dir.display());
-    eprintln!("  ferry secrets set POSTGRES_PASSWORD=-");
-    eprintln!("  ferry volumes create pg_data --region {} --size 10", opts.region);
-    eprintln!("  ferry deploy");
+    reporter.note(&format!("wrote {} and {}", config.display(), dir.join("release/bin/start").display()));
+    reporter.note(&format!("next, in {}:", dir.display()));
+    reporter.note("  ferry secrets set POSTGRES_PASSWORD=-");
+    reporter.note(&format!("  ferry volumes create pg_data --region {} --size 10", opts.region));
+    reporter.note("  ferry deploy");
     Ok(())
 }
 

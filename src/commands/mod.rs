@@ -1,6 +1,7 @@
-//! One module per command. Each `run` reads as a checklist: load, observe, plan,
-//! (print the plan on `--dry-run`), execute, report the outcome. Shared steps —
-//! observing the fleet, taking the lock, shipping a release — live here.
+//! One module per command, each a short checklist: resolve what it needs, observe or
+//! run the engine (`deploy::Engine`), hand data to the reporter. Commands never call
+//! each other: what two of them share lives in the layers below (the engine, the host
+//! operations, the views) or here.
 
 pub mod backups;
 pub mod build;
@@ -13,37 +14,72 @@ pub mod lock;
 pub mod pg;
 pub mod regions;
 pub mod secrets;
-pub mod ship;
 pub mod volumes;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use tokio::task::JoinSet;
-
-use crate::config::Config;
+use crate::config::{edit, Config};
+use crate::deploy::Engine;
 use crate::error::Error;
 use crate::fleet::Fleet;
-use crate::health::Checks;
-use crate::history;
-use crate::host::lock::{Attempt, Guard, Holder};
-use crate::host::{Host, HostState};
+use crate::report::views::View;
 use crate::report::{Event, Reporter};
+use crate::settings::{Overrides, Settings};
+use crate::transport::SshOptions;
 
-/// What every command gets: the loaded config and where to report.
+/// What every command gets: the resolved settings, the config they came from (for
+/// commands that edit it), and where to report.
 pub struct Ctx {
+    pub settings: Settings,
     pub config: Arc<Config>,
     pub config_path: PathBuf,
     pub reporter: Arc<dyn Reporter>,
-    pub json: bool,
-    pub ssh: crate::transport::SshOptions,
     /// Whether the user can be asked to confirm (stdin is a terminal).
     pub interactive: bool,
+    ssh: SshOptions,
+    overrides: Overrides,
+    /// Every fleet handed out (shared with [`Ctx::with_config`]), so that the port
+    /// forwards their connections opened are closed at the end ([`Ctx::close`]).
+    fleets: Arc<Mutex<Vec<Fleet>>>,
 }
 
 impl Ctx {
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        reporter: Arc<dyn Reporter>,
+        ssh: SshOptions,
+        overrides: Overrides,
+    ) -> Self {
+        let settings = Settings::resolve(&config, ssh.clone(), &overrides);
+        Self {
+            settings,
+            config: Arc::new(config),
+            config_path,
+            reporter,
+            interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+            ssh,
+            overrides,
+            fleets: Arc::default(),
+        }
+    }
+
+    /// The same invocation against an edited config.
+    #[must_use]
+    pub fn with_config(&self, config: Config) -> Ctx {
+        Ctx {
+            settings: Settings::resolve(&config, self.ssh.clone(), &self.overrides),
+            config: Arc::new(config),
+            config_path: self.config_path.clone(),
+            reporter: Arc::clone(&self.reporter),
+            interactive: self.interactive,
+            ssh: self.ssh.clone(),
+            overrides: self.overrides.clone(),
+            fleets: Arc::clone(&self.fleets),
+        }
+    }
+
     #[allow(clippy::needless_pass_by_value)] // events are built inline at each call
     pub fn event(&self, event: Event) {
         self.reporter.event(&event);
@@ -52,225 +88,82 @@ impl Ctx {
     pub fn warn(&self, message: impl Into<String>) {
         self.event(Event::Warning { message: message.into() });
     }
-}
 
-/// Reads every host's state in parallel. One unreachable host stops the command
-/// before anything changed.
-pub async fn observe(fleet: &Fleet) -> Result<BTreeMap<String, HostState>, Error> {
-    let mut tasks = JoinSet::new();
-    for host in fleet.hosts().cloned() {
-        tasks.spawn(async move { (host.name.clone(), host.observe().await) });
+    /// Shows what a read command found.
+    pub fn show(&self, view: &impl View) {
+        let json = serde_json::to_value(view).unwrap_or_default();
+        self.reporter.show(&json, &view.render());
     }
-    let mut observed = BTreeMap::new();
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((name, result)) = joined else { continue };
-        match result {
-            Ok(state) => {
-                observed.insert(name, state);
-            }
-            Err(source) => {
-                first_error.get_or_insert(crate::error::before_change(&name, "reading its state", source));
-            }
+
+    pub fn fleet(&self) -> Result<Fleet, Error> {
+        let fleet = Fleet::from_config(&self.config, &self.settings.ssh)?;
+        if let Ok(mut fleets) = self.fleets.lock() {
+            fleets.push(fleet.clone());
+        }
+        Ok(fleet)
+    }
+
+    /// Closes what the command's connections opened (port forwards through SSH
+    /// masters kept for later runs).
+    pub async fn close(&self) {
+        let fleets: Vec<Fleet> = self.fleets.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
+        for fleet in fleets {
+            fleet.close().await;
         }
     }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(observed),
+
+    pub fn engine<'a>(&'a self, fleet: &'a Fleet) -> Engine<'a> {
+        Engine::new(&self.settings, fleet, Arc::clone(&self.reporter))
     }
-}
 
-/// Ids of instances running `version` that pass their checks right now.
-pub async fn healthy_on(
-    fleet: &Fleet,
-    observed: &BTreeMap<String, HostState>,
-    checks: &Checks,
-    version: &str,
-) -> BTreeSet<String> {
-    // All at once: through an SSH forward a TCP check takes 100 ms.
-    let mut probes = JoinSet::new();
-    for host in fleet.hosts() {
-        let Some(state) = observed.get(&host.name) else { continue };
-        for instance in state.instances.iter().filter(|i| i.alive && i.record.version == version) {
-            let (host, checks, id, port) =
-                (host.clone(), checks.clone(), instance.record.id.clone(), instance.record.port);
-            probes.spawn(async move {
-                let addr = host.transport.forward(port).await.ok()?;
-                checks.check(addr, !host.transport.is_local()).await.ok().map(|()| id)
-            });
-        }
-    }
-    let mut healthy = BTreeSet::new();
-    while let Some(result) = probes.join_next().await {
-        healthy.extend(result.ok().flatten());
-    }
-    healthy
-}
-
-/// Takes the lock on every host (in a fixed order), taking over stale leases with a
-/// warning. With `wait`, retries until it is free or the wait is over. Each host's
-/// state is read under its lock in the same round trip ([`Guard::observed`]).
-pub async fn lock(ctx: &Ctx, fleet: &Fleet, command: &str, wait: Option<Duration>) -> Result<Guard, Error> {
-    let holder = Holder::me(command);
-    let mut hosts: Vec<Host> = fleet.hosts().cloned().collect();
-    hosts.sort_by(|a, b| a.name.cmp(&b.name));
-    let Some((first, rest)) = hosts.split_first() else {
-        return Ok(Guard::new(Vec::new(), holder.token, BTreeMap::new()));
-    };
-    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
-    connect_all(&hosts).await?;
-    loop {
-        // The first host in name order settles which of two operations started at
-        // once goes ahead (the other never holds half the fleet); the rest are then
-        // taken all at once.
-        let mut results = vec![(first.name.clone(), take_one(first.clone(), holder.clone()).await)];
-        if matches!(results[0].1, Ok(Took::Yes(_) | Took::TakenOver { .. })) {
-            let rest = crate::host::on_each(rest.to_vec(), |host| take_one(host, holder.clone())).await;
-            results.extend(rest);
-        }
-        let mut taken = BTreeMap::new();
-        let (mut conflict, mut failure) = (None, None);
-        for (name, result) in results {
-            match result {
-                Ok(Took::Yes(state)) => {
-                    taken.insert(name, *state);
-                }
-                Ok(Took::TakenOver { previous_holder, reason, state }) => {
-                    ctx.event(Event::LockTakenOver { host: name.clone(), previous_holder, reason });
-                    taken.insert(name, *state);
-                }
-                Ok(Took::Conflict(holder_text)) => {
-                    conflict.get_or_insert((name, holder_text));
-                }
-                Err(source) => {
-                    failure.get_or_insert((name, source));
-                }
-            }
-        }
-        let held: Vec<Host> = hosts.iter().filter(|h| taken.contains_key(&h.name)).cloned().collect();
-        if let Some((name, source)) = failure {
-            release_all(&held, &holder.token).await;
-            return Err(crate::error::before_change(&name, "taking the lock", source));
-        }
-        let Some((host, holder_text)) = conflict else {
-            return Ok(Guard::new(held, holder.token, taken));
-        };
-        release_all(&held, &holder.token).await;
-        match deadline {
-            Some(deadline) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            _ => return Err(Error::Locked { host, holder: holder_text }),
-        }
-    }
-}
-
-/// What trying one host's lock came to; when taken, the host's state read under it.
-enum Took {
-    Yes(Box<HostState>),
-    TakenOver {
-        previous_holder: String,
-        reason: String,
-        state: Box<HostState>,
-    },
-    /// Held by someone else: who.
-    Conflict(String),
-}
-
-/// Takes one host's lock, taking over a stale one.
-async fn take_one(host: Host, holder: Holder) -> Result<Took, crate::host::HostError> {
-    let held = match host.lock_acquire(&holder).await? {
-        Attempt::Acquired(state) => return Ok(Took::Yes(state)),
-        Attempt::Held(held) => held,
-    };
-    let Some(reason) = held.stale_reason() else { return Ok(Took::Conflict(held.describe())) };
-    match host.lock_takeover(&held, &holder).await? {
-        Some(state) => Ok(Took::TakenOver { previous_holder: held.describe(), reason, state: Box::new(state) }),
-        None => Ok(Took::Conflict(held.describe())),
-    }
-}
-
-/// Opens the connection to every host at once (established ones are reused).
-pub async fn connect_all(hosts: &[Host]) -> Result<(), Error> {
-    let connected = crate::host::on_each(hosts.to_vec(), |host| async move { host.transport.connect().await }).await;
-    match connected.into_iter().find(|(_, r)| r.is_err()) {
-        Some((name, Err(source))) => Err(crate::error::before_change(&name, "connecting", source.into())),
-        _ => Ok(()),
-    }
-}
-
-/// Gives back the locks already taken when the whole set cannot be had.
-async fn release_all(hosts: &[Host], token: &str) {
-    let token = token.to_string();
-    crate::host::on_each(hosts.to_vec(), |host| {
-        let token = token.clone();
-        async move { host.lock_release(Some(&token)).await }
-    })
-    .await;
-}
-
-/// The history as the primary region's first reachable host has it.
-pub async fn read_history(fleet: &Fleet) -> Vec<history::Entry> {
-    for host in fleet.hosts() {
-        if let Ok(text) = host.read_history().await {
-            if !text.trim().is_empty() {
-                return history::entries(&text);
-            }
-        }
-    }
-    Vec::new()
-}
-
-/// Appends one history line on every host; a host that cannot be written is warned
-/// about, since the operation itself already happened.
-pub async fn record_history(ctx: &Ctx, fleet: &Fleet, record: &history::Record) {
-    let line = record.to_line();
-    let appended = crate::host::on_each(fleet.hosts().cloned(), |host| {
-        let line = line.clone();
-        async move { host.append_history(&line).await }
-    })
-    .await;
-    for (name, result) in appended {
-        if let Err(e) = result {
-            ctx.warn(format!("could not record history on `{name}`: {e}"));
-        }
-    }
-}
-
-pub fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A new instance id: 14 hex digits, like Fly machine ids.
-pub fn new_instance_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 7];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        bytes.copy_from_slice(&nanos.to_le_bytes()[..7]);
-    }
-    bytes.iter().fold(String::with_capacity(14), |mut id, b| {
-        use std::fmt::Write as _;
-        let _ = write!(id, "{b:02x}");
-        id
-    })
-}
-
-/// Asks the user to confirm on the terminal; without one, refuses and names `--yes`.
-pub fn confirm(ctx: &Ctx, question: &str) -> Result<(), Error> {
-    if !ctx.interactive {
-        return Err(Error::Usage {
-            message: format!("{question} (confirmation needed, and stdin is not a terminal)"),
-            hint: Some("run it again with `--yes`".into()),
+    /// A finished operation that needed no rollout.
+    pub fn finished(&self, message: impl Into<String>) {
+        self.event(Event::Finished {
+            outcome: crate::report::Outcome::Succeeded,
+            version: None,
+            previous: None,
+            message: message.into(),
+            duration_ms: 0,
         });
     }
-    eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    let _ = std::io::stdin().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::usage("cancelled; nothing was changed"))
+
+    /// Asks the user to confirm on the terminal; without one, refuses and names `--yes`.
+    pub fn confirm(&self, question: &str) -> Result<(), Error> {
+        if !self.interactive {
+            return Err(Error::Usage {
+                message: format!("{question} (confirmation needed, and stdin is not a terminal)"),
+                hint: Some("run it again with `--yes`".into()),
+            });
+        }
+        eprint!("{question} [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if matches!(answer.trim(), "y" | "Y" | "yes") {
+            Ok(())
+        } else {
+            Err(Error::usage("cancelled; nothing was changed"))
+        }
+    }
+
+    /// The edited fly.toml text and the invocation it would give, without writing
+    /// anything: an edit is checked by loading it before it is kept.
+    pub fn preview_edit(
+        &self,
+        f: impl FnOnce(&str) -> Result<String, edit::EditError>,
+    ) -> Result<(String, Ctx), Error> {
+        let text = std::fs::read_to_string(&self.config_path).map_err(|source| Error::Io {
+            action: "read",
+            path: self.config_path.display().to_string(),
+            source,
+        })?;
+        let edited = f(&text).map_err(|e| Error::Failed { message: e.to_string(), hint: None })?;
+        let loaded = crate::config::parse(&self.config_path, &edited)?;
+        Ok((edited, self.with_config(loaded.config)))
+    }
+
+    /// Writes an edited fly.toml (comments and formatting kept by the edit).
+    pub fn write_config(&self, text: String) -> Result<(), Error> {
+        edit::edit_file(&self.config_path, move |_| Ok(text))
+            .map_err(|e| Error::Failed { message: e.to_string(), hint: None })
     }
 }

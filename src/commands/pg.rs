@@ -3,29 +3,12 @@
 //! and the addresses apps should read from and write to. The password is read from
 //! the app's secrets to connect and is never printed.
 
-use std::fmt::Write as _;
-
-use serde::Serialize;
-
+use crate::deploy::{migrate, observe};
 use crate::error::Error;
-use crate::fleet::Fleet;
 use crate::postgres::{query_text, Lsn};
+use crate::report::views::{ConnectUrl, Member, Members};
 
-use super::{observe, Ctx};
-
-#[derive(Debug, Serialize)]
-struct Member {
-    region: String,
-    host: String,
-    instance: String,
-    address: String,
-    role: String,
-    lsn: Option<String>,
-    lag_bytes: Option<u64>,
-    lag_seconds: Option<f64>,
-    streaming: Option<String>,
-    error: Option<String>,
-}
+use super::Ctx;
 
 const STATUS_SQL: &str = "SELECT concat_ws('|', pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
@@ -33,10 +16,10 @@ const STATUS_SQL: &str = "SELECT concat_ws('|', pg_is_in_recovery(), \
      coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::text, ''))";
 
 pub async fn status(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let observed = observe(&fleet).await?;
+    let fleet = ctx.fleet()?;
+    let observed = observe::observe(&fleet).await?;
     let Some(first) = fleet.hosts().next() else { return Ok(()) };
-    let password = super::backups::url_from(ctx, first, "POSTGRES_PASSWORD").await?;
+    let password = migrate::app_value(&ctx.settings, first, "POSTGRES_PASSWORD").await?;
     let mut members = Vec::new();
     for host in fleet.hosts() {
         for instance in observed.get(&host.name).map(|s| s.instances.clone()).unwrap_or_default() {
@@ -77,29 +60,7 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
             member.lag_bytes = Some(primary.0.saturating_sub(lsn.0));
         }
     }
-    if ctx.json {
-        println!("{}", serde_json::to_string(&members).unwrap_or_default());
-        return Ok(());
-    }
-    let mut out = format!(
-        "{:<8} {:<16} {:<22} {:<8} {:<12} {:>10} {:>8} {}\n",
-        "REGION", "INSTANCE", "ADDRESS", "ROLE", "LSN", "LAG", "LAG(s)", "STREAMING"
-    );
-    for m in &members {
-        let _ = writeln!(
-            out,
-            "{:<8} {:<16} {:<22} {:<8} {:<12} {:>10} {:>8} {}",
-            m.region,
-            m.instance,
-            m.address,
-            m.role,
-            m.lsn.as_deref().unwrap_or("-"),
-            m.lag_bytes.map_or("-".to_string(), |b| format!("{b}B")),
-            m.lag_seconds.map_or("-".to_string(), |s| format!("{s:.1}")),
-            m.streaming.as_deref().or(m.error.as_deref()).unwrap_or("-")
-        );
-    }
-    print!("{out}");
+    ctx.show(&Members(members));
     Ok(())
 }
 
@@ -122,15 +83,15 @@ async fn query_member(
 /// Where apps in `region` should read (its nearest member) and write (the primary),
 /// with the password left as `$POSTGRES_PASSWORD` for the app's config to fill in.
 pub async fn connect_url(ctx: &Ctx, region: &str) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let observed = observe(&fleet).await?;
+    let fleet = ctx.fleet()?;
+    let observed = observe::observe(&fleet).await?;
     let member = |wanted: &str| {
         fleet.hosts().filter(|h| h.region == wanted).find_map(|h| {
             let i = observed.get(&h.name)?.instances.iter().find(|i| i.alive && i.record.region == wanted)?;
             Some(format!("postgres://postgres:$POSTGRES_PASSWORD@{}:{}/postgres", h.address(), i.record.port))
         })
     };
-    let primary = ctx.config.primary();
+    let primary = ctx.settings.primary.clone();
     let write = member(&primary)
         .ok_or_else(|| Error::failed(format!("no running member in the primary region `{primary}`")))?;
     let read = member(region).ok_or_else(|| Error::Usage {
@@ -139,11 +100,6 @@ pub async fn connect_url(ctx: &Ctx, region: &str) -> Result<(), Error> {
             "`ferry volumes create pg_data --region {region} --size 10` then `ferry scale count 1 --region {region}`"
         )),
     })?;
-    if ctx.json {
-        println!("{}", serde_json::json!({"region": region, "read": read, "write": write}));
-    } else {
-        println!("read:  {read}");
-        println!("write: {write}");
-    }
+    ctx.show(&ConnectUrl { region: region.to_string(), read, write });
     Ok(())
 }

@@ -6,19 +6,11 @@ use std::io::Read as _;
 
 use base64::Engine as _;
 
-use std::collections::BTreeMap;
-
+use crate::deploy::{lock, observe, Operation};
 use crate::error::Error;
-use crate::fleet::Fleet;
-use crate::host::HostState;
-use crate::report::{Event, Outcome};
+use crate::report::views::{SecretRow, Secrets};
 
-use super::{lock, observe, Ctx};
-
-pub struct SetOptions {
-    pub pairs: Vec<String>,
-    pub stage: bool,
-}
+use super::Ctx;
 
 /// Parses `K=V` arguments (`K=-` reads the value from stdin, once).
 fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, String)>, Error> {
@@ -67,8 +59,8 @@ fn valid_key(key: &str) -> Result<(), Error> {
     }
 }
 
-pub async fn set(ctx: &Ctx, opts: SetOptions) -> Result<(), Error> {
-    let pairs = parse_pairs(&opts.pairs)?;
+pub async fn set(ctx: &Ctx, pairs: &[String], stage: bool) -> Result<(), Error> {
+    let pairs = parse_pairs(pairs)?;
     if pairs.is_empty() {
         return Err(Error::usage("nothing to set: pass KEY=VALUE"));
     }
@@ -78,20 +70,20 @@ pub async fn set(ctx: &Ctx, opts: SetOptions) -> Result<(), Error> {
         let _ = writeln!(lines, "{k}={}", base64::engine::general_purpose::STANDARD.encode(v));
         lines
     });
-    store(ctx, &keys, lines, opts.stage, "secrets set").await
+    store(ctx, &keys, lines, stage, "secrets set").await
 }
 
-pub async fn unset(ctx: &Ctx, keys: Vec<String>, stage: bool) -> Result<(), Error> {
-    for key in &keys {
+pub async fn unset(ctx: &Ctx, keys: &[String], stage: bool) -> Result<(), Error> {
+    for key in keys {
         valid_key(key)?;
     }
-    store(ctx, &keys, String::new(), stage, "secrets unset").await
+    store(ctx, keys, String::new(), stage, "secrets unset").await
 }
 
 async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: &str) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    observe(&fleet).await?;
-    let guard = lock(ctx, &fleet, command, None).await?;
+    let fleet = ctx.fleet()?;
+    observe::observe(&fleet).await?;
+    let guard = lock::take(&fleet, ctx.reporter.as_ref(), command, ctx.settings.lock_wait).await?;
     let mut result = Ok(());
     for host in fleet.hosts() {
         if let Err(source) = host.secrets_set(keys, lines.clone()).await {
@@ -102,60 +94,17 @@ async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: 
     guard.release().await;
     result?;
     if stage {
-        ctx.event(Event::Finished {
-            outcome: Outcome::Succeeded,
-            version: None,
-            previous: None,
-            message: format!("staged {}; instances get them at the next deploy or restart", keys.join(", ")),
-            duration_ms: 0,
-        });
+        ctx.finished(format!("staged {}; instances get them at the next deploy or restart", keys.join(", ")));
         return Ok(());
     }
-    super::deploy::restart(ctx, &format!("{command} {}", keys.join(" "))).await
+    ctx.engine(&fleet).run(Operation::Restart { command: format!("{command} {}", keys.join(" ")) }).await
 }
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let fleet = ctx.fleet()?;
     let Some(host) = fleet.hosts().next() else { return Ok(()) };
     let secrets = host.secrets_list().await.map_err(|source| Error::Host { step: "listing secrets", source })?;
-    if ctx.json {
-        let rows: Vec<_> = secrets.iter().map(|(k, d)| serde_json::json!({"name": k, "digest": d})).collect();
-        println!("{}", serde_json::Value::Array(rows));
-    } else if secrets.is_empty() {
-        println!("no secrets; `ferry secrets set KEY=VALUE` adds one");
-    } else {
-        println!("{:<32} DIGEST", "NAME");
-        for (k, d) in secrets {
-            println!("{k:<32} {d}");
-        }
-    }
-    Ok(())
-}
-
-/// Gives hosts that joined the app after its secrets were set (a new region, a new
-/// host) the same secrets as the primary's first host.
-/// Uses the secrets digests `observed` already holds, so it costs nothing when every
-/// host agrees.
-pub async fn sync(ctx: &Ctx, fleet: &Fleet, observed: &BTreeMap<String, HostState>) -> Result<(), Error> {
-    let Some(reference) = fleet.primary().and_then(|r| r.hosts.first()) else { return Ok(()) };
-    let digest = |host: &str| observed.get(host).and_then(|s| s.secrets.clone());
-    let wanted = digest(&reference.name);
-    let mut raw = None;
-    for host in fleet.hosts().filter(|h| h.name != reference.name) {
-        if digest(&host.name) == wanted {
-            continue;
-        }
-        if raw.is_none() {
-            raw =
-                Some(reference.secrets_raw().await.map_err(|source| Error::Host { step: "reading secrets", source })?);
-        }
-        host.secrets_replace(raw.clone().unwrap_or_default())
-            .await
-            .map_err(|source| Error::Host { step: "copying secrets", source })?;
-        ctx.event(Event::Warning {
-            message: format!("copied the app's secrets to `{}`, which did not have them", host.name),
-        });
-    }
+    ctx.show(&Secrets(secrets.into_iter().map(|(name, digest)| SecretRow { name, digest }).collect()));
     Ok(())
 }
 

@@ -2,16 +2,15 @@
 //! under the app's `volumes/`), sized against that filesystem's free space, bound to
 //! at most one instance through `[mounts]`.
 
-use std::fmt::Write as _;
-
 use crate::config::Target;
+use crate::deploy::{lock, new_instance_id, observe};
 use crate::error::Error;
 use crate::fleet::{local_root, Fleet};
 use crate::host::{Host, Volume, VolumeCreated};
-use crate::report::{Event, Outcome};
+use crate::report::views::{CreatedVolume, Volumes};
 use crate::transport::{LocalTransport, SshTransport, Transport};
 
-use super::{confirm, lock, observe, Ctx};
+use super::Ctx;
 
 pub struct CreateOptions {
     pub name: String,
@@ -33,27 +32,27 @@ async fn choose_host(ctx: &Ctx, fleet: &Fleet, opts: &CreateOptions) -> Result<H
                 .cloned()
                 .ok_or_else(|| Error::usage(format!("`{spec}` is not a host of region `{}`", opts.region)));
         }
-        let observed = observe(fleet).await?;
+        let observed = observe::observe(fleet).await?;
         let fewest = region.hosts.iter().min_by_key(|h| observed.get(&h.name).map_or(0, |s| s.volumes.len()));
         return fewest.cloned().ok_or_else(|| Error::usage(format!("region `{}` has no host", opts.region)));
     }
-    match (&ctx.config.ferry.target, &opts.host) {
+    match (&ctx.settings.target, &opts.host) {
         (Target::Local, _) => Ok(Host {
             name: format!("local/{}", opts.region),
             region: opts.region.clone(),
             transport: Transport::Local(LocalTransport::new(format!("local/{}", opts.region))),
-            app_dir: local_root(&ctx.config.dir)
+            app_dir: local_root(&ctx.settings.dir)
                 .join(&opts.region)
                 .join("local")
-                .join(&ctx.config.app)
+                .join(&ctx.settings.app)
                 .display()
                 .to_string(),
         }),
         (Target::Ssh, Some(spec)) => Ok(Host {
             name: spec.clone(),
             region: opts.region.clone(),
-            transport: Transport::Ssh(SshTransport::new(spec, ctx.ssh.clone())),
-            app_dir: format!("{}/{}", ctx.config.ferry.root.trim_end_matches('/'), ctx.config.app),
+            transport: Transport::Ssh(SshTransport::new(spec, ctx.settings.ssh.clone())),
+            app_dir: format!("{}/{}", ctx.settings.root, ctx.settings.app),
         }),
         (Target::Ssh, None) => Err(Error::Usage {
             message: format!("region `{}` is not in fly.toml yet, so ferry does not know its hosts", opts.region),
@@ -72,10 +71,10 @@ pub async fn create(ctx: &Ctx, opts: CreateOptions) -> Result<(), Error> {
     if opts.size_gb == 0 {
         return Err(Error::usage("a volume needs a size of at least 1 GB"));
     }
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
+    let fleet = ctx.fleet()?;
     let host = choose_host(ctx, &fleet, &opts).await?;
     let volume = Volume {
-        id: format!("vol_{}", super::new_instance_id()),
+        id: format!("vol_{}", new_instance_id()),
         name: opts.name.clone(),
         region: opts.region.clone(),
         host: host.name.clone(),
@@ -99,14 +98,7 @@ pub async fn create(ctx: &Ctx, opts: CreateOptions) -> Result<(), Error> {
             hint: Some("choose a smaller `--size`, another `--host`, or free space there".into()),
         });
     }
-    if ctx.json {
-        println!("{}", serde_json::to_string(&volume).unwrap_or_default());
-    } else {
-        eprintln!(
-            "created volume {} `{}` ({} GB) in {} on {}",
-            volume.id, volume.name, volume.size_gb, volume.region, volume.host
-        );
-    }
+    ctx.show(&CreatedVolume(volume));
     Ok(())
 }
 
@@ -116,42 +108,16 @@ fn bytes_gb(bytes: u64) -> f64 {
 }
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let observed = observe(&fleet).await?;
-    let volumes: Vec<&Volume> =
-        fleet.hosts().filter_map(|h| observed.get(&h.name)).flat_map(|s| s.volumes.iter()).collect();
-    if ctx.json {
-        println!("{}", serde_json::to_string(&volumes).unwrap_or_default());
-        return Ok(());
-    }
-    if volumes.is_empty() {
-        println!("no volumes; `ferry volumes create NAME --region R --size GB` makes one");
-        return Ok(());
-    }
-    let mut out = format!(
-        "{:<20} {:<12} {:<8} {:>6} {:<24} {:<16} {}\n",
-        "ID", "NAME", "REGION", "SIZE", "HOST", "ATTACHED", "CREATED"
-    );
-    for v in volumes {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<12} {:<8} {:>4}GB {:<24} {:<16} {}",
-            v.id,
-            v.name,
-            v.region,
-            v.size_gb,
-            v.host,
-            v.attached.as_deref().unwrap_or("-"),
-            v.created_at
-        );
-    }
-    print!("{out}");
+    let fleet = ctx.fleet()?;
+    let observed = observe::observe(&fleet).await?;
+    let volumes = fleet.hosts().filter_map(|h| observed.get(&h.name)).flat_map(|s| s.volumes.iter()).cloned().collect();
+    ctx.show(&Volumes(volumes));
     Ok(())
 }
 
 pub async fn destroy(ctx: &Ctx, id: &str, yes: bool) -> Result<(), Error> {
-    let fleet = Fleet::from_config(&ctx.config, &ctx.ssh)?;
-    let observed = observe(&fleet).await?;
+    let fleet = ctx.fleet()?;
+    let observed = observe::observe(&fleet).await?;
     let Some((host, volume)) = fleet.hosts().find_map(|h| {
         observed.get(&h.name).and_then(|s| s.volumes.iter().find(|v| v.id == id)).map(|v| (h, v.clone()))
     }) else {
@@ -169,20 +135,14 @@ pub async fn destroy(ctx: &Ctx, id: &str, yes: bool) -> Result<(), Error> {
         });
     }
     if !yes {
-        confirm(ctx, &format!("destroy volume {id} `{}` and all its data?", volume.name))?;
+        ctx.confirm(&format!("destroy volume {id} `{}` and all its data?", volume.name))?;
     }
-    let guard = lock(ctx, &fleet, "volumes destroy", None).await?;
+    let guard = lock::take(&fleet, ctx.reporter.as_ref(), "volumes destroy", ctx.settings.lock_wait).await?;
     let result = host.volume_destroy(id).await;
     guard.release().await;
     match result.map_err(|source| Error::Host { step: "destroying a volume", source })? {
         Ok(()) => {
-            ctx.event(Event::Finished {
-                outcome: Outcome::Succeeded,
-                version: None,
-                previous: None,
-                message: format!("destroyed volume {id}"),
-                duration_ms: 0,
-            });
+            ctx.finished(format!("destroyed volume {id}"));
             Ok(())
         }
         Err(instance) => {

@@ -1,657 +1,741 @@
-//! Executing a rollout [`Plan`]: the primary region first, then the others in
-//! parallel; within a region batch by batch. Each instance is stopped, started on the
-//! target version and must pass its checks before the next batch. The first failure
-//! halts every region, gives the failing instance its previous version back, and then
-//! (unless `--no-revert`) reverts every instance this rollout already changed.
-//! Emits events; never prints.
+//! The one engine: every operation that changes instances — deploy, rollback,
+//! restart, scale and regions — runs through [`Engine::run`], one sequence written
+//! once:
+//!
+//! lock (reading every host's state under it) → plan (every phase, as data) →
+//! record that it started → ship → migrate → stop → roll out → finish (record,
+//! mark current, prune, unlock)
+//!
+//! [`Engine::preview`] makes the same plan without the lock, for `--dry-run`. The
+//! engine reports through events and returns the user's error; it never prints.
 
-mod ports;
+pub mod finish;
+pub mod instance;
+pub mod lock;
+pub mod migrate;
+pub mod observe;
+pub mod outcome;
+pub mod plan;
+pub mod ports;
+pub mod rollout;
+pub mod ship;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use crate::config::Config;
-use crate::health::{Checks, Failure};
-use crate::host::{now_ms, Host, InstanceRecord};
-use crate::plan::{Plan, RegionPlan, Step};
-use crate::report::{Event, Outcome, Reporter};
+use crate::config::Strategy;
+use crate::error::Error;
+use crate::fleet::Fleet;
+use crate::history::{self, Record, Status};
+use crate::host::lock::Guard;
+use crate::host::{Host, InstanceState};
+use crate::postgres::{Backup, Database};
+use crate::release::Artifact;
+use crate::report::{Event, Outcome, PlanItem, Pruned, Reporter};
+use crate::settings::{Order, Settings};
 
-pub use ports::PortPicker;
+use finish::{record_history, Done};
+use instance::Spec;
+use observe::{current_from, current_on_hosts, current_version, healthy_on, read_history, Observed};
+use plan::{Finish, Instances, Kind, Migration, Plan, RegionSpec, StopStep, Wave};
+use ports::PortPicker;
+use rollout::{Gates, Rollout, Setup};
+use ship::Shipment;
 
-/// How many log lines of a failed instance the report shows.
-pub const LOG_LINES: usize = 20;
-
-/// Everything the rollout tasks share.
-pub struct Rollout {
-    pub hosts: BTreeMap<String, Host>,
-    pub config: Arc<Config>,
-    pub checks: Checks,
-    pub reporter: Arc<dyn Reporter>,
-    pub start: String,
-    pub wait_timeout: Duration,
-    pub no_revert: bool,
-    pub ports: Mutex<PortPicker>,
-    /// Extra environment for every instance (secrets), never printed.
-    pub extra_env: BTreeMap<String, String>,
-    /// Regions whose read replica must replay the migration before they change.
-    pub replica_waits: BTreeMap<String, ReplicaWait>,
-    /// Hosts still receiving the release: a region starts once all of its have it.
-    pub shipped: BTreeMap<String, Shipped>,
-    /// `address:port` of a healthy primary-region instance, given to the others as
-    /// `FERRY_PRIMARY_ADDR` (how a database replica finds its primary).
-    pub primary_addr: Mutex<Option<String>>,
-    halt: AtomicBool,
+/// What an operation does.
+pub enum Operation {
+    /// Ship a release and roll it out.
+    Deploy(Release),
+    /// Roll back to `target`, a release still on every host, from `current`.
+    Rollback { target: String, current: Option<String>, restore: Option<Box<Restore>> },
+    /// Replace every instance on its current version (after a secrets change).
+    Restart { command: String },
+    /// Bring `regions` up to their counts on the current release, after stopping
+    /// `stop` (instance ids): scaling and adding or removing regions.
+    Converge { kind: Kind, regions: Vec<String>, stop: Vec<String> },
 }
 
-/// What a region waits for before its first instance changes.
-#[derive(Default)]
-pub struct Gates {
-    /// By region: its read replica replaying the migration.
-    pub replicas: BTreeMap<String, ReplicaWait>,
-    /// By host: the release arriving there (`None` until the host's shipping ends).
-    pub shipped: BTreeMap<String, Shipped>,
-}
-
-/// How a host's shipping ended, once it has: `Err` says why it failed.
-pub type Shipped = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
-
-/// How often a region waiting for its hosts' release looks whether the rollout halted.
-const SHIPPED_POLL: Duration = Duration::from_millis(20);
-
-/// Wait for a region's replica to replay the primary's WAL up to `target`.
-#[derive(Debug, Clone)]
-pub struct ReplicaWait {
-    pub url: String,
-    /// `host:port/db`, for reports.
-    pub replica: String,
-    /// A local forward to the replica, when only the region's hosts reach it.
-    pub via: Option<std::net::SocketAddr>,
-    pub target: crate::postgres::Lsn,
-    pub timeout: Duration,
-}
-
-/// A region left on its old version because its replica did not catch up.
-#[derive(Debug, Clone)]
-pub struct ReplicaBehind {
-    pub region: String,
-    pub replica: String,
-    pub lag_bytes: Option<u64>,
-    pub error: Option<String>,
-}
-
-/// How often a waiting region asks its replica where replay is.
-pub const REPLICA_POLL: Duration = Duration::from_millis(50);
-
-/// A failed instance, as reported.
-#[derive(Debug, Clone)]
-pub struct StepFailure {
-    pub region: String,
-    pub host: String,
-    pub instance: String,
+/// The release a deploy ships: built (or taken from a file), or only its version
+/// (enough for a plan).
+pub struct Release {
     pub version: String,
-    pub reason: String,
-    /// What to do next, when it is not to read the instance's log.
-    pub hint: Option<String>,
+    pub artifact: Option<Artifact>,
+    /// The start command, checked against the release.
+    pub start: String,
 }
 
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// Instances now healthy on the target version (changed by this rollout).
-    pub changed: Vec<(Step, u16)>,
-    pub failure: Option<StepFailure>,
-    /// Instances that could not be put back, and why.
-    pub unrecovered: Vec<String>,
-    pub reverted: usize,
-    /// Regions not updated because their replica was behind.
-    pub behind: Vec<ReplicaBehind>,
+/// A backup to restore before a rollback, confirmed by the user.
+pub struct Restore {
+    pub host: Host,
+    pub db: Database,
+    pub backup: Backup,
 }
 
-impl Summary {
-    pub fn outcome(&self) -> Outcome {
-        match (&self.failure, self.unrecovered.is_empty()) {
-            (None, _) if self.behind.is_empty() => Outcome::Succeeded,
-            (Some(_), true) if self.changed.is_empty() => Outcome::Reverted,
-            _ => Outcome::Failed,
+impl Operation {
+    /// The command named in the lock.
+    fn command(&self) -> String {
+        match self {
+            Operation::Deploy(_) => "deploy".into(),
+            Operation::Rollback { .. } => "rollback".into(),
+            Operation::Restart { command } => command.clone(),
+            Operation::Converge { kind, .. } => kind.as_str().into(),
         }
     }
 }
 
-impl Rollout {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        hosts: BTreeMap<String, Host>,
-        config: Arc<Config>,
-        checks: Checks,
-        reporter: Arc<dyn Reporter>,
-        start: String,
-        wait_timeout: Duration,
-        no_revert: bool,
-        ports: PortPicker,
-    ) -> Self {
-        Self {
-            hosts,
-            config,
-            checks,
-            reporter,
-            start,
-            wait_timeout,
-            no_revert,
-            ports: Mutex::new(ports),
-            extra_env: BTreeMap::new(),
-            replica_waits: BTreeMap::new(),
-            shipped: BTreeMap::new(),
-            primary_addr: Mutex::new(None),
-            halt: AtomicBool::new(false),
+/// Where an operation runs and reports.
+pub struct Engine<'a> {
+    pub settings: &'a Settings,
+    pub fleet: &'a Fleet,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+/// A plan and what carrying it out needs beyond it.
+struct Prepared {
+    plan: Plan,
+    start: String,
+    strategy: Strategy,
+}
+
+impl Engine<'_> {
+    pub fn new<'a>(settings: &'a Settings, fleet: &'a Fleet, reporter: Arc<dyn Reporter>) -> Engine<'a> {
+        Engine { settings, fleet, reporter }
+    }
+
+    fn event(&self, event: &Event) {
+        self.reporter.event(event);
+    }
+
+    /// Runs `op` under the lock, from the plan to the finish.
+    pub async fn run(&self, op: Operation) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut guard = lock::take(self.fleet, self.reporter.as_ref(), &op.command(), self.settings.lock_wait).await?;
+        let result = self.run_locked(op, &mut guard, started).await;
+        guard.release().await;
+        result
+    }
+
+    /// The plan `op` would carry out now, without taking the lock; nothing changes.
+    pub async fn preview(&self, op: &Operation) -> Result<Option<Plan>, Error> {
+        let observed = observe::observe(self.fleet).await?;
+        Ok(self.prepare(op, &observed, Instant::now(), false).await?.map(|p| p.plan))
+    }
+
+    /// Prints a plan as `plan` events, one per step.
+    pub fn report_plan(&self, plan: &Plan) {
+        for item in plan_items(plan) {
+            self.event(&Event::Plan(item));
         }
     }
 
-    /// Runs the plan to the end, or to the first failure and its revert.
-    pub async fn execute(self: &Arc<Self>, plan: Plan) -> Summary {
-        if self.config.ferry.primary_last {
-            return self.execute_primary_last(plan).await;
-        }
-        let mut summary = Summary::default();
-        let mut regions = plan.regions.into_iter();
-        let mut rest: Vec<RegionPlan> = Vec::new();
-        if let Some(first) = regions.next() {
-            if first.primary {
-                Arc::clone(self).run_region(first).await.merge_into(&mut summary);
-            } else {
-                rest.push(first);
-            }
-        }
-        rest.extend(regions);
-        let mut tasks = JoinSet::new();
-        for region in rest {
-            tasks.spawn(Arc::clone(self).run_region(region));
-        }
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(region) = result {
-                region.merge_into(&mut summary);
-            }
-        }
-        if summary.failure.is_some() && !self.no_revert {
-            self.revert_all(&mut summary).await;
-        }
-        summary
-    }
-
-    /// One region after another, the primary last, so that a database's primary never
-    /// restarts before its replicas are back and healthy.
-    async fn execute_primary_last(self: &Arc<Self>, plan: Plan) -> Summary {
-        let mut summary = Summary::default();
-        let (primary, others): (Vec<RegionPlan>, Vec<RegionPlan>) = plan.regions.into_iter().partition(|r| r.primary);
-        for region in others.into_iter().chain(primary) {
-            if self.halt.load(Ordering::SeqCst) {
-                break;
-            }
-            Arc::clone(self).run_region(region).await.merge_into(&mut summary);
-        }
-        if summary.failure.is_some() && !self.no_revert {
-            self.revert_all(&mut summary).await;
-        }
-        summary
-    }
-
-    async fn run_region(self: Arc<Self>, plan: RegionPlan) -> Summary {
-        let mut summary = Summary::default();
-        let region = plan.region.clone();
-        let total = plan.batches.iter().map(Vec::len).sum();
-        self.reporter.event(&Event::RegionStarted { region: region.clone(), instances: total });
-        for step in &plan.unchanged {
-            self.reporter.event(&Event::InstanceUnchanged {
-                region: step.region.clone(),
-                host: step.host.clone(),
-                instance: step.id.clone(),
-                version: step.to.clone(),
+    async fn run_locked(&self, op: Operation, guard: &mut Guard, started: Instant) -> Result<(), Error> {
+        let observed = guard.observed().clone();
+        let Some(prepared) = self.prepare(&op, &observed, started, true).await? else { return Ok(()) };
+        let Prepared { plan, start, strategy } = prepared;
+        if matches!(plan.kind, Kind::Deploy | Kind::Rollback | Kind::Restart) {
+            self.event(&Event::DeployStarted {
+                kind: plan.kind.as_str().into(),
+                app: self.settings.app.clone(),
+                version: plan.version.clone(),
+                previous: plan.previous.clone(),
+                strategy: format!("{strategy:?}").to_lowercase(),
+                regions: self.fleet.region_names(),
             });
         }
-        let mut outcome = "succeeded";
-        let region_hosts: Vec<String> =
-            self.hosts.values().filter(|h| h.region == region).map(|h| h.name.clone()).collect();
-        // A region other than the primary changes nothing until all its hosts hold the
-        // release; the primary starts as soon as its first batch's hosts do.
-        let first = if plan.primary { Vec::new() } else { region_hosts.clone() };
-        if let Err(failed) = self.wait_shipped(&first).await {
-            let outcome = self.shipping_outcome(&mut summary, &region, failed);
-            self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
-            return summary;
-        }
-        if let (Some(wait), false) = (self.replica_waits.get(&region), plan.batches.is_empty()) {
-            if let Err(behind) = self.wait_for_replica(&region, wait).await {
-                summary.behind.push(behind);
-                self.reporter.event(&Event::RegionFinished { region, outcome: "replica_behind".into() });
-                return summary;
-            }
-        }
-        for batch in plan.batches {
-            if crate::host::lock::lost() && !self.halt.swap(true, Ordering::SeqCst) {
-                summary.failure = Some(StepFailure {
-                    region: region.clone(),
-                    host: String::new(),
-                    instance: "-".into(),
-                    version: String::new(),
-                    reason: "the deploy lock was taken over by another operation (this one looked stale); stopped before changing more instances".into(),
-                    hint: Some("`ferry lock status` shows who holds it now; `ferry status` shows where things stand".into()),
-                });
-            }
-            if let Some((failed, reason)) = self.shipping_failed() {
-                // Another region's host could not get the release: change nothing more.
-                self.halt_for_shipping(&mut summary, &failed, reason);
-            }
-            if self.halt.load(Ordering::SeqCst) {
-                outcome = "halted";
-                break;
-            }
-            let hosts: Vec<String> = batch.iter().map(|step| step.host.clone()).collect();
-            if let Err(failed) = self.wait_shipped(&hosts).await {
-                outcome = self.shipping_outcome(&mut summary, &region, failed);
-                break;
-            }
-            let mut tasks = JoinSet::new();
-            for step in batch {
-                let port = match step.previous.as_ref() {
-                    Some(previous) => previous.port,
-                    None => self.pick_port(&step.host),
-                };
-                tasks.spawn(Arc::clone(&self).apply(step, port));
-            }
-            while let Some(result) = tasks.join_next().await {
-                match result {
-                    Ok(Ok(done)) => summary.changed.push(done),
-                    Ok(Err((failure, unrecovered))) => {
-                        self.halt.store(true, Ordering::SeqCst);
-                        outcome = "failed";
-                        summary.unrecovered.extend(unrecovered);
-                        summary.failure.get_or_insert(failure);
-                    }
-                    Err(join) => {
-                        self.halt.store(true, Ordering::SeqCst);
-                        outcome = "failed";
-                        summary.failure.get_or_insert(StepFailure {
-                            region: region.clone(),
-                            host: String::new(),
-                            instance: String::new(),
-                            version: String::new(),
-                            reason: format!("internal error: {join}"),
-                            hint: None,
-                        });
-                    }
-                }
-            }
-        }
-        if outcome == "succeeded" {
-            // Hosts of the region that no batch needed must hold the release too.
-            if let Err(failed) = self.wait_shipped(&region_hosts).await {
-                outcome = self.shipping_outcome(&mut summary, &region, failed);
-            }
-        }
-        self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
-        summary
-    }
-
-    /// The region's outcome when waiting for its hosts' release did not end well:
-    /// `failed` (a host could not get it: the rollout halts) or `halted` (another
-    /// region failed meanwhile).
-    fn shipping_outcome(&self, summary: &mut Summary, region: &str, failed: Option<String>) -> &'static str {
-        match failed {
-            Some(reason) => {
-                self.halt_for_shipping(summary, region, reason);
-                "failed"
-            }
-            None => "halted",
-        }
-    }
-
-    /// A host whose shipping failed, if any: its region and why.
-    fn shipping_failed(&self) -> Option<(String, String)> {
-        self.shipped.iter().find_map(|(host, receiver)| match &*receiver.borrow() {
-            Some(Err(reason)) => {
-                Some((self.hosts.get(host).map(|h| h.region.clone()).unwrap_or_default(), reason.clone()))
-            }
+        let record = Record::new(plan.kind.as_str(), &plan.version, plan.previous.clone());
+        let mut gates = Gates { lease: guard.lease(), ..Gates::default() };
+        let artifact = match &op {
+            Operation::Deploy(release) => release.artifact.as_ref(),
             _ => None,
+        };
+        let shipment = match artifact {
+            Some(artifact) => Some(Shipment::prepare(self.settings, artifact, &observed, self.fleet.hosts()).await),
+            None => None,
+        };
+        // The history says the operation started while the first wave travels.
+        let (shipped, ()) = tokio::join!(
+            self.ship_first(&plan, shipment.as_ref(), &observed),
+            record_history(self.reporter.as_ref(), self.fleet, &record)
+        );
+        let before = async {
+            shipped?;
+            ship::sync_secrets(self.reporter.as_ref(), self.fleet, &observed).await?;
+            if let Operation::Rollback { restore: Some(restore), .. } = &op {
+                migrate::restore(&restore.host, &restore.db, &restore.backup).await?;
+            }
+            self.migrate(&plan, &mut gates, started).await?;
+            self.stop_instances(&plan).await
+        };
+        if let Err(error) = before.await {
+            record_history(
+                self.reporter.as_ref(),
+                self.fleet,
+                &record.finished(Status::Failed, Some(error.to_string())),
+            )
+            .await;
+            return Err(error);
+        }
+        let summary = self.roll_out(&plan, &observed, shipment.as_ref(), start, gates).await;
+        let done = Done { plan: &plan, record: &record, summary: &summary, started };
+        finish::finish(&self.reporter, self.fleet, guard, &done).await
+    }
+
+    /// The plan for `op` against `observed`. `None` when there is nothing to do
+    /// (reported as finished). With `locked`, what is found out along the way (a
+    /// killed deploy's missing history line) is repaired.
+    async fn prepare(
+        &self,
+        op: &Operation,
+        observed: &Observed,
+        started: Instant,
+        locked: bool,
+    ) -> Result<Option<Prepared>, Error> {
+        for warning in &self.settings.warnings {
+            self.event(&Event::Warning { message: warning.clone() });
+        }
+        match op {
+            Operation::Deploy(release) => self.prepare_deploy(release, observed, started, locked).await,
+            Operation::Rollback { target, current, restore } => {
+                let strategy = self.settings.rollout.runnable();
+                let healthy = healthy_on(self.fleet, observed, &self.settings.checks, target).await;
+                let instances = self.instances(observed, &healthy, target, strategy, None);
+                let mut plan = self.plan(Kind::Rollback, target, current.clone(), instances, observed)?;
+                plan.restore = restore.as_ref().map(|r| r.backup.id.clone());
+                Ok(Some(Prepared { plan, start: self.settings.instance.start_command(), strategy }))
+            }
+            Operation::Restart { .. } => {
+                let Some(version) = current_version(self.fleet, observed).await else {
+                    self.finished_early(
+                        started,
+                        None,
+                        "no release is deployed yet; instances get the change with the first deploy",
+                    );
+                    return Ok(None);
+                };
+                let strategy = self.settings.rollout.runnable();
+                let instances = self.instances(observed, &BTreeSet::new(), &version, strategy, None);
+                let plan = self.plan(Kind::Restart, &version, Some(version.clone()), instances, observed)?;
+                Ok(Some(Prepared { plan, start: self.settings.instance.start_command(), strategy }))
+            }
+            Operation::Converge { kind, regions, stop } => {
+                self.prepare_converge(*kind, regions, stop, observed, started).await.map(|plan| {
+                    plan.map(|plan| Prepared {
+                        plan,
+                        start: self.settings.instance.start_command(),
+                        strategy: Strategy::Rolling,
+                    })
+                })
+            }
+        }
+    }
+
+    async fn prepare_deploy(
+        &self,
+        release: &Release,
+        observed: &Observed,
+        started: Instant,
+        locked: bool,
+    ) -> Result<Option<Prepared>, Error> {
+        let version = release.version.as_str();
+        let strategy = self.settings.rollout.strategy;
+        let (healthy, entries) =
+            tokio::join!(healthy_on(self.fleet, observed, &self.settings.checks, version), read_history(self.fleet));
+        let instances = self.instances(observed, &healthy, version, strategy, None);
+        let mut previous = current_from(self.fleet, observed, &entries);
+        let installed_everywhere =
+            self.fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(version)));
+        let (history_current, history_previous) = history::current(&entries);
+        if instances.is_noop() && installed_everywhere && previous.as_deref() == Some(version) {
+            if locked && history_current.as_deref() != Some(version) {
+                // Killed after the hosts were switched but before the history said so.
+                let record = Record::new("deploy", version, history_current.clone());
+                record_history(self.reporter.as_ref(), self.fleet, &record.finished(Status::Complete, None)).await;
+            }
+            let message = format!("{version} already runs and is healthy everywhere; nothing changed");
+            self.finished_early(started, Some(version), &message);
+            return Ok(None);
+        }
+        if previous.as_deref() == Some(version) {
+            // An earlier, partial run of this deploy marked some hosts current already;
+            // what ran before it is what the history last completed.
+            previous = if history_current.as_deref() == Some(version) { history_previous } else { history_current };
+        }
+        let mut plan = self.plan(Kind::Deploy, version, previous, instances, observed)?;
+        let migration = self.settings.migration.command.as_ref().and_then(|command| {
+            let host = self.fleet.primary().and_then(|r| r.hosts.first())?;
+            Some(Migration {
+                host: host.name.clone(),
+                command: command.clone(),
+                backup: self.settings.migration.backup_first,
+            })
+        });
+        if migration.is_some() {
+            plan.replica_gates = self
+                .fleet
+                .regions
+                .iter()
+                .filter(|r| !r.primary && self.settings.migration.replicas.contains_key(&r.name))
+                .map(|r| r.name.clone())
+                .collect();
+        }
+        // A migration changes what cannot be reverted, so it waits for every host.
+        let ahead = migration.is_none() && self.settings.rollout.order == Order::PrimaryFirst;
+        let hosts: Vec<(String, String)> = self.fleet.hosts().map(|h| (h.region.clone(), h.name.clone())).collect();
+        let present = |host: &str| {
+            observed.get(host).is_some_and(|s| match &release.artifact {
+                Some(artifact) => s.releases.iter().any(|r| r.version == version && r.sha256 == artifact.sha256),
+                None => s.has_release(version),
+            })
+        };
+        plan.ship = plan::ship(&hosts, &plan.instances, present, ahead);
+        plan.migration = migration;
+        let moved: BTreeSet<&str> = plan.instances.changes().map(|s| s.id.as_str()).collect();
+        plan.finish.prune =
+            plan::prune(self.settings.keep_releases, observed, &moved, version, plan.previous.as_deref());
+        Ok(Some(Prepared { plan, start: release.start.clone(), strategy }))
+    }
+
+    async fn prepare_converge(
+        &self,
+        kind: Kind,
+        regions: &[String],
+        stop: &[String],
+        observed: &Observed,
+        started: Instant,
+    ) -> Result<Option<Plan>, Error> {
+        let Some(version) = current_on_hosts(self.fleet, observed) else {
+            self.finished_early(
+                started,
+                None,
+                "no release is deployed yet; instances will start with the next `ferry deploy`",
+            );
+            return Ok(None);
+        };
+        let healthy = healthy_on(self.fleet, observed, &self.settings.checks, &version).await;
+        let mut instances = self.instances(observed, &healthy, &version, Strategy::Rolling, Some(regions));
+        // Scaling only adds instances; replacing unhealthy ones is `ferry deploy`'s job.
+        for region in &mut instances.regions {
+            region.batches.retain(|b| b.iter().all(|s| s.action == plan::Action::Create));
+        }
+        let mut plan = self.plan(kind, &version, Some(version.clone()), instances, observed)?;
+        let hosts: Vec<(String, String)> = self
+            .fleet
+            .regions
+            .iter()
+            .filter(|r| regions.contains(&r.name))
+            .flat_map(|r| r.hosts.iter())
+            .map(|h| (h.region.clone(), h.name.clone()))
+            .collect();
+        let present = |host: &str| observed.get(host).is_some_and(|s| s.has_release(&version));
+        plan.ship = plan::ship(&hosts, &plan.instances, present, false);
+        let doomed: BTreeSet<&str> = stop.iter().map(String::as_str).collect();
+        plan.stops = observed
+            .values()
+            .flat_map(|s| s.instances.iter())
+            .filter(|i| doomed.contains(i.record.id.as_str()))
+            .map(|i: &InstanceState| StopStep {
+                region: i.record.region.clone(),
+                host: i.record.host.clone(),
+                id: i.record.id.clone(),
+                version: i.record.version.clone(),
+            })
+            .collect();
+        Ok(Some(plan))
+    }
+
+    /// A plan of `instances` that marks `version` current when it succeeds; refuses
+    /// one that would start instances where no free volume waits for them.
+    fn plan(
+        &self,
+        kind: Kind,
+        version: &str,
+        previous: Option<String>,
+        instances: Instances,
+        observed: &Observed,
+    ) -> Result<Plan, Error> {
+        self.refuse_missing_volumes(&instances, observed)?;
+        Ok(Plan {
+            kind,
+            version: version.to_string(),
+            previous,
+            ship: Vec::new(),
+            restore: None,
+            migration: None,
+            replica_gates: Vec::new(),
+            stops: Vec::new(),
+            order: self.settings.rollout.order,
+            instances,
+            finish: Finish { mark_current: true, prune: BTreeMap::new() },
         })
     }
 
-    /// Halts the rollout because `region`'s hosts could not get the release.
-    fn halt_for_shipping(&self, summary: &mut Summary, region: &str, reason: String) {
-        if self.halt.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        summary.failure.get_or_insert(StepFailure {
-            region: region.to_string(),
-            host: String::new(),
-            instance: "-".into(),
-            version: String::new(),
-            hint: Some(if reason.contains("different contents") {
-                "a version names one release forever: build the changed tree as a new version (`--version ...`)".into()
+    /// The instances of a rollout of `version` (in `only` regions, when given).
+    fn instances(
+        &self,
+        observed: &Observed,
+        healthy: &BTreeSet<String>,
+        version: &str,
+        strategy: Strategy,
+        only: Option<&[String]>,
+    ) -> Instances {
+        let regions: Vec<RegionSpec> = self
+            .fleet
+            .regions
+            .iter()
+            .filter(|r| only.is_none_or(|only| only.contains(&r.name)))
+            .map(|r| RegionSpec {
+                name: r.name.clone(),
+                primary: r.primary && only.is_none(),
+                count: r.count,
+                hosts: r.hosts.iter().map(|h| h.name.clone()).collect(),
+            })
+            .collect();
+        let mounts: Vec<String> = self.settings.instance.mounts.iter().map(|m| m.source.clone()).collect();
+        let inputs = plan::Inputs {
+            regions: &regions,
+            observed,
+            healthy,
+            version,
+            strategy,
+            max_unavailable: self.settings.rollout.max_unavailable,
+            mounts: &mounts,
+        };
+        plan::instances(&inputs, &mut new_instance_id)
+    }
+
+    /// Refuses instances that would start where no free volume waits for them,
+    /// naming the command that makes one. Nothing has changed when this fails.
+    fn refuse_missing_volumes(&self, instances: &Instances, observed: &Observed) -> Result<(), Error> {
+        let Some(missing) = instances.missing_volumes.first() else { return Ok(()) };
+        let size =
+            observed.values().flat_map(|s| s.volumes.iter()).find(|v| v.name == missing.name).map_or(1, |v| v.size_gb);
+        let host = self
+            .fleet
+            .regions
+            .iter()
+            .find(|r| r.name == missing.region)
+            .and_then(|r| r.hosts.first())
+            .filter(|h| !h.transport.is_local())
+            .map(|h| format!(" --host {}", h.name))
+            .unwrap_or_default();
+        let command = format!("ferry volumes create {} --region {} --size {size}{host}", missing.name, missing.region);
+        Err(Error::Failed {
+            message: format!(
+                "region {} needs {} more free volume(s) named `{}` for its instances; nothing was changed",
+                missing.region, missing.count, missing.name
+            ),
+            hint: Some(if missing.count > 1 {
+                format!("run `{command}` {} times", missing.count)
             } else {
-                "fix the host (disk space: `df -h`, permissions) and run the deploy again: it ships only what is missing"
-                    .into()
+                format!("run `{command}`")
             }),
-            reason,
+        })
+    }
+
+    fn finished_early(&self, started: Instant, version: Option<&str>, message: &str) {
+        self.event(&Event::Finished {
+            outcome: Outcome::Succeeded,
+            version: version.map(str::to_string),
+            previous: version.map(str::to_string),
+            message: message.to_string(),
+            duration_ms: millis(started.elapsed()),
         });
     }
 
-    /// Waits until each of `hosts` still receiving the release has it: `Err` with why
-    /// one failed, or `Err(None)` when the rollout halted meanwhile.
-    async fn wait_shipped(&self, hosts: &[String]) -> Result<(), Option<String>> {
-        for receiver in hosts.iter().filter_map(|h| self.shipped.get(h)) {
-            let mut receiver = receiver.clone();
-            loop {
-                if let Some(ended) = receiver.borrow_and_update().clone() {
-                    ended.map_err(Some)?;
-                    break;
-                }
-                if self.halt.load(Ordering::SeqCst) {
-                    return Err(None);
-                }
-                tokio::select! {
-                    changed = receiver.changed() => {
-                        if changed.is_err() && receiver.borrow().is_none() {
-                            return Err(Some("shipping the release stopped before it ended".into()));
-                        }
-                    }
-                    () = tokio::time::sleep(SHIPPED_POLL) => {}
-                }
+    /// Sends the first wave: every host of it that lacks the release gets it (a deploy
+    /// from its artifact, anything else from a copy of the current release).
+    async fn ship_first(&self, plan: &Plan, shipment: Option<&Shipment<'_>>, observed: &Observed) -> Result<(), Error> {
+        let first = plan.wave(Wave::First);
+        let hosts: Vec<Host> = self.fleet.hosts().filter(|h| first.contains(h.name.as_str())).cloned().collect();
+        if let Some(shipment) = shipment {
+            return shipment.send(&self.reporter, hosts, observed, None, &|_, _| {}).await;
+        }
+        let missing: Vec<Host> =
+            hosts.into_iter().filter(|h| plan.ship.iter().any(|s| s.host == h.name && !s.present)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        ship::ship_existing(self.settings, &self.reporter, self.fleet, observed, &plan.version, missing).await
+    }
+
+    /// The backup and the release_command, then what each replica must replay.
+    async fn migrate(&self, plan: &Plan, gates: &mut Gates, started: Instant) -> Result<(), Error> {
+        let Some(migration) = &plan.migration else { return Ok(()) };
+        let version = &plan.version;
+        let failed = |message: String| Event::Finished {
+            outcome: Outcome::Failed,
+            version: Some(version.clone()),
+            previous: plan.previous.clone(),
+            message,
+            duration_ms: millis(started.elapsed()),
+        };
+        if migration.backup {
+            let taken = migrate::backup(
+                self.settings,
+                self.reporter.as_ref(),
+                self.fleet,
+                plan.previous.clone(),
+                Some(version.clone()),
+            )
+            .await;
+            if let Err(error) = taken {
+                self.event(&failed("the backup failed, so the migration did not run; no instance was changed".into()));
+                return Err(error);
             }
+        }
+        if let Err(error) =
+            migrate::release_command(self.settings, &self.reporter, self.fleet, version, &migration.command).await
+        {
+            let still = plan.previous.as_deref().unwrap_or("the old version");
+            self.event(&failed(format!("release_command failed; no instance was changed, {still} still runs")));
+            return Err(error);
+        }
+        if !plan.replica_gates.is_empty() {
+            gates.replicas = migrate::replica_waits(self.settings, self.fleet).await?;
         }
         Ok(())
     }
 
-    /// Polls the replica until it has replayed `wait.target`, reporting the lag as it
-    /// shrinks; gives up at `wait.timeout` (or when another region failed).
-    async fn wait_for_replica(&self, region: &str, wait: &ReplicaWait) -> Result<(), ReplicaBehind> {
-        let deadline = tokio::time::Instant::now() + wait.timeout;
-        let mut last_lag = None;
-        let mut last_error: Option<String>;
-        loop {
-            match crate::postgres::query_text(&wait.url, wait.via, "SELECT pg_last_wal_replay_lsn()::text").await {
-                Ok(Some(text)) => match text.parse::<crate::postgres::Lsn>() {
-                    Ok(replayed) if replayed >= wait.target => {
-                        self.reporter.event(&Event::ReplicaCaughtUp {
-                            region: region.to_string(),
-                            replica: wait.replica.clone(),
-                        });
-                        return Ok(());
-                    }
-                    Ok(replayed) => {
-                        let lag = wait.target.0 - replayed.0;
-                        if last_lag != Some(lag) {
-                            self.reporter.event(&Event::ReplicaWaiting {
-                                region: region.to_string(),
-                                replica: wait.replica.clone(),
-                                lag_bytes: lag,
-                            });
-                        }
-                        last_lag = Some(lag);
-                        last_error = None;
-                    }
-                    Err(e) => last_error = Some(e),
-                },
-                Ok(None) => last_error = Some("it is not a replica (pg_last_wal_replay_lsn() is NULL)".into()),
-                Err(e) => last_error = Some(e),
-            }
-            if tokio::time::Instant::now() >= deadline || self.halt.load(Ordering::SeqCst) {
-                return Err(ReplicaBehind {
-                    region: region.to_string(),
-                    replica: wait.replica.clone(),
-                    lag_bytes: last_lag,
-                    error: last_error,
-                });
-            }
-            tokio::time::sleep(REPLICA_POLL).await;
-        }
-    }
-
-    fn pick_port(&self, host: &str) -> u16 {
-        let local = self.hosts.get(host).is_none_or(|h| h.transport.is_local());
-        self.ports.lock().map_or(0, |mut p| p.pick(host, local))
-    }
-
-    /// Moves one instance to the target version. On failure the instance gets its
-    /// previous version back before this returns.
-    async fn apply(self: Arc<Self>, step: Step, port: u16) -> Result<(Step, u16), (StepFailure, Vec<String>)> {
-        let Some(host) = self.hosts.get(&step.host).cloned() else {
-            let failure = Self::failure(&step, format!("unknown host `{}`", step.host));
-            return Err((failure, Vec::new()));
+    /// Stops and removes the instances the plan stops, newest first.
+    async fn stop_instances(&self, plan: &Plan) -> Result<(), Error> {
+        let stop = crate::host::Stop {
+            signal: self.settings.instance.kill_signal.clone(),
+            timeout: self.settings.instance.kill_timeout,
         };
-        self.reporter.event(&Event::InstanceUpdating {
-            region: step.region.clone(),
-            host: step.host.clone(),
-            instance: step.id.clone(),
-            from: step.previous.as_ref().map(|p| p.version.clone()),
-            to: step.to.clone(),
+        for step in &plan.stops {
+            let Some(host) = self.fleet.hosts().find(|h| h.name == step.host) else { continue };
+            host.stop_instance(&step.id, &stop)
+                .await
+                .map_err(|source| Error::Host { step: "stopping an instance", source })?;
+            host.remove_instance(&step.id)
+                .await
+                .map_err(|source| Error::Host { step: "removing an instance", source })?;
+            self.event(&Event::InstanceStopped {
+                region: step.region.clone(),
+                host: host.name.clone(),
+                instance: step.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Rolls the plan's instances out while the later waves ship; a rollout that
+    /// failed cuts off the uploads nobody needs any more (the host removes what it
+    /// half received). Every upload has ended before this returns.
+    async fn roll_out(
+        &self,
+        plan: &Plan,
+        observed: &Observed,
+        shipment: Option<&Shipment<'_>>,
+        start: String,
+        mut gates: Gates,
+    ) -> outcome::Summary {
+        let mut senders = BTreeMap::new();
+        let later: Vec<(Wave, Host)> = self
+            .fleet
+            .hosts()
+            .filter_map(|h| {
+                let ship = plan.ship.iter().find(|s| s.host == h.name && s.wave != Wave::First)?;
+                Some((ship.wave, h.clone()))
+            })
+            .collect();
+        if shipment.is_some() {
+            for (_, host) in &later {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                senders.insert(host.name.clone(), tx);
+                gates.shipped.insert(host.name.clone(), rx);
+            }
+        }
+        let heard = |host: &str, result: Result<(), String>| {
+            if let Some(tx) = senders.get(host) {
+                tx.send_replace(Some(result));
+            }
+        };
+        let source = self
+            .fleet
+            .hosts()
+            .find(|h| h.transport.is_local() && plan.wave(Wave::First).contains(h.name.as_str()))
+            .cloned();
+        let (failed, mut on_failure) = tokio::sync::watch::channel(false);
+        let shipping = async {
+            let Some(shipment) = shipment else { return };
+            // Each wave reports every host's outcome; a failure halts the rollout,
+            // which then cuts off the rest.
+            for wave in [Wave::Primary, Wave::Others] {
+                let hosts: Vec<Host> = later.iter().filter(|(w, _)| *w == wave).map(|(_, h)| h.clone()).collect();
+                let _ = shipment.send(&self.reporter, hosts, observed, source.clone(), &heard).await;
+            }
+        };
+        let rollout = Rollout::new(Setup {
+            hosts: self.fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect(),
+            spec: Spec {
+                app: self.settings.app.clone(),
+                primary: self.settings.primary.clone(),
+                instance: self.settings.instance.clone(),
+                start,
+                checks: self.settings.checks.clone(),
+                wait_timeout: self.settings.rollout.wait_timeout,
+            },
+            version: plan.version.clone(),
+            reporter: Arc::clone(&self.reporter),
+            no_revert: self.settings.rollout.no_revert,
+            order: plan.order,
+            gates,
+            ports: self.port_picker(observed, &plan.instances).await,
+            primary_addr: self.primary_addr(observed),
         });
-        let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
-        let record = Self::record(&step, &step.to, port, created_at);
-        let result = self.start_and_wait(&host, &record, step.was_alive).await;
-        match result {
-            Ok(elapsed) => {
-                if step.region == self.config.primary() {
-                    if let Ok(mut addr) = self.primary_addr.lock() {
-                        addr.get_or_insert_with(|| format!("{}:{port}", host.address()));
-                    }
+        let ((), summary) = tokio::join!(
+            async {
+                tokio::select! {
+                    () = shipping => {}
+                    _ = on_failure.wait_for(|failed| *failed) => {}
                 }
-                self.reporter.event(&Event::InstanceHealthy {
-                    region: step.region.clone(),
-                    host: step.host.clone(),
-                    instance: step.id.clone(),
-                    version: step.to.clone(),
-                    port,
-                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                });
-                Ok((step, port))
+            },
+            async {
+                let summary = rollout.execute(plan.instances.regions.clone()).await;
+                failed.send_replace(summary.failure.is_some());
+                summary
             }
-            Err(reason) => {
-                let log = host.log_tail(&step.id, LOG_LINES).await.unwrap_or_default();
-                self.halt.store(true, Ordering::SeqCst);
-                self.reporter.event(&Event::InstanceFailed {
-                    region: step.region.clone(),
-                    host: step.host.clone(),
-                    instance: step.id.clone(),
-                    version: step.to.clone(),
-                    reason: reason.clone(),
-                    log,
-                });
-                let failure = Self::failure(&step, reason);
-                let unrecovered = match self.revert_one(&host, &step, port).await {
-                    Ok(()) => Vec::new(),
-                    Err(problem) => vec![problem],
-                };
-                Err((failure, unrecovered))
-            }
-        }
+        );
+        summary
     }
 
-    fn failure(step: &Step, reason: String) -> StepFailure {
-        StepFailure {
-            region: step.region.clone(),
-            host: step.host.clone(),
-            instance: step.id.clone(),
-            version: step.to.clone(),
-            reason,
-            hint: None,
-        }
-    }
-
-    fn record(step: &Step, version: &str, port: u16, created_at: u64) -> InstanceRecord {
-        InstanceRecord {
-            id: step.id.clone(),
-            region: step.region.clone(),
-            host: step.host.clone(),
-            version: version.to_string(),
-            port,
-            created_at,
-            started_at: now_ms(),
-            pid: 0,
-        }
-    }
-
-    /// Starts `record` (stopping the instance's old process first when `replace`)
-    /// and waits until it is healthy; returns how long that took.
-    async fn start_and_wait(&self, host: &Host, record: &InstanceRecord, replace: bool) -> Result<Duration, String> {
-        let mut env = self.instance_env(record);
-        let mounts = app_mounts(&self.config);
-        let (signal, timeout) = (&self.config.kill_signal, self.config.kill_timeout);
-        let pid = if replace && mounts.is_empty() {
-            // Stop and start in one round trip.
-            host.switch_instance(signal, timeout, record, &self.start, &env)
-                .await
-                .map_err(|e| format!("replacing the old version with {}: {e}", record.version))?
-        } else {
-            if replace {
-                host.stop_instance(&record.id, signal, timeout)
-                    .await
-                    .map_err(|e| format!("stopping the old version: {e}"))?;
-            }
-            // The old process held the volumes: attach them once it is gone.
-            for mount in mounts {
-                let path = host
-                    .volume_attach(&record.id, &mount.source, &mount.destination)
-                    .await
-                    .map_err(|e| format!("attaching volume `{}`: {e}", mount.source))?;
-                env.insert(volume_env(&mount.source), path);
-            }
-            host.start_instance(record, &self.start, &env)
-                .await
-                .map_err(|e| format!("starting {}: {e}", record.version))?
-        };
-        let addr =
-            host.transport.forward(record.port).await.map_err(|e| format!("reaching port {}: {e}", record.port))?;
-        let exited =
-            async { host.wait_exit(pid, self.wait_timeout + Duration::from_secs(5)).await.map_err(|e| e.to_string()) };
-        self.checks.wait_healthy(addr, !host.transport.is_local(), self.wait_timeout, exited).await.map_err(|failure| {
-            match failure {
-                Failure::Exited => format!("the process exited before it became healthy (version {})", record.version),
-                other => other.to_string(),
-            }
+    /// `address:port` of a running primary-region instance, for `FERRY_PRIMARY_ADDR`.
+    fn primary_addr(&self, observed: &Observed) -> Option<String> {
+        let primary = &self.settings.primary;
+        self.fleet.hosts().filter(|h| &h.region == primary).find_map(|h| {
+            observed
+                .get(&h.name)?
+                .instances
+                .iter()
+                .find(|i| i.alive && &i.record.region == primary)
+                .map(|i| format!("{}:{}", h.address(), i.record.port))
         })
     }
 
-    /// The environment of one instance: `[env]`, secrets, then ferry's own variables
-    /// (which win, so `PORT` is always the port ferry chose).
-    pub fn instance_env(&self, record: &InstanceRecord) -> BTreeMap<String, String> {
-        let mut env = self.config.env.clone();
-        env.extend(self.extra_env.clone());
-        let primary = self.config.primary();
-        if let Some(addr) = self.primary_addr.lock().ok().and_then(|a| a.clone()) {
-            env.insert("FERRY_PRIMARY_ADDR".into(), addr);
+    /// A picker that avoids every port recorded for an instance or listening on a host
+    /// where the plan creates an instance (read from SSH hosts only then).
+    async fn port_picker(&self, observed: &Observed, instances: &Instances) -> PortPicker {
+        let creating: BTreeSet<&str> =
+            instances.changes().filter(|step| step.previous.is_none()).map(|step| step.host.as_str()).collect();
+        let hosts =
+            self.fleet.hosts().filter(|h| !h.transport.is_local() && creating.contains(h.name.as_str())).cloned();
+        let listening = crate::host::on_each(hosts, |host| async move { host.listening().await }).await;
+        let mut taken: BTreeSet<(String, u16)> = BTreeSet::new();
+        for state in observed.values() {
+            taken.extend(state.instances.iter().map(|i| (i.record.host.clone(), i.record.port)));
         }
-        for (key, value) in [
-            ("PORT", record.port.to_string()),
-            ("FLY_APP_NAME", self.config.app.clone()),
-            ("FLY_REGION", record.region.clone()),
-            ("PRIMARY_REGION", primary),
-            ("FERRY_INSTANCE_ID", record.id.clone()),
-            ("FLY_MACHINE_ID", record.id.clone()),
-            ("FLY_PROCESS_GROUP", "app".to_string()),
-            ("RELEASE_VERSION", record.version.clone()),
-        ] {
-            env.insert(key.to_string(), value);
-        }
-        env
-    }
-
-    /// Puts one instance back as it was before this rollout touched it.
-    async fn revert_one(&self, host: &Host, step: &Step, port: u16) -> Result<(), String> {
-        let stopped = host.stop_instance(&step.id, &self.config.kill_signal, self.config.kill_timeout).await;
-        let result = match (&step.previous, stopped) {
-            (_, Err(e)) => Err(format!("could not stop it: {e}")),
-            (None, Ok(_)) => host.remove_instance(&step.id).await.map(|()| Duration::ZERO).map_err(|e| e.to_string()),
-            (Some(previous), Ok(_)) => {
-                let record = Self::record(step, &previous.version, port, previous.created_at);
-                self.start_and_wait(host, &record, false).await
+        for (name, ports) in listening {
+            match ports {
+                Ok(ports) => taken.extend(ports.into_iter().map(|p| (name.clone(), p))),
+                Err(e) => self.event(&Event::Warning {
+                    message: format!(
+                        "could not list the ports in use on `{name}` ({e}); new instances there get a random free-looking port"
+                    ),
+                }),
             }
-        };
-        match result {
-            Ok(_) => {
-                self.reporter.event(&Event::InstanceReverted {
+        }
+        PortPicker::new(taken)
+    }
+}
+
+/// A plan as the steps `--dry-run` prints.
+pub fn plan_items(plan: &Plan) -> Vec<PlanItem> {
+    let mut items = Vec::new();
+    for ship in &plan.ship {
+        items.push(PlanItem::Ship {
+            host: ship.host.clone(),
+            region: ship.region.clone(),
+            wave: format!("{:?}", ship.wave).to_lowercase(),
+            action: if ship.present { "present" } else { "upload" }.into(),
+        });
+    }
+    if let Some(id) = &plan.restore {
+        items.push(PlanItem::RestoreBackup { id: id.clone() });
+    }
+    if let Some(migration) = &plan.migration {
+        if migration.backup {
+            items.push(PlanItem::Backup { host: migration.host.clone() });
+        }
+        items.push(PlanItem::ReleaseCommand { host: migration.host.clone(), command: migration.command.clone() });
+    }
+    items.extend(plan.replica_gates.iter().map(|region| PlanItem::ReplicaGate { region: region.clone() }));
+    for stop in &plan.stops {
+        items.push(PlanItem::Stop {
+            region: stop.region.clone(),
+            host: stop.host.clone(),
+            instance: stop.id.clone(),
+            version: stop.version.clone(),
+        });
+    }
+    for region in &plan.instances.regions {
+        for (n, batch) in region.batches.iter().enumerate() {
+            for step in batch {
+                let action = match step.action {
+                    plan::Action::Create => "create",
+                    plan::Action::Replace => "replace",
+                    plan::Action::Keep => "keep",
+                };
+                items.push(PlanItem::Instance {
                     region: step.region.clone(),
                     host: step.host.clone(),
                     instance: step.id.clone(),
-                    version: step.previous.as_ref().map(|p| p.version.clone()),
+                    action: action.into(),
+                    batch: n + 1,
+                    from: step.previous.as_ref().map(|p| p.version.clone()),
+                    to: step.to.clone(),
                 });
-                Ok(())
-            }
-            Err(reason) => {
-                self.reporter.event(&Event::InstanceRevertFailed {
-                    region: step.region.clone(),
-                    host: step.host.clone(),
-                    instance: step.id.clone(),
-                    reason: reason.clone(),
-                });
-                Err(format!("{} on `{}`: {reason}", step.id, step.host))
             }
         }
-    }
-
-    /// Reverts every instance this rollout changed: regions in parallel, one instance
-    /// at a time within a region so each keeps serving.
-    async fn revert_all(self: &Arc<Self>, summary: &mut Summary) {
-        let mut by_region: BTreeMap<String, Vec<(Step, u16)>> = BTreeMap::new();
-        for (step, port) in std::mem::take(&mut summary.changed) {
-            by_region.entry(step.region.clone()).or_default().push((step, port));
-        }
-        let mut tasks = JoinSet::new();
-        for (_, steps) in by_region {
-            let this = Arc::clone(self);
-            tasks.spawn(async move {
-                let mut problems = Vec::new();
-                let mut reverted = 0;
-                for (step, port) in steps.into_iter().rev() {
-                    let Some(host) = this.hosts.get(&step.host).cloned() else { continue };
-                    match this.revert_one(&host, &step, port).await {
-                        Ok(()) => reverted += 1,
-                        Err(problem) => problems.push(problem),
-                    }
-                }
-                (reverted, problems)
+        for step in &region.unchanged {
+            items.push(PlanItem::Instance {
+                region: step.region.clone(),
+                host: step.host.clone(),
+                instance: step.id.clone(),
+                action: "keep".into(),
+                batch: 0,
+                from: Some(step.to.clone()),
+                to: step.to.clone(),
             });
         }
-        while let Some(result) = tasks.join_next().await {
-            if let Ok((reverted, problems)) = result {
-                summary.reverted += reverted;
-                summary.unrecovered.extend(problems);
-            }
-        }
     }
+    let prune = plan
+        .finish
+        .prune
+        .iter()
+        .flat_map(|(host, versions)| versions.iter().map(|v| Pruned { host: host.clone(), version: v.clone() }))
+        .collect();
+    items.push(PlanItem::Finish {
+        record: plan.kind.as_str().into(),
+        version: plan.version.clone(),
+        mark_current: plan.finish.mark_current,
+        prune,
+    });
+    items
 }
 
-impl Summary {
-    fn merge_into(self, total: &mut Summary) {
-        total.changed.extend(self.changed);
-        total.unrecovered.extend(self.unrecovered);
-        total.reverted += self.reverted;
-        total.behind.extend(self.behind);
-        if total.failure.is_none() {
-            total.failure = self.failure;
-        }
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A new instance id: 14 hex digits, like Fly machine ids.
+pub fn new_instance_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 7];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..7]);
     }
-}
-
-/// A picker that avoids every port recorded for an instance or listening on a host.
-pub fn port_picker(observed: &BTreeMap<String, crate::host::HostState>) -> PortPicker {
-    let mut taken: BTreeSet<(String, u16)> = BTreeSet::new();
-    for (host, state) in observed {
-        taken.extend(state.instances.iter().map(|i| (i.record.host.clone(), i.record.port)));
-        taken.extend(state.listening.iter().map(|p| (host.clone(), *p)));
-    }
-    PortPicker::new(taken)
-}
-
-/// The `[mounts]` of the `app` process group (the one ferry runs).
-pub fn app_mounts(config: &Config) -> Vec<&crate::config::Mount> {
-    config.mounts.iter().filter(|m| m.processes.is_empty() || m.processes.iter().any(|p| p == "app")).collect()
-}
-
-/// `FERRY_VOLUME_<NAME>`: where an instance finds the volume named NAME.
-pub fn volume_env(name: &str) -> String {
-    let upper: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-    format!("FERRY_VOLUME_{upper}")
+    bytes.iter().fold(String::with_capacity(14), |mut id, b| {
+        use std::fmt::Write as _;
+        let _ = write!(id, "{b:02x}");
+        id
+    })
 }

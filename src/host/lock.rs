@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{scripts, Host, HostError};
+use super::proto::{Io, LockReply, Reply, Request};
+use super::{Host, HostError};
 
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -134,43 +135,40 @@ pub enum Attempt {
 
 impl Host {
     pub async fn lock_acquire(&self, holder: &Holder) -> Result<Attempt, HostError> {
-        let json = serde_json::to_string(holder).unwrap_or_default();
-        let out = self.run("taking the lock", &self.cmd(scripts::LOCK_ACQUIRE).arg(json)).await?;
-        let text = out.stdout_str();
-        if let Some(state) = acquired(&text) {
-            return Ok(Attempt::Acquired(Box::new(state)));
+        match self.call(Request::LockAcquire { holder: holder.clone() }, Io::default()).await? {
+            Reply::Lock(LockReply::Acquired(state)) => Ok(Attempt::Acquired(state)),
+            Reply::Lock(LockReply::Held(held)) => Ok(Attempt::Held(held)),
+            other => Err(self.unexpected("taking the lock", &other)),
         }
-        let text = text.trim();
-        let rest = text.strip_prefix("held ").unwrap_or("0 {}");
-        let (age, json) = rest.split_once(' ').unwrap_or((rest, "{}"));
-        Ok(Attempt::Held(Held::parse(age, json)))
     }
 
     /// Replaces a stale lock, only if it is still the one that was judged stale;
     /// returns the host's state read under it, or `None` when someone else got it.
     pub async fn lock_takeover(&self, stale: &Held, holder: &Holder) -> Result<Option<super::HostState>, HostError> {
-        let token = stale.holder.as_ref().map(|h| h.token.clone()).unwrap_or_default();
-        let json = serde_json::to_string(holder).unwrap_or_default();
-        let out = self.run("taking over the lock", &self.cmd(scripts::LOCK_TAKEOVER).args([token, json])).await?;
-        Ok(acquired(&out.stdout_str()))
+        let request =
+            Request::LockTakeover { stale: stale.holder.as_ref().map(|h| h.token.clone()), holder: holder.clone() };
+        match self.call(request, Io::default()).await? {
+            Reply::Lock(LockReply::Acquired(observed)) => Ok(Some(*observed)),
+            Reply::Lock(LockReply::Lost | LockReply::Held(_)) => Ok(None),
+            other => Err(self.unexpected("taking over the lock", &other)),
+        }
     }
 
+    /// Refreshes the lease; false when the lock is no longer ours.
     pub async fn lock_refresh(&self, token: &str) -> Result<bool, HostError> {
-        let out = self.run("refreshing the lock", &self.cmd(scripts::LOCK_REFRESH).arg(token)).await?;
-        Ok(!out.stdout_str().contains("lost"))
+        match self.call(Request::LockRefresh { token: token.to_string() }, Io::default()).await? {
+            Reply::Flag(ours) => Ok(ours),
+            other => Err(self.unexpected("refreshing the lock", &other)),
+        }
     }
 
     /// Removes the lock if `token` holds it; with `None`, removes any lock.
     pub async fn lock_release(&self, token: Option<&str>) -> Result<(), HostError> {
-        self.run("releasing the lock", &self.cmd(scripts::LOCK_RELEASE).arg(token.unwrap_or(""))).await?;
-        Ok(())
+        match self.call(Request::LockRelease { token: token.map(str::to_string) }, Io::default()).await? {
+            Reply::Done => Ok(()),
+            other => Err(self.unexpected("releasing the lock", &other)),
+        }
     }
-}
-
-/// `acquired` followed by the observation: the state read under the lock.
-fn acquired(text: &str) -> Option<super::HostState> {
-    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
-    (first.trim() == "acquired").then(|| super::parse_observation(rest))
 }
 
 /// A lock held on a set of hosts, refreshed in the background until released.
@@ -178,6 +176,8 @@ pub struct Guard {
     hosts: Arc<Vec<Host>>,
     token: String,
     refresher: tokio::task::JoinHandle<()>,
+    /// Set when a refresh finds the lock is no longer ours.
+    lost: Lease,
     /// Each host's state as read when its lock was taken.
     observed: BTreeMap<String, super::HostState>,
     /// Set once the hosts released the lock themselves (in the same round trip as
@@ -188,8 +188,9 @@ pub struct Guard {
 impl Guard {
     pub fn new(hosts: Vec<Host>, token: String, observed: BTreeMap<String, super::HostState>) -> Self {
         let hosts = Arc::new(hosts);
-        let refresher = tokio::spawn(refresh_loop(Arc::clone(&hosts), token.clone()));
-        Self { hosts, token, refresher, observed, released: false }
+        let lost = Lease::default();
+        let refresher = tokio::spawn(refresh_loop(Arc::clone(&hosts), token.clone(), lost.clone()));
+        Self { hosts, token, refresher, lost, observed, released: false }
     }
 
     /// Every host's state read under the lock, in the round trip that took it: what
@@ -200,6 +201,11 @@ impl Guard {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// A handle that tells whether the lock was taken over by someone else.
+    pub fn lease(&self) -> Lease {
+        self.lost.clone()
     }
 
     /// Stops refreshing the lease, before the hosts give the lock back themselves
@@ -236,18 +242,23 @@ impl Drop for Guard {
     }
 }
 
-/// Set when a refresh finds the lock is no longer ours (another operation took it
-/// over because our lease looked stale). One ferry process holds one lock at a time.
-static LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether the lock this process holds was taken over by someone else: the caller
+/// Whether the lock an operation holds is still its own: a refresh that finds it taken
+/// over (another operation judged the lease stale) marks it lost, and the operation
 /// must stop changing things.
-pub fn lost() -> bool {
-    LOST.load(std::sync::atomic::Ordering::SeqCst)
+#[derive(Debug, Clone, Default)]
+pub struct Lease(Arc<std::sync::atomic::AtomicBool>);
+
+impl Lease {
+    pub fn lost(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn mark_lost(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
-async fn refresh_loop(hosts: Arc<Vec<Host>>, token: String) {
-    LOST.store(false, std::sync::atomic::Ordering::SeqCst);
+async fn refresh_loop(hosts: Arc<Vec<Host>>, token: String, lease: Lease) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.tick().await;
     loop {
@@ -261,7 +272,7 @@ async fn refresh_loop(hosts: Arc<Vec<Host>>, token: String) {
         }
         while let Some(result) = refreshes.join_next().await {
             if matches!(result, Ok(Ok(Ok(false)))) {
-                LOST.store(true, std::sync::atomic::Ordering::SeqCst);
+                lease.mark_lost();
             }
         }
     }

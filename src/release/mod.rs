@@ -5,6 +5,7 @@
 //! about hosts, transports or deploys, and it never prints (a build command's output goes
 //! to stderr, so stdout stays free for `--json`).
 
+mod artifact;
 mod build;
 mod digest;
 mod error;
@@ -19,6 +20,7 @@ mod version;
 #[cfg(test)]
 mod testutil;
 
+pub use artifact::{build, take, Artifact, ArtifactError, BuildSpec};
 pub use build::run_build_command;
 pub use digest::sha256_file;
 pub use error::ReleaseError;

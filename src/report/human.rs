@@ -2,13 +2,14 @@
 //! doing; finished steps print as lines above them. Without a terminal, plain lines.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{Event, Outcome, Reporter};
+use super::{Event, Outcome, PlanItem, Reporter};
 
 pub struct Human {
     multi: Option<MultiProgress>,
@@ -63,6 +64,38 @@ impl Default for Human {
     }
 }
 
+/// One line of a printed plan.
+fn plan_line(item: &PlanItem) -> String {
+    match item {
+        PlanItem::Ship { host, wave, action, .. } => match action.as_str() {
+            "present" => format!("  ship    {host}: already there"),
+            _ => format!("  ship    {host}: {action} ({wave})"),
+        },
+        PlanItem::RestoreBackup { id } => format!("  restore backup {id} (pg_restore, after confirmation)"),
+        PlanItem::Backup { host } => format!("  backup  pg_dump on {host}, verified"),
+        PlanItem::ReleaseCommand { host, command } => format!("  release_command on {host}: {command}"),
+        PlanItem::ReplicaGate { region } => format!("  {region:>6}  waits for its replica to replay the migration"),
+        PlanItem::Instance { region, host, instance, action, batch, from, to } => {
+            let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
+            let batch = if *batch > 0 && action == "replace" { format!(" (batch {batch})") } else { String::new() };
+            format!("  {region:>6}  {instance}  on {host}: {action}{batch} {from}{to}")
+        }
+        PlanItem::Stop { region, host, instance, version } => {
+            format!("  {region:>6}  {instance}  on {host}: stop {version}")
+        }
+        PlanItem::Finish { record, version, mark_current, prune } => {
+            let mut text = format!("  finish  record {record} {version}");
+            if *mark_current {
+                text.push_str(", mark it current");
+            }
+            for p in prune {
+                let _ = write!(text, ", prune {} on {}", p.version, p.host);
+            }
+            text
+        }
+    }
+}
+
 fn secs(ms: u64) -> String {
     format!("{:.1}s", Duration::from_millis(ms).as_secs_f64())
 }
@@ -74,10 +107,7 @@ impl Reporter for Human {
                 let from = previous.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default();
                 self.line(&format!("==> {kind} {app} {version}{from}: {strategy}, regions {}", regions.join(", ")));
             }
-            Event::Plan { region, instance, host, action, from, to } => {
-                let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
-                self.line(&format!("  {region:>6}  {instance}  on {host}: {action} {from}{to}"));
-            }
+            Event::Plan(item) => self.line(&plan_line(item)),
             Event::Warning { message } => self.line(&format!("warning: {message}")),
             Event::LockTakenOver { host, previous_holder, reason } => {
                 self.line(&format!("warning: took over a stale lock on `{host}` held by {previous_holder}: {reason}"));
@@ -169,6 +199,10 @@ impl Reporter for Human {
                 self.line(&format!("==> {word} in {}: {message}", secs(*duration_ms)));
             }
         }
+    }
+
+    fn note(&self, text: &str) {
+        self.line(text);
     }
 
     fn upload_progress(&self, host: &str, sent: u64, total: u64) {

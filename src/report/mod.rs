@@ -1,8 +1,11 @@
 //! What ferry tells its user, as [`Event`]s handed to a [`Reporter`]: human (indicatif
 //! spinners per region on a TTY, plain lines otherwise, all on stderr), JSON lines on
-//! stdout, or quiet. Logic emits events; only reporters print.
+//! stdout, or quiet. Read commands hand their data to [`Reporter::show`]: a table (see
+//! [`views`]) on stdout, or one JSON line. Logic emits events and data; only
+//! reporters print.
 
 mod human;
+pub mod views;
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -22,14 +25,8 @@ pub enum Event {
         strategy: String,
         regions: Vec<String>,
     },
-    Plan {
-        region: String,
-        instance: String,
-        host: String,
-        action: String,
-        from: Option<String>,
-        to: String,
-    },
+    /// One step of a plan (`--dry-run` prints them all).
+    Plan(PlanItem),
     Warning {
         message: String,
     },
@@ -154,6 +151,61 @@ pub enum Event {
     },
 }
 
+/// One step of a plan, by phase.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum PlanItem {
+    /// `action`: `upload` or `present`; `wave`: `first`, `primary` or `others`.
+    Ship {
+        host: String,
+        region: String,
+        wave: String,
+        action: String,
+    },
+    RestoreBackup {
+        id: String,
+    },
+    Backup {
+        host: String,
+    },
+    ReleaseCommand {
+        host: String,
+        command: String,
+    },
+    ReplicaGate {
+        region: String,
+    },
+    /// `action`: `create`, `replace` or `keep`; `batch` counts from 1 (0 for `keep`).
+    Instance {
+        region: String,
+        host: String,
+        instance: String,
+        action: String,
+        batch: usize,
+        from: Option<String>,
+        to: String,
+    },
+    Stop {
+        region: String,
+        host: String,
+        instance: String,
+        version: String,
+    },
+    Finish {
+        record: String,
+        version: String,
+        mark_current: bool,
+        prune: Vec<Pruned>,
+    },
+}
+
+/// A release a plan prunes from a host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    pub host: String,
+    pub version: String,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -164,6 +216,13 @@ pub enum Outcome {
 
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event);
+    /// What a read command found: `text` is its human form (a table), `json` the same
+    /// data as one JSON value. Printed on stdout.
+    fn show(&self, json: &serde_json::Value, text: &str) {
+        let _ = (json, print_text(text));
+    }
+    /// A remark for a person reading along (on stderr); machine output leaves it out.
+    fn note(&self, _text: &str) {}
     /// Bytes sent so far to one host (a progress bar; never in `--json`).
     fn upload_progress(&self, _host: &str, _sent: u64, _total: u64) {}
     /// Stop any live display before the process prints its final error.
@@ -186,18 +245,41 @@ impl Default for Json {
     }
 }
 
-impl Reporter for Json {
-    fn event(&self, event: &Event) {
-        if let (Ok(line), Ok(mut out)) = (serde_json::to_string(event), self.out.lock()) {
+impl Json {
+    fn line(&self, line: &str) {
+        if let Ok(mut out) = self.out.lock() {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
     }
 }
 
-/// `-q`: nothing but the final error (which `main` prints).
+impl Reporter for Json {
+    fn event(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            self.line(&line);
+        }
+    }
+
+    fn show(&self, json: &serde_json::Value, _text: &str) {
+        self.line(&json.to_string());
+    }
+}
+
+/// `-q`: no events, only the data a read command was asked for and the final error
+/// (which `main` prints).
 pub struct Quiet;
 
 impl Reporter for Quiet {
     fn event(&self, _event: &Event) {}
+}
+
+/// Writes a read command's human output to stdout (a closed pipe ends it quietly).
+fn print_text(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }

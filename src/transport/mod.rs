@@ -7,6 +7,8 @@
 //! argument vector, and [`Cmd::to_shell`] is the one place that turns it into a shell
 //! string. It knows nothing about deploys, releases or the on-host layout.
 
+#[cfg(test)]
+pub mod fake;
 mod local;
 mod ssh;
 
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 
 pub use local::LocalTransport;
-pub use ssh::{close_forwards, SshOptions, SshTransport};
+pub use ssh::{SshOptions, SshTransport};
 
 /// A program and its arguments, never a shell string. Values that come from users
 /// (versions, env values, paths) travel as separate arguments.
@@ -198,6 +200,9 @@ impl TransportError {
 pub enum Transport {
     Local(LocalTransport),
     Ssh(SshTransport),
+    /// A simulated host answering typed requests from a model (engine unit tests).
+    #[cfg(test)]
+    Fake(fake::FakeTransport),
 }
 
 impl Transport {
@@ -205,6 +210,34 @@ impl Transport {
         match self {
             Transport::Local(t) => t.host(),
             Transport::Ssh(t) => t.host(),
+            #[cfg(test)]
+            Transport::Fake(t) => t.host(),
+        }
+    }
+
+    /// The address other machines use for this one: loopback for the local target,
+    /// the host part of `user@host:port` for SSH.
+    pub fn address(&self) -> String {
+        match self {
+            Transport::Ssh(t) => {
+                let spec = t.host();
+                let host = spec.rsplit_once('@').map_or(spec, |(_, h)| h);
+                match host.rsplit_once(':') {
+                    Some((h, port)) if port.parse::<u16>().is_ok() => h.to_string(),
+                    _ => host.to_string(),
+                }
+            }
+            Transport::Local(_) => "127.0.0.1".to_string(),
+            #[cfg(test)]
+            Transport::Fake(_) => "127.0.0.1".to_string(),
+        }
+    }
+
+    /// Closes the port forwards this run opened through the machine's connection, so
+    /// a master connection kept for later runs does not keep them listening.
+    pub async fn close_forwards(&self) {
+        if let Transport::Ssh(t) = self {
+            t.close_forwards().await;
         }
     }
 
@@ -213,6 +246,8 @@ impl Transport {
         match self {
             Transport::Local(t) => t.run(cmd, None).await.map(|(out, _)| out),
             Transport::Ssh(t) => t.run(cmd, None).await.map(|(out, _)| out),
+            #[cfg(test)]
+            Transport::Fake(t) => Err(t.runs_no_commands()),
         }
     }
 
@@ -226,6 +261,8 @@ impl Transport {
         match self {
             Transport::Local(t) => t.exec_streaming(cmd, on_line).await,
             Transport::Ssh(t) => t.exec_streaming(cmd, on_line).await,
+            #[cfg(test)]
+            Transport::Fake(t) => Err(t.runs_no_commands()),
         }
     }
 
@@ -239,6 +276,8 @@ impl Transport {
         match self {
             Transport::Local(t) => t.upload(src, dest, progress).await,
             Transport::Ssh(t) => t.upload(src, dest, progress).await,
+            #[cfg(test)]
+            Transport::Fake(t) => Err(t.runs_no_commands()),
         }
     }
 
@@ -253,6 +292,8 @@ impl Transport {
         match self {
             Transport::Local(t) => t.run(cmd, Some(&FileInput { path: file, progress })).await,
             Transport::Ssh(t) => t.run(cmd, Some(&FileInput { path: file, progress })).await,
+            #[cfg(test)]
+            Transport::Fake(t) => Err(t.runs_no_commands()),
         }
     }
 
@@ -262,14 +303,18 @@ impl Transport {
         match self {
             Transport::Local(_) => Ok(()),
             Transport::Ssh(t) => t.connect().await,
+            #[cfg(test)]
+            Transport::Fake(t) => t.connect(),
         }
     }
 
     /// An address on this machine that reaches `port` on the target machine's loopback.
     pub async fn forward(&self, port: u16) -> Result<SocketAddr, TransportError> {
         match self {
-            Transport::Local(_) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
             Transport::Ssh(t) => t.forward(port).await,
+            Transport::Local(_) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+            #[cfg(test)]
+            Transport::Fake(_) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
         }
     }
 
@@ -278,8 +323,10 @@ impl Transport {
     /// where it is reached directly.
     pub async fn forward_to(&self, host: &str, port: u16) -> Result<Option<SocketAddr>, TransportError> {
         match self {
-            Transport::Local(_) => Ok(None),
             Transport::Ssh(t) => t.forward_to(host, port).await.map(Some),
+            Transport::Local(_) => Ok(None),
+            #[cfg(test)]
+            Transport::Fake(_) => Ok(None),
         }
     }
 
@@ -290,6 +337,8 @@ impl Transport {
                 tokio::fs::copy(src, dest).await.map_err(TransportError::copying(self.host(), src, dest.display()))
             }
             Transport::Ssh(t) => t.download(src, dest).await,
+            #[cfg(test)]
+            Transport::Fake(t) => Err(t.runs_no_commands()),
         }
     }
 

@@ -108,33 +108,6 @@ fn remote_line(cmd: &Cmd) -> String {
     format!("exec {}", cmd.to_shell())
 }
 
-/// Transports that opened port forwards in this run, kept until [`close_forwards`]
-/// (which `run` calls last) so that the forwards close through the master at once,
-/// not one `ssh -O cancel` process per forward when each transport is dropped.
-static FORWARDING: std::sync::Mutex<Vec<Arc<Inner>>> = std::sync::Mutex::new(Vec::new());
-
-/// Closes every port forward this run opened, all hosts at once, through each master
-/// connection (a master kept for later runs must not keep them listening). What is
-/// left (a failed close) is cancelled when the transport is dropped.
-pub async fn close_forwards() {
-    let open: Vec<Arc<Inner>> = FORWARDING.lock().map(|mut list| list.drain(..).collect()).unwrap_or_default();
-    let mut closing = tokio::task::JoinSet::new();
-    for inner in open {
-        let Some(session) = inner.session.get().cloned() else { continue };
-        let forwards: Vec<((String, u16), SocketAddr)> = inner.forwards.lock().await.drain().collect();
-        for ((host, port), local) in forwards {
-            let (session, inner) = (Arc::clone(&session), Arc::clone(&inner));
-            closing.spawn(async move {
-                let remote = Socket::TcpSocket { host: host.clone().into(), port };
-                if session.close_port_forward(ForwardType::Local, Socket::from(local), remote).await.is_err() {
-                    inner.forwards.lock().await.insert((host, port), local);
-                }
-            });
-        }
-    }
-    while closing.join_next().await.is_some() {}
-}
-
 impl SshTransport {
     pub fn new(spec: &str, options: SshOptions) -> Self {
         Self {
@@ -150,6 +123,25 @@ impl SshTransport {
 
     pub fn host(&self) -> &str {
         &self.inner.spec
+    }
+
+    /// Closes every port forward this transport opened, all at once, through the
+    /// master connection (a master kept for later runs must not keep them listening).
+    /// What is left (a failed close) is cancelled when the transport is dropped.
+    pub async fn close_forwards(&self) {
+        let Some(session) = self.inner.session.get().cloned() else { return };
+        let forwards: Vec<((String, u16), SocketAddr)> = self.inner.forwards.lock().await.drain().collect();
+        let mut closing = tokio::task::JoinSet::new();
+        for ((host, port), local) in forwards {
+            let (session, inner) = (Arc::clone(&session), Arc::clone(&self.inner));
+            closing.spawn(async move {
+                let remote = Socket::TcpSocket { host: host.clone().into(), port };
+                if session.close_port_forward(ForwardType::Local, Socket::from(local), remote).await.is_err() {
+                    inner.forwards.lock().await.insert((host, port), local);
+                }
+            });
+        }
+        while closing.join_next().await.is_some() {}
     }
 
     /// `user@host:port` becomes `ssh://user@host:port` (which the builder splits into
@@ -401,11 +393,6 @@ impl SshTransport {
             .request_port_forward(ForwardType::Local, Socket::from(local), remote)
             .await
             .map_err(|e| self.lost(&e))?;
-        if forwards.is_empty() {
-            if let Ok(mut list) = FORWARDING.lock() {
-                list.push(Arc::clone(&self.inner));
-            }
-        }
         forwards.insert(key, local);
         Ok(local)
     }

@@ -1,22 +1,24 @@
 //! Shipping a release to hosts: upload it where it is missing (streamed into `tar`
 //! on the host, skipped where the same sha256 is already there), unpack, verify. On
 //! the local target, where every region is a directory of this machine, the release
-//! is unpacked once and the other regions get hard links to it. A deploy ships to the
-//! primary region first and to the others while the primary rolls out; each host's
-//! result is reported as it comes, so a region waits only for its own hosts.
+//! is unpacked once and the other regions get hard links to it. A deploy ships in the
+//! plan's waves; each host's result is reported as it comes, so a region waits only
+//! for its own hosts. Also here: getting a release already deployed onto hosts that
+//! joined later, and giving them the app's secrets.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
 use crate::error::Error;
+use crate::fleet::Fleet;
+use crate::host::proto::Parcel;
 use crate::host::{Host, HostError, HostState};
-use crate::release::RawTar;
+use crate::release::{Artifact, RawTar};
 use crate::report::{Event, Reporter};
-
-use super::build::Artifact;
-use super::Ctx;
+use crate::settings::Settings;
 
 /// Hosts receiving an upload at the same time.
 const UPLOADS_AT_ONCE: usize = 8;
@@ -41,12 +43,16 @@ impl<'a> Shipment<'a> {
     /// Prepares what `hosts` will be sent; the plain tar is only made when one of them
     /// lacks the release.
     pub async fn prepare<'h>(
-        ctx: &Ctx,
+        settings: &Settings,
         artifact: &'a Artifact,
         observed: &BTreeMap<String, HostState>,
         mut hosts: impl Iterator<Item = &'h Host>,
     ) -> Shipment<'a> {
-        let raw = if hosts.any(|h| !has(observed, h, artifact)) { raw_stream(ctx, artifact).await } else { None };
+        let raw = if hosts.any(|h| !has(observed, h, artifact)) {
+            raw_stream(settings.build_dir(), settings.kept_archive(&artifact.version), artifact).await
+        } else {
+            None
+        };
         Shipment { artifact, raw, sums: artifact.manifest.sha256sum_lines() }
     }
 
@@ -57,7 +63,7 @@ impl<'a> Shipment<'a> {
     /// every host is done, so nothing is left half-sent behind the caller's back.
     pub async fn send(
         &self,
-        ctx: &Ctx,
+        reporter: &Arc<dyn Reporter>,
         mut hosts: Vec<Host>,
         observed: &BTreeMap<String, HostState>,
         mut source: Option<Host>,
@@ -68,7 +74,7 @@ impl<'a> Shipment<'a> {
         if source.is_none() && hosts.len() > 1 && hosts.iter().all(|h| h.transport.is_local()) {
             let first = hosts.remove(0);
             let result =
-                ship_one(&first, artifact, raw, &self.sums, has(observed, &first, artifact), ctx.reporter.as_ref())
+                ship_one(&first, artifact, raw, &self.sums, has(observed, &first, artifact), reporter.as_ref())
                     .await
                     .map_err(|e| ship_failed(&first.name, &artifact.version, &e));
             done(&first.name, result.as_ref().copied().map_err(ToString::to_string));
@@ -83,7 +89,7 @@ impl<'a> Shipment<'a> {
             let present = has(observed, &host, artifact);
             let artifact = artifact.clone();
             let sums = self.sums.clone();
-            let reporter = Arc::clone(&ctx.reporter);
+            let reporter = Arc::clone(reporter);
             let source = source.clone().filter(|s| s.transport.is_local() && host.transport.is_local());
             let raw = self.raw.clone();
             tasks.spawn(async move {
@@ -122,15 +128,15 @@ impl<'a> Shipment<'a> {
 }
 
 /// Uploads (unless present) and unpacks the artifact on `hosts`, in parallel.
-pub async fn ship_to<'a>(
-    ctx: &Ctx,
-    hosts: impl Iterator<Item = &'a Host>,
+pub async fn ship_to(
+    settings: &Settings,
+    reporter: &Arc<dyn Reporter>,
+    hosts: Vec<Host>,
     observed: &BTreeMap<String, HostState>,
     artifact: &Artifact,
 ) -> Result<(), Error> {
-    let hosts: Vec<Host> = hosts.cloned().collect();
-    let shipment = Shipment::prepare(ctx, artifact, observed, hosts.iter()).await;
-    shipment.send(ctx, hosts, observed, None, &|_, _| {}).await
+    let shipment = Shipment::prepare(settings, artifact, observed, hosts.iter()).await;
+    shipment.send(reporter, hosts, observed, None, &|_, _| {}).await
 }
 
 fn ship_failed(host: &str, version: &str, source: &HostError) -> Error {
@@ -175,13 +181,11 @@ async fn link_one(
 /// Written once under `.ferry/build` for every host; `None` (ship the artifact) when
 /// that is not worth it or fails. The hosts then keep no copy of the archive, so
 /// `.ferry/build` keeps one (`regions add` and `scale` ship the release from it).
-async fn raw_stream(ctx: &Ctx, artifact: &Artifact) -> Option<Arc<RawTar>> {
+async fn raw_stream(dir: PathBuf, kept: PathBuf, artifact: &Artifact) -> Option<Arc<RawTar>> {
     if !crate::release::worth_shipping_raw(artifact.size, &artifact.manifest) {
         return None;
     }
-    let dir = ctx.config.dir.join(".ferry").join("build");
     let dest = dir.join(format!(".{}-{}.tar", artifact.sha256, std::process::id()));
-    let kept = dir.join(format!("{}-{}.tar.gz", ctx.config.app, artifact.version));
     let archive = artifact.path.clone();
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir).ok()?;
@@ -210,7 +214,8 @@ async fn ship_one(
     } else {
         let (path, size) = raw.map_or((&artifact.path, artifact.size), |r| (&r.path, r.size));
         let progress = |sent| reporter.upload_progress(&host.name, sent, size);
-        host.ship_release(path, raw.is_some(), &artifact.sha256, size, &artifact.version, sums, &progress).await?
+        let parcel = Parcel { sha256: &artifact.sha256, version: &artifact.version, size, raw: raw.is_some(), sums };
+        host.ship_release(path, &parcel, &progress).await?
     };
     reporter.event(&Event::Upload { host: host.name.clone(), bytes_sent, skipped });
     reporter.event(&Event::ReleaseInstalled {
@@ -218,5 +223,88 @@ async fn ship_one(
         version: artifact.version.clone(),
         already_present: !installed,
     });
+    Ok(())
+}
+
+/// Gets the release `version` onto `missing` hosts (a region or host that joined
+/// later): from this machine's build directory when the tarball there matches, else
+/// downloaded from a host that has it.
+pub async fn ship_existing(
+    settings: &Settings,
+    reporter: &Arc<dyn Reporter>,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+    version: &str,
+    missing: Vec<Host>,
+) -> Result<(), Error> {
+    let Some((source, installed)) = fleet.hosts().find_map(|h| {
+        observed.get(&h.name).and_then(|s| s.releases.iter().find(|r| r.version == version)).map(|r| (h, r.clone()))
+    }) else {
+        return Err(Error::failed(format!(
+            "no host has release {version} any more; run `ferry deploy` to ship it again"
+        )));
+    };
+    let local = settings.kept_archive(version);
+    let tarball = if crate::release::sha256_file(&local).is_ok_and(|sha| sha == installed.sha256) {
+        local
+    } else {
+        let dir = settings.build_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            action: "create",
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let dest = dir.join(format!("{}-{version}.download.tar.gz", settings.app));
+        source.transport.download(&source.artifact_path(&installed.sha256), &dest).await.map_err(|e| match e {
+            crate::transport::TransportError::Upload { .. } => Error::Failed {
+                message: format!(
+                    "release {version} is neither in {} nor kept as an archive on `{}`",
+                    local.display(),
+                    source.name
+                ),
+                hint: Some(format!(
+                    "ship it again with `ferry deploy --version {version}` (or `--release FILE`), then add the hosts"
+                )),
+            },
+            other => Error::Host { step: "fetching the release", source: other.into() },
+        })?;
+        dest
+    };
+    let artifact = crate::release::take(&tarball, &settings.app).await?;
+    if artifact.sha256 != installed.sha256 {
+        return Err(Error::failed(format!(
+            "the copy of {version} found does not match the hosts' sha256; run `ferry deploy` to ship it again"
+        )));
+    }
+    ship_to(settings, reporter, missing, observed, &artifact).await
+}
+
+/// Gives hosts that joined the app after its secrets were set (a new region, a new
+/// host) the same secrets as the primary's first host. Uses the secrets digests
+/// `observed` already holds, so it costs nothing when every host agrees.
+pub async fn sync_secrets(
+    reporter: &dyn Reporter,
+    fleet: &Fleet,
+    observed: &BTreeMap<String, HostState>,
+) -> Result<(), Error> {
+    let Some(reference) = fleet.primary().and_then(|r| r.hosts.first()) else { return Ok(()) };
+    let digest = |host: &str| observed.get(host).and_then(|s| s.secrets.clone());
+    let wanted = digest(&reference.name);
+    let mut raw = None;
+    for host in fleet.hosts().filter(|h| h.name != reference.name) {
+        if digest(&host.name) == wanted {
+            continue;
+        }
+        if raw.is_none() {
+            raw =
+                Some(reference.secrets_raw().await.map_err(|source| Error::Host { step: "reading secrets", source })?);
+        }
+        host.secrets_replace(raw.clone().unwrap_or_default())
+            .await
+            .map_err(|source| Error::Host { step: "copying secrets", source })?;
+        reporter.event(&Event::Warning {
+            message: format!("copied the app's secrets to `{}`, which did not have them", host.name),
+        });
+    }
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! Planning a rollout: desired state (a version, a count per region) against observed
-//! state (instances on each host) gives a [`Plan`] of steps in batches. Pure: no I/O,
-//! so `--dry-run` prints exactly what would run and tests check plans directly.
+//! Planning an operation: desired state (a version, a count per region) against
+//! observed state (what each host holds) gives a [`Plan`] with every phase as data:
+//! what each host is sent and when, the backup and release_command, the replica
+//! gates, the instances in batches, what is stopped, and how the operation finishes
+//! (what is recorded, marked current, pruned). Pure: no I/O, so `--dry-run` prints
+//! exactly what would run and tests check plans directly.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::{MaxUnavailable, Strategy};
 use crate::host::{HostState, InstanceRecord};
+use crate::settings::Order;
 
 /// What a region looks like to the planner.
 #[derive(Debug, Clone)]
@@ -49,9 +53,9 @@ pub struct RegionPlan {
     pub unchanged: Vec<Step>,
 }
 
+/// The instances of an operation: each region's batches.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub version: String,
+pub struct Instances {
     pub regions: Vec<RegionPlan>,
     /// New instances that cannot be placed for want of a free volume.
     pub missing_volumes: Vec<MissingVolumes>,
@@ -64,9 +68,14 @@ pub struct MissingVolumes {
     pub count: usize,
 }
 
-impl Plan {
+impl Instances {
     pub fn is_noop(&self) -> bool {
         self.regions.iter().all(|r| r.batches.is_empty())
+    }
+
+    /// Every step that changes an instance, in batch order.
+    pub fn changes(&self) -> impl Iterator<Item = &Step> {
+        self.regions.iter().flat_map(|r| r.batches.iter().flatten())
     }
 
     #[cfg(test)]
@@ -88,13 +97,13 @@ pub struct Inputs<'a> {
     pub mounts: &'a [String],
 }
 
-/// Plans a rollout of `version`: every existing instance that is not already healthy
-/// on it is replaced, and each region is filled up to its count.
-pub fn rollout(inputs: &Inputs<'_>, new_id: &mut dyn FnMut() -> String) -> Plan {
+/// Plans the instances of a rollout of `version`: every existing instance that is not
+/// already healthy on it is replaced, and each region is filled up to its count.
+pub fn instances(inputs: &Inputs<'_>, new_id: &mut dyn FnMut() -> String) -> Instances {
     let mut missing_volumes = Vec::new();
     let regions =
         inputs.regions.iter().map(|region| plan_region(inputs, region, new_id, &mut missing_volumes)).collect();
-    Plan { version: inputs.version.to_string(), regions, missing_volumes }
+    Instances { regions, missing_volumes }
 }
 
 /// Free volumes per host for a region: the fewest free of any mounted name (an
@@ -254,6 +263,182 @@ fn batch(
     batches
 }
 
+/// Which operation a plan is for; history records it under this name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    Deploy,
+    Rollback,
+    Restart,
+    Scale,
+    RegionsAdd,
+    RegionsRemove,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Rollback => "rollback",
+            Kind::Restart => "restart",
+            Kind::Scale => "scale",
+            Kind::RegionsAdd => "regions add",
+            Kind::RegionsRemove => "regions remove",
+        }
+    }
+
+    /// Whether the operation brings a new release (and so prunes old ones).
+    pub fn ships_new_release(self) -> bool {
+        self == Kind::Deploy
+    }
+}
+
+/// When a host gets the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wave {
+    /// Before anything else: the hosts of the primary region's first batch (or every
+    /// host, when a migration or `primary_last` needs them all first).
+    First,
+    /// The rest of the primary region, while its first batch rolls out.
+    Primary,
+    /// The other regions, after the primary region's hosts.
+    Others,
+}
+
+/// What one host is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ship {
+    pub host: String,
+    pub region: String,
+    pub wave: Wave,
+    /// The host already holds this very release: nothing is sent.
+    pub present: bool,
+}
+
+/// The release_command, run once before any instance changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Migration {
+    pub host: String,
+    pub command: String,
+    /// A pg_dump first.
+    pub backup: bool,
+}
+
+/// An instance stopped and removed (scaling down, removing a region).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StopStep {
+    pub region: String,
+    pub host: String,
+    pub id: String,
+    pub version: String,
+}
+
+/// How a successful operation ends on the hosts, in one round trip each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Finish {
+    pub mark_current: bool,
+    /// By host: releases pruned.
+    pub prune: BTreeMap<String, Vec<String>>,
+}
+
+/// Everything an operation will do, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub kind: Kind,
+    pub version: String,
+    pub previous: Option<String>,
+    pub ship: Vec<Ship>,
+    /// A backup restored first (`rollback --restore-backup`): its id.
+    pub restore: Option<String>,
+    pub migration: Option<Migration>,
+    /// Regions whose read replica must replay the migration before they change.
+    pub replica_gates: Vec<String>,
+    pub stops: Vec<StopStep>,
+    #[serde(skip)]
+    pub order: Order,
+    pub instances: Instances,
+    pub finish: Finish,
+}
+
+impl Plan {
+    /// Nothing to ship, run, stop or change.
+    pub fn is_noop(&self) -> bool {
+        self.instances.is_noop()
+            && self.stops.is_empty()
+            && self.migration.is_none()
+            && self.restore.is_none()
+            && self.ship.iter().all(|s| s.present)
+    }
+
+    /// The hosts of `wave` that need the release.
+    pub fn wave(&self, wave: Wave) -> BTreeSet<&str> {
+        self.ship.iter().filter(|s| s.wave == wave).map(|s| s.host.as_str()).collect()
+    }
+}
+
+/// What the hosts are sent and when. `hosts` are `(region, host)` of every host that
+/// must hold the release, the primary's first. With `ahead` (no migration, primary
+/// first) the primary region's first batch gets it first, the rest of the primary
+/// region next, the other regions last; otherwise every host gets it first.
+pub fn ship(hosts: &[(String, String)], instances: &Instances, has: impl Fn(&str) -> bool, ahead: bool) -> Vec<Ship> {
+    let primary = instances.regions.iter().find(|r| r.primary).map(|r| r.region.as_str());
+    let first: BTreeSet<&str> = instances
+        .regions
+        .iter()
+        .filter(|r| r.primary)
+        .filter_map(|r| r.batches.first())
+        .flatten()
+        .map(|step| step.host.as_str())
+        .collect();
+    hosts
+        .iter()
+        .map(|(region, host)| {
+            let wave = if !ahead || first.contains(host.as_str()) {
+                Wave::First
+            } else if Some(region.as_str()) == primary {
+                Wave::Primary
+            } else {
+                Wave::Others
+            };
+            Ship { host: host.clone(), region: region.clone(), wave, present: has(host) }
+        })
+        .collect()
+}
+
+/// Releases beyond `keep` on each host, newest first, once every instance in `moved`
+/// runs `version`: never `version` or `previous` (what `ferry rollback` goes back to),
+/// never one an instance still runs. Decided from the hosts as observed under the
+/// lock, which nothing but this operation changes.
+pub fn prune(
+    keep: usize,
+    observed: &BTreeMap<String, HostState>,
+    moved: &BTreeSet<&str>,
+    version: &str,
+    previous: Option<&str>,
+) -> BTreeMap<String, Vec<String>> {
+    observed
+        .iter()
+        .map(|(host, state)| {
+            let mut kept: BTreeSet<&str> = state
+                .instances
+                .iter()
+                .filter(|i| !moved.contains(i.record.id.as_str()))
+                .map(|i| i.record.version.as_str())
+                .collect();
+            kept.insert(version);
+            kept.extend(previous);
+            let mut newest_first: Vec<&str> = state.releases.iter().rev().map(|r| r.version.as_str()).collect();
+            if !newest_first.contains(&version) {
+                newest_first.insert(0, version);
+            }
+            let doomed: Vec<String> =
+                newest_first.into_iter().skip(keep).filter(|v| !kept.contains(v)).map(str::to_string).collect();
+            (host.clone(), doomed)
+        })
+        .filter(|(_, doomed)| !doomed.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +478,7 @@ mod tests {
         strategy: Strategy,
         max: MaxUnavailable,
         count: u32,
-    ) -> Plan {
+    ) -> Instances {
         let regions = vec![spec("syd", true, count)];
         let healthy: BTreeSet<String> = healthy.iter().map(|s| (*s).to_string()).collect();
         let inputs = Inputs {
@@ -305,7 +490,7 @@ mod tests {
             max_unavailable: max,
             mounts: &[],
         };
-        rollout(&inputs, &mut ids())
+        instances(&inputs, &mut ids())
     }
 
     fn two_on_v1() -> BTreeMap<String, HostState> {
@@ -392,7 +577,7 @@ mod tests {
             max_unavailable: MaxUnavailable::Count(1),
             mounts: &mounts,
         };
-        let plan = rollout(&inputs, &mut ids());
+        let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");
     }
 
@@ -404,5 +589,46 @@ mod tests {
         dead.alive = false;
         let plan = plan_with(&observed, &[], Strategy::Rolling, MaxUnavailable::Count(1), 2);
         assert_eq!(plan.regions[0].batches[0][0].id, "b");
+    }
+
+    fn release(version: &str, at: u64) -> crate::host::InstalledRelease {
+        crate::host::InstalledRelease { version: version.into(), sha256: format!("sha-{version}"), installed_at: at }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_the_previous_and_what_still_runs() {
+        let mut state = HostState {
+            releases: (1..=6).map(|n| release(&format!("v{n}"), n)).collect(),
+            instances: vec![instance("a", "syd", "v2", true, 1), instance("b", "syd", "v5", true, 2)],
+            ..HostState::default()
+        };
+        state.instances[0].record.host = "h".into();
+        let observed = BTreeMap::from([("h".to_string(), state)]);
+        // Instance b moves to v6; a stays on v2 (another region's rollout, say).
+        let moved = BTreeSet::from(["b"]);
+        let doomed = prune(2, &observed, &moved, "v6", Some("v1"));
+        assert_eq!(doomed["h"], ["v4", "v3"], "v6 and v5 are the newest two; v2 still runs; v1 is the rollback target");
+    }
+
+    #[test]
+    fn the_first_batch_ships_first_then_the_primary_then_the_rest() {
+        let observed = two_on_v1();
+        let mut plan = plan_with(&observed, &[], Strategy::Rolling, MaxUnavailable::Count(1), 2);
+        plan.regions.push(RegionPlan { region: "lax".into(), primary: false, batches: vec![], unchanged: vec![] });
+        let first_host = plan.regions[0].batches[0][0].host.clone();
+        let hosts = [
+            ("syd".to_string(), "syd-h1".to_string()),
+            ("syd".to_string(), "syd-h2".to_string()),
+            ("lax".to_string(), "lax-h1".to_string()),
+        ];
+        let waves = ship(&hosts, &plan, |h| h == "lax-h1", true);
+        let wave_of = |h: &str| waves.iter().find(|s| s.host == h).unwrap().wave;
+        assert_eq!(wave_of(&first_host), Wave::First);
+        let other = if first_host == "syd-h1" { "syd-h2" } else { "syd-h1" };
+        assert_eq!(wave_of(other), Wave::Primary);
+        assert_eq!(wave_of("lax-h1"), Wave::Others);
+        assert!(waves.iter().find(|s| s.host == "lax-h1").unwrap().present);
+        let all_first = ship(&hosts, &plan, |_| false, false);
+        assert!(all_first.iter().all(|s| s.wave == Wave::First), "a migration needs every host first");
     }
 }

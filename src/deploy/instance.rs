@@ -1,0 +1,137 @@
+//! One instance at a time: its environment, moving it to a version behind its checks,
+//! and putting it back as it was. Reports through events; the rollout decides what
+//! to do about a failure.
+
+use std::time::Duration;
+
+use crate::health::Checks;
+use crate::host::{now_ms, Env, Host, HostError, InstanceRecord, Stop};
+use crate::settings::InstanceSettings;
+
+use super::outcome::Cause;
+use super::plan::Step;
+
+/// What every instance of a rollout runs with.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub app: String,
+    pub primary: String,
+    pub instance: InstanceSettings,
+    /// The start command.
+    pub start: String,
+    pub checks: Checks,
+    pub wait_timeout: Duration,
+}
+
+impl Spec {
+    pub fn stop(&self) -> Stop {
+        Stop { signal: self.instance.kill_signal.clone(), timeout: self.instance.kill_timeout }
+    }
+
+    /// The environment of one instance: `[env]`, then ferry's own variables (which
+    /// win, so `PORT` is always the port ferry chose). Secrets are added on the host.
+    pub fn env(&self, record: &InstanceRecord, primary_addr: Option<&str>) -> Env {
+        let mut env = self.instance.env.clone();
+        if let Some(addr) = primary_addr {
+            env.insert("FERRY_PRIMARY_ADDR".into(), addr.to_string());
+        }
+        for (key, value) in [
+            ("PORT", record.port.to_string()),
+            ("FLY_APP_NAME", self.app.clone()),
+            ("FLY_REGION", record.region.clone()),
+            ("PRIMARY_REGION", self.primary.clone()),
+            ("FERRY_INSTANCE_ID", record.id.clone()),
+            ("FLY_MACHINE_ID", record.id.clone()),
+            ("FLY_PROCESS_GROUP", "app".to_string()),
+            ("RELEASE_VERSION", record.version.clone()),
+        ] {
+            env.insert(key.to_string(), value);
+        }
+        Env(env)
+    }
+}
+
+/// `FERRY_VOLUME_<NAME>`: where an instance finds the volume named NAME.
+pub fn volume_env(name: &str) -> String {
+    let upper: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("FERRY_VOLUME_{upper}")
+}
+
+/// The record of `step`'s instance on `version`.
+pub fn record(step: &Step, version: &str, port: u16, created_at: u64) -> InstanceRecord {
+    InstanceRecord {
+        id: step.id.clone(),
+        region: step.region.clone(),
+        host: step.host.clone(),
+        version: version.to_string(),
+        port,
+        created_at,
+        started_at: now_ms(),
+        pid: 0,
+    }
+}
+
+fn host_cause(doing: &str, error: &HostError) -> Cause {
+    Cause::Host { step: doing.to_string(), message: crate::error::chain(error) }
+}
+
+/// Starts `record` (stopping the instance's old process first when `replace`) and
+/// waits until it is healthy; returns how long that took.
+pub async fn start_and_wait(
+    spec: &Spec,
+    host: &Host,
+    record: &InstanceRecord,
+    replace: bool,
+    primary_addr: Option<&str>,
+) -> Result<Duration, Cause> {
+    let mut env = spec.env(record, primary_addr);
+    let mounts = &spec.instance.mounts;
+    let stop = spec.stop();
+    let pid = if replace && mounts.is_empty() {
+        // Stop and start in one round trip.
+        host.switch_instance(&stop, record, &spec.start, &env)
+            .await
+            .map_err(|e| host_cause(&format!("replacing the old version with {}", record.version), &e))?
+    } else {
+        if replace {
+            host.stop_instance(&record.id, &stop).await.map_err(|e| host_cause("stopping the old version", &e))?;
+        }
+        // The old process held the volumes: attach them once it is gone.
+        for mount in mounts {
+            let path = host
+                .volume_attach(&record.id, &mount.source, &mount.destination)
+                .await
+                .map_err(|e| host_cause(&format!("attaching volume `{}`", mount.source), &e))?;
+            env.0.insert(volume_env(&mount.source), path);
+        }
+        host.start_instance(record, &spec.start, &env)
+            .await
+            .map_err(|e| host_cause(&format!("starting {}", record.version), &e))?
+    };
+    match host.wait_healthy(record, pid, &spec.checks, spec.wait_timeout).await {
+        Ok(Ok(elapsed)) => Ok(elapsed),
+        Ok(Err(failure)) => Err(Cause::Health { failure, version: record.version.clone() }),
+        Err(e) => Err(host_cause("watching the instance", &e)),
+    }
+}
+
+/// Puts one instance back as it was before this rollout touched it: its previous
+/// version behind its checks, or removed when it was new.
+pub async fn revert(
+    spec: &Spec,
+    host: &Host,
+    step: &Step,
+    port: u16,
+    primary_addr: Option<&str>,
+) -> Result<(), String> {
+    let stopped = host.stop_instance(&step.id, &spec.stop()).await;
+    match (&step.previous, stopped) {
+        (_, Err(e)) => Err(format!("could not stop it: {e}")),
+        (None, Ok(_)) => host.remove_instance(&step.id).await.map_err(|e| e.to_string()),
+        (Some(previous), Ok(_)) => {
+            let record = record(step, &previous.version, port, previous.created_at);
+            start_and_wait(spec, host, &record, false, primary_addr).await.map(drop).map_err(|cause| cause.to_string())
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Executing a plan's instances: the primary region first, then the others in
+//! parallel (or one region after another with the primary last); within a region
+//! batch by batch. Each instance is moved to the target version and must pass its
+//! checks before the next batch. A region waits for its hosts to hold the release and
+//! for its replica to replay the migration before its first change. The first
+//! failure halts every region, gives the failing instance its previous version back,
+//! and then (unless `--no-revert`) reverts every instance this rollout changed.
+//! Emits events; never prints.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::host::lock::Lease;
+use crate::host::{now_ms, Host};
+use crate::postgres::Lsn;
+use crate::report::{Event, Reporter};
+use crate::settings::Order;
+
+use super::instance::{self, Spec};
+use super::outcome::{Cause, ReplicaBehind, StepFailure, Summary};
+use super::plan::{RegionPlan, Step};
+use super::ports::PortPicker;
+
+/// How many log lines of a failed instance the report shows.
+pub const LOG_LINES: usize = 20;
+
+/// How often a waiting region asks its replica where replay is.
+pub const REPLICA_POLL: Duration = Duration::from_millis(50);
+
+/// How often a region waiting for its hosts' release looks whether the rollout halted.
+const SHIPPED_POLL: Duration = Duration::from_millis(20);
+
+/// How a host's shipping ended, once it has: `Err` says why it failed.
+pub type Shipped = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
+
+/// Asks a replica how far it has replayed (`None`: it is not a replica).
+pub type ReplayProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Option<Lsn>, String>> + Send>> + Send + Sync>;
+
+/// Wait for a region's replica to replay the primary's WAL up to `target`.
+#[derive(Clone)]
+pub struct ReplicaWait {
+    /// `host:port/db`, for reports.
+    pub replica: String,
+    pub probe: ReplayProbe,
+    pub target: Lsn,
+    pub timeout: Duration,
+}
+
+/// What a region waits for before its first instance changes, and what stops the
+/// rollout between batches.
+#[derive(Default)]
+pub struct Gates {
+    /// By region: its read replica replaying the migration.
+    pub replicas: BTreeMap<String, ReplicaWait>,
+    /// By host: the release arriving there (absent: it already has it).
+    pub shipped: BTreeMap<String, Shipped>,
+    /// The operation's lock: once lost, nothing more changes.
+    pub lease: Lease,
+}
+
+/// Everything the rollout tasks share.
+pub struct Rollout {
+    hosts: BTreeMap<String, Host>,
+    spec: Spec,
+    version: String,
+    reporter: Arc<dyn Reporter>,
+    no_revert: bool,
+    order: Order,
+    gates: Gates,
+    ports: Mutex<PortPicker>,
+    /// `address:port` of a healthy primary-region instance, given to the others as
+    /// `FERRY_PRIMARY_ADDR` (how a database replica finds its primary).
+    primary_addr: Mutex<Option<String>>,
+    halt: AtomicBool,
+}
+
+/// How a rollout is set up: the hosts, what instances run with, and where things go.
+pub struct Setup {
+    pub hosts: BTreeMap<String, Host>,
+    pub spec: Spec,
+    pub version: String,
+    pub reporter: Arc<dyn Reporter>,
+    pub no_revert: bool,
+    pub order: Order,
+    pub gates: Gates,
+    pub ports: PortPicker,
+    pub primary_addr: Option<String>,
+}
+
+impl Rollout {
+    pub fn new(setup: Setup) -> Arc<Self> {
+        Arc::new(Self {
+            hosts: setup.hosts,
+            spec: setup.spec,
+            version: setup.version,
+            reporter: setup.reporter,
+            no_revert: setup.no_revert,
+            order: setup.order,
+            gates: setup.gates,
+            ports: Mutex::new(setup.ports),
+            primary_addr: Mutex::new(setup.primary_addr),
+            halt: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs the regions' batches to the end, or to the first failure and its revert.
+    pub async fn execute(self: &Arc<Self>, regions: Vec<RegionPlan>) -> Summary {
+        let mut summary = Summary::default();
+        let (primary, others): (Vec<RegionPlan>, Vec<RegionPlan>) = regions.into_iter().partition(|r| r.primary);
+        match self.order {
+            Order::PrimaryLast => {
+                // One region after another, the primary last, so that a database's
+                // primary never restarts before its replicas are back and healthy.
+                for region in others.into_iter().chain(primary) {
+                    if self.halted() {
+                        break;
+                    }
+                    Arc::clone(self).run_region(region).await.merge_into(&mut summary);
+                }
+            }
+            Order::PrimaryFirst => {
+                for region in primary {
+                    Arc::clone(self).run_region(region).await.merge_into(&mut summary);
+                }
+                let mut tasks = JoinSet::new();
+                for region in others {
+                    tasks.spawn(Arc::clone(self).run_region(region));
+                }
+                while let Some(result) = tasks.join_next().await {
+                    match result {
+                        Ok(region) => region.merge_into(&mut summary),
+                        Err(join) => {
+                            self.halt.store(true, Ordering::SeqCst);
+                            summary.failure.get_or_insert(StepFailure::region(
+                                "-",
+                                &self.version,
+                                Cause::Internal(join.to_string()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if summary.failure.is_some() && !self.no_revert {
+            self.revert_all(&mut summary).await;
+        }
+        summary
+    }
+
+    fn halted(&self) -> bool {
+        self.halt.load(Ordering::SeqCst)
+    }
+
+    /// Halts the rollout; true when this call did (the first failure is the one
+    /// reported).
+    fn halt_first(&self) -> bool {
+        !self.halt.swap(true, Ordering::SeqCst)
+    }
+
+    async fn run_region(self: Arc<Self>, plan: RegionPlan) -> Summary {
+        let mut summary = Summary::default();
+        let region = plan.region.clone();
+        let total = plan.batches.iter().map(Vec::len).sum();
+        self.reporter.event(&Event::RegionStarted { region: region.clone(), instances: total });
+        for step in &plan.unchanged {
+            self.reporter.event(&Event::InstanceUnchanged {
+                region: step.region.clone(),
+                host: step.host.clone(),
+                instance: step.id.clone(),
+                version: step.to.clone(),
+            });
+        }
+        let outcome = self.run_batches(&plan, &mut summary).await;
+        self.reporter.event(&Event::RegionFinished { region, outcome: outcome.into() });
+        summary
+    }
+
+    /// The region's batches; returns the region's outcome.
+    async fn run_batches(self: &Arc<Self>, plan: &RegionPlan, summary: &mut Summary) -> &'static str {
+        let region = plan.region.as_str();
+        let region_hosts: Vec<String> =
+            self.hosts.values().filter(|h| h.region == region).map(|h| h.name.clone()).collect();
+        // A region other than the primary changes nothing until all its hosts hold the
+        // release; the primary starts as soon as its first batch's hosts do.
+        let first = if plan.primary { Vec::new() } else { region_hosts.clone() };
+        if let Err(failed) = self.wait_shipped(&first).await {
+            return self.shipping_outcome(summary, region, failed);
+        }
+        if let (Some(wait), false) = (self.gates.replicas.get(region), plan.batches.is_empty()) {
+            if let Err(behind) = self.wait_for_replica(region, wait).await {
+                summary.behind.push(behind);
+                return "replica_behind";
+            }
+        }
+        for batch in &plan.batches {
+            if self.gates.lease.lost() && self.halt_first() {
+                summary.failure = Some(StepFailure::region(region, &self.version, Cause::LockLost));
+            }
+            if let Some((failed, host, reason)) = self.shipping_failed() {
+                // Another region's host could not get the release: change nothing more.
+                self.halt_for_shipping(summary, &failed, host, reason);
+            }
+            if self.halted() {
+                return "halted";
+            }
+            let hosts: Vec<String> = batch.iter().map(|step| step.host.clone()).collect();
+            if let Err(failed) = self.wait_shipped(&hosts).await {
+                return self.shipping_outcome(summary, region, failed);
+            }
+            let mut tasks = JoinSet::new();
+            for step in batch.iter().cloned() {
+                let port = match step.previous.as_ref() {
+                    Some(previous) => previous.port,
+                    None => self.pick_port(&step.host),
+                };
+                tasks.spawn(Arc::clone(self).apply(step, port));
+            }
+            let mut failed = false;
+            while let Some(result) = tasks.join_next().await {
+                match result {
+                    Ok(Ok(done)) => summary.changed.push(done),
+                    Ok(Err((failure, unrecovered))) => {
+                        self.halt.store(true, Ordering::SeqCst);
+                        failed = true;
+                        summary.unrecovered.extend(unrecovered);
+                        summary.failure.get_or_insert(failure);
+                    }
+                    Err(join) => {
+                        self.halt.store(true, Ordering::SeqCst);
+                        failed = true;
+                        summary.failure.get_or_insert(StepFailure::region(
+                            region,
+                            &self.version,
+                            Cause::Internal(join.to_string()),
+                        ));
+                    }
+                }
+            }
+            if failed {
+                return "failed";
+            }
+        }
+        // Hosts of the region that no batch needed must hold the release too.
+        match self.wait_shipped(&region_hosts).await {
+            Ok(()) => "succeeded",
+            Err(failed) => self.shipping_outcome(summary, region, failed),
+        }
+    }
+
+    /// The region's outcome when waiting for its hosts' release did not end well:
+    /// `failed` (a host could not get it: the rollout halts) or `halted` (another
+    /// region failed meanwhile).
+    fn shipping_outcome(&self, summary: &mut Summary, region: &str, failed: Option<(String, String)>) -> &'static str {
+        match failed {
+            Some((host, reason)) => {
+                self.halt_for_shipping(summary, region, host, reason);
+                "failed"
+            }
+            None => "halted",
+        }
+    }
+
+    /// A host whose shipping failed, if any: its region, name and why.
+    fn shipping_failed(&self) -> Option<(String, String, String)> {
+        self.gates.shipped.iter().find_map(|(host, receiver)| match &*receiver.borrow() {
+            Some(Err(reason)) => {
+                Some((self.hosts.get(host).map(|h| h.region.clone()).unwrap_or_default(), host.clone(), reason.clone()))
+            }
+            _ => None,
+        })
+    }
+
+    /// Halts the rollout because `region`'s host could not get the release.
+    fn halt_for_shipping(&self, summary: &mut Summary, region: &str, host: String, reason: String) {
+        if self.halt_first() {
+            summary.failure.get_or_insert(StepFailure::region(region, &self.version, Cause::Shipping { host, reason }));
+        }
+    }
+
+    /// Waits until each of `hosts` still receiving the release has it: `Err` with
+    /// the host that failed and why, or `Err(None)` when the rollout halted meanwhile.
+    async fn wait_shipped(&self, hosts: &[String]) -> Result<(), Option<(String, String)>> {
+        for (host, receiver) in hosts.iter().filter_map(|h| self.gates.shipped.get(h).map(|r| (h, r))) {
+            let mut receiver = receiver.clone();
+            loop {
+                if let Some(ended) = receiver.borrow_and_update().clone() {
+                    ended.map_err(|reason| Some((host.clone(), reason)))?;
+                    break;
+                }
+                if self.halted() {
+                    return Err(None);
+                }
+                tokio::select! {
+                    changed = receiver.changed() => {
+                        if changed.is_err() && receiver.borrow().is_none() {
+                            return Err(Some((host.clone(), "shipping the release stopped before it ended".into())));
+                        }
+                    }
+                    () = tokio::time::sleep(SHIPPED_POLL) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the replica until it has replayed `wait.target`, reporting the lag as it
+    /// shrinks; gives up at `wait.timeout` (or when another region failed).
+    async fn wait_for_replica(&self, region: &str, wait: &ReplicaWait) -> Result<(), ReplicaBehind> {
+        let deadline = tokio::time::Instant::now() + wait.timeout;
+        let mut last_lag = None;
+        let mut last_error: Option<String>;
+        loop {
+            match (wait.probe)().await {
+                Ok(Some(replayed)) if replayed >= wait.target => {
+                    self.reporter
+                        .event(&Event::ReplicaCaughtUp { region: region.to_string(), replica: wait.replica.clone() });
+                    return Ok(());
+                }
+                Ok(Some(replayed)) => {
+                    let lag = wait.target.0 - replayed.0;
+                    if last_lag != Some(lag) {
+                        self.reporter.event(&Event::ReplicaWaiting {
+                            region: region.to_string(),
+                            replica: wait.replica.clone(),
+                            lag_bytes: lag,
+                        });
+                    }
+                    last_lag = Some(lag);
+                    last_error = None;
+                }
+                Ok(None) => last_error = Some("it is not a replica (pg_last_wal_replay_lsn() is NULL)".into()),
+                Err(e) => last_error = Some(e),
+            }
+            if tokio::time::Instant::now() >= deadline || self.halted() {
+                return Err(ReplicaBehind {
+                    region: region.to_string(),
+                    replica: wait.replica.clone(),
+                    lag_bytes: last_lag,
+                    error: last_error,
+                });
+            }
+            tokio::time::sleep(REPLICA_POLL).await;
+        }
+    }
+
+    fn pick_port(&self, host: &str) -> u16 {
+        let local = self.hosts.get(host).is_none_or(|h| h.transport.is_local());
+        self.ports.lock().map_or(0, |mut p| p.pick(host, local))
+    }
+
+    fn primary_addr(&self) -> Option<String> {
+        self.primary_addr.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Moves one instance to the target version. On failure the instance gets its
+    /// previous version back before this returns.
+    async fn apply(self: Arc<Self>, step: Step, port: u16) -> Result<(Step, u16), (StepFailure, Vec<String>)> {
+        let failure = |cause: Cause| StepFailure {
+            region: step.region.clone(),
+            instance: Some((step.host.clone(), step.id.clone())),
+            version: step.to.clone(),
+            cause,
+        };
+        let Some(host) = self.hosts.get(&step.host).cloned() else {
+            return Err((failure(Cause::Internal(format!("unknown host `{}`", step.host))), Vec::new()));
+        };
+        self.reporter.event(&Event::InstanceUpdating {
+            region: step.region.clone(),
+            host: step.host.clone(),
+            instance: step.id.clone(),
+            from: step.previous.as_ref().map(|p| p.version.clone()),
+            to: step.to.clone(),
+        });
+        let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
+        let record = instance::record(&step, &step.to, port, created_at);
+        let primary_addr = self.primary_addr();
+        match instance::start_and_wait(&self.spec, &host, &record, step.was_alive, primary_addr.as_deref()).await {
+            Ok(elapsed) => {
+                if step.region == self.spec.primary {
+                    if let Ok(mut addr) = self.primary_addr.lock() {
+                        addr.get_or_insert_with(|| format!("{}:{port}", host.address()));
+                    }
+                }
+                self.reporter.event(&Event::InstanceHealthy {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.to.clone(),
+                    port,
+                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                });
+                Ok((step, port))
+            }
+            Err(cause) => {
+                let log = host.log_tail(&step.id, LOG_LINES).await.unwrap_or_default();
+                self.halt.store(true, Ordering::SeqCst);
+                self.reporter.event(&Event::InstanceFailed {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.to.clone(),
+                    reason: cause.to_string(),
+                    log,
+                });
+                let failure = failure(cause);
+                let unrecovered = match self.revert_one(&host, &step, port).await {
+                    Ok(()) => Vec::new(),
+                    Err(problem) => vec![problem],
+                };
+                Err((failure, unrecovered))
+            }
+        }
+    }
+
+    /// Puts one instance back as it was before this rollout touched it.
+    async fn revert_one(&self, host: &Host, step: &Step, port: u16) -> Result<(), String> {
+        let primary_addr = self.primary_addr();
+        match instance::revert(&self.spec, host, step, port, primary_addr.as_deref()).await {
+            Ok(()) => {
+                self.reporter.event(&Event::InstanceReverted {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.previous.as_ref().map(|p| p.version.clone()),
+                });
+                Ok(())
+            }
+            Err(reason) => {
+                self.reporter.event(&Event::InstanceRevertFailed {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    reason: reason.clone(),
+                });
+                Err(format!("{} on `{}`: {reason}", step.id, step.host))
+            }
+        }
+    }
+
+    /// Reverts every instance this rollout changed: regions in parallel, one instance
+    /// at a time within a region so each keeps serving.
+    async fn revert_all(self: &Arc<Self>, summary: &mut Summary) {
+        let mut by_region: BTreeMap<String, Vec<(Step, u16)>> = BTreeMap::new();
+        for (step, port) in std::mem::take(&mut summary.changed) {
+            by_region.entry(step.region.clone()).or_default().push((step, port));
+        }
+        let mut tasks = JoinSet::new();
+        for (_, steps) in by_region {
+            let this = Arc::clone(self);
+            tasks.spawn(async move {
+                let mut problems = Vec::new();
+                let mut reverted = 0;
+                for (step, port) in steps.into_iter().rev() {
+                    let Some(host) = this.hosts.get(&step.host).cloned() else { continue };
+                    match this.revert_one(&host, &step, port).await {
+                        Ok(()) => reverted += 1,
+                        Err(problem) => problems.push(problem),
+                    }
+                }
+                (reverted, problems)
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            if let Ok((reverted, problems)) = result {
+                summary.reverted += reverted;
+                summary.unrecovered.extend(problems);
+            }
+        }
+    }
+}

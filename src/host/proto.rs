@@ -1,0 +1,277 @@
+//! What ferry asks of a host and what the host answers, as typed values: one
+//! [`Request`] per operation, one [`Reply`] per kind of answer. Every operation on a
+//! host goes through [`super::Host::call`], the one seam between deciding and doing:
+//! the real transports carry requests to the host, and the `#[cfg(test)]` fake answers
+//! them from a model, so the engine's decisions are tested without machines.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::health::{Checks, Failure};
+use crate::postgres::{Backup, Database};
+
+use super::lock::{Held, Holder};
+use super::{Finished, HostState, InstanceRecord, Volume, VolumeCreated};
+
+/// An instance's environment. It carries secrets, so its `Debug` shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Env(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// How an instance is stopped: its `kill_signal` (`SIGTERM`, ...), then SIGKILL after
+/// `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub signal: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Everything ferry plans from: releases, instances, lock, current, volumes.
+    Observe,
+    /// The TCP ports something listens on, on the whole machine.
+    Listening,
+    LockAcquire {
+        holder: Holder,
+    },
+    /// Replaces a stale lock, only if it is still the one with `stale` as token.
+    LockTakeover {
+        stale: Option<String>,
+        holder: Holder,
+    },
+    LockRefresh {
+        token: String,
+    },
+    /// `None`: remove whatever lock is there.
+    LockRelease {
+        token: Option<String>,
+    },
+    HasArtifact {
+        sha256: String,
+    },
+    /// Unpacks `artifacts/<sha256>.tar.gz` and verifies it against `sums`.
+    InstallRelease {
+        sha256: String,
+        version: String,
+        sums: String,
+    },
+    /// Streams the file given as input (the artifact, or with `raw` its plain tar)
+    /// into `releases/<version>`, verified against `sums`.
+    ShipRelease {
+        sha256: String,
+        version: String,
+        size: u64,
+        raw: bool,
+        sums: String,
+    },
+    /// Installs the release from another app directory on the same machine.
+    InstallLinked {
+        source: String,
+        sha256: String,
+        version: String,
+    },
+    StartInstance {
+        record: InstanceRecord,
+        start: String,
+        env: Env,
+    },
+    /// Stops the instance and starts `record` in its place, in one step.
+    SwitchInstance {
+        stop: Stop,
+        record: InstanceRecord,
+        start: String,
+        env: Env,
+    },
+    StopInstance {
+        id: String,
+        stop: Stop,
+    },
+    RemoveInstance {
+        id: String,
+    },
+    /// Waits until the instance (process `pid`) passes `checks`, exits, or `deadline`
+    /// passes.
+    WaitHealthy {
+        record: InstanceRecord,
+        pid: u32,
+        checks: Checks,
+        deadline: Duration,
+    },
+    /// Runs `checks` once against the instance on `port`.
+    Probe {
+        port: u16,
+        checks: Checks,
+    },
+    LogTail {
+        id: String,
+        lines: usize,
+    },
+    AppendHistory {
+        line: String,
+    },
+    ReadHistory,
+    /// The steps after a rollout: mark `current`, append `history`, prune, and with
+    /// `token` release the lock last.
+    Finish {
+        token: Option<String>,
+        current: Option<String>,
+        history: Option<String>,
+        prune: Vec<String>,
+    },
+    /// Runs the release_command from `releases/<version>`; output lines stream.
+    ReleaseCommand {
+        version: String,
+        command: String,
+        env: Env,
+        limit: Option<Duration>,
+    },
+    /// Replaces (or adds) secrets; `lines` are `KEY=base64`.
+    SecretsSet {
+        keys: Vec<String>,
+        lines: String,
+    },
+    SecretsRaw,
+    SecretsReplace {
+        raw: String,
+    },
+    SecretsList,
+    SecretGet {
+        key: String,
+    },
+    BackupCreate {
+        db: Database,
+        meta: Backup,
+        keep: usize,
+    },
+    BackupRegister {
+        backup: Backup,
+        keep: usize,
+    },
+    BackupList,
+    BackupRestore {
+        db: Database,
+        backup: Backup,
+    },
+    VolumeCreate {
+        volume: Volume,
+    },
+    VolumeDestroy {
+        id: String,
+    },
+    VolumeAttach {
+        instance: String,
+        name: String,
+        destination: String,
+    },
+    /// Removes the app's directory (instances already stopped).
+    Destroy,
+}
+
+impl Request {
+    /// What the request does, for error messages: "starting instance".
+    pub fn step(&self) -> &'static str {
+        match self {
+            Request::Observe => "reading state",
+            Request::Listening => "listing listening ports",
+            Request::LockAcquire { .. } => "taking the lock",
+            Request::LockTakeover { .. } => "taking over the lock",
+            Request::LockRefresh { .. } => "refreshing the lock",
+            Request::LockRelease { .. } => "releasing the lock",
+            Request::HasArtifact { .. } => "looking for the artifact",
+            Request::InstallRelease { .. } | Request::ShipRelease { .. } => "unpacking the release",
+            Request::InstallLinked { .. } => "linking the release",
+            Request::StartInstance { .. } => "starting instance",
+            Request::SwitchInstance { .. } => "replacing instance",
+            Request::StopInstance { .. } => "stopping instance",
+            Request::RemoveInstance { .. } => "removing instance",
+            Request::WaitHealthy { .. } => "watching instance",
+            Request::Probe { .. } => "checking instance",
+            Request::LogTail { .. } => "reading log",
+            Request::AppendHistory { .. } => "recording history",
+            Request::ReadHistory => "reading history",
+            Request::Finish { .. } => "finishing",
+            Request::ReleaseCommand { .. } => "running the release_command",
+            Request::SecretsSet { .. } => "storing secrets",
+            Request::SecretsRaw => "reading secrets",
+            Request::SecretsReplace { .. } => "copying secrets",
+            Request::SecretsList => "listing secrets",
+            Request::SecretGet { .. } => "reading a secret",
+            Request::BackupCreate { .. } => "taking the backup",
+            Request::BackupRegister { .. } => "recording the backup",
+            Request::BackupList => "listing backups",
+            Request::BackupRestore { .. } => "restoring the backup",
+            Request::VolumeCreate { .. } => "creating a volume",
+            Request::VolumeDestroy { .. } => "destroying a volume",
+            Request::VolumeAttach { .. } => "attaching a volume",
+            Request::Destroy => "removing the app",
+        }
+    }
+}
+
+/// What taking a lock came to.
+#[derive(Debug, Clone)]
+pub enum LockReply {
+    /// Taken; the host's state read under it.
+    Acquired(Box<HostState>),
+    Held(Held),
+    /// A takeover found the lock no longer the stale one (someone else got it).
+    Lost,
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    Done,
+    State(Box<HostState>),
+    Ports(Vec<u16>),
+    Lock(LockReply),
+    /// A yes or no: an artifact is there, a lock is still ours, an instance was killed.
+    Flag(bool),
+    /// Whether a release was installed (false: already there) and the bytes sent.
+    Installed {
+        installed: bool,
+        sent: u64,
+    },
+    Pid(u32),
+    Health(Result<Duration, Failure>),
+    Lines(Vec<String>),
+    Text(String),
+    Finished(Finished),
+    Exit(std::process::ExitStatus),
+    Secrets(Vec<(String, String)>),
+    Secret(Option<String>),
+    Backup(Box<Backup>),
+    Backups(Vec<Backup>),
+    VolumeCreated(VolumeCreated),
+    /// `Err(instance)`: an instance holds the volume.
+    VolumeDestroyed(Result<(), String>),
+    Path(String),
+}
+
+/// The release a [`Request::ShipRelease`] sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Parcel<'a> {
+    pub sha256: &'a str,
+    pub version: &'a str,
+    /// Bytes of what is sent.
+    pub size: u64,
+    /// The plain tar stream instead of the artifact.
+    pub raw: bool,
+    /// `sha256sum -c` lines the unpacked release is verified against.
+    pub sums: &'a str,
+}
+
+/// What streams alongside a request: a file sent after it (with bytes-sent progress),
+/// and where output lines go as they arrive.
+#[derive(Default, Clone, Copy)]
+pub struct Io<'a> {
+    pub file: Option<&'a Path>,
+    pub progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+    pub on_line: Option<&'a (dyn Fn(&str) + Send + Sync)>,
+}

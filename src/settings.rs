@@ -1,0 +1,286 @@
+//! What one invocation runs with, resolved once: the command line wins over the
+//! environment, which wins over `fly.toml`, which wins over ferry's defaults. Every
+//! default and override is written here and nowhere else; everything downstream reads
+//! these plain structs and never goes back to [`Config`] in the middle of an operation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{BackupRun, BuildConfig, Config, MaxUnavailable, Mount, Strategy, Target};
+use crate::error::Error;
+use crate::health::Checks;
+use crate::transport::SshOptions;
+
+/// What the command line may override for an operation that rolls instances out.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub wait_timeout: Option<Duration>,
+    pub strategy: Option<Strategy>,
+    pub no_revert: bool,
+    pub lock_wait: Option<Duration>,
+    /// Take a backup before the release_command even without `before_migrate`.
+    pub backup: bool,
+    pub skip_release_command: bool,
+}
+
+/// Everything an operation needs to know about the app, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub app: String,
+    pub primary: String,
+    /// The directory of `fly.toml`: `.ferry/` (build output, the local target) lives here.
+    pub dir: PathBuf,
+    pub target: Target,
+    /// Deploy root on SSH hosts.
+    pub root: String,
+    pub ssh: SshOptions,
+    pub instance: InstanceSettings,
+    pub checks: Checks,
+    pub rollout: RolloutSettings,
+    /// How long to wait for another operation's lock (`None`: fail at once).
+    pub lock_wait: Option<Duration>,
+    pub keep_releases: usize,
+    pub migration: MigrationSettings,
+    pub backup: BackupSettings,
+    /// `[ferry.build]`: the build command, the release directory, the start command.
+    pub build: BuildConfig,
+    /// What resolving found odd (a check skipped, ...), for the operation to report.
+    pub warnings: Vec<String>,
+}
+
+/// How every instance runs.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    /// `[env]`.
+    pub env: BTreeMap<String, String>,
+    pub kill_signal: String,
+    pub kill_timeout: Duration,
+    /// The `[mounts]` of the `app` process group (the one ferry runs).
+    pub mounts: Vec<Mount>,
+    /// `[ferry.build] start`, else `[processes] app`; `None`: the release's `bin/start`.
+    pub start: Option<String>,
+}
+
+/// The command that runs one instance when none is configured.
+pub const DEFAULT_START: &str = "bin/start";
+
+impl InstanceSettings {
+    /// The start command: the configured one, else the release's `bin/start`.
+    pub fn start_command(&self) -> String {
+        self.start.clone().unwrap_or_else(|| DEFAULT_START.to_string())
+    }
+}
+
+/// Which region goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// The primary region, then the others in parallel (the default).
+    PrimaryFirst,
+    /// One region after another, the primary last, one instance at a time
+    /// (`[ferry] primary_last`: a database's primary restarts after its replicas).
+    PrimaryLast,
+}
+
+#[derive(Debug, Clone)]
+pub struct RolloutSettings {
+    /// The strategy as asked for (`bluegreen` included: see [`RolloutSettings::runnable`]).
+    pub strategy: Strategy,
+    pub max_unavailable: MaxUnavailable,
+    pub wait_timeout: Duration,
+    pub no_revert: bool,
+    pub order: Order,
+}
+
+impl RolloutSettings {
+    /// The strategy a rollout that was not asked for by name runs (a rollback, a
+    /// restart): `bluegreen` is not supported yet, so those roll.
+    pub fn runnable(&self) -> Strategy {
+        match self.strategy {
+            Strategy::Bluegreen => Strategy::Rolling,
+            other => other,
+        }
+    }
+
+    /// Refuses a strategy ferry cannot run, before anything happens.
+    pub fn refuse_unsupported(&self) -> Result<(), Error> {
+        if self.strategy == Strategy::Bluegreen {
+            return Err(Error::Usage {
+                message: "the `bluegreen` deploy strategy is not supported by ferry yet".into(),
+                hint: Some(
+                    "use `strategy = \"rolling\"` or `\"canary\"` in `[deploy]`, or pass `--strategy rolling`".into(),
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a region's read replica is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaSource {
+    /// `replica_url`, written in fly.toml.
+    Url(String),
+    /// `replica_url_env`: a variable of `[env]` or the app's secrets.
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// `[deploy] release_command`; `None` also when `--skip-release-command`.
+    pub command: Option<String>,
+    pub timeout: Option<Duration>,
+    /// pg_dump first (`[ferry.backup] before_migrate` or `--backup`).
+    pub backup_first: bool,
+    pub replica_wait_timeout: Duration,
+    /// By region (never the primary): its read replica.
+    pub replicas: BTreeMap<String, ReplicaSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    pub database_url_env: String,
+    pub run: BackupRun,
+    pub keep: usize,
+}
+
+impl Settings {
+    /// Resolves the settings of one invocation.
+    pub fn resolve(config: &Config, ssh: SshOptions, overrides: &Overrides) -> Settings {
+        let mut warnings = Vec::new();
+        let checks = Checks::from_config(config, &mut warnings);
+        let primary = config.primary();
+        let primary_last = config.ferry.primary_last;
+        let rollout = RolloutSettings {
+            strategy: if primary_last {
+                Strategy::Rolling
+            } else {
+                overrides.strategy.unwrap_or(config.deploy.strategy)
+            },
+            max_unavailable: if primary_last { MaxUnavailable::Count(1) } else { config.deploy.max_unavailable },
+            wait_timeout: overrides.wait_timeout.unwrap_or(config.deploy.wait_timeout),
+            no_revert: overrides.no_revert,
+            order: if primary_last { Order::PrimaryLast } else { Order::PrimaryFirst },
+        };
+        let replicas = config
+            .ferry
+            .regions
+            .iter()
+            .filter(|(name, _)| **name != primary)
+            .filter_map(|(name, region)| {
+                let source = match (&region.replica_url, &region.replica_url_env) {
+                    (Some(url), _) => ReplicaSource::Url(url.clone()),
+                    (None, Some(var)) => ReplicaSource::Env(var.clone()),
+                    (None, None) => return None,
+                };
+                Some((name.clone(), source))
+            })
+            .collect();
+        Settings {
+            app: config.app.clone(),
+            primary,
+            dir: config.dir.clone(),
+            target: config.ferry.target,
+            root: config.ferry.root.trim_end_matches('/').to_string(),
+            ssh,
+            instance: InstanceSettings {
+                env: config.env.clone(),
+                kill_signal: config.kill_signal.clone(),
+                kill_timeout: config.kill_timeout,
+                mounts: config
+                    .mounts
+                    .iter()
+                    .filter(|m| m.processes.is_empty() || m.processes.iter().any(|p| p == "app"))
+                    .cloned()
+                    .collect(),
+                start: config.start_command().map(str::to_string),
+            },
+            checks,
+            rollout,
+            lock_wait: overrides.lock_wait,
+            keep_releases: config.ferry.keep_releases,
+            migration: MigrationSettings {
+                command: config.deploy.release_command.clone().filter(|_| !overrides.skip_release_command),
+                timeout: config.deploy.release_command_timeout,
+                backup_first: overrides.backup || config.ferry.backup.before_migrate,
+                replica_wait_timeout: config.ferry.replica_wait_timeout,
+                replicas,
+            },
+            backup: BackupSettings {
+                database_url_env: config.ferry.backup.database_url_env.clone(),
+                run: config.ferry.backup.run,
+                keep: config.ferry.backup.keep,
+            },
+            build: config.ferry.build.clone(),
+            warnings,
+        }
+    }
+
+    /// Where ferry keeps what it builds, next to `fly.toml`.
+    pub fn build_dir(&self) -> PathBuf {
+        self.dir.join(".ferry").join("build")
+    }
+
+    /// The archive of `version` kept in [`Settings::build_dir`].
+    pub fn kept_archive(&self, version: &str) -> PathBuf {
+        self.build_dir().join(format!("{}-{version}.tar.gz", self.app))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("app = \"a\"\nprimary_region = \"syd\"\n{extra}");
+        crate::config::parse(std::path::Path::new("/tmp/x/fly.toml"), &text).unwrap().config
+    }
+
+    #[test]
+    fn the_command_line_wins_over_fly_toml() {
+        let config = config("[deploy]\n  wait_timeout = \"1m\"\n  strategy = \"canary\"\n");
+        let resolved = Settings::resolve(&config, SshOptions::default(), &Overrides::default());
+        assert_eq!(resolved.rollout.wait_timeout, Duration::from_mins(1));
+        assert_eq!(resolved.rollout.strategy, Strategy::Canary);
+        let overrides = Overrides {
+            wait_timeout: Some(Duration::from_secs(3)),
+            strategy: Some(Strategy::Immediate),
+            ..Overrides::default()
+        };
+        let resolved = Settings::resolve(&config, SshOptions::default(), &overrides);
+        assert_eq!(resolved.rollout.wait_timeout, Duration::from_secs(3));
+        assert_eq!(resolved.rollout.strategy, Strategy::Immediate);
+    }
+
+    #[test]
+    fn primary_last_means_one_at_a_time_rolling_primary_last() {
+        let config =
+            config("[deploy]\n  strategy = \"immediate\"\n  max_unavailable = 3\n[ferry]\n  primary_last = true\n");
+        let overrides = Overrides { strategy: Some(Strategy::Canary), ..Overrides::default() };
+        let resolved = Settings::resolve(&config, SshOptions::default(), &overrides);
+        assert_eq!(resolved.rollout.order, Order::PrimaryLast);
+        assert_eq!(resolved.rollout.strategy, Strategy::Rolling);
+        assert_eq!(resolved.rollout.max_unavailable, MaxUnavailable::Count(1));
+    }
+
+    #[test]
+    fn skipping_the_release_command_leaves_none() {
+        let config = config("[deploy]\n  release_command = \"bin/migrate\"\n");
+        let skip = Overrides { skip_release_command: true, ..Overrides::default() };
+        assert_eq!(Settings::resolve(&config, SshOptions::default(), &skip).migration.command, None);
+        let run = Settings::resolve(&config, SshOptions::default(), &Overrides::default());
+        assert_eq!(run.migration.command.as_deref(), Some("bin/migrate"));
+    }
+
+    #[test]
+    fn a_start_command_falls_back_to_bin_start() {
+        let resolved = Settings::resolve(&config(""), SshOptions::default(), &Overrides::default());
+        assert_eq!(resolved.instance.start_command(), "bin/start");
+        let resolved = Settings::resolve(
+            &config("[processes]\n  app = \"bin/x serve\"\n"),
+            SshOptions::default(),
+            &Overrides::default(),
+        );
+        assert_eq!(resolved.instance.start_command(), "bin/x serve");
+    }
+}
