@@ -1,20 +1,11 @@
 //! The release_command machine and backups before migrations, against a real
 //! PostgreSQL primary (and replica) on loopback. Needs root (PostgreSQL runs as the
-//! `postgres` user); skips otherwise.
+//! `postgres` user); without it each test says so (see `common::need`).
 
 mod common;
 
 use common::postgres::{Postgres, APP_PASSWORD};
 use common::Project;
-
-fn root() -> bool {
-    let out = std::process::Command::new("id").arg("-u").output().unwrap();
-    let is_root = String::from_utf8_lossy(&out.stdout).trim() == "0";
-    if !is_root {
-        eprintln!("not root: PostgreSQL runs as its own user; skipped");
-    }
-    is_root
-}
 
 /// A project whose release_command records one row per run in `runs`.
 fn migrating_project(extra_deploy: &str) -> Project {
@@ -40,7 +31,7 @@ fn set_url(project: &Project, url: &str) {
 
 #[test]
 fn release_command_runs_exactly_once_with_its_environment_before_any_instance_changes() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -78,7 +69,7 @@ fn release_command_timeout_kills_the_command_and_its_children() {
 
 #[test]
 fn backup_before_migrate_verifies_and_restores_exactly_the_old_rows() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -156,7 +147,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_backup_that_fails_stops_the_deploy_before_the_migration() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -198,7 +189,7 @@ fn served(project: &Project, region: &str) -> String {
 
 #[test]
 fn a_region_waits_for_its_replica_to_replay_the_migration() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -220,7 +211,7 @@ fn a_region_waits_for_its_replica_to_replay_the_migration() {
 
 #[test]
 fn a_replica_that_stays_behind_leaves_its_region_on_the_old_release() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -255,7 +246,7 @@ fn items_project(pg: &Postgres, backup_keys: &str) -> Project {
 
 #[test]
 fn rollback_with_restore_backup_brings_back_code_and_data() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -273,7 +264,7 @@ fn rollback_with_restore_backup_brings_back_code_and_data() {
 
 #[test]
 fn backup_can_run_on_this_machine_and_is_stored_on_the_host() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -297,7 +288,7 @@ fn backup_can_run_on_this_machine_and_is_stored_on_the_host() {
 
 #[test]
 fn migrations_backups_and_replica_waits_work_over_ssh() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -344,7 +335,7 @@ fn migrations_backups_and_replica_waits_work_over_ssh() {
 
 #[test]
 fn database_urls_of_every_length_are_read_back_from_secrets() {
-    if !root() {
+    if !common::need::root_and_postgres() {
         return;
     }
     // base64 pads to a multiple of 3 bytes: three lengths cover "", "=" and "==".

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -115,18 +115,9 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("{what} never happened");
 }
 
-fn usable() -> bool {
-    let root = String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0";
-    let pg = Path::new("/usr/lib/postgresql").exists();
-    if !(root && pg) {
-        eprintln!("needs root and PostgreSQL's binaries; skipped");
-    }
-    root && pg
-}
-
 #[test]
 fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
-    if !usable() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let app = App::launch();
@@ -219,7 +210,7 @@ fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
 
 #[test]
 fn postgres_app_replicates_across_ssh_hosts() {
-    if !usable() {
+    if !common::need::root_and_postgres() {
         return;
     }
     let fleet = common::sshd::SshFleet::start(2);

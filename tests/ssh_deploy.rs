@@ -1,20 +1,11 @@
 //! Deploying to real `sshd` hosts on loopback, each with its own user, through the real
-//! binary and the system OpenSSH client. Needs root (to create the hosts' users); skips
-//! otherwise.
+//! binary and the system OpenSSH client. Needs root (to create the hosts' users);
+//! without it each test says so (see `common::need`).
 
 mod common;
 
 use common::sshd::SshFleet;
 use common::{get, Project};
-
-fn root() -> bool {
-    let out = std::process::Command::new("id").arg("-u").output().unwrap();
-    let is_root = String::from_utf8_lossy(&out.stdout).trim() == "0";
-    if !is_root {
-        eprintln!("not root: sshd hosts need their own users; skipped");
-    }
-    is_root
-}
 
 /// A project on the ssh target: `(region, host indexes, count)`, the first region primary.
 fn ssh_project(fleet: &SshFleet, layout: &[(&str, &[usize], u32)], extra_ferry: &str) -> Project {
@@ -36,7 +27,7 @@ fn on_host(fleet: &SshFleet, i: usize, command: &str) -> String {
 
 #[test]
 fn deploy_rollout_revert_and_rollback_over_ssh() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(4);
@@ -79,7 +70,7 @@ fn deploy_rollout_revert_and_rollback_over_ssh() {
 
 #[test]
 fn second_deploy_of_the_same_release_uploads_nothing_to_new_and_old_hosts_alike() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -96,7 +87,7 @@ fn second_deploy_of_the_same_release_uploads_nothing_to_new_and_old_hosts_alike(
 
 #[test]
 fn regions_add_remove_and_scale_over_ssh_keep_the_config_formatting() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(3);
@@ -142,7 +133,7 @@ fn regions_add_remove_and_scale_over_ssh_keep_the_config_formatting() {
 
 #[test]
 fn unreachable_host_stops_the_deploy_before_any_change() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -161,7 +152,7 @@ fn unreachable_host_stops_the_deploy_before_any_change() {
 
 #[test]
 fn other_region_that_cannot_take_the_release_halts_the_deploy_and_puts_the_primary_back() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -190,7 +181,7 @@ fn other_region_that_cannot_take_the_release_halts_the_deploy_and_puts_the_prima
 
 #[test]
 fn primary_host_that_cannot_take_the_release_halts_its_region_and_puts_the_first_back() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -211,7 +202,7 @@ fn primary_host_that_cannot_take_the_release_halts_its_region_and_puts_the_first
 
 #[test]
 fn host_lost_mid_rollout_halts_and_reverts_then_rerun_converges() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -253,7 +244,7 @@ fn project_port(fleet: &SshFleet, i: usize) -> u16 {
 
 #[test]
 fn unknown_and_changed_host_keys_are_refused() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -277,7 +268,7 @@ fn unknown_and_changed_host_keys_are_refused() {
 
 #[test]
 fn hostile_strings_reach_the_host_literally() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(1);
@@ -299,7 +290,7 @@ fn hostile_strings_reach_the_host_literally() {
 
 #[test]
 fn volumes_bind_instances_on_ssh_hosts_and_keep_their_data() {
-    if !root() {
+    if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(2);

@@ -1,7 +1,9 @@
 //! The sshd test harness itself: hosts answer as their own users, host keys are checked
 //! strictly, stopping a host cuts its connections but not its processes, and a dropped
-//! fleet leaves no user, process or home behind. Skipped when not root.
+//! fleet leaves no user, process or home behind. Needs root (see `common/need.rs`).
 
+#[path = "common/need.rs"]
+mod need;
 #[path = "common/sshd.rs"]
 mod sshd;
 
@@ -10,14 +12,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sshd::SshFleet;
-
-fn skip() -> bool {
-    let skip = !sshd::is_root();
-    if skip {
-        eprintln!("not root: skipped (sshd hosts need their own users)");
-    }
-    skip
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -48,7 +42,7 @@ fn user_exists(user: &str) -> bool {
 
 #[test]
 fn fleet_hosts_answer_as_their_own_users_on_their_own_ports() {
-    if skip() {
+    if !need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -70,7 +64,7 @@ fn fleet_hosts_answer_as_their_own_users_on_their_own_ports() {
 
 #[test]
 fn unknown_host_key_is_refused() {
-    if skip() {
+    if !need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -83,7 +77,7 @@ fn unknown_host_key_is_refused() {
 
 #[test]
 fn rotated_host_key_is_refused_as_changed_and_stays_refused() {
-    if skip() {
+    if !need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -134,7 +128,7 @@ impl Drop for Master<'_> {
 
 #[test]
 fn stopped_host_drops_its_connections_but_keeps_its_processes_until_started_again() {
-    if skip() {
+    if !need::root() {
         return;
     }
     let fleet = SshFleet::start(2);
@@ -176,7 +170,7 @@ fn stopped_host_drops_its_connections_but_keeps_its_processes_until_started_agai
 
 #[test]
 fn killing_a_hosts_user_processes_leaves_its_sshd_running() {
-    if skip() {
+    if !need::root() {
         return;
     }
     let fleet = SshFleet::start(1);
@@ -189,7 +183,7 @@ fn killing_a_hosts_user_processes_leaves_its_sshd_running() {
 
 #[test]
 fn dropping_a_fleet_removes_its_users_processes_and_homes() {
-    if skip() {
+    if !need::root() {
         return;
     }
     let fleet = SshFleet::start(2);

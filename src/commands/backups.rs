@@ -41,12 +41,7 @@ pub async fn restore(ctx: &Ctx, id: &str, yes: bool) -> Result<(), Error> {
     };
     let db = migrate::database(&ctx.settings, host).await?;
     if !yes {
-        ctx.confirm(&format!(
-            "replace the contents of `{}` with backup {} from {}?",
-            db.describe(),
-            backup.id,
-            backup.created_at
-        ))?;
+        ctx.confirm_restore(&db, &backup)?;
     }
     let guard = lock::take(&fleet, ctx.reporter.as_ref(), "backups restore", ctx.settings.lock_wait).await?;
     let result = migrate::restore(host, &db, &backup).await;

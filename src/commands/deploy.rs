@@ -161,12 +161,7 @@ async fn backup_to_restore(
     };
     let db = migrate::database(&ctx.settings, host).await?;
     if !yes {
-        ctx.confirm(&format!(
-            "replace the contents of `{}` with backup {} from {}?",
-            db.describe(),
-            backup.id,
-            backup.created_at
-        ))?;
+        ctx.confirm_restore(&db, &backup)?;
     }
     Ok(Box::new(Restore { host: host.clone(), db, backup }))
 }

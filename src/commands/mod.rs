@@ -145,6 +145,16 @@ impl Ctx {
         }
     }
 
+    /// Asks before a restore replaces a database's contents.
+    pub fn confirm_restore(
+        &self,
+        db: &crate::postgres::Database,
+        backup: &crate::postgres::Backup,
+    ) -> Result<(), Error> {
+        let (db, id, at) = (db.describe(), &backup.id, &backup.created_at);
+        self.confirm(&format!("replace the contents of `{db}` with backup {id} from {at}?"))
+    }
+
     /// The edited fly.toml text and the invocation it would give, without writing
     /// anything: an edit is checked by loading it before it is kept.
     pub fn preview_edit(

@@ -37,11 +37,9 @@ fn secs(secs: u64) -> Duration {
 
 #[test]
 fn every_valid_corpus_file_loads_and_the_broken_ones_fail_where_they_break() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/fly-toml");
-    let Ok(listing) = std::fs::read_dir(&corpus) else {
-        eprintln!("skipping: no corpus at {}", corpus.display());
-        return;
-    };
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/fly-toml");
+    let listing =
+        std::fs::read_dir(&corpus).unwrap_or_else(|e| panic!("the fly.toml corpus at {}: {e}", corpus.display()));
     let mut files: Vec<PathBuf> =
         listing.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
     files.sort();
@@ -71,11 +69,8 @@ fn every_valid_corpus_file_loads_and_the_broken_ones_fail_where_they_break() {
 
 #[test]
 fn corpus_legacy_and_odd_files_resolve_as_fly_reads_them() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/fly-toml");
-    if !corpus.is_dir() {
-        eprintln!("skipping: no corpus at {}", corpus.display());
-        return;
-    }
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/fly-toml");
+    assert!(corpus.is_dir(), "the fly.toml corpus is missing at {}", corpus.display());
     let load = |name: &str| load(&corpus.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
 
     // 028: `[[services.ports]]` without `[[services]]` makes `services` one table.

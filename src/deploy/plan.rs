@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::{MaxUnavailable, Strategy};
 use crate::host::{HostState, InstanceRecord};
+use crate::report::{PlanItem, Pruned};
 use crate::settings::Order;
 
 /// What a region looks like to the planner.
@@ -368,6 +369,82 @@ impl Plan {
             && self.migration.is_none()
             && self.restore.is_none()
             && self.ship.iter().all(|s| s.present)
+    }
+
+    /// The plan as the steps `--dry-run` prints.
+    pub fn items(&self) -> Vec<PlanItem> {
+        let plan = self;
+        let mut items = Vec::new();
+        for ship in &plan.ship {
+            items.push(PlanItem::Ship {
+                host: ship.host.clone(),
+                region: ship.region.clone(),
+                wave: format!("{:?}", ship.wave).to_lowercase(),
+                action: if ship.present { "present" } else { "upload" }.into(),
+            });
+        }
+        if let Some(id) = &plan.restore {
+            items.push(PlanItem::RestoreBackup { id: id.clone() });
+        }
+        if let Some(migration) = &plan.migration {
+            if migration.backup {
+                items.push(PlanItem::Backup { host: migration.host.clone() });
+            }
+            items.push(PlanItem::ReleaseCommand { host: migration.host.clone(), command: migration.command.clone() });
+        }
+        items.extend(plan.replica_gates.iter().map(|region| PlanItem::ReplicaGate { region: region.clone() }));
+        for stop in &plan.stops {
+            items.push(PlanItem::Stop {
+                region: stop.region.clone(),
+                host: stop.host.clone(),
+                instance: stop.id.clone(),
+                version: stop.version.clone(),
+            });
+        }
+        for region in &plan.instances.regions {
+            for (n, batch) in region.batches.iter().enumerate() {
+                for step in batch {
+                    let action = match step.action {
+                        Action::Create => "create",
+                        Action::Replace => "replace",
+                        Action::Keep => "keep",
+                    };
+                    items.push(PlanItem::Instance {
+                        region: step.region.clone(),
+                        host: step.host.clone(),
+                        instance: step.id.clone(),
+                        action: action.into(),
+                        batch: n + 1,
+                        from: step.previous.as_ref().map(|p| p.version.clone()),
+                        to: step.to.clone(),
+                    });
+                }
+            }
+            for step in &region.unchanged {
+                items.push(PlanItem::Instance {
+                    region: step.region.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    action: "keep".into(),
+                    batch: 0,
+                    from: Some(step.to.clone()),
+                    to: step.to.clone(),
+                });
+            }
+        }
+        let prune = plan
+            .finish
+            .prune
+            .iter()
+            .flat_map(|(host, versions)| versions.iter().map(|v| Pruned { host: host.clone(), version: v.clone() }))
+            .collect();
+        items.push(PlanItem::Finish {
+            record: plan.kind.as_str().into(),
+            version: plan.version.clone(),
+            mark_current: plan.finish.mark_current,
+            prune,
+        });
+        items
     }
 
     /// The hosts of `wave` that need the release.

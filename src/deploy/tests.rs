@@ -340,7 +340,8 @@ async fn a_dry_run_plans_every_phase_and_changes_nothing() {
     let plan = w.engine().preview(&Operation::Deploy(w.release("v2"))).await.unwrap().unwrap();
     assert!(plan.ship.iter().all(|s| s.wave == Wave::First && !s.present), "a migration waits for every host");
     assert_eq!(plan.migration.as_ref().map(|m| m.command.as_str()), Some("bin/migrate"));
-    let phases: Vec<&str> = super::plan_items(&plan)
+    let phases: Vec<&str> = plan
+        .items()
         .iter()
         .map(|item| match item {
             PlanItem::Ship { .. } => "ship",

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod need;
 pub mod postgres;
 pub mod sshd;
 

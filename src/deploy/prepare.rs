@@ -1,0 +1,278 @@
+//! From an operation and the fleet as observed to its [`Plan`]: what a deploy,
+//! rollback, restart or converge would do, every phase decided here from data.
+//! Nothing changes on a host while preparing, except repairing a killed deploy's
+//! missing history line when the lock is held.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio::time::Instant;
+
+use crate::config::Strategy;
+use crate::error::Error;
+use crate::history::{self, Record, Status};
+use crate::host::InstanceState;
+use crate::settings::Order;
+
+use super::finish::record_history;
+use super::observe::{current_from, current_on_hosts, current_version, healthy_on, read_history, Observed};
+use super::plan::{self, Finish, Instances, Kind, Migration, Plan, RegionSpec, StopStep};
+use super::{new_instance_id, Engine, Operation, Release};
+
+/// A plan and what carrying it out needs beyond it.
+pub(super) struct Prepared {
+    pub plan: Plan,
+    /// The start command.
+    pub start: String,
+    pub strategy: Strategy,
+}
+
+impl Engine<'_> {
+    /// The plan for `op` against `observed`. `None` when there is nothing to do
+    /// (reported as finished). With `locked`, what is found out along the way (a
+    /// killed deploy's missing history line) is repaired.
+    pub(super) async fn prepare(
+        &self,
+        op: &Operation,
+        observed: &Observed,
+        started: Instant,
+        locked: bool,
+    ) -> Result<Option<Prepared>, Error> {
+        match op {
+            Operation::Deploy(release) => self.prepare_deploy(release, observed, started, locked).await,
+            Operation::Rollback { target, current, restore } => {
+                let strategy = self.settings.rollout.runnable();
+                let healthy = healthy_on(self.fleet, observed, &self.settings.checks, target).await;
+                let instances = self.instances(observed, &healthy, target, strategy, None);
+                let mut plan = self.plan(Kind::Rollback, target, current.clone(), instances, observed)?;
+                plan.restore = restore.as_ref().map(|r| r.backup.id.clone());
+                Ok(Some(Prepared { plan, start: self.settings.instance.start_command(), strategy }))
+            }
+            Operation::Restart { .. } => {
+                let Some(version) = current_version(self.fleet, observed).await else {
+                    self.finished_early(
+                        started,
+                        None,
+                        "no release is deployed yet; instances get the change with the first deploy",
+                    );
+                    return Ok(None);
+                };
+                let strategy = self.settings.rollout.runnable();
+                let instances = self.instances(observed, &BTreeSet::new(), &version, strategy, None);
+                let plan = self.plan(Kind::Restart, &version, Some(version.clone()), instances, observed)?;
+                Ok(Some(Prepared { plan, start: self.settings.instance.start_command(), strategy }))
+            }
+            Operation::Converge { kind, regions, stop } => {
+                self.prepare_converge(*kind, regions, stop, observed, started).await.map(|plan| {
+                    plan.map(|plan| Prepared {
+                        plan,
+                        start: self.settings.instance.start_command(),
+                        strategy: Strategy::Rolling,
+                    })
+                })
+            }
+        }
+    }
+
+    async fn prepare_deploy(
+        &self,
+        release: &Release,
+        observed: &Observed,
+        started: Instant,
+        locked: bool,
+    ) -> Result<Option<Prepared>, Error> {
+        let version = release.version.as_str();
+        let strategy = self.settings.rollout.strategy;
+        let (healthy, entries) =
+            tokio::join!(healthy_on(self.fleet, observed, &self.settings.checks, version), read_history(self.fleet));
+        let instances = self.instances(observed, &healthy, version, strategy, None);
+        let mut previous = current_from(self.fleet, observed, &entries);
+        let installed_everywhere =
+            self.fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(version)));
+        let (history_current, history_previous) = history::current(&entries);
+        if instances.is_noop() && installed_everywhere && previous.as_deref() == Some(version) {
+            if locked && history_current.as_deref() != Some(version) {
+                // Killed after the hosts were switched but before the history said so.
+                let record = Record::new("deploy", version, history_current.clone());
+                record_history(self.reporter.as_ref(), self.fleet, &record.finished(Status::Complete, None)).await;
+            }
+            let message = format!("{version} already runs and is healthy everywhere; nothing changed");
+            self.finished_early(started, Some(version), &message);
+            return Ok(None);
+        }
+        if previous.as_deref() == Some(version) {
+            // An earlier, partial run of this deploy marked some hosts current already;
+            // what ran before it is what the history last completed.
+            previous = if history_current.as_deref() == Some(version) { history_previous } else { history_current };
+        }
+        let mut plan = self.plan(Kind::Deploy, version, previous, instances, observed)?;
+        let migration = self.settings.migration.command.as_ref().and_then(|command| {
+            let host = self.fleet.primary().and_then(|r| r.hosts.first())?;
+            Some(Migration {
+                host: host.name.clone(),
+                command: command.clone(),
+                backup: self.settings.migration.backup_first,
+            })
+        });
+        if migration.is_some() {
+            plan.replica_gates = self
+                .fleet
+                .regions
+                .iter()
+                .filter(|r| !r.primary && self.settings.migration.replicas.contains_key(&r.name))
+                .map(|r| r.name.clone())
+                .collect();
+        }
+        // A migration changes what cannot be reverted, so it waits for every host.
+        let ahead = migration.is_none() && self.settings.rollout.order == Order::PrimaryFirst;
+        let hosts: Vec<(String, String)> = self.fleet.hosts().map(|h| (h.region.clone(), h.name.clone())).collect();
+        let present = |host: &str| {
+            observed.get(host).is_some_and(|s| match &release.artifact {
+                Some(artifact) => s.releases.iter().any(|r| r.version == version && r.sha256 == artifact.sha256),
+                None => s.has_release(version),
+            })
+        };
+        plan.ship = plan::ship(&hosts, &plan.instances, present, ahead);
+        plan.migration = migration;
+        let moved: BTreeSet<&str> = plan.instances.changes().map(|s| s.id.as_str()).collect();
+        plan.finish.prune =
+            plan::prune(self.settings.keep_releases, observed, &moved, version, plan.previous.as_deref());
+        Ok(Some(Prepared { plan, start: release.start.clone(), strategy }))
+    }
+
+    async fn prepare_converge(
+        &self,
+        kind: Kind,
+        regions: &[String],
+        stop: &[String],
+        observed: &Observed,
+        started: Instant,
+    ) -> Result<Option<Plan>, Error> {
+        let Some(version) = current_on_hosts(self.fleet, observed) else {
+            self.finished_early(
+                started,
+                None,
+                "no release is deployed yet; instances will start with the next `ferry deploy`",
+            );
+            return Ok(None);
+        };
+        let healthy = healthy_on(self.fleet, observed, &self.settings.checks, &version).await;
+        let mut instances = self.instances(observed, &healthy, &version, Strategy::Rolling, Some(regions));
+        // Scaling only adds instances; replacing unhealthy ones is `ferry deploy`'s job.
+        for region in &mut instances.regions {
+            region.batches.retain(|b| b.iter().all(|s| s.action == plan::Action::Create));
+        }
+        let mut plan = self.plan(kind, &version, Some(version.clone()), instances, observed)?;
+        let hosts: Vec<(String, String)> = self
+            .fleet
+            .regions
+            .iter()
+            .filter(|r| regions.contains(&r.name))
+            .flat_map(|r| r.hosts.iter())
+            .map(|h| (h.region.clone(), h.name.clone()))
+            .collect();
+        let present = |host: &str| observed.get(host).is_some_and(|s| s.has_release(&version));
+        plan.ship = plan::ship(&hosts, &plan.instances, present, false);
+        let doomed: BTreeSet<&str> = stop.iter().map(String::as_str).collect();
+        plan.stops = observed
+            .values()
+            .flat_map(|s| s.instances.iter())
+            .filter(|i| doomed.contains(i.record.id.as_str()))
+            .map(|i: &InstanceState| StopStep {
+                region: i.record.region.clone(),
+                host: i.record.host.clone(),
+                id: i.record.id.clone(),
+                version: i.record.version.clone(),
+            })
+            .collect();
+        Ok(Some(plan))
+    }
+
+    /// A plan of `instances` that marks `version` current when it succeeds; refuses
+    /// one that would start instances where no free volume waits for them.
+    fn plan(
+        &self,
+        kind: Kind,
+        version: &str,
+        previous: Option<String>,
+        instances: Instances,
+        observed: &Observed,
+    ) -> Result<Plan, Error> {
+        self.refuse_missing_volumes(&instances, observed)?;
+        Ok(Plan {
+            kind,
+            version: version.to_string(),
+            previous,
+            ship: Vec::new(),
+            restore: None,
+            migration: None,
+            replica_gates: Vec::new(),
+            stops: Vec::new(),
+            order: self.settings.rollout.order,
+            instances,
+            finish: Finish { mark_current: true, prune: BTreeMap::new() },
+        })
+    }
+
+    /// The instances of a rollout of `version` (in `only` regions, when given).
+    fn instances(
+        &self,
+        observed: &Observed,
+        healthy: &BTreeSet<String>,
+        version: &str,
+        strategy: Strategy,
+        only: Option<&[String]>,
+    ) -> Instances {
+        let regions: Vec<RegionSpec> = self
+            .fleet
+            .regions
+            .iter()
+            .filter(|r| only.is_none_or(|only| only.contains(&r.name)))
+            .map(|r| RegionSpec {
+                name: r.name.clone(),
+                primary: r.primary && only.is_none(),
+                count: r.count,
+                hosts: r.hosts.iter().map(|h| h.name.clone()).collect(),
+            })
+            .collect();
+        let mounts: Vec<String> = self.settings.instance.mounts.iter().map(|m| m.source.clone()).collect();
+        let inputs = plan::Inputs {
+            regions: &regions,
+            observed,
+            healthy,
+            version,
+            strategy,
+            max_unavailable: self.settings.rollout.max_unavailable,
+            mounts: &mounts,
+        };
+        plan::instances(&inputs, &mut new_instance_id)
+    }
+
+    /// Refuses instances that would start where no free volume waits for them,
+    /// naming the command that makes one. Nothing has changed when this fails.
+    fn refuse_missing_volumes(&self, instances: &Instances, observed: &Observed) -> Result<(), Error> {
+        let Some(missing) = instances.missing_volumes.first() else { return Ok(()) };
+        let size =
+            observed.values().flat_map(|s| s.volumes.iter()).find(|v| v.name == missing.name).map_or(1, |v| v.size_gb);
+        let host = self
+            .fleet
+            .regions
+            .iter()
+            .find(|r| r.name == missing.region)
+            .and_then(|r| r.hosts.first())
+            .filter(|h| !h.transport.is_local())
+            .map(|h| format!(" --host {}", h.name))
+            .unwrap_or_default();
+        let command = format!("ferry volumes create {} --region {} --size {size}{host}", missing.name, missing.region);
+        Err(Error::Failed {
+            message: format!(
+                "region {} needs {} more free volume(s) named `{}` for its instances; nothing was changed",
+                missing.region, missing.count, missing.name
+            ),
+            hint: Some(if missing.count > 1 {
+                format!("run `{command}` {} times", missing.count)
+            } else {
+                format!("run `{command}`")
+            }),
+        })
+    }
+}
