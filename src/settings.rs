@@ -84,8 +84,11 @@ pub enum Order {
 
 #[derive(Debug, Clone)]
 pub struct RolloutSettings {
-    /// The strategy as asked for (`bluegreen` included: see [`RolloutSettings::runnable`]).
+    /// The strategy a deploy rolls by (`bluegreen` included: see
+    /// [`RolloutSettings::runnable`]); `rolling` under `primary_last`.
     pub strategy: Strategy,
+    /// The strategy asked for, on the command line or in fly.toml.
+    pub requested: Strategy,
     pub max_unavailable: MaxUnavailable,
     pub wait_timeout: Duration,
     pub no_revert: bool,
@@ -104,7 +107,7 @@ impl RolloutSettings {
 
     /// Refuses a strategy ferry cannot run, before anything happens.
     pub fn refuse_unsupported(&self) -> Result<(), Error> {
-        if self.strategy == Strategy::Bluegreen {
+        if self.requested == Strategy::Bluegreen {
             return Err(Error::Usage {
                 message: "the `bluegreen` deploy strategy is not supported by ferry yet".into(),
                 hint: Some(
@@ -151,12 +154,10 @@ impl Settings {
         let checks = Checks::from_config(config, &mut warnings);
         let primary = config.primary();
         let primary_last = config.ferry.primary_last;
+        let requested = overrides.strategy.unwrap_or(config.deploy.strategy);
         let rollout = RolloutSettings {
-            strategy: if primary_last {
-                Strategy::Rolling
-            } else {
-                overrides.strategy.unwrap_or(config.deploy.strategy)
-            },
+            strategy: if primary_last { Strategy::Rolling } else { requested },
+            requested,
             max_unavailable: if primary_last { MaxUnavailable::Count(1) } else { config.deploy.max_unavailable },
             wait_timeout: overrides.wait_timeout.unwrap_or(config.deploy.wait_timeout),
             no_revert: overrides.no_revert,

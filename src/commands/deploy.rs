@@ -126,26 +126,24 @@ pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
             hint: Some("deploy it again with `ferry deploy --version VERSION` from its source".into()),
         });
     }
-    if opts.dry_run {
-        return dry_run(ctx, &fleet, &Operation::Rollback { target, current, restore: None }).await;
-    }
     // Find the dump and confirm before taking the lock; it is restored under it, so
     // a running deploy never has its database replaced underneath it.
-    let restore = if opts.restore_backup {
-        Some(backup_to_restore(ctx, &fleet, current.as_ref(), opts.yes).await?)
-    } else {
-        None
-    };
-    ctx.engine(&fleet).run(Operation::Rollback { target, current, restore }).await
+    let restore =
+        if opts.restore_backup { Some(backup_to_restore(ctx, &fleet, current.as_ref()).await?) } else { None };
+    let op = Operation::Rollback { target, current, restore };
+    if opts.dry_run {
+        return dry_run(ctx, &fleet, &op).await;
+    }
+    if let Operation::Rollback { restore: Some(restore), .. } = &op {
+        if !opts.yes {
+            ctx.confirm_restore(&restore.db, &restore.backup)?;
+        }
+    }
+    ctx.engine(&fleet).run(op).await
 }
 
-/// The backup taken before `current` was deployed, after the user confirmed.
-async fn backup_to_restore(
-    ctx: &Ctx,
-    fleet: &Fleet,
-    current: Option<&String>,
-    yes: bool,
-) -> Result<Box<Restore>, Error> {
+/// The backup taken before `current` was deployed.
+async fn backup_to_restore(ctx: &Ctx, fleet: &Fleet, current: Option<&String>) -> Result<Box<Restore>, Error> {
     let host = migrate::release_host(fleet)?;
     let backups = host.backup_list().await.map_err(|source| Error::Host { step: "listing backups", source })?;
     let Some(backup) =
@@ -160,9 +158,6 @@ async fn backup_to_restore(
         });
     };
     let db = migrate::database(&ctx.settings, host).await?;
-    if !yes {
-        ctx.confirm_restore(&db, &backup)?;
-    }
     Ok(Box::new(Restore { host: host.clone(), db, backup }))
 }
 

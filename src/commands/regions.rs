@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::{edit, Target};
 use crate::deploy::observe::{self, Observed};
 use crate::deploy::plan::Kind;
-use crate::deploy::Operation;
+use crate::deploy::{Operation, Stops};
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::host::InstanceState;
@@ -78,7 +78,12 @@ pub async fn add(ctx: &Ctx, name: &str, hosts: Vec<String>, count: Option<u32>) 
         }
         edit::add_region(&path, &text, name, &hosts, count)
     })?;
-    let op = Operation::Converge { kind: Kind::RegionsAdd, regions: vec![name.to_string()], stop: Vec::new() };
+    let op = Operation::Converge {
+        kind: Kind::RegionsAdd,
+        regions: vec![name.to_string()],
+        stop: Stops::Ids(Vec::new()),
+        done: None,
+    };
     let fleet = edited.fleet()?;
     // Refused before fly.toml changes when its instances would have no volume.
     edited.engine(&fleet).preview(&op).await?;
@@ -111,18 +116,22 @@ pub async fn remove(ctx: &Ctx, name: &str, yes: bool) -> Result<(), Error> {
         });
     }
     let observed = observe::observe(&fleet).await?;
-    let doomed: Vec<String> = region_instances(&fleet, name, &observed).iter().map(|i| i.record.id.clone()).collect();
-    if !doomed.is_empty() && !yes {
-        ctx.confirm(&format!("stop {} instance(s) in `{name}` and remove the region?", doomed.len()))?;
+    let running = region_instances(&fleet, name, &observed).len();
+    if running > 0 && !yes {
+        ctx.confirm(&format!("stop {running} instance(s) in `{name}` and remove the region?"))?;
     }
-    // Its instances stop first, while fly.toml still names the region's hosts.
-    let op = Operation::Converge { kind: Kind::RegionsRemove, regions: Vec::new(), stop: doomed };
-    ctx.engine(&fleet).run(op).await?;
     let path = ctx.config_path.clone();
     let (text, _) = ctx.preview_edit(|text| edit::remove_region(&path, text, name))?;
-    ctx.write_config(text)?;
-    ctx.finished(format!("region `{name}` removed"));
-    Ok(())
+    // Its instances (all of them, as found under the lock) stop first, while
+    // fly.toml still names the region's hosts.
+    let op = Operation::Converge {
+        kind: Kind::RegionsRemove,
+        regions: Vec::new(),
+        stop: Stops::Region(name.to_string()),
+        done: Some(format!("region `{name}` removed")),
+    };
+    ctx.engine(&fleet).run(op).await?;
+    ctx.write_config(text)
 }
 
 pub struct ScaleOptions {
@@ -156,18 +165,23 @@ pub async fn scale(ctx: &Ctx, opts: ScaleOptions) -> Result<(), Error> {
         let implicit_name = implicit.first().map_or("local", |(n, _)| n.as_str());
         edit::set_count(&path, text, opts.region.as_deref(), implicit_name, opts.count)
     })?;
-    let op = Operation::Converge { kind: Kind::Scale, regions: targets.clone(), stop: stops.clone() };
+    let counts: BTreeMap<&str, usize> =
+        targets.iter().map(|r| (r.as_str(), region_instances(&fleet, r, &observed).len())).collect();
+    let change: Vec<String> = counts.iter().map(|(r, n)| format!("{r} {n} -> {}", opts.count)).collect();
+    let op = Operation::Converge {
+        kind: Kind::Scale,
+        regions: targets.clone(),
+        stop: Stops::Ids(stops.clone()),
+        done: Some(format!("count is {} in {}", opts.count, targets.join(", "))),
+    };
     let fleet = edited.fleet()?;
     let engine = edited.engine(&fleet);
     let plan = engine.preview(&op).await?;
+    if let Some(plan) = &plan {
+        engine.report_plan(plan);
+    }
     if opts.dry_run {
-        if let Some(plan) = &plan {
-            engine.report_plan(plan);
-        }
-        let counts: BTreeMap<&str, usize> =
-            targets.iter().map(|r| (r.as_str(), region_instances(&fleet, r, &observed).len())).collect();
-        let now: Vec<String> = counts.iter().map(|(r, n)| format!("{r} {n} -> {}", opts.count)).collect();
-        edited.finished(format!("dry run: {}; nothing was changed", now.join(", ")));
+        edited.finished(format!("dry run: {}; nothing was changed", change.join(", ")));
         return Ok(());
     }
     if !stops.is_empty() && !opts.yes {

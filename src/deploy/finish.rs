@@ -24,6 +24,8 @@ pub struct Done<'a> {
     pub record: &'a Record,
     pub summary: &'a Summary,
     pub started: Instant,
+    /// The last line on success, when the operation says it itself.
+    pub message: Option<String>,
 }
 
 /// Records the outcome, marks the release current and prunes on success (releasing
@@ -48,11 +50,14 @@ pub async fn finish(
             outcome: Outcome::Succeeded,
             version: Some(version.clone()),
             previous: plan.previous.clone(),
-            message: success_message(plan),
+            message: done.message.clone().unwrap_or_else(|| success_message(plan)),
             duration_ms: super::millis(done.started.elapsed()),
         });
         return Ok(());
     };
+    if matches!(plan.kind, Kind::Scale | Kind::RegionsAdd | Kind::RegionsRemove) {
+        return finish_converge(reporter, fleet, guard, done).await;
+    }
     let what = failure.describe();
     let back_to = plan.previous.clone().unwrap_or_else(|| "the previous state".into());
     let outcome = summary.outcome();
@@ -72,14 +77,6 @@ pub async fn finish(
         message: now.clone(),
         duration_ms: super::millis(done.started.elapsed()),
     });
-    if plan.kind != Kind::Deploy && plan.kind != Kind::Rollback && plan.kind != Kind::Restart {
-        return Err(Error::Failed {
-            message: format!("{what}; new instances were removed"),
-            hint: Some(
-                "the count stays recorded in fly.toml; `ferry deploy` starts them once the problem is fixed".into(),
-            ),
-        });
-    }
     let hint = failure.hint().unwrap_or_else(|| {
         let logs = failure
             .instance
@@ -99,14 +96,40 @@ fn success_message(plan: &Plan) -> String {
         Kind::Deploy | Kind::Rollback | Kind::Restart => format!("{version} is live everywhere"),
         Kind::Scale | Kind::RegionsAdd | Kind::RegionsRemove => {
             let regions: Vec<&str> = plan.instances.regions.iter().map(|r| r.region.as_str()).collect();
-            let stopped = plan.stops.len();
-            match (regions.is_empty(), stopped) {
-                (true, n) => format!("stopped {n} instance(s); {version} runs on the rest"),
-                (false, 0) => format!("{version} runs in {}", regions.join(", ")),
-                (false, n) => format!("stopped {n} instance(s); {version} runs in {}", regions.join(", ")),
-            }
+            format!("{version} runs in {}", regions.join(", "))
         }
     }
+}
+
+/// A converge whose new instance failed: the new instances were removed, and the
+/// count stays recorded for the next deploy.
+async fn finish_converge(
+    reporter: &Arc<dyn Reporter>,
+    fleet: &Fleet,
+    guard: &mut Guard,
+    done: &Done<'_>,
+) -> Result<(), Error> {
+    let Some(failure) = &done.summary.failure else { return Ok(()) };
+    let message = match &failure.instance {
+        Some((host, id)) => format!(
+            "instance {id} in {} on `{host}` did not become healthy: {}; new instances were removed",
+            failure.region, failure.cause
+        ),
+        None => format!("in region {}: {}; new instances were removed", failure.region, failure.cause),
+    };
+    let failed = done.record.finished(Status::Failed, Some(message.clone()));
+    finish_hosts(reporter.as_ref(), fleet, guard, &failed, |_| false, &BTreeMap::new()).await;
+    reporter.event(&Event::Finished {
+        outcome: done.summary.outcome(),
+        version: Some(done.plan.version.clone()),
+        previous: None,
+        message: message.clone(),
+        duration_ms: super::millis(done.started.elapsed()),
+    });
+    Err(Error::Failed {
+        message,
+        hint: Some("the count stays recorded in fly.toml; `ferry deploy` starts them once the problem is fixed".into()),
+    })
 }
 
 /// The rollout finished everywhere except in regions whose replica never caught up:

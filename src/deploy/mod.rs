@@ -42,6 +42,7 @@ use crate::settings::Settings;
 
 use finish::{record_history, Done};
 use plan::{Kind, Plan};
+use prepare::Prepared;
 use rollout::Gates;
 use ship::Shipment;
 
@@ -53,9 +54,18 @@ pub enum Operation {
     Rollback { target: String, current: Option<String>, restore: Option<Box<Restore>> },
     /// Replace every instance on its current version (after a secrets change).
     Restart { command: String },
-    /// Bring `regions` up to their counts on the current release, after stopping
-    /// `stop` (instance ids): scaling and adding or removing regions.
-    Converge { kind: Kind, regions: Vec<String>, stop: Vec<String> },
+    /// Stop `stop`, then bring `regions` up to their counts on the current release:
+    /// scaling and adding or removing regions. `done` is the last line on success.
+    Converge { kind: Kind, regions: Vec<String>, stop: Stops, done: Option<String> },
+}
+
+/// Which instances a converge stops, decided under the lock.
+#[derive(Debug, Clone)]
+pub enum Stops {
+    /// These instances.
+    Ids(Vec<String>),
+    /// Every instance of this region.
+    Region(String),
 }
 
 /// The release a deploy ships: built (or taken from a file), or only its version
@@ -112,29 +122,69 @@ impl Engine<'_> {
     }
 
     /// The plan `op` would carry out now, without taking the lock; nothing changes.
+    /// `None` when there would be nothing to do.
     pub async fn preview(&self, op: &Operation) -> Result<Option<Plan>, Error> {
         let observed = observe::observe(self.fleet).await?;
-        Ok(self.prepare(op, &observed, Instant::now(), false).await?.map(|p| p.plan))
+        Ok(match self.prepare(op, &observed, false).await? {
+            Prepared::Plan { plan, .. } => Some(*plan),
+            Prepared::Nothing { .. } => None,
+        })
     }
 
     /// Prints a plan as `plan` events, one per step.
     pub fn report_plan(&self, plan: &Plan) {
-        for warning in &self.settings.warnings {
-            self.event(&Event::Warning { message: warning.clone() });
+        if plan.kind == Kind::Deploy {
+            self.warnings();
         }
         for item in plan.items() {
             self.event(&Event::Plan(item));
         }
     }
 
-    async fn run_locked(&self, op: Operation, guard: &mut Guard, started: Instant) -> Result<(), Error> {
-        let observed = guard.observed().clone();
+    /// What resolving the settings found odd, which a deploy reports.
+    fn warnings(&self) {
         for warning in &self.settings.warnings {
             self.event(&Event::Warning { message: warning.clone() });
         }
-        let Some(prepared) = self.prepare(&op, &observed, started, true).await? else { return Ok(()) };
-        let prepare::Prepared { plan, start, strategy } = prepared;
-        if matches!(plan.kind, Kind::Deploy | Kind::Rollback | Kind::Restart) {
+    }
+
+    async fn run_locked(&self, op: Operation, guard: &mut Guard, started: Instant) -> Result<(), Error> {
+        let observed = guard.observed().clone();
+        let artifact = match &op {
+            Operation::Deploy(release) => {
+                self.warnings();
+                release.artifact.as_ref()
+            }
+            _ => None,
+        };
+        // What the hosts will be sent is readied meanwhile (a release of compressed
+        // files is decompressed once, to ship as plain tar).
+        let shipment = async {
+            match artifact {
+                Some(artifact) => Some(Shipment::prepare(self.settings, artifact, &observed, self.fleet.hosts()).await),
+                None => None,
+            }
+        };
+        let (prepared, shipment) = tokio::join!(self.prepare(&op, &observed, true), shipment);
+        let (plan, start, strategy) = match prepared? {
+            Prepared::Plan { plan, start, strategy } => (*plan, start, strategy),
+            Prepared::Nothing { message, version } => {
+                self.event(&Event::Finished {
+                    outcome: Outcome::Succeeded,
+                    previous: version.clone(),
+                    version,
+                    message,
+                    duration_ms: millis(started.elapsed()),
+                });
+                return Ok(());
+            }
+        };
+        // The backup is restored before anything else, so a restore that fails leaves
+        // nothing behind, not even a history line.
+        if let Operation::Rollback { restore: Some(restore), .. } = &op {
+            migrate::restore(&restore.host, &restore.db, &restore.backup).await?;
+        }
+        if matches!(plan.kind, Kind::Deploy | Kind::Rollback) {
             self.event(&Event::DeployStarted {
                 kind: plan.kind.as_str().into(),
                 app: self.settings.app.clone(),
@@ -146,14 +196,6 @@ impl Engine<'_> {
         }
         let record = Record::new(plan.kind.as_str(), &plan.version, plan.previous.clone());
         let mut gates = Gates { lease: guard.lease(), ..Gates::default() };
-        let artifact = match &op {
-            Operation::Deploy(release) => release.artifact.as_ref(),
-            _ => None,
-        };
-        let shipment = match artifact {
-            Some(artifact) => Some(Shipment::prepare(self.settings, artifact, &observed, self.fleet.hosts()).await),
-            None => None,
-        };
         // The history says the operation started while the first wave travels.
         let (shipped, ()) = tokio::join!(
             self.ship_first(&plan, shipment.as_ref(), &observed),
@@ -161,35 +203,25 @@ impl Engine<'_> {
         );
         let before = async {
             shipped?;
-            ship::sync_secrets(self.reporter.as_ref(), self.fleet, &observed).await?;
-            if let Operation::Rollback { restore: Some(restore), .. } = &op {
-                migrate::restore(&restore.host, &restore.db, &restore.backup).await?;
+            if plan.kind != Kind::Rollback {
+                // Hosts that joined later get the app's secrets before anything runs there.
+                ship::sync_secrets(self.reporter.as_ref(), self.fleet, &observed).await?;
             }
             self.migrate(&plan, &mut gates, started).await?;
             self.stop_instances(&plan).await
         };
         if let Err(error) = before.await {
-            record_history(
-                self.reporter.as_ref(),
-                self.fleet,
-                &record.finished(Status::Failed, Some(error.to_string())),
-            )
-            .await;
+            let failed = record.finished(Status::Failed, Some(error.to_string()));
+            record_history(self.reporter.as_ref(), self.fleet, &failed).await;
             return Err(error);
         }
         let summary = self.roll_out(&plan, &observed, shipment.as_ref(), start, gates).await;
-        let done = Done { plan: &plan, record: &record, summary: &summary, started };
+        let done_message = match &op {
+            Operation::Converge { done, .. } => done.clone(),
+            _ => None,
+        };
+        let done = Done { plan: &plan, record: &record, summary: &summary, started, message: done_message };
         finish::finish(&self.reporter, self.fleet, guard, &done).await
-    }
-
-    fn finished_early(&self, started: Instant, version: Option<&str>, message: &str) {
-        self.event(&Event::Finished {
-            outcome: Outcome::Succeeded,
-            version: version.map(str::to_string),
-            previous: version.map(str::to_string),
-            message: message.to_string(),
-            duration_ms: millis(started.elapsed()),
-        });
     }
 }
 

@@ -96,6 +96,9 @@ pub struct Inputs<'a> {
     /// Volume names every instance mounts (`[mounts]`); new instances go only where
     /// a free volume of each is.
     pub mounts: &'a [String],
+    /// Whether instances that exist are replaced (false: only new ones are created,
+    /// as when scaling).
+    pub replace: bool,
 }
 
 /// Plans the instances of a rollout of `version`: every existing instance that is not
@@ -144,9 +147,10 @@ fn plan_region(
         for instance in state.instances.iter().filter(|i| i.record.region == region.name) {
             existing += 1;
             *per_host.entry(host.as_str()).or_default() += 1;
-            let keep = instance.alive
-                && instance.record.version == inputs.version
-                && inputs.healthy.contains(&instance.record.id);
+            let keep = !inputs.replace
+                || (instance.alive
+                    && instance.record.version == inputs.version
+                    && inputs.healthy.contains(&instance.record.id));
             let step = Step {
                 action: if keep { Action::Keep } else { Action::Replace },
                 region: region.name.clone(),
@@ -566,6 +570,7 @@ mod tests {
             strategy,
             max_unavailable: max,
             mounts: &[],
+            replace: true,
         };
         instances(&inputs, &mut ids())
     }
@@ -653,6 +658,7 @@ mod tests {
             strategy: Strategy::Rolling,
             max_unavailable: MaxUnavailable::Count(1),
             mounts: &mounts,
+            replace: true,
         };
         let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");

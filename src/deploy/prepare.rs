@@ -5,81 +5,67 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::time::Instant;
-
 use crate::config::Strategy;
 use crate::error::Error;
 use crate::history::{self, Record, Status};
-use crate::host::InstanceState;
 use crate::settings::Order;
 
 use super::finish::record_history;
 use super::observe::{current_from, current_on_hosts, current_version, healthy_on, read_history, Observed};
 use super::plan::{self, Finish, Instances, Kind, Migration, Plan, RegionSpec, StopStep};
-use super::{new_instance_id, Engine, Operation, Release};
+use super::{new_instance_id, Engine, Operation, Release, Stops};
 
-/// A plan and what carrying it out needs beyond it.
-pub(super) struct Prepared {
-    pub plan: Plan,
-    /// The start command.
-    pub start: String,
-    pub strategy: Strategy,
+/// What preparing an operation came to.
+pub(super) enum Prepared {
+    /// A plan, the start command its instances run, and the strategy it rolls by.
+    Plan { plan: Box<Plan>, start: String, strategy: Strategy },
+    /// Nothing to do: why (the user's last line), and the version that runs.
+    Nothing { message: String, version: Option<String> },
 }
 
 impl Engine<'_> {
-    /// The plan for `op` against `observed`. `None` when there is nothing to do
-    /// (reported as finished). With `locked`, what is found out along the way (a
-    /// killed deploy's missing history line) is repaired.
-    pub(super) async fn prepare(
-        &self,
-        op: &Operation,
-        observed: &Observed,
-        started: Instant,
-        locked: bool,
-    ) -> Result<Option<Prepared>, Error> {
+    /// What `op` comes to against `observed`. With `locked` (a real run, not a
+    /// preview), a deploy of what already runs is nothing to do, and a killed
+    /// deploy's missing history line is repaired.
+    pub(super) async fn prepare(&self, op: &Operation, observed: &Observed, locked: bool) -> Result<Prepared, Error> {
+        let start = self.settings.instance.start_command();
         match op {
-            Operation::Deploy(release) => self.prepare_deploy(release, observed, started, locked).await,
+            Operation::Deploy(release) => self.prepare_deploy(release, observed, locked).await,
             Operation::Rollback { target, current, restore } => {
                 let strategy = self.settings.rollout.runnable();
                 let healthy = healthy_on(self.fleet, observed, &self.settings.checks, target).await;
                 let instances = self.instances(observed, &healthy, target, strategy, None);
                 let mut plan = self.plan(Kind::Rollback, target, current.clone(), instances, observed)?;
                 plan.restore = restore.as_ref().map(|r| r.backup.id.clone());
-                Ok(Some(Prepared { plan, start: self.settings.instance.start_command(), strategy }))
+                Ok(Prepared::Plan { plan: Box::new(plan), start, strategy })
             }
             Operation::Restart { .. } => {
                 let Some(version) = current_version(self.fleet, observed).await else {
-                    self.finished_early(
-                        started,
-                        None,
-                        "no release is deployed yet; instances get the change with the first deploy",
-                    );
-                    return Ok(None);
+                    return Ok(Prepared::Nothing {
+                        message: "no release is deployed yet; instances get the change with the first deploy".into(),
+                        version: None,
+                    });
                 };
                 let strategy = self.settings.rollout.runnable();
                 let instances = self.instances(observed, &BTreeSet::new(), &version, strategy, None);
                 let plan = self.plan(Kind::Restart, &version, Some(version.clone()), instances, observed)?;
-                Ok(Some(Prepared { plan, start: self.settings.instance.start_command(), strategy }))
+                Ok(Prepared::Plan { plan: Box::new(plan), start, strategy })
             }
-            Operation::Converge { kind, regions, stop } => {
-                self.prepare_converge(*kind, regions, stop, observed, started).await.map(|plan| {
-                    plan.map(|plan| Prepared {
-                        plan,
-                        start: self.settings.instance.start_command(),
-                        strategy: Strategy::Rolling,
-                    })
+            Operation::Converge { kind, regions, stop, done } => {
+                let strategy = Strategy::Rolling;
+                Ok(match self.prepare_converge(*kind, regions, stop, observed).await? {
+                    Ok(plan) => Prepared::Plan { plan: Box::new(plan), start, strategy },
+                    // Removing a region that runs nothing is done once fly.toml says so.
+                    Err(message) if *kind == Kind::RegionsRemove => {
+                        Prepared::Nothing { message: done.clone().unwrap_or(message), version: None }
+                    }
+                    Err(message) => Prepared::Nothing { message, version: None },
                 })
             }
         }
     }
 
-    async fn prepare_deploy(
-        &self,
-        release: &Release,
-        observed: &Observed,
-        started: Instant,
-        locked: bool,
-    ) -> Result<Option<Prepared>, Error> {
+    async fn prepare_deploy(&self, release: &Release, observed: &Observed, locked: bool) -> Result<Prepared, Error> {
         let version = release.version.as_str();
         let strategy = self.settings.rollout.strategy;
         let (healthy, entries) =
@@ -89,15 +75,14 @@ impl Engine<'_> {
         let installed_everywhere =
             self.fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(version)));
         let (history_current, history_previous) = history::current(&entries);
-        if instances.is_noop() && installed_everywhere && previous.as_deref() == Some(version) {
-            if locked && history_current.as_deref() != Some(version) {
+        if locked && instances.is_noop() && installed_everywhere && previous.as_deref() == Some(version) {
+            if history_current.as_deref() != Some(version) {
                 // Killed after the hosts were switched but before the history said so.
                 let record = Record::new("deploy", version, history_current.clone());
                 record_history(self.reporter.as_ref(), self.fleet, &record.finished(Status::Complete, None)).await;
             }
             let message = format!("{version} already runs and is healthy everywhere; nothing changed");
-            self.finished_early(started, Some(version), &message);
-            return Ok(None);
+            return Ok(Prepared::Nothing { message, version: Some(version.to_string()) });
         }
         if previous.as_deref() == Some(version) {
             // An earlier, partial run of this deploy marked some hosts current already;
@@ -136,32 +121,48 @@ impl Engine<'_> {
         let moved: BTreeSet<&str> = plan.instances.changes().map(|s| s.id.as_str()).collect();
         plan.finish.prune =
             plan::prune(self.settings.keep_releases, observed, &moved, version, plan.previous.as_deref());
-        Ok(Some(Prepared { plan, start: release.start.clone(), strategy }))
+        Ok(Prepared::Plan { plan: Box::new(plan), start: release.start.clone(), strategy })
     }
 
+    /// The plan of a converge, or why there is nothing to do. New instances start on
+    /// the current release; existing ones are left as they are (replacing them is
+    /// `ferry deploy`'s job), except those stopped.
     async fn prepare_converge(
         &self,
         kind: Kind,
         regions: &[String],
-        stop: &[String],
+        stop: &Stops,
         observed: &Observed,
-        started: Instant,
-    ) -> Result<Option<Plan>, Error> {
-        let Some(version) = current_on_hosts(self.fleet, observed) else {
-            self.finished_early(
-                started,
-                None,
-                "no release is deployed yet; instances will start with the next `ferry deploy`",
-            );
-            return Ok(None);
+    ) -> Result<Result<Plan, String>, Error> {
+        let stops: Vec<StopStep> = observed
+            .values()
+            .flat_map(|s| s.instances.iter())
+            .filter(|i| match stop {
+                Stops::Ids(ids) => ids.contains(&i.record.id),
+                Stops::Region(region) => &i.record.region == region,
+            })
+            .map(|i| StopStep {
+                region: i.record.region.clone(),
+                host: i.record.host.clone(),
+                id: i.record.id.clone(),
+                version: i.record.version.clone(),
+            })
+            .collect();
+        let current = current_on_hosts(self.fleet, observed);
+        let Some(version) = current.clone().or_else(|| stops.first().map(|s| s.version.clone())) else {
+            return Ok(Err("no release is deployed yet; instances will start with the next `ferry deploy`".into()));
         };
+        // Without a current release only the stops happen.
+        let regions: &[String] = if current.is_some() { regions } else { &[] };
         let healthy = healthy_on(self.fleet, observed, &self.settings.checks, &version).await;
         let mut instances = self.instances(observed, &healthy, &version, Strategy::Rolling, Some(regions));
-        // Scaling only adds instances; replacing unhealthy ones is `ferry deploy`'s job.
+        let doomed: BTreeSet<&str> = stops.iter().map(|s| s.id.as_str()).collect();
         for region in &mut instances.regions {
-            region.batches.retain(|b| b.iter().all(|s| s.action == plan::Action::Create));
+            region.unchanged.retain(|s| !doomed.contains(s.id.as_str()));
         }
         let mut plan = self.plan(kind, &version, Some(version.clone()), instances, observed)?;
+        // A converge moves no instance to another release: `current` stays as it is.
+        plan.finish.mark_current = false;
         let hosts: Vec<(String, String)> = self
             .fleet
             .regions
@@ -172,19 +173,8 @@ impl Engine<'_> {
             .collect();
         let present = |host: &str| observed.get(host).is_some_and(|s| s.has_release(&version));
         plan.ship = plan::ship(&hosts, &plan.instances, present, false);
-        let doomed: BTreeSet<&str> = stop.iter().map(String::as_str).collect();
-        plan.stops = observed
-            .values()
-            .flat_map(|s| s.instances.iter())
-            .filter(|i| doomed.contains(i.record.id.as_str()))
-            .map(|i: &InstanceState| StopStep {
-                region: i.record.region.clone(),
-                host: i.record.host.clone(),
-                id: i.record.id.clone(),
-                version: i.record.version.clone(),
-            })
-            .collect();
-        Ok(Some(plan))
+        plan.stops = stops;
+        Ok(Ok(plan))
     }
 
     /// A plan of `instances` that marks `version` current when it succeeds; refuses
@@ -213,7 +203,8 @@ impl Engine<'_> {
         })
     }
 
-    /// The instances of a rollout of `version` (in `only` regions, when given).
+    /// The instances of a rollout of `version`; in `only` regions, when given, where
+    /// only missing instances are created.
     fn instances(
         &self,
         observed: &Observed,
@@ -243,6 +234,7 @@ impl Engine<'_> {
             strategy,
             max_unavailable: self.settings.rollout.max_unavailable,
             mounts: &mounts,
+            replace: only.is_none(),
         };
         plan::instances(&inputs, &mut new_instance_id)
     }

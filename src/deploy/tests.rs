@@ -17,7 +17,7 @@ use crate::transport::fake::FakeTransport;
 use crate::transport::{SshOptions, Transport};
 
 use super::plan::{Kind, Wave};
-use super::{Engine, Operation, Release};
+use super::{Engine, Operation, Release, Stops};
 
 /// Every event, in order.
 #[derive(Default)]
@@ -390,7 +390,12 @@ async fn scaling_starts_what_is_missing_and_records_history() {
     let w = world(&[("syd", 1, 1), ("lax", 1, 2)], "");
     w.deploy("v1").await.unwrap();
     w.host("lax1").model().instances.clear();
-    let op = Operation::Converge { kind: Kind::Scale, regions: vec!["lax".into()], stop: Vec::new() };
+    let op = Operation::Converge {
+        kind: Kind::Scale,
+        regions: vec!["lax".into()],
+        stop: Stops::Ids(Vec::new()),
+        done: None,
+    };
     w.engine().run(op).await.unwrap();
     assert_eq!(w.running()["lax"], ["v1", "v1"]);
     let history = w.host("syd1").model().history.clone();
@@ -403,7 +408,12 @@ async fn scaling_down_stops_the_named_instances() {
     let w = world(&[("syd", 1, 3)], "");
     w.deploy("v1").await.unwrap();
     let doomed: Vec<String> = w.host("syd1").model().instances.keys().take(2).cloned().collect();
-    let op = Operation::Converge { kind: Kind::Scale, regions: vec!["syd".into()], stop: doomed.clone() };
+    let op = Operation::Converge {
+        kind: Kind::Scale,
+        regions: vec!["syd".into()],
+        stop: Stops::Ids(doomed.clone()),
+        done: None,
+    };
     w.engine().run(op).await.unwrap();
     let left: Vec<String> = w.host("syd1").model().instances.keys().cloned().collect();
     assert_eq!(left.len(), 1);
@@ -455,4 +465,37 @@ async fn a_replica_that_stays_behind_leaves_its_region_on_the_old_release() {
     assert_eq!(summary.behind[0].lag_bytes, Some(90));
     assert_eq!(w.running()["syd"], ["v2"]);
     assert_eq!(w.running()["lax"], ["v1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_down_stops_instances_even_when_no_release_is_marked_current() {
+    let w = world(&[("syd", 1, 2)], "");
+    w.deploy("v1").await.unwrap();
+    w.host("syd1").model().current = None;
+    let doomed: Vec<String> = w.host("syd1").model().instances.keys().take(1).cloned().collect();
+    let op =
+        Operation::Converge { kind: Kind::Scale, regions: vec!["syd".into()], stop: Stops::Ids(doomed), done: None };
+    w.engine().run(op).await.unwrap();
+    assert_eq!(w.count_running(), 1);
+    assert_eq!(w.host("syd1").model().current, None, "a converge marks nothing current");
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_a_region_stops_every_instance_found_there_under_the_lock() {
+    let w = world(&[("syd", 1, 1), ("lax", 1, 2)], "");
+    w.deploy("v1").await.unwrap();
+    let op = Operation::Converge {
+        kind: Kind::RegionsRemove,
+        regions: Vec::new(),
+        stop: Stops::Region("lax".into()),
+        done: Some("region `lax` removed".into()),
+    };
+    w.engine().run(op).await.unwrap();
+    assert!(w.host("lax1").model().instances.is_empty());
+    assert_eq!(w.running()["syd"], ["v1"]);
+    let last = w.events().into_iter().rev().find_map(|e| match e {
+        Event::Finished { message, .. } => Some(message),
+        _ => None,
+    });
+    assert_eq!(last.as_deref(), Some("region `lax` removed"));
 }
