@@ -103,6 +103,30 @@ enum CommandArgs {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigArgs),
+    /// ferry's agent on a host (run by ferry itself).
+    #[command(subcommand, hide = true)]
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentArgs {
+    /// The resident agent of this account.
+    Run {
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Install the host's boot mechanism for it.
+        #[arg(long)]
+        boot_entry: bool,
+    },
+    /// Relay one request on stdin to this account's agent.
+    Call,
+    /// Become a command in a session of its own (used by the agent).
+    Launch,
+    /// What the boot mechanism runs: the agent, bringing instances back.
+    Boot {
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +387,7 @@ pub enum Command {
     Destroy { yes: bool },
     ConfigValidate,
     ConfigShow,
+    Agent(crate::agent::Role),
 }
 
 #[derive(Debug)]
@@ -444,6 +469,12 @@ pub fn parse() -> Invocation {
         CommandArgs::Destroy { yes } => Command::Destroy { yes },
         CommandArgs::Config(ConfigArgs::Validate) => Command::ConfigValidate,
         CommandArgs::Config(ConfigArgs::Show) => Command::ConfigShow,
+        CommandArgs::Agent(AgentArgs::Run { state, boot_entry }) => {
+            Command::Agent(crate::agent::Role::Run { state, boot_entry })
+        }
+        CommandArgs::Agent(AgentArgs::Call) => Command::Agent(crate::agent::Role::Call),
+        CommandArgs::Agent(AgentArgs::Launch) => Command::Agent(crate::agent::Role::Launch),
+        CommandArgs::Agent(AgentArgs::Boot { state }) => Command::Agent(crate::agent::Role::Boot { state }),
     };
     Invocation {
         config: args.config,

@@ -1,61 +1,129 @@
 //! Health checks from `fly.toml`, run against one instance: every HTTP and TCP check
-//! must pass. Polls tightly (the check's `interval` paces Fly's monitoring, not how
-//! fast a deploy notices health) and fails fast when the instance's process exits.
-//! Never blocks a thread; all waiting goes through `tokio::time`.
+//! must pass. [`Checks`] travel to the host's agent, which runs them there: tightly
+//! while an instance starts (fast first, backing off towards a few a second, so a
+//! failing deploy never floods the app's log), then at each check's `interval` for as
+//! long as it runs. Requests carry a recognisable `User-Agent`. Never blocks a thread;
+//! all waiting goes through `tokio::time`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::config::{CheckKind, Config};
 
-/// Pause between two rounds of checks while an instance is not yet healthy.
-pub const POLL_EVERY: Duration = Duration::from_millis(5);
+/// The `User-Agent` of ferry's health checks (apps can leave them out of their logs).
+pub const USER_AGENT: &str = concat!("ferry-health-check/", env!("CARGO_PKG_VERSION"));
 
-#[derive(Debug, Clone)]
-enum Probe {
+/// The first pause between two rounds of checks while an instance starts.
+pub const FIRST_POLL: Duration = Duration::from_millis(5);
+/// The longest pause between two rounds while an instance starts: at most a few
+/// requests a second reach an app that never becomes healthy.
+pub const SLOWEST_POLL: Duration = Duration::from_millis(400);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Probe {
     Http {
         name: String,
-        method: reqwest::Method,
+        /// Uppercase: `GET`, `HEAD`, ...
+        method: String,
         path: String,
         headers: Vec<(String, String)>,
         tls: bool,
         timeout: Duration,
+        interval: Duration,
+        grace_period: Duration,
     },
     Tcp {
         name: String,
         timeout: Duration,
+        interval: Duration,
+        grace_period: Duration,
     },
 }
 
+impl Probe {
+    pub fn interval(&self) -> Duration {
+        match self {
+            Probe::Http { interval, .. } | Probe::Tcp { interval, .. } => *interval,
+        }
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        match self {
+            Probe::Http { grace_period, .. } | Probe::Tcp { grace_period, .. } => *grace_period,
+        }
+    }
+
+    /// The request line an HTTP check sends (`GET /health`), to tell its lines in an
+    /// app's log from the app's own.
+    pub fn request_line(&self) -> Option<String> {
+        match self {
+            Probe::Http { method, path, .. } => Some(format!("{method} {path}")),
+            Probe::Tcp { .. } => None,
+        }
+    }
+}
+
 /// The checks an instance must pass, resolved once per deploy.
-#[derive(Debug, Clone)]
+// The unsafe clippy sees is `tokio::select!`'s in `wait_healthy`, no invariant of these
+// fields.
+#[allow(clippy::unsafe_derive_deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checks {
     probes: Vec<Probe>,
+    #[serde(skip, default = "client")]
     client: reqwest::Client,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl PartialEq for Checks {
+    fn eq(&self, other: &Self) -> bool {
+        self.probes == other.probes
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .pool_max_idle_per_host(0)
+        .user_agent(USER_AGENT)
+        .build()
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "failure", rename_all = "snake_case")]
 pub enum Failure {
-    /// The process exited before it became healthy.
-    Exited,
+    /// The process exited before it became healthy (how, when known).
+    Exited { how: Option<String> },
     /// Not healthy within the deadline; the last check error.
     TimedOut { after: Duration, last_error: String },
+    /// Healthy, then it exited within `min_healthy_time` (how, when known).
+    DiedAfterHealthy { after: Duration, how: Option<String> },
     /// The host could not be asked whether the process is alive.
-    Lost(String),
+    Lost { message: String },
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = |how: &Option<String>| how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default();
         match self {
-            Failure::Exited => write!(f, "the process exited before it became healthy"),
+            Failure::Exited { how: h } => write!(f, "the process exited before it became healthy{}", how(h)),
             Failure::TimedOut { after, last_error } => {
                 write!(f, "not healthy after {}: {last_error}", humantime::format_duration(*after))
             }
-            Failure::Lost(message) => write!(f, "lost contact with the host: {message}"),
+            Failure::DiedAfterHealthy { after, how: h } => write!(
+                f,
+                "the process exited {} after it became healthy{}, within min_healthy_time",
+                humantime::format_duration(*after),
+                how(h)
+            ),
+            Failure::Lost { message } => write!(f, "lost contact with the host: {message}"),
         }
     }
 }
@@ -77,50 +145,70 @@ impl Checks {
                 }
             }
             let timeout = check.timeout.max(Duration::from_millis(100));
+            let (interval, grace_period) = (check.interval.max(Duration::from_secs(1)), check.grace_period);
             probes.push(match &check.kind {
                 CheckKind::Http { method, path, headers, tls } => Probe::Http {
                     name: check.name.clone(),
-                    method: reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET),
+                    method: if method.is_empty() { "GET".into() } else { method.to_uppercase() },
                     path: if path.starts_with('/') { path.clone() } else { format!("/{path}") },
                     headers: headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     tls: *tls,
                     timeout,
+                    interval,
+                    grace_period,
                 },
-                CheckKind::Tcp => Probe::Tcp { name: check.name.clone(), timeout },
+                CheckKind::Tcp => Probe::Tcp { name: check.name.clone(), timeout, interval, grace_period },
             });
         }
         if probes.is_empty() {
-            probes.push(Probe::Tcp { name: "tcp".into(), timeout: Duration::from_secs(2) });
+            probes.push(Probe::Tcp {
+                name: "tcp".into(),
+                timeout: Duration::from_secs(2),
+                interval: Duration::from_secs(15),
+                grace_period: Duration::ZERO,
+            });
         }
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .danger_accept_invalid_certs(true)
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap_or_default();
-        Self { probes, client }
+        Self { probes, client: client() }
     }
 
-    /// Runs every check once against `addr`, an SSH forward when `forwarded`.
-    pub async fn check(&self, addr: SocketAddr, forwarded: bool) -> Result<(), String> {
+    pub fn probes(&self) -> &[Probe] {
+        &self.probes
+    }
+
+    /// The shortest `interval` of the checks: how often a running instance is checked.
+    pub fn interval(&self) -> Duration {
+        self.probes.iter().map(Probe::interval).min().unwrap_or(Duration::from_secs(15))
+    }
+
+    /// The longest `grace_period`: while it lasts after a start, failing checks mean
+    /// "starting", not "failing".
+    pub fn grace_period(&self) -> Duration {
+        self.probes.iter().map(Probe::grace_period).max().unwrap_or_default()
+    }
+
+    /// The request lines of the HTTP checks (`GET /health`).
+    pub fn request_lines(&self) -> Vec<String> {
+        self.probes.iter().filter_map(Probe::request_line).collect()
+    }
+
+    /// Runs every check once against `addr`.
+    pub async fn check(&self, addr: SocketAddr) -> Result<(), String> {
         for probe in &self.probes {
-            self.run_probe(probe, addr, forwarded).await?;
+            self.run_probe(probe, addr).await?;
         }
         Ok(())
     }
 
-    async fn run_probe(&self, probe: &Probe, addr: SocketAddr, forwarded: bool) -> Result<(), String> {
+    async fn run_probe(&self, probe: &Probe, addr: SocketAddr) -> Result<(), String> {
         match probe {
-            Probe::Tcp { name, timeout: limit } => match timeout(*limit, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) if forwarded => {
-                    forwarded_stays_open(stream).await.map_err(|e| format!("check `{name}`: {e}"))
-                }
+            Probe::Tcp { name, timeout: limit, .. } => match timeout(*limit, TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("check `{name}`: connect to {addr}: {e}")),
                 Err(_) => Err(format!("check `{name}`: connect to {addr} timed out")),
             },
-            Probe::Http { name, method, path, headers, tls, timeout: limit } => {
+            Probe::Http { name, method, path, headers, tls, timeout: limit, .. } => {
                 let scheme = if *tls { "https" } else { "http" };
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
                 let mut request =
                     self.client.request(method.clone(), format!("{scheme}://{addr}{path}")).timeout(*limit);
                 for (key, value) in headers {
@@ -135,56 +223,31 @@ impl Checks {
         }
     }
 
-    /// Waits until every check passes, the process exits (`exited` resolves to
-    /// `Ok(true)`), or `deadline` passes. Returns how long it took.
-    pub async fn wait_healthy<F>(
-        &self,
-        addr: SocketAddr,
-        forwarded: bool,
-        deadline: Duration,
-        exited: F,
-    ) -> Result<Duration, Failure>
+    /// Waits until every check passes, the process exits (`exited` resolves with how
+    /// it ended), or `deadline` passes. Checks come fast at first, then back off
+    /// towards [`SLOWEST_POLL`]. Returns how long it took.
+    pub async fn wait_healthy<F>(&self, addr: SocketAddr, deadline: Duration, exited: F) -> Result<Duration, Failure>
     where
-        F: Future<Output = Result<bool, String>>,
+        F: Future<Output = Option<String>>,
     {
         let started = Instant::now();
         let mut last_error = String::from("no check has run yet");
         let poll = async {
+            let mut pause = FIRST_POLL;
             loop {
-                match self.check(addr, forwarded).await {
+                match self.check(addr).await {
                     Ok(()) => return started.elapsed(),
                     Err(e) => last_error = e,
                 }
-                sleep(POLL_EVERY).await;
-            }
-        };
-        let exit = async {
-            match exited.await {
-                Ok(true) => Failure::Exited,
-                Ok(false) => std::future::pending().await,
-                Err(message) => Failure::Lost(message),
+                sleep(pause).await;
+                pause = (pause * 2).min(SLOWEST_POLL);
             }
         };
         tokio::select! {
             elapsed = poll => Ok(elapsed),
-            failure = exit => Err(failure),
+            how = exited => Err(Failure::Exited { how }),
             () = sleep(deadline) => Err(Failure::TimedOut { after: deadline, last_error: last_error.clone() }),
         }
-    }
-}
-
-/// How long a TCP check through an SSH forward watches the connection.
-const FORWARD_SETTLE: Duration = Duration::from_millis(100);
-
-/// The local end of an SSH forward accepts every connection and closes it at once
-/// when nothing listens on the host; a server keeps it open (silent, or with a banner).
-async fn forwarded_stays_open(mut stream: TcpStream) -> Result<(), String> {
-    use tokio::io::AsyncReadExt;
-    let mut byte = [0u8; 1];
-    match timeout(FORWARD_SETTLE, stream.read(&mut byte)).await {
-        Ok(Ok(0)) => Err("nothing accepted the connection on the host (closed through the forward)".into()),
-        Ok(Err(e)) => Err(format!("connection through the forward failed: {e}")),
-        Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
 
@@ -204,8 +267,13 @@ mod tests {
 
     fn tcp_only() -> Checks {
         Checks {
-            probes: vec![Probe::Tcp { name: "tcp".into(), timeout: Duration::from_millis(500) }],
-            client: reqwest::Client::new(),
+            probes: vec![Probe::Tcp {
+                name: "tcp".into(),
+                timeout: Duration::from_millis(500),
+                interval: Duration::from_secs(1),
+                grace_period: Duration::ZERO,
+            }],
+            client: client(),
         }
     }
 
@@ -213,89 +281,81 @@ mod tests {
         Checks {
             probes: vec![Probe::Http {
                 name: "web".into(),
-                method: reqwest::Method::GET,
+                method: "GET".into(),
                 path: path.into(),
                 headers: vec![],
                 tls: false,
                 timeout: Duration::from_millis(500),
+                interval: Duration::from_secs(1),
+                grace_period: Duration::ZERO,
             }],
-            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            client: client(),
         }
     }
 
-    async fn serve(status: &'static str) -> SocketAddr {
+    /// Answers every request with `status`, and sends each request's head to `heads`.
+    async fn serve(status: &'static str) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buf = [0u8; 1024];
-                let _ = socket.read(&mut buf).await;
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
                 let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 let _ = socket.write_all(response.as_bytes()).await;
             }
         });
-        addr
+        (addr, rx)
     }
 
     #[tokio::test]
-    async fn http_check_passes_on_200() {
-        let addr = serve("200 OK").await;
-        assert!(http("/health").check(addr, false).await.is_ok());
+    async fn http_check_passes_on_200_and_says_who_it_is() {
+        let (addr, mut heads) = serve("200 OK").await;
+        assert!(http("/health").check(addr).await.is_ok());
+        let head = heads.recv().await.unwrap().to_lowercase();
+        assert!(head.contains(&format!("user-agent: {}", USER_AGENT.to_lowercase())), "{head}");
     }
 
     #[tokio::test]
     async fn http_check_fails_on_503() {
-        let addr = serve("503 Service Unavailable").await;
-        let err = http("/health").check(addr, false).await.unwrap_err();
+        let (addr, _heads) = serve("503 Service Unavailable").await;
+        let err = http("/health").check(addr).await.unwrap_err();
         assert!(err.contains("503"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn tcp_through_a_forward_needs_the_connection_to_stay_open() {
-        // What an SSH forward does when nothing listens on the host: accept, then close.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                drop(socket);
-            }
-        });
-        assert!(tcp_only().check(addr, true).await.is_err());
-        assert!(tcp_only().check(addr, false).await.is_ok(), "directly, a connect is enough");
-        let silent = serve_silently().await;
-        assert!(tcp_only().check(silent, true).await.is_ok());
-    }
-
-    async fn serve_silently() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        addr
     }
 
     #[tokio::test]
     async fn wait_fails_fast_when_the_process_exits() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9)); // nothing listens on discard
-        let result = tcp_only().wait_healthy(addr, false, Duration::from_mins(1), async { Ok(true) }).await;
-        assert_eq!(result, Err(Failure::Exited));
+        let result = tcp_only().wait_healthy(addr, Duration::from_mins(1), async { Some("exit 3".into()) }).await;
+        assert_eq!(result, Err(Failure::Exited { how: Some("exit 3".into()) }));
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_times_out_with_the_last_error() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
-        let result = tcp_only().wait_healthy(addr, false, Duration::from_secs(3), std::future::pending()).await;
+        let result = tcp_only().wait_healthy(addr, Duration::from_secs(3), std::future::pending()).await;
         assert!(matches!(result, Err(Failure::TimedOut { .. })), "{result:?}");
     }
 
     #[tokio::test]
     async fn wait_returns_once_healthy() {
-        let addr = serve("200 OK").await;
-        let result = http("/").wait_healthy(addr, false, Duration::from_secs(5), std::future::pending()).await;
+        let (addr, _heads) = serve("200 OK").await;
+        let result = http("/").wait_healthy(addr, Duration::from_secs(5), std::future::pending()).await;
         assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failing_start_gets_a_few_checks_a_second_not_hundreds() {
+        let (addr, mut heads) = serve("503 Service Unavailable").await;
+        let result = http("/health").wait_healthy(addr, Duration::from_secs(3), std::future::pending()).await;
+        assert!(matches!(result, Err(Failure::TimedOut { .. })));
+        let mut count = 0;
+        while heads.try_recv().is_ok() {
+            count += 1;
+        }
+        // 5, 10, 20, ... 320 ms, then every 400 ms: about a dozen in 3 s.
+        assert!((5..=20).contains(&count), "{count} checks in 3 s");
     }
 }

@@ -2,6 +2,7 @@
 //! fleets of SSH hosts, from the `fly.toml` people already have. `main.rs` is a thin
 //! shell around [`run`]; everything else lives in these modules.
 
+pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -5,6 +5,10 @@ use ferry::{cli, error::Error, run};
 
 fn main() {
     let invocation = cli::parse();
+    // The agent's roles run their own runtimes, before anything else is set up.
+    if let cli::Command::Agent(role) = &invocation.command {
+        std::process::exit(ferry::agent::main(role));
+    }
     let reporter = run::reporter(invocation.output);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -85,7 +85,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::LockStatus => lock::status(ctx).await,
         Command::LockRelease => lock::release(ctx).await,
         Command::Destroy { yes } => destroy::run(ctx, yes).await,
-        Command::ConfigValidate | Command::Launch { .. } => Ok(()),
+        Command::ConfigValidate | Command::Launch { .. } | Command::Agent(_) => Ok(()),
         Command::ConfigShow => commands::config::show(ctx),
     }
 }

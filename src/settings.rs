@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{BackupRun, BuildConfig, Config, MaxUnavailable, Mount, Strategy, Target};
+use crate::config::{BackupRun, BuildConfig, Config, MaxUnavailable, Mount, RestartConfig, Strategy, Target};
 use crate::error::Error;
 use crate::health::Checks;
+use crate::host::{Restart, RestartPolicy};
 use crate::transport::SshOptions;
 
 /// What the command line may override for an operation that rolls instances out.
@@ -60,6 +61,8 @@ pub struct InstanceSettings {
     pub mounts: Vec<Mount>,
     /// `[ferry.build] start`, else `[processes] app`; `None`: the release's `bin/start`.
     pub start: Option<String>,
+    /// `[[restart]]` for the `app` group; Fly's default without one.
+    pub restart: Restart,
 }
 
 /// The command that runs one instance when none is configured.
@@ -93,6 +96,8 @@ pub struct RolloutSettings {
     pub wait_timeout: Duration,
     pub no_revert: bool,
     pub order: Order,
+    /// How long a new instance must stay up after it passes its checks.
+    pub min_healthy: Duration,
 }
 
 impl RolloutSettings {
@@ -147,6 +152,22 @@ pub struct BackupSettings {
     pub keep: usize,
 }
 
+/// The `[[restart]]` of the `app` group: `always` restarts without a limit unless
+/// `retries` says, `on-failure` up to 10 times by default (Fly's default for machines a
+/// deploy creates, and what applies without any `[[restart]]`).
+fn restart_policy(restarts: &[RestartConfig]) -> Restart {
+    let Some(entry) = restarts.iter().find(|r| r.processes.is_empty() || r.processes.iter().any(|p| p == "app")) else {
+        return Restart::default();
+    };
+    let policy = match entry.policy.as_str() {
+        "always" => RestartPolicy::Always,
+        "never" => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    };
+    let unlimited = if policy == RestartPolicy::Always { u32::MAX } else { Restart::default().retries };
+    Restart { policy, retries: entry.retries.unwrap_or(unlimited) }
+}
+
 impl Settings {
     /// Resolves the settings of one invocation.
     pub fn resolve(config: &Config, ssh: SshOptions, overrides: &Overrides) -> Settings {
@@ -162,6 +183,7 @@ impl Settings {
             wait_timeout: overrides.wait_timeout.unwrap_or(config.deploy.wait_timeout),
             no_revert: overrides.no_revert,
             order: if primary_last { Order::PrimaryLast } else { Order::PrimaryFirst },
+            min_healthy: config.ferry.min_healthy_time,
         };
         let replicas = config
             .ferry
@@ -195,6 +217,7 @@ impl Settings {
                     .cloned()
                     .collect(),
                 start: config.start_command().map(str::to_string),
+                restart: restart_policy(&config.restart),
             },
             checks,
             rollout,
@@ -271,6 +294,18 @@ mod tests {
         assert_eq!(Settings::resolve(&config, SshOptions::default(), &skip).migration.command, None);
         let run = Settings::resolve(&config, SshOptions::default(), &Overrides::default());
         assert_eq!(run.migration.command.as_deref(), Some("bin/migrate"));
+    }
+
+    #[test]
+    fn the_restart_policy_of_the_app_group_applies_with_fly_defaults() {
+        let none = Settings::resolve(&config(""), SshOptions::default(), &Overrides::default());
+        assert_eq!(none.instance.restart, Restart { policy: RestartPolicy::OnFailure, retries: 10 });
+        let always = config("[[restart]]\n  policy = \"always\"\n");
+        let resolved = Settings::resolve(&always, SshOptions::default(), &Overrides::default());
+        assert_eq!(resolved.instance.restart.policy, RestartPolicy::Always);
+        let other = config("[[restart]]\n  policy = \"never\"\n  processes = [\"worker\"]\n");
+        let resolved = Settings::resolve(&other, SshOptions::default(), &Overrides::default());
+        assert_eq!(resolved.instance.restart.policy, RestartPolicy::OnFailure, "another group's policy");
     }
 
     #[test]

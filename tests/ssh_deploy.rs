@@ -282,8 +282,11 @@ fn hostile_strings_reach_the_host_literally() {
         .build();
     project.deploy("v1+build.1").assert_ok();
     let dir = "~/\"dir with 'q' \\$(x) \\`y\\`; z/ferry/hello\"";
-    let got = on_host(&fleet, 0, &format!("cat {dir}/releases/v1+build.1/hostile.out"));
+    // The instance writes into its own directory; the release stays as shipped.
+    let got = on_host(&fleet, 0, &format!("cat {dir}/instances/*/root/hostile.out"));
     assert_eq!(got, hostile);
+    let release = on_host(&fleet, 0, &format!("ls -A {dir}/releases/v1+build.1"));
+    assert!(!release.contains("hostile.out"), "{release}");
     assert!(!std::path::Path::new("/tmp/ferry-pwned").exists());
     assert_eq!(project.versions_served(), ["v1+build.1"]);
 }

@@ -16,28 +16,47 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
         let Some(state) = observed.get(&host.name) else { continue };
         for instance in &state.instances {
             let record = &instance.record;
-            let health = if !instance.alive {
-                "-"
-            } else if host.probe(record.port, &ctx.settings.checks).await.unwrap_or(false) {
-                "passing"
-            } else {
-                "failing"
+            let runtime = &instance.runtime;
+            // The host's agent checks its instances all the time: its last result.
+            let health = match (&runtime.health, instance.alive) {
+                (_, false) => "-",
+                (Some(h), true) if h.passing => "passing",
+                (Some(_), true) => "failing",
+                (None, true) => "starting",
             };
+            let state = match runtime.state.as_str() {
+                "" if instance.alive => "running".to_string(),
+                "" => "stopped".to_string(),
+                other => other.to_string(),
+            };
+            let since = runtime.up_since.unwrap_or(record.started_at);
             rows.push(InstanceRow {
                 region: record.region.clone(),
                 host: host.name.clone(),
                 id: record.id.clone(),
                 version: record.version.clone(),
-                state: if instance.alive { "running" } else { "stopped" },
+                state,
                 health,
+                health_detail: runtime.health.as_ref().and_then(|h| h.detail.clone()),
+                checked_at: runtime.health.as_ref().map(|h| h.at),
                 port: record.port,
                 pid: instance.alive.then_some(record.pid),
-                uptime_secs: instance.alive.then(|| now_ms().saturating_sub(record.started_at) / 1000),
+                uptime_secs: instance.alive.then(|| now_ms().saturating_sub(since) / 1000),
+                restarts: runtime.restarts,
+                last_exit: runtime.last_exit.clone(),
             });
         }
     }
     let current_version = observe::current_on_hosts(&fleet, &observed);
-    ctx.show(&Status { app: ctx.settings.app.clone(), current_version, instances: rows });
+    let no_boot: Vec<&str> =
+        observed.iter().filter(|(_, s)| s.boot.as_deref() == Some("none")).map(|(h, _)| h.as_str()).collect();
+    let boot_warning = (!no_boot.is_empty()).then(|| {
+        format!(
+            "instances on {} will not come back after a reboot: neither `systemctl --user` nor `crontab` works there",
+            no_boot.join(", ")
+        )
+    });
+    ctx.show(&Status { app: ctx.settings.app.clone(), current_version, instances: rows, boot_warning });
     Ok(())
 }
 
@@ -72,8 +91,10 @@ pub async fn logs(ctx: &Ctx, region: Option<String>, instance: Option<String>, l
                 continue;
             }
             found = true;
-            let tail =
-                host.log_tail(&r.id, lines).await.map_err(|source| Error::Host { step: "reading logs", source })?;
+            let tail = host
+                .log_tail(&r.id, lines, false)
+                .await
+                .map_err(|source| Error::Host { step: "reading logs", source })?;
             shown.extend(tail.into_iter().map(|line| LogLine {
                 region: r.region.clone(),
                 instance: r.id.clone(),

@@ -16,6 +16,11 @@ pub(super) const DEFAULT_KEEP_RELEASES: usize = 5;
 /// Fewer than two would prune the release a rollback needs.
 const MIN_KEEP_RELEASES: i64 = 2;
 pub(super) const DEFAULT_REPLICA_WAIT_TIMEOUT: Duration = Duration::from_mins(2);
+/// How long a new instance must stay up after passing its checks. One second catches
+/// a release that crashes about a second after it starts; the windows of a rollout's
+/// instances overlap (the next batch does not wait for the last one's), so a deploy
+/// waits about one window in all, not one per batch.
+pub(super) const DEFAULT_MIN_HEALTHY_TIME: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
 pub(super) const DEFAULT_BACKUP_KEEP: usize = 10;
 
@@ -37,6 +42,15 @@ pub(super) fn resolve(r: &Reader<'_>, root: &Table, dir: &Path) -> Result<FerryC
                 .duration(&entry.node, "ferry.replica_wait_timeout", Unit::Secs)?
                 .unwrap_or(DEFAULT_REPLICA_WAIT_TIMEOUT),
             None => DEFAULT_REPLICA_WAIT_TIMEOUT,
+        },
+        min_healthy_time: {
+            let deploy = section(r, ferry, "deploy", "ferry", &empty)?;
+            match deploy.get("min_healthy_time") {
+                Some(entry) => r
+                    .duration(&entry.node, "ferry.deploy.min_healthy_time", Unit::Secs)?
+                    .unwrap_or(DEFAULT_MIN_HEALTHY_TIME),
+                None => DEFAULT_MIN_HEALTHY_TIME,
+            }
         },
         primary_last: match ferry.get("primary_last") {
             Some(entry) => r.boolean(&entry.node, "ferry.primary_last")?,

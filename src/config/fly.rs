@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::read::{join, Reader, Unit};
 use super::tree::{Entry, Node, Span, Table, Value};
-use super::{Check, CheckKind, ConfigError, DeployConfig, MaxUnavailable, Mount, Strategy};
+use super::{Check, CheckKind, ConfigError, DeployConfig, MaxUnavailable, Mount, RestartConfig, Strategy};
 
 /// Fly's default: SIGINT, unless `kill_signal` says otherwise.
 pub(super) const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
@@ -227,6 +227,36 @@ pub(super) fn processes(r: &Reader<'_>, root: &Table) -> Result<BTreeMap<String,
         _ => return Err(r.invalid(&entry.node.span, format!("`processes` must be a table, not {}", entry.node.kind()))),
     }
     Ok(processes)
+}
+
+/// `[[restart]]` (or a single `[restart]`): `policy` and `retries` per process group.
+pub(super) fn restart(r: &Reader<'_>, root: &Table) -> Result<Vec<RestartConfig>, ConfigError> {
+    let Some(entry) = root.get("restart") else { return Ok(Vec::new()) };
+    let mut restarts = Vec::new();
+    for (span, table) in r.tables(&entry.node, "restart")? {
+        let policy = r.opt_string(table, "restart", "policy")?.unwrap_or_else(|| "on-failure".into());
+        let policy = match policy.to_ascii_lowercase().as_str() {
+            "always" => "always",
+            "on-failure" | "on-fail" | "on_failure" => "on-failure",
+            "never" | "no" => "never",
+            other => {
+                return Err(r.invalid(
+                    span,
+                    format!("unknown `restart.policy` `{other}`: expected `always`, `on-failure` or `never`"),
+                ))
+            }
+        };
+        let retries = match table.get("retries") {
+            Some(entry) => Some(r.count(&entry.node, "restart.retries", 0)?),
+            None => None,
+        };
+        let processes = match table.get("processes") {
+            Some(p) => r.strings(&p.node, "restart.processes")?,
+            None => Vec::new(),
+        };
+        restarts.push(RestartConfig { policy: policy.to_string(), retries, processes });
+    }
+    Ok(restarts)
 }
 
 /// `[mount]` (legacy), `[mounts]` and `[[mounts]]`, in that order, like flyctl.

@@ -52,7 +52,19 @@ pub struct Config {
     pub checks: Vec<Check>,
     pub mounts: Vec<Mount>,
     pub processes: BTreeMap<String, String>,
+    /// `[[restart]]`, in file order.
+    pub restart: Vec<RestartConfig>,
     pub ferry: FerryConfig,
+}
+
+/// One `[[restart]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestartConfig {
+    /// `always`, `on-failure` or `never` (Fly's `no` and `on-fail` are read too).
+    pub policy: String,
+    pub retries: Option<u32>,
+    /// The process groups it applies to; empty: all.
+    pub processes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,6 +164,10 @@ pub struct FerryConfig {
     pub primary_last: bool,
     #[serde(serialize_with = "ms")]
     pub replica_wait_timeout: Duration,
+    /// How long a new instance must stay up after it passes its checks before it
+    /// counts as healthy (`[ferry.deploy] min_healthy_time`, Nomad's meaning).
+    #[serde(serialize_with = "ms")]
+    pub min_healthy_time: Duration,
     pub build: BuildConfig,
     pub regions: BTreeMap<String, RegionConfig>,
     pub backup: BackupConfig,
@@ -243,6 +259,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         checks: fly::checks(&r, &root)?,
         mounts: fly::mounts(&r, &root)?,
         processes: fly::processes(&r, &root)?,
+        restart: fly::restart(&r, &root)?,
         ferry: ferry::resolve(&r, &root, &dir)?,
         dir,
     };

@@ -172,6 +172,7 @@ const FERRY: &[(&str, Shape)] = &[
     ("keep_releases", Any),
     ("replica_wait_timeout", Any),
     ("primary_last", Any),
+    ("deploy", T(&[("min_healthy_time", Any)])),
     ("build", T(&[("command", Any), ("path", Any), ("start", Any)])),
     ("regions", Map(&T(&[("hosts", Any), ("count", Any), ("replica_url_env", Any), ("replica_url", Any)]))),
     ("backup", T(&[("before_migrate", Any), ("database_url_env", Any), ("run", Any), ("keep", Any)])),

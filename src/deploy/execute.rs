@@ -13,7 +13,7 @@ use crate::report::{Event, Outcome};
 use super::instance::Spec;
 use super::observe::Observed;
 use super::outcome::Summary;
-use super::plan::{Instances, Plan, Wave};
+use super::plan::{Instances, Kind, Plan, Wave};
 use super::ports::PortPicker;
 use super::rollout::{Gates, Rollout, Setup};
 use super::ship::{self, Shipment};
@@ -166,6 +166,13 @@ impl Engine<'_> {
             gates,
             ports: self.port_picker(observed, &plan.instances).await,
             primary_addr: self.primary_addr(observed),
+            // A new release, or new settings, may crash a moment after it passes its checks;
+            // a rollback goes back to a release that ran, and a converge starts more of the
+            // one that runs, so they are not held for the window.
+            min_healthy: match plan.kind {
+                Kind::Deploy | Kind::Restart => self.settings.rollout.min_healthy,
+                _ => std::time::Duration::ZERO,
+            },
         });
         let ((), summary) = tokio::join!(
             async {

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 use crate::health::Checks;
-use crate::host::{now_ms, Env, Host, HostError, InstanceRecord, Stop};
+use crate::host::{now_ms, Env, Host, HostError, Identity, InstanceRecord, Launch, Stop};
 use crate::settings::InstanceSettings;
 
 use super::outcome::Cause;
@@ -23,9 +25,39 @@ pub struct Spec {
     pub wait_timeout: Duration,
 }
 
+fn digest(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// What instances of these settings run with, as digests (the secrets' digest is the
+/// host's: it is filled in there).
+pub fn identity(instance: &InstanceSettings, start: &str, checks: &Checks) -> Identity {
+    Identity {
+        env: digest(&serde_json::to_vec(&instance.env).unwrap_or_default()),
+        secrets: String::new(),
+        start: digest(start.as_bytes()),
+        checks: digest(&serde_json::to_vec(checks.probes()).unwrap_or_default()),
+    }
+}
+
 impl Spec {
     pub fn stop(&self) -> Stop {
         Stop { signal: self.instance.kill_signal.clone(), timeout: self.instance.kill_timeout }
+    }
+
+    pub fn identity(&self) -> Identity {
+        identity(&self.instance, &self.start, &self.checks)
+    }
+
+    /// How the instance of `record` runs.
+    fn launch(&self, env: Env) -> Launch {
+        Launch {
+            start: self.start.clone(),
+            env,
+            checks: self.checks.clone(),
+            stop: self.stop(),
+            restart: self.instance.restart,
+        }
     }
 
     /// The environment of one instance: `[env]`, then ferry's own variables (which
@@ -58,8 +90,8 @@ pub fn volume_env(name: &str) -> String {
     format!("FERRY_VOLUME_{upper}")
 }
 
-/// The record of `step`'s instance on `version`.
-pub fn record(step: &Step, version: &str, port: u16, created_at: u64) -> InstanceRecord {
+/// The record of `step`'s instance on `version`, with what it will run with.
+pub fn record(step: &Step, version: &str, port: u16, created_at: u64, config: Identity) -> InstanceRecord {
     InstanceRecord {
         id: step.id.clone(),
         region: step.region.clone(),
@@ -69,6 +101,8 @@ pub fn record(step: &Step, version: &str, port: u16, created_at: u64) -> Instanc
         created_at,
         started_at: now_ms(),
         pid: 0,
+        starttime: 0,
+        config,
     }
 }
 
@@ -76,21 +110,27 @@ fn host_cause(doing: &str, error: &HostError) -> Cause {
     Cause::Host { step: doing.to_string(), message: crate::error::chain(error) }
 }
 
+/// A started instance that passed its checks: its process, and how long it took.
+pub struct Started {
+    pub pid: u32,
+    pub elapsed: Duration,
+}
+
 /// Starts `record` (stopping the instance's old process first when `replace`) and
-/// waits until it is healthy; returns how long that took.
+/// waits until it is healthy.
 pub async fn start_and_wait(
     spec: &Spec,
     host: &Host,
     record: &InstanceRecord,
     replace: bool,
     primary_addr: Option<&str>,
-) -> Result<Duration, Cause> {
+) -> Result<Started, Cause> {
     let mut env = spec.env(record, primary_addr);
     let mounts = &spec.instance.mounts;
     let stop = spec.stop();
     let pid = if replace && mounts.is_empty() {
         // Stop and start in one round trip.
-        host.switch_instance(&stop, record, &spec.start, &env)
+        host.switch_instance(record, &spec.launch(env))
             .await
             .map_err(|e| host_cause(&format!("replacing the old version with {}", record.version), &e))?
     } else {
@@ -105,12 +145,21 @@ pub async fn start_and_wait(
                 .map_err(|e| host_cause(&format!("attaching volume `{}`", mount.source), &e))?;
             env.0.insert(volume_env(&mount.source), path);
         }
-        host.start_instance(record, &spec.start, &env)
+        host.start_instance(record, &spec.launch(env))
             .await
             .map_err(|e| host_cause(&format!("starting {}", record.version), &e))?
     };
-    match host.wait_healthy(record, pid, &spec.checks, spec.wait_timeout).await {
-        Ok(Ok(elapsed)) => Ok(elapsed),
+    match host.wait_healthy(&record.id, pid, spec.wait_timeout).await {
+        Ok(Ok(elapsed)) => Ok(Started { pid, elapsed }),
+        Ok(Err(failure)) => Err(Cause::Health { failure, version: record.version.clone() }),
+        Err(e) => Err(host_cause("watching the instance", &e)),
+    }
+}
+
+/// Waits until an instance that passed its checks has stayed up `min_healthy`.
+pub async fn stabilize(host: &Host, record: &InstanceRecord, pid: u32, min_healthy: Duration) -> Result<(), Cause> {
+    match host.wait_stable(&record.id, pid, min_healthy).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(failure)) => Err(Cause::Health { failure, version: record.version.clone() }),
         Err(e) => Err(host_cause("watching the instance", &e)),
     }
@@ -130,7 +179,7 @@ pub async fn revert(
         (_, Err(e)) => Err(format!("could not stop it: {e}")),
         (None, Ok(_)) => host.remove_instance(&step.id).await.map_err(|e| e.to_string()),
         (Some(previous), Ok(_)) => {
-            let record = record(step, &previous.version, port, previous.created_at);
+            let record = record(step, &previous.version, port, previous.created_at, previous.config.clone());
             start_and_wait(spec, host, &record, false, primary_addr).await.map(drop).map_err(|cause| cause.to_string())
         }
     }

@@ -169,17 +169,20 @@ pub async fn release_command(
     reporter.event(&Event::ReleaseCommandFinished {
         host: host.name.clone(),
         success: status.success(),
-        exit_code: status.code(),
+        exit_code: status.code,
         duration_ms: super::millis(started.elapsed()),
     });
     if status.success() {
         return Ok(());
     }
-    let timed_out = status.code() == Some(124) || status.code() == Some(137);
-    let why = if timed_out {
+    let why = if status.timed_out {
         format!("timed out after {}", limit.map(humantime::format_duration).map_or_else(String::new, |d| d.to_string()))
     } else {
-        format!("exited with {}", status.code().map_or_else(|| "a signal".to_string(), |c| c.to_string()))
+        match (status.code, status.signal) {
+            (Some(code), _) => format!("exited with {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "ended".to_string(),
+        }
     };
     let last = tail.lock().map(|lines| {
         lines.iter().fold(String::new(), |mut text, l| {

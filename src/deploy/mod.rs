@@ -116,7 +116,8 @@ impl Engine<'_> {
     pub async fn run(&self, op: Operation) -> Result<(), Error> {
         let started = Instant::now();
         let mut guard = lock::take(self.fleet, self.reporter.as_ref(), &op.command(), self.settings.lock_wait).await?;
-        let result = self.run_locked(op, &mut guard, started).await;
+        // Boxed: every phase's state lives in this one future.
+        let result = Box::pin(self.run_locked(op, &mut guard, started)).await;
         guard.release().await;
         result
     }
@@ -215,7 +216,7 @@ impl Engine<'_> {
             record_history(self.reporter.as_ref(), self.fleet, &failed).await;
             return Err(error);
         }
-        let summary = self.roll_out(&plan, &observed, shipment.as_ref(), start, gates).await;
+        let summary = Box::pin(self.roll_out(&plan, &observed, shipment.as_ref(), start, gates)).await;
         let done_message = match &op {
             Operation::Converge { done, .. } => done.clone(),
             _ => None,

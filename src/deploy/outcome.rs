@@ -30,7 +30,10 @@ pub enum Cause {
 
 fn health(failure: &Failure, version: &str) -> String {
     match failure {
-        Failure::Exited => format!("the process exited before it became healthy (version {version})"),
+        Failure::Exited { how } => {
+            let how = how.as_ref().map(|h| format!("; {h}")).unwrap_or_default();
+            format!("the process exited before it became healthy (version {version}{how})")
+        }
         other => other.to_string(),
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::config::{MaxUnavailable, Strategy};
-use crate::host::{HostState, InstanceRecord};
+use crate::host::{HostState, Identity, InstanceRecord};
 use crate::report::{PlanItem, Pruned};
 use crate::settings::Order;
 
@@ -44,6 +44,10 @@ pub struct Step {
     pub previous: Option<InstanceRecord>,
     pub was_alive: bool,
     pub to: String,
+    /// Why an instance already on the target version is replaced: what of its
+    /// settings changed (`env`, `secrets`, `start command`, `checks`), or that it is
+    /// down or failing.
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +103,8 @@ pub struct Inputs<'a> {
     /// Whether instances that exist are replaced (false: only new ones are created,
     /// as when scaling).
     pub replace: bool,
+    /// What instances should run with (the secrets' digest is each host's).
+    pub identity: &'a Identity,
 }
 
 /// Plans the instances of a rollout of `version`: every existing instance that is not
@@ -147,10 +153,8 @@ fn plan_region(
         for instance in state.instances.iter().filter(|i| i.record.region == region.name) {
             existing += 1;
             *per_host.entry(host.as_str()).or_default() += 1;
-            let keep = !inputs.replace
-                || (instance.alive
-                    && instance.record.version == inputs.version
-                    && inputs.healthy.contains(&instance.record.id));
+            let why = replace_reason(inputs, state, instance);
+            let keep = !inputs.replace || why.is_none();
             let step = Step {
                 action: if keep { Action::Keep } else { Action::Replace },
                 region: region.name.clone(),
@@ -159,6 +163,7 @@ fn plan_region(
                 previous: Some(instance.record.clone()),
                 was_alive: instance.alive,
                 to: inputs.version.to_string(),
+                why: why.filter(|_| inputs.replace),
             };
             if keep {
                 unchanged.push(step);
@@ -221,10 +226,28 @@ fn plan_region(
             previous: None,
             was_alive: false,
             to: inputs.version.to_string(),
+            why: None,
         });
     }
     let batches = batch(changes, creates, inputs.strategy, inputs.max_unavailable);
     RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged }
+}
+
+/// Why an existing instance must be replaced, `None` when it stays: another version,
+/// not running, failing its checks, or on the target version with other settings.
+fn replace_reason(inputs: &Inputs<'_>, state: &HostState, instance: &crate::host::InstanceState) -> Option<String> {
+    if instance.record.version != inputs.version {
+        return Some(format!("runs {}", instance.record.version));
+    }
+    if !instance.alive {
+        return Some("it is not running".into());
+    }
+    if !inputs.healthy.contains(&instance.record.id) {
+        return Some("it fails its checks".into());
+    }
+    let wanted = Identity { secrets: state.secrets.clone().unwrap_or_default(), ..inputs.identity.clone() };
+    let changed = instance.record.config.differences(&wanted);
+    (!changed.is_empty()).then(|| format!("its {} changed", changed.join(", ")))
 }
 
 /// The host with the fewest instances (ties: first in config order).
@@ -421,6 +444,7 @@ impl Plan {
                         batch: n + 1,
                         from: step.previous.as_ref().map(|p| p.version.clone()),
                         to: step.to.clone(),
+                        why: step.why.clone().filter(|_| step.previous.as_ref().is_some_and(|p| p.version == step.to)),
                     });
                 }
             }
@@ -433,6 +457,7 @@ impl Plan {
                     batch: 0,
                     from: Some(step.to.clone()),
                     to: step.to.clone(),
+                    why: None,
                 });
             }
         }
@@ -536,8 +561,11 @@ mod tests {
                 created_at,
                 started_at: created_at,
                 pid: u32::from(alive),
+                starttime: 0,
+                config: crate::host::Identity::default(),
             },
             alive,
+            runtime: crate::host::Runtime::default(),
         }
     }
 
@@ -571,6 +599,7 @@ mod tests {
             max_unavailable: max,
             mounts: &[],
             replace: true,
+            identity: &Identity::default(),
         };
         instances(&inputs, &mut ids())
     }
@@ -659,6 +688,7 @@ mod tests {
             max_unavailable: MaxUnavailable::Count(1),
             mounts: &mounts,
             replace: true,
+            identity: &Identity::default(),
         };
         let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");

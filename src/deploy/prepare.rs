@@ -34,7 +34,7 @@ impl Engine<'_> {
             Operation::Rollback { target, current, restore } => {
                 let strategy = self.settings.rollout.runnable();
                 let healthy = healthy_on(self.fleet, observed, &self.settings.checks, target).await;
-                let instances = self.instances(observed, &healthy, target, strategy, None);
+                let instances = self.instances(observed, &healthy, (target, &start), strategy, None);
                 let mut plan = self.plan(Kind::Rollback, target, current.clone(), instances, observed)?;
                 plan.restore = restore.as_ref().map(|r| r.backup.id.clone());
                 Ok(Prepared::Plan { plan: Box::new(plan), start, strategy })
@@ -47,7 +47,7 @@ impl Engine<'_> {
                     });
                 };
                 let strategy = self.settings.rollout.runnable();
-                let instances = self.instances(observed, &BTreeSet::new(), &version, strategy, None);
+                let instances = self.instances(observed, &BTreeSet::new(), (&version, &start), strategy, None);
                 let plan = self.plan(Kind::Restart, &version, Some(version.clone()), instances, observed)?;
                 Ok(Prepared::Plan { plan: Box::new(plan), start, strategy })
             }
@@ -70,7 +70,7 @@ impl Engine<'_> {
         let strategy = self.settings.rollout.strategy;
         let (healthy, entries) =
             tokio::join!(healthy_on(self.fleet, observed, &self.settings.checks, version), read_history(self.fleet));
-        let instances = self.instances(observed, &healthy, version, strategy, None);
+        let instances = self.instances(observed, &healthy, (version, &release.start), strategy, None);
         let mut previous = current_from(self.fleet, observed, &entries);
         let installed_everywhere =
             self.fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(version)));
@@ -155,7 +155,13 @@ impl Engine<'_> {
         // Without a current release only the stops happen.
         let regions: &[String] = if current.is_some() { regions } else { &[] };
         let healthy = healthy_on(self.fleet, observed, &self.settings.checks, &version).await;
-        let mut instances = self.instances(observed, &healthy, &version, Strategy::Rolling, Some(regions));
+        let mut instances = self.instances(
+            observed,
+            &healthy,
+            (&version, &self.settings.instance.start_command()),
+            Strategy::Rolling,
+            Some(regions),
+        );
         let doomed: BTreeSet<&str> = stops.iter().map(|s| s.id.as_str()).collect();
         for region in &mut instances.regions {
             region.unchanged.retain(|s| !doomed.contains(s.id.as_str()));
@@ -209,10 +215,11 @@ impl Engine<'_> {
         &self,
         observed: &Observed,
         healthy: &BTreeSet<String>,
-        version: &str,
+        (version, start): (&str, &str),
         strategy: Strategy,
         only: Option<&[String]>,
     ) -> Instances {
+        let identity = &super::instance::identity(&self.settings.instance, start, &self.settings.checks);
         let regions: Vec<RegionSpec> = self
             .fleet
             .regions
@@ -235,6 +242,7 @@ impl Engine<'_> {
             max_unavailable: self.settings.rollout.max_unavailable,
             mounts: &mounts,
             replace: only.is_none(),
+            identity,
         };
         plan::instances(&inputs, &mut new_instance_id)
     }

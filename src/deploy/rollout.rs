@@ -78,6 +78,11 @@ pub struct Rollout {
     /// `FERRY_PRIMARY_ADDR` (how a database replica finds its primary).
     primary_addr: Mutex<Option<String>>,
     halt: AtomicBool,
+    /// How long a changed instance must stay up after passing its checks.
+    min_healthy: Duration,
+    /// One task per changed instance, watching it through `min_healthy`: a failure
+    /// halts the rollout (the next batch does not wait for them).
+    settling: Mutex<Vec<tokio::task::JoinHandle<Option<StepFailure>>>>,
 }
 
 /// How a rollout is set up: the hosts, what instances run with, and where things go.
@@ -91,6 +96,7 @@ pub struct Setup {
     pub gates: Gates,
     pub ports: PortPicker,
     pub primary_addr: Option<String>,
+    pub min_healthy: Duration,
 }
 
 impl Rollout {
@@ -106,6 +112,8 @@ impl Rollout {
             ports: Mutex::new(setup.ports),
             primary_addr: Mutex::new(setup.primary_addr),
             halt: AtomicBool::new(false),
+            min_healthy: setup.min_healthy,
+            settling: Mutex::new(Vec::new()),
         })
     }
 
@@ -147,10 +155,47 @@ impl Rollout {
                 }
             }
         }
+        // The rollout counts only once every changed instance has stayed up long enough.
+        let settling: Vec<_> = self.settling.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        for task in settling {
+            if let Ok(Some(failure)) = task.await {
+                summary.failure.get_or_insert(failure);
+            }
+        }
         if summary.failure.is_some() && !self.no_revert {
             self.revert_all(&mut summary).await;
         }
         summary
+    }
+
+    /// Watches a changed instance through `min_healthy`; a death halts the rollout.
+    fn settle(self: &Arc<Self>, host: Host, step: &Step, record: crate::host::InstanceRecord, pid: u32) {
+        if self.min_healthy.is_zero() {
+            return;
+        }
+        let (this, step) = (Arc::clone(self), step.clone());
+        let task = tokio::spawn(async move {
+            let cause = instance::stabilize(&host, &record, pid, this.min_healthy).await.err()?;
+            this.halt.store(true, Ordering::SeqCst);
+            let log = host.log_tail(&step.id, LOG_LINES, true).await.unwrap_or_default();
+            this.reporter.event(&Event::InstanceFailed {
+                region: step.region.clone(),
+                host: step.host.clone(),
+                instance: step.id.clone(),
+                version: step.to.clone(),
+                reason: cause.to_string(),
+                log,
+            });
+            Some(StepFailure {
+                region: step.region.clone(),
+                instance: Some((step.host.clone(), step.id.clone())),
+                version: step.to.clone(),
+                cause,
+            })
+        });
+        if let Ok(mut settling) = self.settling.lock() {
+            settling.push(task);
+        }
     }
 
     fn halted(&self) -> bool {
@@ -378,10 +423,11 @@ impl Rollout {
             to: step.to.clone(),
         });
         let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
-        let record = instance::record(&step, &step.to, port, created_at);
+        let record = instance::record(&step, &step.to, port, created_at, self.spec.identity());
         let primary_addr = self.primary_addr();
         match instance::start_and_wait(&self.spec, &host, &record, step.was_alive, primary_addr.as_deref()).await {
-            Ok(elapsed) => {
+            Ok(instance::Started { pid, elapsed }) => {
+                self.settle(host.clone(), &step, record.clone(), pid);
                 if step.region == self.spec.primary {
                     if let Ok(mut addr) = self.primary_addr.lock() {
                         addr.get_or_insert_with(|| format!("{}:{port}", host.address()));
@@ -398,7 +444,7 @@ impl Rollout {
                 Ok((step, port))
             }
             Err(cause) => {
-                let log = host.log_tail(&step.id, LOG_LINES).await.unwrap_or_default();
+                let log = host.log_tail(&step.id, LOG_LINES, true).await.unwrap_or_default();
                 self.halt.store(true, Ordering::SeqCst);
                 self.reporter.event(&Event::InstanceFailed {
                     region: step.region.clone(),

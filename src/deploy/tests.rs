@@ -459,7 +459,7 @@ async fn a_replica_that_stays_behind_leaves_its_region_on_the_old_release() {
             timeout: Duration::from_secs(5),
         },
     );
-    let summary = engine.roll_out(&plan, &observed, None, "bin/start".into(), gates).await;
+    let summary = Box::pin(engine.roll_out(&plan, &observed, None, "bin/start".into(), gates)).await;
     assert!(summary.failure.is_none());
     assert_eq!(summary.behind.len(), 1);
     assert_eq!(summary.behind[0].lag_bytes, Some(90));

@@ -47,17 +47,13 @@ impl Holder {
 }
 
 /// A lock found on a host: its holder (if readable) and seconds since last refresh.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Held {
     pub holder: Option<Holder>,
     pub age_secs: u64,
 }
 
 impl Held {
-    pub(super) fn parse(age: &str, json: &str) -> Self {
-        Self { holder: serde_json::from_str(json).ok(), age_secs: age.trim().parse().unwrap_or(0) }
-    }
-
     /// Why this lock may be taken over, or `None` while its holder is live.
     pub fn stale_reason(&self) -> Option<String> {
         if self.age_secs >= STALE_AFTER.as_secs() {

@@ -7,8 +7,7 @@
 
 pub mod lock;
 pub mod proto;
-mod scripts;
-mod shell;
+mod remote;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +17,7 @@ use crate::health::{Checks, Failure};
 use crate::postgres::{Backup, Database};
 use crate::transport::{Transport, TransportError};
 
-pub use proto::{Env, Io, LockReply, Reply, Request, Stop};
+pub use proto::{AgentInfo, Env, Exit, Io, Launch, LockReply, Reply, Request, Restart, RestartPolicy, Stop};
 
 /// One machine of the fleet, in one region, holding one app's directory.
 #[derive(Debug, Clone)]
@@ -57,13 +56,81 @@ pub struct InstanceRecord {
     pub started_at: u64,
     #[serde(default)]
     pub pid: u32,
+    /// The process's start time (clock ticks since boot, from `/proc/<pid>/stat`): with
+    /// the pid, what tells the instance's process from another that got its pid later.
+    #[serde(default)]
+    pub starttime: u64,
+    /// What the instance runs with, as digests: a deploy of the same version with other
+    /// settings replaces it.
+    #[serde(default)]
+    pub config: Identity,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Digests of what an instance was started with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// `[env]`.
+    pub env: String,
+    /// The secrets file.
+    pub secrets: String,
+    /// The start command.
+    pub start: String,
+    /// The health checks.
+    pub checks: String,
+}
+
+impl Identity {
+    /// What differs from `wanted`, by name (`env`, `secrets`, ...); empty when nothing.
+    pub fn differences(&self, wanted: &Identity) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        for (name, mine, theirs) in [
+            ("env", &self.env, &wanted.env),
+            ("secrets", &self.secrets, &wanted.secrets),
+            ("start command", &self.start, &wanted.start),
+            ("checks", &self.checks, &wanted.checks),
+        ] {
+            if !theirs.is_empty() && mine != theirs {
+                differ.push(name);
+            }
+        }
+        differ
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceState {
     #[serde(flatten)]
     pub record: InstanceRecord,
     pub alive: bool,
+    /// What the host's agent knows of it.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// What the agent knows of an instance while it runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Runtime {
+    /// `starting`, `running`, `restarting`, `crashed` (its restart policy gave up),
+    /// `exited` or `stopped`.
+    pub state: String,
+    /// Restarts by its restart policy since it was last started by an operation.
+    pub restarts: u32,
+    /// How its last process ended: `exit 1`, `signal 9 (SIGKILL)`.
+    pub last_exit: Option<String>,
+    /// When its process started, in ms since the epoch.
+    pub up_since: Option<u64>,
+    /// The last round of health checks.
+    pub health: Option<Health>,
+}
+
+/// One round of an instance's health checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    pub passing: bool,
+    /// The failing check's error, when failing.
+    pub detail: Option<String>,
+    /// When, in ms since the epoch.
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -86,7 +153,8 @@ pub struct Volume {
 }
 
 /// What `volume_create` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VolumeCreated {
     Created,
     /// Not enough room: the filesystem's free KiB.
@@ -94,7 +162,7 @@ pub enum VolumeCreated {
 }
 
 /// Everything ferry reads from a host in one round trip.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HostState {
     pub releases: Vec<InstalledRelease>,
     pub instances: Vec<InstanceState>,
@@ -102,12 +170,15 @@ pub struct HostState {
     pub current: Option<String>,
     pub volumes: Vec<Volume>,
     /// sha256 of the secrets file, when there is one (to spot hosts that lack them).
-    #[serde(skip)]
     pub secrets: Option<String>,
     /// TCP ports something listens on (on the machine, not just this app); read only
     /// when a new instance needs a port ([`Host::listening`]).
-    #[serde(skip)]
+    #[serde(default)]
     pub listening: Vec<u16>,
+    /// How the host's agent comes back after a reboot (`systemd`, `cron`, `none`);
+    /// unknown for the local target.
+    #[serde(default)]
+    pub boot: Option<String>,
 }
 
 impl HostState {
@@ -117,7 +188,7 @@ impl HostState {
 }
 
 /// What [`Host::finish`] did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Finished {
     pub current: bool,
     pub history: bool,
@@ -175,15 +246,23 @@ impl Host {
         self.transport.address()
     }
 
-    /// Performs one request on the host.
+    /// Performs one request on the host, through its agent.
     pub async fn call(&self, request: Request, io: Io<'_>) -> Result<Reply, HostError> {
-        #[cfg(test)]
-        if let Transport::Fake(fake) = &self.transport {
-            return fake.call(self, request, io).await;
+        match &self.transport {
+            Transport::Local(_) => crate::agent::client::call(&self.app_dir, request, io).await.map_err(|e| match e {
+                crate::agent::client::AgentError::Failed { message, .. } => {
+                    HostError::Step { host: self.name.clone(), step: "the local agent", message }
+                }
+                unreachable @ crate::agent::client::AgentError::Unreachable { .. } => HostError::Step {
+                    host: self.name.clone(),
+                    step: "reaching ferry's agent",
+                    message: unreachable.to_string(),
+                },
+            }),
+            Transport::Ssh(ssh) => Box::pin(remote::call(self, ssh, request, io)).await,
+            #[cfg(test)]
+            Transport::Fake(fake) => fake.call(self, request, io).await,
         }
-        // Boxed: one arm's state per request kind would make every caller's future
-        // as large as the largest.
-        Box::pin(shell::execute(self, request, io)).await
     }
 
     fn unexpected(&self, step: &'static str, reply: &Reply) -> HostError {
@@ -253,26 +332,15 @@ impl Host {
     }
 
     /// Starts an instance of `record.version` and returns its pid.
-    pub async fn start_instance(&self, record: &InstanceRecord, start: &str, env: &Env) -> Result<u32, HostError> {
-        let request = Request::StartInstance { record: record.clone(), start: start.to_string(), env: env.clone() };
+    pub async fn start_instance(&self, record: &InstanceRecord, launch: &Launch) -> Result<u32, HostError> {
+        let request = Request::StartInstance { record: record.clone(), launch: launch.clone() };
         expect!(self, request, Io::default(), Reply::Pid(pid) => pid)
     }
 
     /// Stops the instance and starts `record.version` in its place, in one round
     /// trip; returns the new pid.
-    pub async fn switch_instance(
-        &self,
-        stop: &Stop,
-        record: &InstanceRecord,
-        start: &str,
-        env: &Env,
-    ) -> Result<u32, HostError> {
-        let request = Request::SwitchInstance {
-            stop: stop.clone(),
-            record: record.clone(),
-            start: start.to_string(),
-            env: env.clone(),
-        };
+    pub async fn switch_instance(&self, record: &InstanceRecord, launch: &Launch) -> Result<u32, HostError> {
+        let request = Request::SwitchInstance { record: record.clone(), launch: launch.clone() };
         expect!(self, request, Io::default(), Reply::Pid(pid) => pid)
     }
 
@@ -290,13 +358,23 @@ impl Host {
     /// did not: it exited, the deadline passed, or the host was lost.
     pub async fn wait_healthy(
         &self,
-        record: &InstanceRecord,
+        id: &str,
         pid: u32,
-        checks: &Checks,
         deadline: Duration,
     ) -> Result<Result<Duration, Failure>, HostError> {
-        let request = Request::WaitHealthy { record: record.clone(), pid, checks: checks.clone(), deadline };
+        let request = Request::WaitHealthy { id: id.to_string(), pid, deadline };
         expect!(self, request, Io::default(), Reply::Health(health) => health)
+    }
+
+    /// Waits until the instance has stayed up `min_healthy` since it became healthy.
+    pub async fn wait_stable(
+        &self,
+        id: &str,
+        pid: u32,
+        min_healthy: Duration,
+    ) -> Result<Result<(), Failure>, HostError> {
+        let request = Request::WaitStable { id: id.to_string(), pid, min_healthy };
+        expect!(self, request, Io::default(), Reply::Health(health) => health.map(drop))
     }
 
     /// Whether the instance on `port` passes its checks right now.
@@ -305,8 +383,11 @@ impl Host {
         expect!(self, request, Io::default(), Reply::Flag(passing) => passing)
     }
 
-    pub async fn log_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, HostError> {
-        expect!(self, Request::LogTail { id: id.to_string(), lines }, Io::default(), Reply::Lines(lines) => lines)
+    /// The last lines of an instance's log; with `skip_checks`, its health checks' lines
+    /// left out.
+    pub async fn log_tail(&self, id: &str, lines: usize, skip_checks: bool) -> Result<Vec<String>, HostError> {
+        let request = Request::LogTail { id: id.to_string(), lines, skip_checks };
+        expect!(self, request, Io::default(), Reply::Lines(lines) => lines)
     }
 
     pub async fn append_history(&self, line: &str) -> Result<(), HostError> {
@@ -344,7 +425,7 @@ impl Host {
         env: &Env,
         limit: Option<Duration>,
         on_line: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<std::process::ExitStatus, HostError> {
+    ) -> Result<Exit, HostError> {
         let request = Request::ReleaseCommand {
             version: version.to_string(),
             command: command.to_string(),

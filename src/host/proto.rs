@@ -8,14 +8,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::health::{Checks, Failure};
 use crate::postgres::{Backup, Database};
 
 use super::lock::{Held, Holder};
 use super::{Finished, HostState, InstanceRecord, Volume, VolumeCreated};
 
-/// An instance's environment. It carries secrets, so its `Debug` shows names only.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// An instance's environment. It carries secrets, so its `Debug` shows names only; it
+/// travels on stdin or the agent's socket, never on a command line.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Env(pub BTreeMap<String, String>);
 
 impl std::fmt::Debug for Env {
@@ -24,16 +28,56 @@ impl std::fmt::Debug for Env {
     }
 }
 
+/// How an instance runs: its start command, environment (ferry adds the app's secrets
+/// on the host), checks, how it is stopped and restarted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launch {
+    pub start: String,
+    pub env: Env,
+    pub checks: Checks,
+    pub stop: Stop,
+    pub restart: Restart,
+}
+
+/// `[[restart]]`: what the agent does when an instance's process ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    /// Restarts in a row before it gives up (the count starts again once an instance
+    /// has run for a minute).
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl Default for Restart {
+    /// Fly's default for machines a deploy creates: on failure, up to 10 times.
+    fn default() -> Self {
+        Restart { policy: RestartPolicy::OnFailure, retries: 10 }
+    }
+}
+
 /// How an instance is stopped: its `kill_signal` (`SIGTERM`, ...), then SIGKILL after
 /// `timeout`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stop {
     pub signal: String,
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// Who the agent is (no app needed).
+    Hello,
+    /// The agent exits and leaves its instances running, for a newer one to adopt.
+    Handover,
     /// Everything ferry plans from: releases, instances, lock, current, volumes.
     Observe,
     /// The TCP ports something listens on, on the whole machine.
@@ -79,15 +123,12 @@ pub enum Request {
     },
     StartInstance {
         record: InstanceRecord,
-        start: String,
-        env: Env,
+        launch: Launch,
     },
     /// Stops the instance and starts `record` in its place, in one step.
     SwitchInstance {
-        stop: Stop,
         record: InstanceRecord,
-        start: String,
-        env: Env,
+        launch: Launch,
     },
     StopInstance {
         id: String,
@@ -96,22 +137,31 @@ pub enum Request {
     RemoveInstance {
         id: String,
     },
-    /// Waits until the instance (process `pid`) passes `checks`, exits, or `deadline`
-    /// passes.
+    /// Waits until the instance (process `pid`) passes its checks, exits, or
+    /// `deadline` passes.
     WaitHealthy {
-        record: InstanceRecord,
+        id: String,
         pid: u32,
-        checks: Checks,
         deadline: Duration,
+    },
+    /// Waits until the instance has stayed up `min_healthy` since it became healthy,
+    /// or exits before.
+    WaitStable {
+        id: String,
+        pid: u32,
+        min_healthy: Duration,
     },
     /// Runs `checks` once against the instance on `port`.
     Probe {
         port: u16,
         checks: Checks,
     },
+    /// The last `lines` of an instance's log; with `skip_checks`, the lines its health
+    /// checks left there are left out.
     LogTail {
         id: String,
         lines: usize,
+        skip_checks: bool,
     },
     AppendHistory {
         line: String,
@@ -178,6 +228,8 @@ impl Request {
     /// What the request does, for error messages: "starting instance".
     pub fn step(&self) -> &'static str {
         match self {
+            Request::Hello => "greeting the agent",
+            Request::Handover => "handing the agent over",
             Request::Observe => "reading state",
             Request::Listening => "listing listening ports",
             Request::LockAcquire { .. } => "taking the lock",
@@ -192,6 +244,7 @@ impl Request {
             Request::StopInstance { .. } => "stopping instance",
             Request::RemoveInstance { .. } => "removing instance",
             Request::WaitHealthy { .. } => "watching instance",
+            Request::WaitStable { .. } => "watching instance settle",
             Request::Probe { .. } => "checking instance",
             Request::LogTail { .. } => "reading log",
             Request::AppendHistory { .. } => "recording history",
@@ -216,7 +269,8 @@ impl Request {
 }
 
 /// What taking a lock came to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LockReply {
     /// Taken; the host's state read under it.
     Acquired(Box<HostState>),
@@ -225,8 +279,34 @@ pub enum LockReply {
     Lost,
 }
 
-#[derive(Debug)]
+/// How a command ended: its exit code, or the signal that ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// It ran out of its time limit and was stopped, with everything it started.
+    pub timed_out: bool,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+}
+
+/// Who an agent is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub pid: u32,
+    pub version: String,
+    /// sha256 of its executable.
+    pub exe: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Reply {
+    Agent(AgentInfo),
     Done,
     State(Box<HostState>),
     Ports(Vec<u16>),
@@ -243,7 +323,7 @@ pub enum Reply {
     Lines(Vec<String>),
     Text(String),
     Finished(Finished),
-    Exit(std::process::ExitStatus),
+    Exit(Exit),
     Secrets(Vec<(String, String)>),
     Secret(Option<String>),
     Backup(Box<Backup>),

@@ -7,8 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Where a dump connects, password kept apart.
-#[derive(Clone)]
+/// Where a dump connects, password kept apart: it is never shown, and travels to a
+/// host only on stdin or the agent's socket, to end up in a 0600 pgpass file.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Database {
     pub host: String,
     pub port: u16,

@@ -73,19 +73,37 @@ fn not_a_release(tarball: &Path, reason: impl Into<String>) -> ReleaseError {
 }
 
 fn check_entries(tarball: &Path, reader: impl Read) -> Result<Manifest, ReleaseError> {
+    check_and_write(tarball, reader, None)
+}
+
+/// Checks every entry as [`inspect`] does and, with `out`, writes it under `out` as it
+/// goes: what is written is exactly what was checked, by the same parser. Files are
+/// created new (never through an existing name or a link), a directory only where the
+/// archive made its parent, symlinks only where they stay inside.
+pub(crate) fn check_and_write(tarball: &Path, reader: impl Read, out: Option<&Path>) -> Result<Manifest, ReleaseError> {
     let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries().map_err(corrupt(tarball))?;
-    let first = entries.next().ok_or_else(|| not_a_release(tarball, "it has no entries"))?;
-    let manifest = read_manifest(tarball, first.map_err(corrupt(tarball))?)?;
-    let mut checker = Checker::new(tarball, &manifest)?;
-    for entry in entries {
-        checker.check(entry.map_err(corrupt(tarball))?)?;
+    let manifest = {
+        let mut entries = archive.entries().map_err(corrupt(tarball))?;
+        let first = entries.next().ok_or_else(|| not_a_release(tarball, "it has no entries"))?;
+        let manifest = read_manifest(tarball, first.map_err(corrupt(tarball))?, out)?;
+        let mut checker = Checker::new(tarball, &manifest, out)?;
+        for entry in entries {
+            checker.check(entry.map_err(corrupt(tarball))?)?;
+        }
+        checker.finish()?;
+        manifest
+    };
+    if out.is_some() {
+        check_end_of_archive(tarball, archive.into_inner())?;
     }
-    checker.finish()?;
     Ok(manifest)
 }
 
-fn read_manifest<R: Read>(tarball: &Path, mut entry: tar::Entry<'_, R>) -> Result<Manifest, ReleaseError> {
+fn read_manifest<R: Read>(
+    tarball: &Path,
+    mut entry: tar::Entry<'_, R>,
+    out: Option<&Path>,
+) -> Result<Manifest, ReleaseError> {
     let is_manifest = entry.path_bytes().as_ref() == MANIFEST_NAME.as_bytes()
         && entry.header().entry_type() == EntryType::Regular
         && entry.pax_extensions().map_err(corrupt(tarball))?.is_none();
@@ -108,7 +126,35 @@ fn read_manifest<R: Read>(tarball: &Path, mut entry: tar::Entry<'_, R>) -> Resul
         let version = manifest.version.escape_debug();
         return Err(not_a_release(tarball, format!("its manifest has an invalid version `{version}`")));
     }
+    if let Some(out) = out {
+        let path = out.join(MANIFEST_NAME);
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| corrupt(tarball)(io::Error::other(e)))?;
+        new_file(&path, 0o644)
+            .and_then(|mut f| io::Write::write_all(&mut f, &json))
+            .map_err(ReleaseError::io("write", &path))?;
+    }
     Ok(manifest)
+}
+
+/// Names ferry writes into a release directory itself: an archive may not hold them.
+pub(crate) const RESERVED: &[&str] = &[".ferry-release"];
+
+/// Creates `path` as a new file: `create_new` fails on any existing name, a symlink
+/// included, so nothing is ever written through a link.
+fn new_file(path: &Path, mode: u32) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)
+}
+
+/// Unpacks a release's tar stream (plain, not gzip) into `dest`, an empty directory,
+/// checking every entry against the archive's manifest and the safety rules as it
+/// goes; `name` names the stream in errors. Returns the manifest.
+///
+/// # Errors
+///
+/// As [`inspect`], and `Io` when `dest` cannot be written.
+pub fn unpack(reader: impl Read, dest: &Path, name: &Path) -> Result<Manifest, ReleaseError> {
+    check_and_write(name, reader, Some(dest))
 }
 
 /// After the last entry only zero blocks may follow, up to a valid end of the gzip stream.
@@ -129,6 +175,8 @@ fn check_end_of_archive(tarball: &Path, mut rest: impl Read) -> Result<(), Relea
 /// the manifest.
 struct Checker<'a> {
     tarball: &'a Path,
+    /// Where checked entries are written, when unpacking.
+    out: Option<&'a Path>,
     /// Manifest entries not yet seen in the archive.
     listed: BTreeMap<&'a str, &'a ManifestEntry>,
     seen: BTreeSet<String>,
@@ -136,7 +184,7 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(tarball: &'a Path, manifest: &'a Manifest) -> Result<Self, ReleaseError> {
+    fn new(tarball: &'a Path, manifest: &'a Manifest, out: Option<&'a Path>) -> Result<Self, ReleaseError> {
         let mut listed = BTreeMap::new();
         for entry in &manifest.files {
             if listed.insert(entry.path.as_str(), entry).is_some() {
@@ -144,7 +192,7 @@ impl<'a> Checker<'a> {
             }
         }
         let seen = BTreeSet::from([MANIFEST_NAME.to_owned()]);
-        Ok(Checker { tarball, listed, seen, dirs: BTreeSet::new() })
+        Ok(Checker { tarball, out, listed, seen, dirs: BTreeSet::new() })
     }
 
     fn mismatch(tarball: &Path, entry: &str, detail: String) -> ReleaseError {
@@ -173,6 +221,9 @@ impl<'a> Checker<'a> {
         let path = std::str::from_utf8(&raw_path).map_err(|_| unsafe_entry("its path is not UTF-8"))?;
         let path = if kind == EntryKind::Dir { path.strip_suffix('/').unwrap_or(path) } else { path };
         check_entry_path(path).map_err(unsafe_entry)?;
+        if RESERVED.contains(&path) {
+            return Err(unsafe_entry("it is a name ferry writes into every release itself"));
+        }
         if !self.seen.insert(path.to_owned()) {
             return Err(unsafe_entry("it appears more than once"));
         }
@@ -194,9 +245,18 @@ impl<'a> Checker<'a> {
             _ => None,
         };
         let sha256 = match kind {
-            EntryKind::File => Some(hash_contents(tarball, &mut entry)?),
+            EntryKind::File => Some(hash_contents(tarball, &mut entry, self.out.map(|o| (o.join(path), mode)))?),
             _ => None,
         };
+        if let Some(out) = self.out {
+            let at = out.join(path);
+            let created = match (kind, &target) {
+                (EntryKind::Dir, _) => std::fs::create_dir(&at),
+                (EntryKind::Symlink, Some(target)) => std::os::unix::fs::symlink(target, &at),
+                _ => Ok(()),
+            };
+            created.map_err(ReleaseError::io("create", &at))?;
+        }
         if kind == EntryKind::Dir {
             self.dirs.insert(path.to_owned());
         }
@@ -233,10 +293,26 @@ fn symlink_target<R: Read>(path: &str, entry: &tar::Entry<'_, R>) -> Result<Stri
     Ok(target.to_owned())
 }
 
-fn hash_contents<R: Read>(tarball: &Path, entry: &mut tar::Entry<'_, R>) -> Result<String, ReleaseError> {
+/// Hashes an entry's contents, writing them to a new file at `out` with its mode.
+fn hash_contents<R: Read>(
+    tarball: &Path,
+    entry: &mut tar::Entry<'_, R>,
+    out: Option<(std::path::PathBuf, u32)>,
+) -> Result<String, ReleaseError> {
     let size = entry.size();
     let mut contents = Hashing::new(entry);
-    io::copy(&mut contents, &mut io::sink()).map_err(corrupt(tarball))?;
+    match out {
+        Some((path, mode)) => {
+            let mut file = new_file(&path, mode).map_err(ReleaseError::io("create", &path))?;
+            io::copy(&mut contents, &mut file).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => corrupt(tarball)(e),
+                _ => ReleaseError::Io { action: "write", path: path.clone(), source: e },
+            })?;
+        }
+        None => {
+            io::copy(&mut contents, &mut io::sink()).map_err(corrupt(tarball))?;
+        }
+    }
     let (_, sha256, read) = contents.finish();
     if read == size {
         Ok(sha256)

@@ -24,7 +24,7 @@ pub use artifact::{build, take, Artifact, ArtifactError, BuildSpec};
 pub use build::run_build_command;
 pub use digest::sha256_file;
 pub use error::ReleaseError;
-pub use inspect::{inspect, Inspected};
+pub use inspect::{inspect, unpack, Inspected};
 pub use manifest::{EntryKind, Manifest, ManifestEntry, MANIFEST_NAME};
 pub use pack::{pack, Built, ARCHIVE_MTIME};
 pub use raw::{decompress, worth_shipping_raw, RawTar};

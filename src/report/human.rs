@@ -75,10 +75,11 @@ fn plan_line(item: &PlanItem) -> String {
         PlanItem::Backup { host } => format!("  backup  pg_dump on {host}, verified"),
         PlanItem::ReleaseCommand { host, command } => format!("  release_command on {host}: {command}"),
         PlanItem::ReplicaGate { region } => format!("  {region:>6}  waits for its replica to replay the migration"),
-        PlanItem::Instance { region, host, instance, action, batch, from, to } => {
+        PlanItem::Instance { region, host, instance, action, batch, from, to, why } => {
             let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
             let batch = if *batch > 0 && action == "replace" { format!(" (batch {batch})") } else { String::new() };
-            format!("  {region:>6}  {instance}  on {host}: {action}{batch} {from}{to}")
+            let why = why.as_ref().map(|w| format!(": {w}")).unwrap_or_default();
+            format!("  {region:>6}  {instance}  on {host}: {action}{batch} {from}{to}{why}")
         }
         PlanItem::Stop { region, host, instance, version } => {
             format!("  {region:>6}  {instance}  on {host}: stop {version}")

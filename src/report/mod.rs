@@ -184,6 +184,9 @@ pub enum PlanItem {
         batch: usize,
         from: Option<String>,
         to: String,
+        /// Why an instance is replaced, when it already runs the target version.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
     },
     Stop {
         region: String,

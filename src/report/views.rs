@@ -50,11 +50,22 @@ pub struct InstanceRow {
     pub host: String,
     pub id: String,
     pub version: String,
-    pub state: &'static str,
+    /// `running`, `starting`, `restarting`, `crashed` (its restart policy gave up),
+    /// `exited` or `stopped`.
+    pub state: String,
+    /// `passing`, `failing` or `-` (not running).
     pub health: &'static str,
+    /// The failing check's error.
+    pub health_detail: Option<String>,
+    /// When its checks last ran (ms since the epoch).
+    pub checked_at: Option<u64>,
     pub port: u16,
     pub pid: Option<u32>,
     pub uptime_secs: Option<u64>,
+    /// Restarts by its restart policy since an operation last started it.
+    pub restarts: u32,
+    /// How its last process ended.
+    pub last_exit: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +73,9 @@ pub struct Status {
     pub app: String,
     pub current_version: Option<String>,
     pub instances: Vec<InstanceRow>,
+    /// Hosts whose instances will not come back after a reboot, said as a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_warning: Option<String>,
 }
 
 impl View for Status {
@@ -72,7 +86,19 @@ impl View for Status {
             out.push_str("no instances; run `ferry deploy`\n");
             return out;
         }
-        let mut t = table(&["REGION", "HOST", "ID", "VERSION", "STATE", "HEALTH", "PORT", "PID", "UPTIME"]);
+        let mut t = table(&[
+            "REGION",
+            "HOST",
+            "ID",
+            "VERSION",
+            "STATE",
+            "HEALTH",
+            "PORT",
+            "PID",
+            "UPTIME",
+            "RESTARTS",
+            "LAST EXIT",
+        ]);
         for r in &self.instances {
             let uptime = r.uptime_secs.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string());
             t.add_row(vec![
@@ -80,14 +106,25 @@ impl View for Status {
                 r.host.clone(),
                 r.id.clone(),
                 r.version.clone(),
-                r.state.to_string(),
+                r.state.clone(),
                 r.health.to_string(),
                 r.port.to_string(),
                 or_dash(r.pid.map(|p| p.to_string()).as_deref()),
                 or_dash(uptime.as_deref()),
+                r.restarts.to_string(),
+                or_dash(r.last_exit.as_deref()),
             ]);
         }
-        out + &rendered(&t)
+        let mut out = out + &rendered(&t);
+        for r in self.instances.iter().filter(|r| r.health == "failing") {
+            if let Some(detail) = &r.health_detail {
+                let _ = writeln!(out, "{} failing: {detail}", r.id);
+            }
+        }
+        if let Some(warning) = &self.boot_warning {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+        out
     }
 }
 

@@ -6,15 +6,14 @@
 //! tests run with paused time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::health::Failure;
 use crate::host::lock::{Held, Holder};
 use crate::host::{
-    Finished, Host, HostError, HostState, InstalledRelease, InstanceRecord, InstanceState, Io, LockReply, Reply,
-    Request,
+    Exit, Finished, Host, HostError, HostState, InstalledRelease, InstanceRecord, InstanceState, Io, LockReply, Reply,
+    Request, Runtime,
 };
 
 use super::TransportError;
@@ -33,6 +32,8 @@ pub struct Model {
     pub unhealthy: BTreeSet<String>,
     /// Versions whose process exits at start.
     pub exits: BTreeSet<String>,
+    /// Versions whose process exits this long after it passes its checks.
+    pub dies: BTreeMap<String, Duration>,
     /// Installing a release fails with this message.
     pub refuse_release: Option<String>,
     /// After this many more requests, the host stops answering.
@@ -115,23 +116,47 @@ impl FakeTransport {
             }
         }
         match request {
-            Request::WaitHealthy { record, deadline, .. } => {
-                Ok(Reply::Health(self.wait_healthy(&record, deadline).await))
+            Request::WaitHealthy { id, deadline, .. } => Ok(Reply::Health(self.wait_healthy(&id, deadline).await)),
+            Request::WaitStable { id, min_healthy, .. } => {
+                Ok(Reply::Health(self.wait_stable(&id, min_healthy).await.map(|()| min_healthy)))
             }
             other => self.answer(step, other),
         }
     }
 
-    async fn wait_healthy(&self, record: &InstanceRecord, deadline: Duration) -> Result<Duration, Failure> {
+    fn version_of(&self, id: &str) -> String {
+        self.model().instances.get(id).map(|i| i.record.version.clone()).unwrap_or_default()
+    }
+
+    async fn wait_stable(&self, id: &str, min_healthy: Duration) -> Result<(), Failure> {
+        let version = self.version_of(id);
+        let dies = self.model().dies.get(&version).copied();
+        match dies {
+            Some(after) if after < min_healthy => {
+                tokio::time::sleep(after).await;
+                if let Some(instance) = self.model().instances.get_mut(id) {
+                    instance.alive = false;
+                }
+                Err(Failure::DiedAfterHealthy { after, how: Some("exit 1".into()) })
+            }
+            _ => {
+                tokio::time::sleep(min_healthy).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn wait_healthy(&self, id: &str, deadline: Duration) -> Result<Duration, Failure> {
+        let version = self.version_of(id);
         let (exits, unhealthy, boot) = {
             let model = self.model();
-            (model.exits.contains(&record.version), model.unhealthy.contains(&record.version), model.boot)
+            (model.exits.contains(&version), model.unhealthy.contains(&version), model.boot)
         };
         if exits {
-            if let Some(instance) = self.model().instances.get_mut(&record.id) {
+            if let Some(instance) = self.model().instances.get_mut(id) {
                 instance.alive = false;
             }
-            return Err(Failure::Exited);
+            return Err(Failure::Exited { how: Some("exit 3".into()) });
         }
         if unhealthy {
             tokio::time::sleep(deadline).await;
@@ -193,9 +218,10 @@ impl FakeTransport {
                 model.next_pid += 1;
                 let pid = model.next_pid;
                 let alive = !model.exits.contains(&record.version);
-                model
-                    .instances
-                    .insert(record.id.clone(), InstanceState { record: InstanceRecord { pid, ..record }, alive });
+                model.instances.insert(
+                    record.id.clone(),
+                    InstanceState { record: InstanceRecord { pid, ..record }, alive, runtime: Runtime::default() },
+                );
                 Ok(Reply::Pid(pid))
             }
             Request::StopInstance { id, .. } => {
@@ -238,7 +264,7 @@ impl FakeTransport {
                 }
                 Ok(Reply::Finished(done))
             }
-            Request::ReleaseCommand { .. } => Ok(Reply::Exit(std::process::ExitStatus::from_raw(0))),
+            Request::ReleaseCommand { .. } => Ok(Reply::Exit(Exit { code: Some(0), signal: None, timed_out: false })),
             Request::SecretsRaw => Ok(Reply::Text(String::new())),
             Request::SecretsReplace { .. } => Ok(Reply::Done),
             Request::VolumeAttach { name, .. } => Ok(Reply::Path(format!("/volumes/{name}"))),
@@ -250,10 +276,13 @@ impl FakeTransport {
 /// A request as recorded: its step and the instance or version it names.
 fn describe(request: &Request) -> String {
     let what = match request {
-        Request::StartInstance { record, .. }
-        | Request::SwitchInstance { record, .. }
-        | Request::WaitHealthy { record, .. } => format!(" {} {}", record.id, record.version),
-        Request::StopInstance { id, .. } | Request::RemoveInstance { id } => format!(" {id}"),
+        Request::StartInstance { record, .. } | Request::SwitchInstance { record, .. } => {
+            format!(" {} {}", record.id, record.version)
+        }
+        Request::WaitHealthy { id, .. }
+        | Request::WaitStable { id, .. }
+        | Request::StopInstance { id, .. }
+        | Request::RemoveInstance { id } => format!(" {id}"),
         Request::InstallRelease { version, .. } | Request::ShipRelease { version, .. } => format!(" {version}"),
         Request::Finish { current, prune, .. } => format!(" current={current:?} prune={prune:?}"),
         _ => String::new(),

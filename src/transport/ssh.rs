@@ -71,6 +71,8 @@ struct Inner {
     /// The control socket of a master that outlives this run, if that is what the
     /// session uses.
     persisted: std::sync::OnceLock<PathBuf>,
+    /// Where ferry's executable is on the host, once found (or put there).
+    agent: OnceCell<String>,
 }
 
 impl Drop for Inner {
@@ -93,14 +95,7 @@ impl Drop for Inner {
     }
 }
 
-const UPLOAD: &str = r#"set -eu
-p=$1
-case $p in "~/"*) p="$HOME/${p#"~/"}";; esac
-mkdir -p "$(dirname "$p")"
-trap 'rm -f "$p.part.$$"' EXIT
-cat > "$p.part.$$"
-mv "$p.part.$$" "$p"
-"#;
+const UPLOAD: &str = include_str!("scripts/upload.sh");
 
 /// The line sshd hands to the login shell: `exec` first, so the login shell becomes
 /// the command instead of forking it (one process less per round trip).
@@ -117,12 +112,23 @@ impl SshTransport {
                 session: OnceCell::new(),
                 forwards: Mutex::new(HashMap::new()),
                 persisted: std::sync::OnceLock::new(),
+                agent: OnceCell::new(),
             }),
         }
     }
 
     pub fn host(&self) -> &str {
         &self.inner.spec
+    }
+
+    /// Where ferry's executable is on the host: found (or put there) by `find` the
+    /// first time, once per run.
+    pub async fn agent_path<F, Fut, E>(&self, find: F) -> Result<String, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+    {
+        self.inner.agent.get_or_try_init(find).await.cloned()
     }
 
     /// Closes every port forward this transport opened, all at once, through the
@@ -365,11 +371,42 @@ impl SshTransport {
     ) -> Result<u64, TransportError> {
         let err = TransportError::copying(&self.inner.spec, src.display(), dest);
         let input = FileInput { path: src, progress };
-        let (out, sent) = self.run(&Cmd::script(UPLOAD).arg(dest), Some(&input)).await?;
+        let (out, sent) = self.run(&Cmd::script(UPLOAD).args([dest, "644", ""]), Some(&input)).await?;
         if !out.status.success() {
             return Err(err(std::io::Error::other(out.stderr_str().trim().to_string())));
         }
         Ok(sent)
+    }
+
+    /// Runs `cmd` on its stdin, then `file` when given, handing each stdout line to
+    /// `on_line` as it arrives; returns the exit status and what it wrote to stderr.
+    pub async fn run_lines(
+        &self,
+        cmd: &Cmd,
+        file: Option<&FileInput<'_>>,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(ExitStatus, String), TransportError> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut child = self.spawn(cmd, cmd.stdin.is_some() || file.is_some()).await?;
+        let (Some(stdout), Some(mut stderr)) = (child.stdout().take(), child.stderr().take()) else {
+            return Err(self.io_lost(&std::io::Error::other("no output pipes")));
+        };
+        let stdin = child.stdin().take();
+        let lines = async {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                on_line(&line);
+            }
+        };
+        let errors = async {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        };
+        let (fed, (), errors) = tokio::join!(super::feed(stdin, cmd.stdin.as_deref(), file), lines, errors);
+        let status = child.wait().await.map_err(|e| self.lost(&e))?;
+        fed.map_err(|e| self.io_lost(&e))?;
+        Ok((status, errors))
     }
 
     /// A local address forwarded through the master connection to `port` on the

@@ -177,8 +177,16 @@ impl Project {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(FERRY);
         command.args(args).current_dir(self.path()).stdin(Stdio::null());
+        // Each project has an agent of its own: tests that stop or kill one leave the
+        // others alone.
+        command.env("FERRY_STATE_DIR", self.state_dir());
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
+    }
+
+    /// The state directory of this project's local agent.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join(".agent-state")
     }
 
     pub fn ferry(&self, args: &[&str]) -> Run {

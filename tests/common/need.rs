@@ -33,6 +33,18 @@ pub fn root_and_postgres() -> bool {
     available(&missing)
 }
 
+/// As [`root`], and cron's `crontab` too (the agent's boot entry).
+pub fn root_and_cron() -> bool {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root (its hosts are users of this machine)");
+    }
+    if !Command::new("sh").args(["-c", "command -v crontab"]).output().is_ok_and(|o| o.status.success()) {
+        missing.push("cron (Debian's `cron` package)");
+    }
+    available(&missing)
+}
+
 fn available(missing: &[&str]) -> bool {
     if missing.is_empty() {
         return true;

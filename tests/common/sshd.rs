@@ -33,6 +33,8 @@ pub struct SshHost {
     pub home: PathBuf,
     uid: u32,
     dir: PathBuf,
+    /// `AllowTcpForwarding no` (a common hardening baseline).
+    no_forwarding: bool,
 }
 
 impl SshHost {
@@ -152,6 +154,19 @@ impl SshFleet {
         self.daemons.lock().unwrap()[i] = Some(daemon);
     }
 
+    /// Hardens host `i` the way many baselines do: no TCP (or socket) forwarding. Its
+    /// sshd restarts with the new config.
+    pub fn forbid_forwarding(&mut self, i: usize) {
+        self.hosts[i].no_forwarding = true;
+        write_sshd_config(&self.hosts[i], self.dir.path());
+        self.start_again(i);
+    }
+
+    /// The uid of host `i`'s user.
+    pub fn uid(&self, i: usize) -> u32 {
+        self.hosts[i].uid
+    }
+
     /// Like a host crash: kills every process of host `i`'s user (its sshd listener
     /// keeps running) and waits until none is left running.
     pub fn kill_all_user_processes(&self, i: usize) {
@@ -214,7 +229,7 @@ impl SshFleet {
         make_traversable(&dir);
         let home = dir.join("home");
         let (user, uid) = add_user(&home);
-        let host = SshHost { name, addr: addr.to_string(), port: 0, user, home, uid, dir };
+        let host = SshHost { name, addr: addr.to_string(), port: 0, user, home, uid, dir, no_forwarding: false };
         let client_pub = fs::read_to_string(self.client_key.with_extension("pub")).unwrap();
         fs::write(self.dir.path().join("authorized_keys").join(&host.user), client_pub).unwrap();
         generate_key(&host.host_key());
@@ -286,9 +301,10 @@ fn write_sshd_config(host: &SshHost, fleet_dir: &Path) {
     let text = format!(
         "ListenAddress {addr}:{port}\nHostKey {key}\nPidFile {pid}\nAuthorizedKeysFile {keys}/%u\nStrictModes no\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
-         AllowUsers {user}\nPermitRootLogin no\nX11Forwarding no\nAllowTcpForwarding yes\n\
-         AllowStreamLocalForwarding yes\nMaxSessions 100\nMaxStartups 100\nLogLevel ERROR\n\
+         AllowUsers {user}\nPermitRootLogin no\nX11Forwarding no\nAllowTcpForwarding {forwarding}\n\
+         AllowStreamLocalForwarding {forwarding}\nMaxSessions 100\nMaxStartups 100\nLogLevel ERROR\n\
          Subsystem sftp internal-sftp\n",
+        forwarding = if host.no_forwarding { "no" } else { "yes" },
         addr = host.addr,
         port = host.port,
         key = host.host_key().display(),
@@ -393,6 +409,8 @@ fn add_user(home: &Path) -> (String, u32) {
 /// Ends the user's processes and removes the user, its group and its home. Never
 /// panics: it runs in Drop.
 fn remove_user(host: &SshHost) {
+    // The agent may have written a crontab for its @reboot entry.
+    let _ = Command::new("crontab").args(["-r", "-u", &host.user]).stderr(Stdio::null()).status();
     for attempt in 0..50 {
         kill_user_processes(host.uid);
         // An orphan killed a moment ago stays a zombie (still "using" the uid) until

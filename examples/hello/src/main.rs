@@ -10,7 +10,9 @@
 //!
 //! The mode is read from the file `mode` in the working directory, else from
 //! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `exit-at-start`,
-//! `slow-start=MS`. If `$HELLO_FIRST_OK_FILE` is set, the time of the first
+//! `slow-start=MS`, `crash-after=MS` (exits with 1 that long after it starts
+//! listening). With `$HELLO_LOG_REQUESTS` set, every request is logged with its
+//! `User-Agent`; otherwise only changes of health. If `$HELLO_FIRST_OK_FILE` is set, the time of the first
 //! healthy `/health` answer (Unix epoch nanoseconds) is written there once; if
 //! `$HELLO_READY_FILE` is set, the time it started listening is written there.
 //!
@@ -38,6 +40,7 @@ enum Mode {
     FailHealth,
     ExitAtStart,
     SlowStart(u64),
+    CrashAfter(u64),
 }
 
 /// Everything a connection handler needs, shared between threads.
@@ -65,7 +68,7 @@ fn main() {
     match mode {
         Mode::ExitAtStart => die(3, "exiting at start as asked (mode exit-at-start)"),
         Mode::SlowStart(ms) => thread::sleep(Duration::from_millis(ms)),
-        Mode::Ok | Mode::FailHealth => {}
+        Mode::Ok | Mode::FailHealth | Mode::CrashAfter(_) => {}
     }
 
     let var = |name: &str, default: &str| env::var(name).unwrap_or_else(|_| default.to_string());
@@ -92,6 +95,12 @@ fn main() {
         "hello {} listening on {addr} (region {}, instance {})",
         app.version, app.region, app.instance
     ));
+    if let Mode::CrashAfter(ms) = mode {
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(ms));
+            die(1, &format!("crashing {ms} ms after start, as asked (mode crash-after)"));
+        });
+    }
 
     for stream in listener.incoming() {
         match stream {
@@ -110,12 +119,12 @@ fn parse_mode(text: &str) -> Option<Mode> {
         "" | "ok" => Some(Mode::Ok),
         "fail-health" => Some(Mode::FailHealth),
         "exit-at-start" => Some(Mode::ExitAtStart),
-        _ => text
-            .strip_prefix("slow-start=")?
-            .trim()
-            .parse()
-            .ok()
-            .map(Mode::SlowStart),
+        _ => {
+            if let Some(ms) = text.strip_prefix("crash-after=") {
+                return ms.trim().parse().ok().map(Mode::CrashAfter);
+            }
+            text.strip_prefix("slow-start=")?.trim().parse().ok().map(Mode::SlowStart)
+        }
     }
 }
 
@@ -154,9 +163,15 @@ fn handle(app: &App, mut stream: TcpStream) {
     if sent && path == "/health" && status == 200 {
         record_first_ok(app);
     }
-    // Health checks poll every few milliseconds during a deploy: log only a change of
-    // health status, so the log's last lines stay about the app.
-    if path != "/health" || LAST_HEALTH.swap(status, Ordering::SeqCst) != status {
+    if env::var_os("HELLO_LOG_REQUESTS").is_some() {
+        let agent = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("user-agent")))
+            .map_or("-", |(_, v)| v.trim());
+        log(&format!("{method} {path} {status} {agent}"));
+    } else if path != "/health" || LAST_HEALTH.swap(status, Ordering::SeqCst) != status {
+        // Log only a change of health status, so the log's last lines stay about the
+        // app.
         log(&format!("{method} {path} {status}"));
     }
 }

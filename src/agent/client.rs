@@ -1,0 +1,252 @@
+//! Reaching the agent of this account: connect to its socket, starting it first when
+//! none runs, and replacing it when it is another build of ferry than the caller's
+//! (the old one hands over and leaves its instances running; the new one adopts
+//! them). [`call`] is how the CLI speaks to the local target's agent; [`relay`] is
+//! `ferry agent call`, what an SSH channel runs on a host.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::host::{AgentInfo, Io, Reply, Request};
+
+use super::paths::Paths;
+use super::wire::{self, Answer, Call, PROTOCOL};
+
+/// How long a starting agent may take to listen.
+const START_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Why the agent could not be reached or did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot reach ferry's agent at `{socket}`: {message}")]
+    Unreachable { socket: String, message: String },
+    #[error("{step} failed: {message}")]
+    Failed { step: String, message: String },
+}
+
+fn unreachable(paths: &Paths, message: impl std::fmt::Display) -> AgentError {
+    AgentError::Unreachable { socket: paths.socket().display().to_string(), message: message.to_string() }
+}
+
+/// The running agent, as it describes itself, when its process is alive.
+fn running(paths: &Paths) -> Option<AgentInfo> {
+    let info: AgentInfo = serde_json::from_str(&std::fs::read_to_string(paths.agent_info()).ok()?).ok()?;
+    super::procs::alive(info.pid).then_some(info)
+}
+
+/// A connection to this account's agent, started or upgraded as needed. `boot_entry`:
+/// a new agent installs the host's boot mechanism (SSH hosts; not a developer's
+/// machine).
+pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError> {
+    paths.prepare().map_err(|e| unreachable(paths, e))?;
+    let mine = super::exe_digest();
+    if let Some(info) = running(paths) {
+        if info.exe == mine || newer(&info.version) {
+            if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+                return Ok(stream);
+            }
+        } else {
+            hand_over(paths, &info).await;
+        }
+    }
+    start(paths, boot_entry).await
+}
+
+/// Whether `version` is a newer ferry than this one (which then uses it as it is).
+fn newer(version: &str) -> bool {
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    parse(version) > parse(env!("CARGO_PKG_VERSION"))
+}
+
+/// Asks the running agent to exit, leaving its instances to the next one, and waits
+/// until it has.
+async fn hand_over(paths: &Paths, info: &AgentInfo) {
+    if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+        let _ = exchange(stream, "", Request::Handover, Io::default()).await;
+    }
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    while super::procs::alive(info.pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts this executable as the agent (one caller at a time) and connects.
+async fn start(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.start_lock())
+        .map_err(|e| unreachable(paths, e))?;
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    while lock.try_lock().is_err() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(unreachable(paths, "another ferry has been starting the agent for too long"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Someone else may have started it meanwhile.
+    if running(paths).is_some_and(|i| i.exe == super::exe_digest()) {
+        if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+            return Ok(stream);
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| unreachable(paths, e))?;
+    let mut command = Command::new(exe);
+    command.args(["agent", "run", "--state"]).arg(&paths.state);
+    if boot_entry {
+        command.arg("--boot-entry");
+    }
+    // Detached from the caller: its own session (it calls setsid), no shared output,
+    // so an SSH channel closes when the call is done.
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).current_dir("/");
+    command.spawn().map_err(|e| unreachable(paths, format!("cannot start it: {e}")))?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(info) = running(paths) {
+            if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+                if info.exe == super::exe_digest() {
+                    return Ok(stream);
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(paths.log()).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("it wrote nothing to its log").to_string();
+            return Err(unreachable(paths, format!("it did not start listening ({last})")));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Sends one call and reads the answers: lines go to `io.on_line`, the file of
+/// `io.file` is streamed after the call.
+pub async fn exchange(stream: UnixStream, app_dir: &str, request: Request, io: Io<'_>) -> Result<Reply, AgentError> {
+    let (read, mut write) = stream.into_split();
+    let size = match io.file {
+        Some(path) => tokio::fs::metadata(path).await.map_or(0, |m| m.len()),
+        None => 0,
+    };
+    let step = request.step().to_string();
+    let path = std::env::var("PATH").ok();
+    let call = Call { protocol: PROTOCOL, app_dir: app_dir.to_string(), request, input: size, path };
+    let failed = |message: String| AgentError::Failed { step: step.clone(), message };
+    wire::send(&mut write, &call).await.map_err(|e| failed(e.to_string()))?;
+    let sending = async {
+        if let Some(path) = io.file {
+            send_file(&mut write, path, io.progress).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let receiving = async {
+        let mut read = BufReader::new(read);
+        loop {
+            match wire::receive::<_, Answer>(&mut read).await {
+                Ok(Some(Answer::Line(line))) => {
+                    if let Some(on_line) = io.on_line {
+                        on_line(&line);
+                    }
+                }
+                Ok(Some(Answer::Done(reply))) => return Ok(reply),
+                Ok(Some(Answer::Failed { step, message })) => return Err(AgentError::Failed { step, message }),
+                Ok(None) => return Err(failed("the agent closed the connection without an answer".into())),
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        }
+    };
+    let (sent, answer) = tokio::join!(sending, receiving);
+    match (answer, sent) {
+        (Ok(reply), _) => Ok(reply),
+        (Err(e), Err(io)) if io.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(format!("{e} ({io})"))),
+        (Err(e), _) => Err(e),
+    }
+}
+
+async fn send_file(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    path: &Path,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        write.write_all(&buf[..n]).await?;
+        sent += n as u64;
+        if let Some(progress) = progress {
+            progress(sent);
+        }
+    }
+    write.flush().await
+}
+
+/// One request to this machine's agent (the local target).
+pub async fn call(app_dir: &str, request: Request, io: Io<'_>) -> Result<Reply, AgentError> {
+    let paths = Paths::for_this_account();
+    let stream = connect(&paths, false).await?;
+    exchange(stream, app_dir, request, io).await
+}
+
+/// The call line with this process's `PATH` when it names none (on a host, the login
+/// environment's, as commands there had before the agent).
+fn with_path(line: &str) -> String {
+    match serde_json::from_str::<Call>(line) {
+        Ok(mut call) if call.path.is_none() => {
+            call.path = std::env::var("PATH").ok();
+            serde_json::to_string(&call).map_or_else(|_| line.to_string(), |l| l + "\n")
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// `ferry agent call`: the request on stdin goes to this account's agent (started or
+/// upgraded first), its answers to stdout, byte for byte. A failure to reach the
+/// agent is itself an answer, so the caller always reads one.
+pub fn relay() -> i32 {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 1 };
+    let code = runtime.block_on(async {
+        let mut stdin = BufReader::new(tokio::io::stdin());
+        let mut stdout = tokio::io::stdout();
+        let mut first = String::new();
+        if stdin.read_line(&mut first).await.unwrap_or(0) == 0 {
+            return 1;
+        }
+        let paths = Paths::for_this_account();
+        let stream = match connect(&paths, true).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let answer = Answer::Failed { step: "reaching ferry's agent".into(), message: e.to_string() };
+                let _ = wire::send(&mut stdout, &answer).await;
+                return 1;
+            }
+        };
+        let first = with_path(&first);
+        let (mut from_agent, mut to_agent) = stream.into_split();
+        if to_agent.write_all(first.as_bytes()).await.is_err() {
+            return 1;
+        }
+        let up = tokio::spawn(async move {
+            let _ = tokio::io::copy_buf(&mut stdin, &mut to_agent).await;
+            let _ = to_agent.shutdown().await;
+        });
+        let _ = tokio::io::copy(&mut from_agent, &mut stdout).await;
+        let _ = stdout.flush().await;
+        // The agent closes the connection after its answer; input the caller still
+        // sends then (a release the host already had) is not waited for.
+        up.abort();
+        0
+    });
+    // Reading stdin blocks a thread; the process does not wait for it.
+    runtime.shutdown_background();
+    code
+}

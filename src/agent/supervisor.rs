@@ -1,0 +1,775 @@
+//! The instances of every app the agent serves. The agent is the parent (and child
+//! subreaper) of each instance's process, which runs in its own session and process
+//! group, from its own writable directory, with its output appended to its log. Its
+//! exit is known at once; whatever it started goes with it when it stops (found by
+//! the mark in their environment, daemons that left its session included); a start
+//! command that forks and exits is caught and what it left is stopped. While an
+//! instance runs its checks run at their interval; while it starts, tightly. Its
+//! `[[restart]]` policy brings it back with exponential backoff once it has been
+//! healthy. An instance found running by a new agent (after an upgrade, or the old
+//! one killed) is adopted by pid and start time, never by pid alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{BufRead, Seek, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::health::{Failure, SLOWEST_POLL};
+use crate::host::proto::{Launch, RestartPolicy};
+use crate::host::{now_ms, Health, InstanceRecord, InstanceState, Runtime, Stop};
+
+use super::files::App;
+use super::procs::{self, Ended, Reaper};
+
+/// The first pause before a restart; doubled each time, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An instance that stays up this long has its restart count cleared.
+const SETTLED: Duration = Duration::from_mins(1);
+/// A log larger than this is rotated to `log.1` (one old log is kept); the agent's
+/// environment may lower it (`FERRY_AGENT_LOG_LIMIT`, in bytes).
+pub const LOG_LIMIT: u64 = 10 << 20;
+
+fn log_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| std::env::var("FERRY_AGENT_LOG_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(LOG_LIMIT))
+}
+/// How often an instance's log size is looked at.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+/// How often an adopted instance (not the agent's child) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+/// What an instance runs, kept beside its record (0600: its environment holds what
+/// the deploy sent) so the agent can start it again after a crash or a reboot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    pub record: InstanceRecord,
+    pub launch: Launch,
+    /// Whether it should be running.
+    pub running: bool,
+}
+
+/// Where an instance is in its life, as waiters see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Healthy { after: Duration },
+    Exited { how: String },
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub phase: Phase,
+    pub pid: u32,
+    pub runtime: Runtime,
+    /// When the current process started (agent clock).
+    pub since: Option<Instant>,
+    /// When it first passed its checks (agent clock).
+    pub healthy_at: Option<Instant>,
+    /// Its record as the agent last wrote it: what puts a lost or broken record file
+    /// back while the instance runs.
+    pub record: Option<InstanceRecord>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self { phase: Phase::Stopped, pid: 0, runtime: Runtime::default(), since: None, healthy_at: None, record: None }
+    }
+}
+
+/// One instance the agent knows.
+struct Slot {
+    app: App,
+    id: String,
+    status: watch::Sender<Status>,
+    /// One operation at a time on the instance (start, stop, a restart by policy).
+    busy: tokio::sync::Mutex<Control>,
+}
+
+#[derive(Default)]
+struct Control {
+    spec: Option<Spec>,
+    /// Each start of a process is a new incarnation; a monitor or restart of an old one
+    /// does nothing.
+    incarnation: u64,
+    backoff: Duration,
+    monitor: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `ferry agent launch` is run through this executable.
+    exe: PathBuf,
+    reaper: Reaper,
+    slots: Mutex<HashMap<(PathBuf, String), Arc<Slot>>>,
+}
+
+impl Supervisor {
+    pub fn new(exe: PathBuf, reaper: Reaper) -> Self {
+        Self { inner: Arc::new(Inner { exe, reaper, slots: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// The executable instances and helpers are launched through.
+    pub fn exe(&self) -> &Path {
+        &self.inner.exe
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, String), Arc<Slot>>> {
+        self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, app: &App, id: &str) -> Arc<Slot> {
+        let key = (app.dir.clone(), id.to_string());
+        Arc::clone(self.slots().entry(key).or_insert_with(|| {
+            Arc::new(Slot {
+                app: app.clone(),
+                id: id.to_string(),
+                status: watch::channel(Status::default()).0,
+                busy: tokio::sync::Mutex::new(Control::default()),
+            })
+        }))
+    }
+
+    fn existing(&self, app: &App, id: &str) -> Option<Arc<Slot>> {
+        self.slots().get(&(app.dir.clone(), id.to_string())).cloned()
+    }
+
+    /// Whether any instance of any app is meant to run.
+    pub fn serves_any(&self) -> bool {
+        self.slots().values().any(|s| !matches!(s.status.borrow().phase, Phase::Stopped))
+    }
+
+    /// Writes back the record of every running instance of `app` whose record file is
+    /// gone or unreadable: an instance ferry would otherwise forget while it serves.
+    pub fn repair(&self, app: &App) {
+        let (records, _) = app.records();
+        let slots: Vec<Arc<Slot>> =
+            self.slots().iter().filter(|((dir, _), _)| dir == &app.dir).map(|(_, s)| Arc::clone(s)).collect();
+        for slot in slots {
+            let status = slot.status.borrow().clone();
+            let running = matches!(status.phase, Phase::Starting | Phase::Healthy { .. });
+            if let (true, Some(record)) = (running, status.record) {
+                if !records.iter().any(|r| r.id == record.id) {
+                    let _ = app.write_record(&record);
+                }
+            }
+        }
+    }
+
+    /// What the agent knows of the instance of `record`: alive, and its runtime.
+    pub fn state(&self, app: &App, record: &InstanceRecord) -> InstanceState {
+        let Some(slot) = self.existing(app, &record.id) else {
+            return InstanceState { record: record.clone(), alive: false, runtime: Runtime::default() };
+        };
+        let status = slot.status.borrow().clone();
+        let alive = matches!(status.phase, Phase::Starting | Phase::Healthy { .. }) && status.pid != 0;
+        let mut record = record.clone();
+        if alive {
+            record.pid = status.pid;
+        }
+        InstanceState { record, alive, runtime: status.runtime }
+    }
+
+    /// Takes over the instances of `app` found on disk that this agent does not know
+    /// yet: a live process (same pid and start time) is adopted; one that should run
+    /// but is gone (a reboot, a crash while no agent watched) is started again.
+    pub async fn load(&self, app: &App) {
+        let (records, _) = app.records();
+        for record in records {
+            if self.existing(app, &record.id).is_some() {
+                continue;
+            }
+            let Some(spec) = read_spec(app, &record.id) else { continue };
+            let slot = self.slot(app, &record.id);
+            let mut control = slot.busy.lock().await;
+            let live = record.pid != 0 && procs::same_process(record.pid, record.starttime);
+            if live {
+                self.adopt(&slot, &mut control, spec, &record);
+            } else if spec.running {
+                let _ = self.start_locked(&slot, &mut control, spec.record.clone(), spec.launch.clone(), true);
+            }
+        }
+    }
+
+    fn adopt(&self, slot: &Arc<Slot>, control: &mut Control, spec: Spec, record: &InstanceRecord) {
+        control.incarnation += 1;
+        let incarnation = control.incarnation;
+        let launch = spec.launch.clone();
+        control.spec = Some(spec);
+        slot.status.send_modify(|s| {
+            s.phase = Phase::Healthy { after: Duration::ZERO };
+            s.record = Some(record.clone());
+            s.pid = record.pid;
+            s.since = Some(Instant::now());
+            s.healthy_at = Some(Instant::now());
+            s.runtime.state = "running".into();
+            s.runtime.up_since = Some(record.started_at);
+        });
+        let exit = Exit::Adopted { pid: record.pid, starttime: record.starttime };
+        control.monitor =
+            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port, true)));
+    }
+
+    /// Starts the instance of `record`, stopping what runs there first (`replace`).
+    pub async fn start(&self, app: &App, record: InstanceRecord, launch: Launch, replace: bool) -> Result<u32, String> {
+        let slot = self.slot(app, &record.id);
+        let mut control = slot.busy.lock().await;
+        if replace {
+            let stop = control.spec.as_ref().map_or_else(|| launch.stop.clone(), |s| s.launch.stop.clone());
+            self.stop_locked(&slot, &mut control, &stop).await;
+        } else if matches!(slot.status.borrow().phase, Phase::Starting | Phase::Healthy { .. }) {
+            return Err(format!("instance {} is already running", record.id));
+        }
+        control.backoff = FIRST_BACKOFF;
+        slot.status.send_modify(|s| s.runtime.restarts = 0);
+        self.start_locked(&slot, &mut control, record, launch, false)
+    }
+
+    fn start_locked(
+        &self,
+        slot: &Arc<Slot>,
+        control: &mut Control,
+        mut record: InstanceRecord,
+        launch: Launch,
+        by_policy: bool,
+    ) -> Result<u32, String> {
+        let app = &slot.app;
+        let release = app.release(&record.version);
+        if app.installed(&record.version).is_none() {
+            return Err(format!("release {} is not installed", record.version));
+        }
+        let dir = app.instance(&record.id);
+        let root = dir.join("root");
+        let tmp = dir.join("tmp");
+        (|| -> std::io::Result<()> {
+            fs::create_dir_all(&root)?;
+            fs::create_dir_all(&tmp)?;
+            link_release(&root, &release)
+        })()
+        .map_err(|e| format!("preparing {}: {e}", dir.display()))?;
+        let secrets = app.secrets();
+        let env = instance_env(&launch, &secrets, &tmp, &record);
+        let log = open_log(&dir).map_err(|e| format!("opening the log of {}: {e}", record.id))?;
+        let mut note = log.try_clone().map_err(|e| e.to_string())?;
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let _ = writeln!(note, "== {stamp} starting {}", record.version);
+        let mut command = Command::new(&self.inner.exe);
+        command
+            .args(["agent", "launch"])
+            .env_clear()
+            .envs(&env)
+            .env("FERRY_LAUNCH_CWD", &root)
+            .env("FERRY_LAUNCH_ARGV", serde_json::to_string(&argv(&launch.start)).unwrap_or_default())
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let (child, ended) =
+            self.inner.reaper.spawn(&mut command).map_err(|e| format!("starting {}: {e}", record.id))?;
+        let pid = child.id();
+        record.pid = pid;
+        record.starttime = procs::starttime(pid).unwrap_or(0);
+        record.started_at = now_ms();
+        // As the host reports it: the secrets file's digest, empty without one.
+        record.config.secrets = app.secrets_digest().unwrap_or_default();
+        let spec = Spec { record: record.clone(), launch: launch.clone(), running: true };
+        write_spec(app, &spec).map_err(|e| format!("recording {}: {e}", record.id))?;
+        app.write_record(&record).map_err(|e| format!("recording {}: {e}", record.id))?;
+        control.incarnation += 1;
+        control.spec = Some(spec);
+        let incarnation = control.incarnation;
+        slot.status.send_modify(|s| {
+            s.phase = Phase::Starting;
+            s.record = Some(record.clone());
+            s.pid = pid;
+            s.since = Some(Instant::now());
+            s.healthy_at = None;
+            s.runtime.state = "starting".into();
+            s.runtime.up_since = Some(record.started_at);
+            s.runtime.health = None;
+            if by_policy {
+                s.runtime.restarts += 1;
+            }
+        });
+        if let Some(old) = control.monitor.take() {
+            old.abort();
+        }
+        let exit = Exit::Child(ended);
+        control.monitor =
+            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port, false)));
+        Ok(pid)
+    }
+
+    /// Watches one incarnation: its checks, its log's size, its exit.
+    async fn monitor(self, slot: Arc<Slot>, incarnation: u64, exit: Exit, launch: Launch, port: u16, adopted: bool) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let checks = launch.checks.clone();
+        let started = Instant::now();
+        // While it starts, checks come fast and back off; once healthy, at the checks'
+        // interval. The log's size is looked at every second either way.
+        let mut pause = if adopted { checks.interval() } else { crate::health::FIRST_POLL };
+        let mut next_check = Instant::now() + pause;
+        let mut exited = Box::pin(exit.wait());
+        loop {
+            let wake = next_check.min(Instant::now() + LOG_EVERY);
+            tokio::select! {
+                ended = &mut exited => {
+                    self.exited(&slot, incarnation, ended).await;
+                    return;
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            rotate_log(&slot.app.instance(&slot.id));
+            if Instant::now() < next_check {
+                continue;
+            }
+            let result = checks.check(addr).await;
+            let passing = result.is_ok();
+            slot.status.send_modify(|s| {
+                s.runtime.health = Some(Health { passing, detail: result.err(), at: now_ms() });
+                if passing && s.healthy_at.is_none() {
+                    s.healthy_at = Some(Instant::now());
+                    s.phase = Phase::Healthy { after: started.elapsed() };
+                    s.runtime.state = "running".into();
+                }
+            });
+            let healthy = slot.status.borrow().healthy_at.is_some();
+            if healthy && started.elapsed() > SETTLED {
+                slot.status.send_modify(|s| s.runtime.restarts = 0);
+            }
+            pause = if healthy { checks.interval() } else { (pause * 2).min(SLOWEST_POLL) };
+            next_check = Instant::now() + pause;
+        }
+    }
+
+    /// The process of `incarnation` ended: stop what it left behind, then restart it
+    /// by its policy.
+    async fn exited(&self, slot: &Arc<Slot>, incarnation: u64, ended: Ended) {
+        let mut how = ended.describe();
+        let left = procs::marked(&slot.id);
+        if !left.is_empty() {
+            for pid in &left {
+                procs::kill(*pid, rustix::process::Signal::KILL);
+            }
+            how = format!(
+                "{how}, leaving {} process(es) behind, which were stopped: the start command must stay in the foreground",
+                left.len()
+            );
+        }
+        let mut control = slot.busy.lock().await;
+        if control.incarnation != incarnation {
+            return;
+        }
+        let was_healthy = slot.status.borrow().healthy_at.is_some();
+        slot.status.send_modify(|s| {
+            s.phase = Phase::Exited { how: how.clone() };
+            s.pid = 0;
+            s.runtime.last_exit = Some(how.clone());
+            s.runtime.state = "exited".into();
+        });
+        let Some(spec) = control.spec.clone() else { return };
+        let restart = spec.launch.restart;
+        let wanted = spec.running
+            && was_healthy
+            && match restart.policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !ended.success(),
+                RestartPolicy::Never => false,
+            };
+        if !wanted {
+            return;
+        }
+        let restarts = slot.status.borrow().runtime.restarts;
+        if restarts >= restart.retries {
+            slot.status.send_modify(|s| s.runtime.state = "crashed".into());
+            return;
+        }
+        let backoff = control.backoff.max(FIRST_BACKOFF);
+        control.backoff = (backoff * 2).min(MAX_BACKOFF);
+        slot.status.send_modify(|s| s.runtime.state = "restarting".into());
+        let (this, slot) = (self.clone(), Arc::clone(slot));
+        drop(control);
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let mut control = slot.busy.lock().await;
+            if control.incarnation != incarnation || !control.spec.as_ref().is_some_and(|s| s.running) {
+                return;
+            }
+            let Some(spec) = control.spec.clone() else { return };
+            if let Err(e) = this.start_locked(&slot, &mut control, spec.record, spec.launch, true) {
+                slot.status.send_modify(|s| {
+                    s.runtime.state = "crashed".into();
+                    s.runtime.last_exit = Some(format!("could not restart: {e}"));
+                });
+            }
+        });
+    }
+
+    /// Stops the instance: its kill signal to its process group, then SIGKILL after its
+    /// kill timeout (wall-clock time), then whatever else carries its mark.
+    pub async fn stop(&self, app: &App, id: &str, stop: &Stop) -> bool {
+        let slot = self.slot(app, id);
+        let mut control = slot.busy.lock().await;
+        let killed = self.stop_locked(&slot, &mut control, stop).await;
+        if let Some(spec) = control.spec.as_mut() {
+            spec.running = false;
+            let _ = write_spec(app, spec);
+        }
+        killed
+    }
+
+    async fn stop_locked(&self, slot: &Arc<Slot>, control: &mut Control, stop: &Stop) -> bool {
+        control.incarnation += 1;
+        if let Some(monitor) = control.monitor.take() {
+            monitor.abort();
+        }
+        let pid = slot.status.borrow().pid;
+        let killed = if pid == 0 { false } else { stop_group(pid, stop).await };
+        for left in procs::marked(&slot.id) {
+            procs::kill(left, rustix::process::Signal::KILL);
+        }
+        slot.status.send_modify(|s| {
+            s.phase = Phase::Stopped;
+            s.pid = 0;
+            s.runtime.state = "stopped".into();
+        });
+        if let Some(spec) = control.spec.as_mut() {
+            spec.record.pid = 0;
+            let _ = slot.app.write_record(&spec.record);
+        }
+        killed
+    }
+
+    /// Stops the instance and forgets it: its directory goes, its volumes are freed.
+    pub async fn remove(&self, app: &App, id: &str) -> Result<(), String> {
+        let slot = self.slot(app, id);
+        {
+            let mut control = slot.busy.lock().await;
+            let stop = control
+                .spec
+                .as_ref()
+                .map_or(Stop { signal: "SIGTERM".into(), timeout: Duration::from_secs(5) }, |s| s.launch.stop.clone());
+            self.stop_locked(&slot, &mut control, &stop).await;
+        }
+        self.slots().remove(&(app.dir.clone(), id.to_string()));
+        super::files::remove_tree(&app.instance(id)).map_err(|e| e.to_string())?;
+        app.volumes_release(id).map_err(|e| e.to_string())
+    }
+
+    /// Stops every instance of `app` and forgets them (before the app is destroyed).
+    pub async fn forget_app(&self, app: &App) {
+        let (records, _) = app.records();
+        for record in records {
+            let stop = read_spec(app, &record.id)
+                .map_or(Stop { signal: "SIGTERM".into(), timeout: Duration::from_secs(5) }, |s| s.launch.stop);
+            self.stop(app, &record.id, &stop).await;
+        }
+        self.slots().retain(|(dir, _), _| dir != &app.dir);
+    }
+
+    /// Waits until process `pid` of the instance passes its checks, exits, or the
+    /// deadline passes.
+    pub async fn wait_healthy(&self, app: &App, id: &str, pid: u32, deadline: Duration) -> Result<Duration, Failure> {
+        let Some(slot) = self.existing(app, id) else {
+            return Err(Failure::Lost { message: format!("the agent knows no instance {id}") });
+        };
+        let mut status = slot.status.subscribe();
+        let wait = async {
+            loop {
+                let now = status.borrow_and_update().clone();
+                if now.pid != pid && now.pid != 0 {
+                    return Err(Failure::Exited { how: Some("it was replaced".into()) });
+                }
+                match now.phase {
+                    Phase::Healthy { after } => return Ok(after),
+                    Phase::Exited { how } => return Err(Failure::Exited { how: Some(how) }),
+                    Phase::Stopped => return Err(Failure::Exited { how: Some("it was stopped".into()) }),
+                    Phase::Starting => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(Failure::Lost { message: "the instance was forgotten".into() });
+                }
+            }
+        };
+        if let Ok(result) = tokio::time::timeout(deadline, wait).await {
+            return result;
+        }
+        let last = slot.status.borrow().runtime.health.clone();
+        let last_error = last.and_then(|h| h.detail).unwrap_or_else(|| "no check has passed".into());
+        Err(Failure::TimedOut { after: deadline, last_error })
+    }
+
+    /// Waits until the instance has stayed up `min_healthy` since it became healthy.
+    pub async fn wait_stable(&self, app: &App, id: &str, pid: u32, min_healthy: Duration) -> Result<(), Failure> {
+        let Some(slot) = self.existing(app, id) else {
+            return Err(Failure::Lost { message: format!("the agent knows no instance {id}") });
+        };
+        let mut status = slot.status.subscribe();
+        loop {
+            let now = status.borrow_and_update().clone();
+            match (&now.phase, now.healthy_at) {
+                (Phase::Healthy { .. }, Some(at)) if now.pid == pid => {
+                    let until = at + min_healthy;
+                    if Instant::now() >= until {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        changed = status.changed() => if changed.is_err() { return Ok(()) },
+                    }
+                }
+                (Phase::Exited { how }, _) => {
+                    let after = now.healthy_at.map_or(Duration::ZERO, |at| at.elapsed());
+                    return Err(Failure::DiedAfterHealthy { after, how: Some(how.clone()) });
+                }
+                _ if now.pid != pid => return Err(Failure::Exited { how: Some("it was replaced".into()) }),
+                _ => {
+                    if status.changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last `lines` of the instance's log (with `skip_checks`, without the lines its
+    /// own health checks caused).
+    pub fn log_tail(app: &App, id: &str, lines: usize, skip_checks: bool) -> Vec<String> {
+        let noise: Vec<String> = if skip_checks {
+            let mut noise = vec![crate::health::USER_AGENT.to_string()];
+            if let Some(spec) = read_spec(app, id) {
+                noise.extend(spec.launch.checks.request_lines());
+            }
+            noise
+        } else {
+            Vec::new()
+        };
+        let dir = app.instance(id);
+        let mut all = Vec::new();
+        for file in [dir.join("log.1"), dir.join("log")] {
+            if let Ok(f) = fs::File::open(file) {
+                all.extend(std::io::BufReader::new(f).lines().map_while(Result::ok));
+            }
+        }
+        all.retain(|line| !noise.iter().any(|n| line.contains(n.as_str())));
+        let skip = all.len().saturating_sub(lines);
+        all.split_off(skip)
+    }
+}
+
+/// How an incarnation's end is heard.
+enum Exit {
+    Child(tokio::sync::oneshot::Receiver<Ended>),
+    Adopted { pid: u32, starttime: u64 },
+}
+
+impl Exit {
+    async fn wait(self) -> Ended {
+        match self {
+            Exit::Child(ended) => ended.await.unwrap_or(Ended::Unknown),
+            Exit::Adopted { pid, starttime } => {
+                while procs::same_process(pid, starttime) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                Ended::Unknown
+            }
+        }
+    }
+}
+
+/// Signals the group, waits up to the stop timeout in wall-clock time, then kills it.
+/// True when it had to be killed.
+async fn stop_group(pgid: u32, stop: &Stop) -> bool {
+    procs::kill_group(pgid, procs::signal(&stop.signal));
+    let deadline = Instant::now() + stop.timeout;
+    let mut pause = Duration::from_millis(1);
+    while procs::group_alive(pgid) {
+        if Instant::now() >= deadline {
+            procs::kill_group(pgid, rustix::process::Signal::KILL);
+            let until = Instant::now() + Duration::from_secs(5);
+            while procs::group_alive(pgid) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The program and arguments of a start command: the words themselves when they are a
+/// plain program call (the app is then the process ferry signals, no shell between),
+/// else `sh -c` of it.
+pub fn argv(start: &str) -> Vec<String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || " -_./=:@,+%".contains(c);
+    let words: Vec<String> = start.split_whitespace().map(str::to_string).collect();
+    let first = words.first().map(String::as_str).unwrap_or_default();
+    if start.chars().all(plain) && !first.is_empty() && !first.contains('=') && !SHELL_WORDS.contains(&first) {
+        words
+    } else {
+        vec!["sh".into(), "-c".into(), start.to_string()]
+    }
+}
+
+/// Shell builtins and reserved words: a start command beginning with one is not a
+/// program that could run by itself.
+const SHELL_WORDS: &[&str] = &[
+    "!", ".", ":", "[", "{", "}", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done", "elif",
+    "else", "esac", "eval", "exec", "exit", "export", "false", "fc", "fg", "fi", "for", "getopts", "hash", "if", "in",
+    "jobs", "kill", "local", "newgrp", "pwd", "read", "readonly", "return", "set", "shift", "source", "test", "then",
+    "time", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+];
+
+/// Variables ferry sets itself; neither `[env]` nor a secret overrides them.
+pub const OWN_VARS: &[&str] = &[
+    "PORT",
+    "FLY_APP_NAME",
+    "FLY_REGION",
+    "PRIMARY_REGION",
+    "FERRY_INSTANCE_ID",
+    "FLY_MACHINE_ID",
+    "FLY_PROCESS_GROUP",
+    "RELEASE_VERSION",
+    "RELEASE_COMMAND",
+];
+
+/// An instance's environment: a clean base, `[env]`, the app's secrets over them, and
+/// ferry's own variables over everything.
+pub fn instance_env(
+    launch: &Launch,
+    secrets: &BTreeMap<String, String>,
+    tmp: &Path,
+    record: &InstanceRecord,
+) -> BTreeMap<String, String> {
+    let mut env = base_env();
+    let (own, user): (Vec<_>, Vec<_>) = launch.env.0.iter().partition(|(k, _)| OWN_VARS.contains(&k.as_str()));
+    env.extend(user.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(secrets.iter().filter(|(k, _)| !OWN_VARS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(own.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.insert("TMPDIR".into(), tmp.display().to_string());
+    env.insert("FERRY_INSTANCE_ID".into(), record.id.clone());
+    env
+}
+
+/// What every process ferry starts gets from the account, and nothing else.
+pub fn base_env() -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("PATH".to_string(), path);
+    env.insert("HOME".to_string(), super::paths::home().display().to_string());
+    for key in ["USER", "LOGNAME", "LANG"] {
+        if let Ok(value) = std::env::var(key) {
+            env.insert(key.to_string(), value);
+        }
+    }
+    env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
+    env
+}
+
+/// Makes `root` show the release's top-level entries as links, so a start command's
+/// relative paths (`bin/app`) work from the instance's own directory while whatever the
+/// app writes there stays out of the release.
+fn link_release(root: &Path, release: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        if entry.file_type()?.is_symlink() {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    for entry in fs::read_dir(release)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == super::files::RELEASE_FILE {
+            continue;
+        }
+        let link = root.join(&name);
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(entry.path(), &link)?;
+        }
+    }
+    Ok(())
+}
+
+fn open_log(dir: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new().append(true).create(true).mode(0o600).open(dir.join("log"))
+}
+
+/// Keeps a chatty instance from filling the disk: past [`LOG_LIMIT`] the log is copied
+/// to `log.1` and emptied (the instance appends, so it writes on at the new end).
+fn rotate_log(dir: &Path) {
+    let log = dir.join("log");
+    if fs::metadata(&log).is_ok_and(|m| m.len() > log_limit()) && fs::copy(&log, dir.join("log.1")).is_ok() {
+        if let Ok(mut file) = fs::OpenOptions::new().write(true).open(&log) {
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+        }
+    }
+}
+
+fn spec_path(app: &App, id: &str) -> PathBuf {
+    app.instance(id).join("spec.json")
+}
+
+pub fn read_spec(app: &App, id: &str) -> Option<Spec> {
+    serde_json::from_str(&fs::read_to_string(spec_path(app, id)).ok()?).ok()
+}
+
+fn write_spec(app: &App, spec: &Spec) -> std::io::Result<()> {
+    let json = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
+    super::files::write_atomic(&spec_path(app, &spec.record.id), &json, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_start_commands_run_as_themselves_and_the_rest_through_sh() {
+        assert_eq!(argv("bin/hello start --port=80"), ["bin/hello", "start", "--port=80"]);
+        assert_eq!(argv("PORT=1 bin/start"), ["sh", "-c", "PORT=1 bin/start"]);
+        assert_eq!(argv("cd app && bin/start"), ["sh", "-c", "cd app && bin/start"]);
+        assert_eq!(argv("bin/start $(id)"), ["sh", "-c", "bin/start $(id)"]);
+        assert_eq!(argv("exec bin/server"), ["sh", "-c", "exec bin/server"]);
+        assert_eq!(argv("ulimit -n 4096"), ["sh", "-c", "ulimit -n 4096"]);
+        assert_eq!(argv(""), ["sh", "-c", ""]);
+    }
+
+    #[test]
+    fn ferry_variables_win_over_secrets_which_win_over_env() {
+        let launch = Launch {
+            start: "x".into(),
+            env: crate::host::Env(BTreeMap::from([
+                ("A".to_string(), "env".to_string()),
+                ("PORT".to_string(), "4000".to_string()),
+            ])),
+            checks: serde_json::from_str(r#"{"probes":[]}"#).unwrap(),
+            stop: Stop { signal: "SIGTERM".into(), timeout: Duration::from_secs(1) },
+            restart: crate::host::proto::Restart::default(),
+        };
+        let secrets = BTreeMap::from([("A".to_string(), "secret".to_string()), ("PORT".to_string(), "1".to_string())]);
+        let record: InstanceRecord = serde_json::from_str(
+            r#"{"id":"i","region":"r","host":"h","version":"v","port":4000,"created_at":0,"started_at":0}"#,
+        )
+        .unwrap();
+        let env = instance_env(&launch, &secrets, Path::new("/t"), &record);
+        assert_eq!(env["A"], "secret");
+        assert_eq!(env["PORT"], "4000");
+        assert_eq!(env["TMPDIR"], "/t");
+        assert!(env.contains_key("PATH") && env.contains_key("HOME"));
+    }
+}
