@@ -21,8 +21,35 @@ pub const USER_AGENT: &str = concat!("ferry-health-check/", env!("CARGO_PKG_VERS
 /// The first pause between two rounds of checks while an instance starts.
 pub const FIRST_POLL: Duration = Duration::from_millis(5);
 /// The longest pause between two rounds while an instance starts: at most a few
-/// requests a second reach an app that never becomes healthy.
+/// requests a second reach an app that answers but is not healthy.
 pub const SLOWEST_POLL: Duration = Duration::from_millis(400);
+
+/// Why a round of checks did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Miss {
+    pub message: String,
+    /// Something accepted the connection: the app is up and answered (or hung). A
+    /// refused connection reaches no app, so it costs the app nothing to try again soon.
+    pub reached: bool,
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The pause after a round of checks that did not pass, while an instance starts:
+/// [`FIRST_POLL`] while nothing listens yet (booting apps are noticed within a few
+/// milliseconds of listening), doubling towards [`SLOWEST_POLL`] while the app
+/// answers but fails, so a failing app's log gets a few lines a second.
+pub fn next_pause(pause: Duration, miss: &Miss) -> Duration {
+    if miss.reached {
+        (pause * 2).clamp(FIRST_POLL, SLOWEST_POLL)
+    } else {
+        FIRST_POLL
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -192,19 +219,20 @@ impl Checks {
     }
 
     /// Runs every check once against `addr`.
-    pub async fn check(&self, addr: SocketAddr) -> Result<(), String> {
+    pub async fn check(&self, addr: SocketAddr) -> Result<(), Miss> {
         for probe in &self.probes {
             self.run_probe(probe, addr).await?;
         }
         Ok(())
     }
 
-    async fn run_probe(&self, probe: &Probe, addr: SocketAddr) -> Result<(), String> {
+    async fn run_probe(&self, probe: &Probe, addr: SocketAddr) -> Result<(), Miss> {
+        let missed = |message: String, reached: bool| Err(Miss { message, reached });
         match probe {
             Probe::Tcp { name, timeout: limit, .. } => match timeout(*limit, TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("check `{name}`: connect to {addr}: {e}")),
-                Err(_) => Err(format!("check `{name}`: connect to {addr} timed out")),
+                Ok(Err(e)) => missed(format!("check `{name}`: connect to {addr}: {e}"), false),
+                Err(_) => missed(format!("check `{name}`: connect to {addr} timed out"), false),
             },
             Probe::Http { name, method, path, headers, tls, timeout: limit, .. } => {
                 let scheme = if *tls { "https" } else { "http" };
@@ -216,16 +244,18 @@ impl Checks {
                 }
                 match request.send().await {
                     Ok(response) if response.status().is_success() => Ok(()),
-                    Ok(response) => Err(format!("check `{name}`: {method} {path} answered {}", response.status())),
-                    Err(e) => Err(format!("check `{name}`: {method} {path}: {}", root_cause(&e))),
+                    Ok(response) => {
+                        missed(format!("check `{name}`: {method} {path} answered {}", response.status()), true)
+                    }
+                    Err(e) => missed(format!("check `{name}`: {method} {path}: {}", root_cause(&e)), !e.is_connect()),
                 }
             }
         }
     }
 
     /// Waits until every check passes, the process exits (`exited` resolves with how
-    /// it ended), or `deadline` passes. Checks come fast at first, then back off
-    /// towards [`SLOWEST_POLL`]. Returns how long it took.
+    /// it ended), or `deadline` passes, pacing the rounds by [`next_pause`]. Returns
+    /// how long it took.
     pub async fn wait_healthy<F>(&self, addr: SocketAddr, deadline: Duration, exited: F) -> Result<Duration, Failure>
     where
         F: Future<Output = Option<String>>,
@@ -237,10 +267,12 @@ impl Checks {
             loop {
                 match self.check(addr).await {
                     Ok(()) => return started.elapsed(),
-                    Err(e) => last_error = e,
+                    Err(miss) => {
+                        pause = next_pause(pause, &miss);
+                        last_error = miss.message;
+                    }
                 }
                 sleep(pause).await;
-                pause = (pause * 2).min(SLOWEST_POLL);
             }
         };
         tokio::select! {
@@ -322,7 +354,7 @@ mod tests {
     async fn http_check_fails_on_503() {
         let (addr, _heads) = serve("503 Service Unavailable").await;
         let err = http("/health").check(addr).await.unwrap_err();
-        assert!(err.contains("503"), "{err}");
+        assert!(err.message.contains("503"), "{err}");
     }
 
     #[tokio::test]
@@ -344,6 +376,21 @@ mod tests {
         let (addr, _heads) = serve("200 OK").await;
         let result = http("/").wait_healthy(addr, Duration::from_secs(5), std::future::pending()).await;
         assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_retried_at_once_an_answer_backs_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = listener.local_addr().unwrap();
+        drop(listener);
+        let miss = http("/health").check(closed).await.unwrap_err();
+        assert!(!miss.reached, "{miss}");
+        assert_eq!(next_pause(Duration::from_millis(320), &miss), FIRST_POLL);
+        let (addr, _heads) = serve("503 Service Unavailable").await;
+        let miss = http("/health").check(addr).await.unwrap_err();
+        assert!(miss.reached && miss.message.contains("503"), "{miss}");
+        assert_eq!(next_pause(Duration::from_millis(320), &miss), SLOWEST_POLL);
+        assert_eq!(next_pause(FIRST_POLL, &miss), FIRST_POLL * 2);
     }
 
     #[tokio::test]

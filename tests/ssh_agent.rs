@@ -85,6 +85,51 @@ fn a_rebooted_host_brings_its_instances_back_on_the_current_version() {
     assert_eq!(project.versions_served(), ["v2"; 2]);
 }
 
+/// A tmpfs mounted `noexec` for the test's length, unmounted when dropped.
+struct NoexecMount(std::path::PathBuf);
+
+impl NoexecMount {
+    fn at(dir: std::path::PathBuf, owner: &str) -> NoexecMount {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "noexec,size=256m", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a noexec tmpfs at {}", dir.display());
+        let mount = NoexecMount(dir);
+        let chowned = std::process::Command::new("chown").arg(owner).arg(&mount.0).status().unwrap();
+        assert!(chowned.success());
+        mount
+    }
+}
+
+impl Drop for NoexecMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("--lazy").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_root_where_programs_may_not_run_is_refused_before_anything_changes() {
+    if !common::need::root() {
+        return;
+    }
+    let fleet = SshFleet::start(1);
+    let host = &fleet.hosts()[0];
+    let _mount = NoexecMount::at(host.home.join("noexec"), &host.user);
+    let project = Project::builder()
+        .ferry_keys("target = \"ssh\"\nroot = \"~/noexec/ferry\"")
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap())
+        .ssh_region("syd", &[host.spec()], 1)
+        .build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("noexec") && run.stderr.contains("[ferry] root"), "{}", run.stderr);
+    let left = on_host(&fleet, 0, "ls -A ~/noexec/ferry");
+    assert_eq!(left.trim(), ".bin", "nothing but ferry's executable was written: {left}");
+}
+
 /// One word for a POSIX shell.
 fn shell_word(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::health::{Failure, SLOWEST_POLL};
+use crate::health::Failure;
 use crate::host::proto::{Launch, RestartPolicy};
 use crate::host::{now_ms, Health, InstanceRecord, InstanceState, Runtime, Stop};
 
@@ -339,8 +339,9 @@ impl Supervisor {
             }
             let result = checks.check(addr).await;
             let passing = result.is_ok();
+            let miss = result.as_ref().err().cloned();
             slot.status.send_modify(|s| {
-                s.runtime.health = Some(Health { passing, detail: result.err(), at: now_ms() });
+                s.runtime.health = Some(Health { passing, detail: result.err().map(|m| m.message), at: now_ms() });
                 if passing && s.healthy_at.is_none() {
                     s.healthy_at = Some(Instant::now());
                     s.phase = Phase::Healthy { after: started.elapsed() };
@@ -351,7 +352,10 @@ impl Supervisor {
             if healthy && started.elapsed() > SETTLED {
                 slot.status.send_modify(|s| s.runtime.restarts = 0);
             }
-            pause = if healthy { checks.interval() } else { (pause * 2).min(SLOWEST_POLL) };
+            pause = match miss {
+                Some(miss) if !healthy => crate::health::next_pause(pause, &miss),
+                _ => checks.interval(),
+            };
             next_check = Instant::now() + pause;
         }
     }

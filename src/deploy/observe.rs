@@ -42,7 +42,7 @@ pub async fn observe(fleet: &Fleet) -> Result<Observed, Error> {
 
 /// Ids of instances running `version` that pass their checks right now.
 pub async fn healthy_on(fleet: &Fleet, observed: &Observed, checks: &Checks, version: &str) -> BTreeSet<String> {
-    // All at once: through an SSH forward a TCP check takes 100 ms.
+    // All at once: each is a round trip to its host's agent.
     let mut probes = JoinSet::new();
     for host in fleet.hosts() {
         let Some(state) = observed.get(&host.name) else { continue };

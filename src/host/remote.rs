@@ -26,7 +26,7 @@ pub async fn call(host: &Host, ssh: &SshTransport, request: Request, io: Io<'_>)
     let call = Call { protocol: PROTOCOL, app_dir: host.app_dir.clone(), request, input: size, path: None };
     let mut line = serde_json::to_vec(&call).map_err(|e| step_error(host, step, e.to_string()))?;
     line.push(b'\n');
-    let cmd = Cmd::new(agent).args(["agent", "call"]).stdin(line);
+    let cmd = Cmd::new(agent.clone()).args(["agent", "call"]).stdin(line);
     let answer: Mutex<Option<Result<Reply, HostError>>> = Mutex::new(None);
     let on_line = |text: &str| {
         let parsed = serde_json::from_str::<Answer>(text);
@@ -54,6 +54,16 @@ pub async fn call(host: &Host, ssh: &SshTransport, request: Request, io: Io<'_>)
     let answered = answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     if let Some(result) = answered {
         return result;
+    }
+    if status.code() == Some(126) {
+        return Err(step_error(
+            host,
+            step,
+            format!(
+                "the host cannot run ferry's executable `{agent}` (is its file system mounted noexec?); set `[ferry] root` to a directory where programs may run, or install ferry {} on the host's PATH",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
     }
     let why = if stderr.trim().is_empty() {
         format!("`ferry agent call` exited with {status}")
