@@ -368,7 +368,9 @@ mod tests {
     async fn wait_times_out_with_the_last_error() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
         let result = tcp_only().wait_healthy(addr, Duration::from_secs(3), std::future::pending()).await;
-        assert!(matches!(result, Err(Failure::TimedOut { .. })), "{result:?}");
+        let Err(Failure::TimedOut { after, last_error }) = result else { panic!("{result:?}") };
+        assert_eq!(after, Duration::from_secs(3));
+        assert!(last_error.contains("connect to 127.0.0.1:9"), "{last_error}");
     }
 
     #[tokio::test]

@@ -60,6 +60,24 @@ fn a_killed_instance_is_restarted_by_its_policy_and_status_says_how_it_ended() {
 }
 
 #[test]
+fn a_restarted_instance_that_crashes_before_its_checks_pass_is_restarted_again() {
+    // Starts 2 and 3 fail at once (a database briefly away, say); start 4 serves.
+    let start = "n=$(cat {dir}/starts 2>/dev/null || echo 0); echo $((n + 1)) > {dir}/starts; \
+                 if [ \"$n\" -ge 1 ] && [ \"$n\" -le 2 ]; then exit 1; fi; exec bin/hello";
+    let project = Project::builder().region("syd", 1).start(Some(start)).build();
+    project.deploy("v1").assert_ok();
+    let before = pid_of(&project.instances()[0]);
+    std::process::Command::new("kill").args(["-9", &before.to_string()]).status().unwrap();
+    let back = eventually(Duration::from_secs(20), || {
+        let instance = project.instances().into_iter().next()?;
+        (pid_of(&instance) != before && instance["state"] == "running").then_some(instance)
+    });
+    assert_eq!(back["restarts"], 3, "{back}");
+    assert_eq!(std::fs::read_to_string(project.path().join("starts")).unwrap().trim(), "4");
+    assert_eq!(project.versions_served(), ["v1"]);
+}
+
+#[test]
 fn a_release_that_dies_after_passing_its_checks_fails_the_deploy_and_is_reverted() {
     let project = Project::builder().region("syd", 2).ferry_keys("[ferry.deploy]\n  min_healthy_time = \"3s\"").build();
     project.deploy("v1").assert_ok();
@@ -258,7 +276,10 @@ fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
     let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
     json["pid"] = Value::from(bystander.id());
     std::fs::write(&record, json.to_string()).unwrap();
-    assert!(project.instances().iter().all(|i| pid_of(i) != u64::from(bystander.id())), "never shown as the instance");
+    let now = project.instances();
+    assert!(now.iter().all(|i| pid_of(i) != u64::from(bystander.id())), "never shown as the instance");
+    assert_eq!(pid_of(&now[0]), pid_of(&instance), "the instance's own process, found by its mark, was adopted");
+    assert_eq!(project.versions_served(), ["v1"]);
     project.ferry(&["destroy", "--yes"]).assert_ok();
     assert!(bystander.try_wait().unwrap().is_none(), "the bystander was not signalled");
     eventually(Duration::from_secs(5), || (!alive(pid_of(&instance))).then_some(()));
@@ -276,8 +297,10 @@ fn a_chatty_instance_cannot_fill_the_disk_with_its_log() {
     project.deploy("v1").assert_ok();
     let id = project.instances()[0]["id"].as_str().unwrap().to_string();
     let dir = project.path().join(format!(".ferry/local/syd/local/hello/instances/{id}"));
-    eventually(Duration::from_secs(10), || dir.join("log.1").exists().then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
+    let modified = || std::fs::metadata(dir.join("log.1")).and_then(|m| m.modified()).ok();
+    let first = eventually(Duration::from_secs(10), modified);
+    // Rotated again: it keeps rotating while the app chatters on.
+    eventually(Duration::from_secs(10), || modified().filter(|at| *at != first));
     let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     // Bounded by the limit plus what a second of chatter adds before the next look.
     assert!(size("log") < 20 << 20 && size("log.1") < 20 << 20, "log {} log.1 {}", size("log"), size("log.1"));
@@ -315,4 +338,66 @@ fn a_newer_ferry_takes_the_agent_over_without_stopping_instances() {
     let now: Vec<u64> = project.instances().iter().map(pid_of).collect();
     assert_eq!(now, pids, "no instance was stopped");
     assert_eq!(project.versions_served(), ["v1"; 2]);
+}
+
+#[test]
+fn a_long_call_is_served_to_the_end_by_an_agent_with_nothing_to_supervise() {
+    // The first deploy's release_command runs while no instance does: an agent that
+    // counted only new connections as activity would leave in the middle of it.
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys("  release_command = \"sleep 3\"")
+        .env("FERRY_AGENT_IDLE_EXIT", "300ms")
+        .build();
+    project.deploy("v1").assert_ok();
+    assert_eq!(project.versions_served(), ["v1"]);
+}
+
+#[test]
+fn a_newer_ferry_leaves_a_busy_agent_alone_and_takes_over_once_it_is_free() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys("  release_command = \"touch {dir}/migrating; sleep 3\"")
+        .build();
+    project.deploy("v1").assert_ok();
+    let agent_pid = || -> u64 {
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(project.state_dir().join("agent.json")).unwrap()).unwrap();
+        info["pid"].as_u64().unwrap()
+    };
+    let before = agent_pid();
+    let migrating = project.path().join("migrating");
+    let _ = std::fs::remove_file(&migrating);
+    let deploy = project.spawn(&["deploy", "--version", "v2"]);
+    eventually(Duration::from_secs(30), || migrating.exists().then_some(()));
+    // Another build, while the old agent runs the release_command.
+    let newer = project.path().join("ferry-newer");
+    let mut bytes = std::fs::read(common::FERRY).unwrap();
+    bytes.extend_from_slice(b"\0another build\0");
+    std::fs::write(&newer, bytes).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&newer).status().unwrap();
+    let base = project.command(&["status", "--json"]);
+    let run_newer = || {
+        std::process::Command::new(&newer)
+            .args(["status", "--json"])
+            .current_dir(project.path())
+            .envs(base.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+            .output()
+            .unwrap()
+    };
+    let busy = run_newer();
+    assert!(busy.status.success(), "{}", String::from_utf8_lossy(&busy.stderr));
+    assert_eq!(agent_pid(), before, "the busy agent was not replaced");
+    let deployed = deploy.wait_with_output().unwrap();
+    assert!(
+        deployed.status.success(),
+        "the deploy the old agent served: {}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    assert_eq!(project.versions_served(), ["v2"]);
+    let free = run_newer();
+    assert!(free.status.success(), "{}", String::from_utf8_lossy(&free.stderr));
+    assert_ne!(agent_pid(), before, "once free, it handed over");
+    assert!(!alive(before));
+    assert_eq!(project.versions_served(), ["v2"]);
 }

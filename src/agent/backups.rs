@@ -100,7 +100,7 @@ pub async fn create(
         let _ = fs::remove_file(&part);
         return Err(format!("the dump does not verify: {e}"));
     }
-    meta.sha256 = crate::release::sha256_file(&part).map_err(|e| e.to_string())?;
+    meta.sha256 = sha256_off_thread(&part).await?;
     meta.size = fs::metadata(&part).map_err(|e| e.to_string())?.len();
     fs::rename(&part, dir.join(format!("{}.dump", meta.id))).map_err(|e| e.to_string())?;
     register(app, &meta, keep).map_err(|e| e.to_string())?;
@@ -151,7 +151,7 @@ pub async fn restore(
     if !dump.is_file() {
         return Err(format!("backup {} is not on this host", backup.id));
     }
-    if crate::release::sha256_file(&dump).map_err(|e| e.to_string())? != backup.sha256 {
+    if sha256_off_thread(&dump).await? != backup.sha256 {
         return Err(format!("backup {} does not match its sha256", backup.id));
     }
     let scratch = Scratch::new(app, db).map_err(|e| e.to_string())?;
@@ -160,4 +160,13 @@ pub async fn restore(
     args.extend(connection(db));
     args.extend(["-d".into(), db.name.clone(), dump.display().to_string()]);
     tool(reaper, "pg_restore", &args, &scratch.pgpass(), path).await
+}
+
+/// The sha256 of a (possibly large) file, on a blocking thread: the agent's own thread
+/// keeps watching instances meanwhile.
+async fn sha256_off_thread(path: &Path) -> Result<String, String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::release::sha256_file(&path).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
 }

@@ -45,7 +45,7 @@ pub fn install(paths: &Paths) -> Boot {
     let line = command(&exe, paths);
     let boot = if systemd_user_works() && systemd(&line).is_ok() {
         Boot::Systemd
-    } else if cron(&line).is_ok() {
+    } else if cron(&line, &paths.state.display().to_string()).is_ok() {
         Boot::Cron
     } else {
         Boot::None
@@ -82,20 +82,40 @@ fn systemd(line: &str) -> std::io::Result<()> {
     if !enabled.status.success() {
         return Err(std::io::Error::other(String::from_utf8_lossy(&enabled.stderr).into_owned()));
     }
-    // Without lingering the unit starts only when the account logs in.
+    // Without lingering the unit starts only when the account logs in: then it is no
+    // boot entry, and cron is tried instead.
     let _ = quiet(Command::new("loginctl").arg("enable-linger"));
+    let uid = super::paths::uid().to_string();
+    let linger = quiet(Command::new("loginctl").args(["show-user", &uid, "--property=Linger"]))?;
+    if String::from_utf8_lossy(&linger.stdout).trim() != "Linger=yes" {
+        let _ = quiet(Command::new("systemctl").args(["--user", "disable", "ferry-agent.service"]));
+        return Err(std::io::Error::other("lingering is not allowed for this account"));
+    }
     Ok(())
 }
 
-fn cron(line: &str) -> std::io::Result<()> {
+/// Puts ferry's `@reboot` line for `state` in the account's crontab, replacing the one
+/// an earlier ferry wrote for the same state directory and leaving every other line
+/// as it was.
+fn cron(line: &str, state: &str) -> std::io::Result<()> {
     let listed = quiet(Command::new("crontab").arg("-l"))?;
-    let current =
-        if listed.status.success() { String::from_utf8_lossy(&listed.stdout).into_owned() } else { String::new() };
-    let entry = format!("@reboot {line} {CRON_MARK}");
+    let current = if listed.status.success() {
+        String::from_utf8_lossy(&listed.stdout).into_owned()
+    } else if String::from_utf8_lossy(&listed.stderr).contains("no crontab") {
+        String::new()
+    } else {
+        // Unreadable for another reason: writing now could lose the account's lines.
+        return Err(std::io::Error::other(String::from_utf8_lossy(&listed.stderr).into_owned()));
+    };
+    // cron reads `%` as a newline.
+    let entry = format!("@reboot {} {CRON_MARK}", line.replace('%', "\\%"));
     if current.lines().any(|l| l == entry) {
         return Ok(());
     }
-    let mut updated: String = current.lines().filter(|l| !l.ends_with(CRON_MARK)).flat_map(|l| [l, "\n"]).collect();
+    let state_word = crate::transport::quote(state);
+    let ours =
+        |l: &str| l.starts_with("@reboot ") && l.ends_with(CRON_MARK) && l.contains(&format!("--state {state_word} "));
+    let mut updated: String = current.lines().filter(|l| !ours(l)).flat_map(|l| [l, "\n"]).collect();
     updated.push_str(&entry);
     updated.push('\n');
     let mut child =

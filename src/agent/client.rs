@@ -16,8 +16,11 @@ use crate::host::{AgentInfo, Io, Reply, Request};
 use super::paths::Paths;
 use super::wire::{self, Answer, Call, PROTOCOL};
 
-/// How long a starting agent may take to listen.
-const START_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a starting agent may take to listen (it may first wait for a leaving one
+/// to finish the calls it took).
+const START_PATIENCE: Duration = Duration::from_secs(40);
+/// How long an agent that agreed to hand over may take to leave.
+const HANDOVER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Why the agent could not be reached or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,50 @@ fn unreachable(paths: &Paths, message: impl std::fmt::Display) -> AgentError {
 /// The running agent, as it describes itself, when its process is alive.
 fn running(paths: &Paths) -> Option<AgentInfo> {
     let info: AgentInfo = serde_json::from_str(&std::fs::read_to_string(paths.agent_info()).ok()?).ok()?;
-    super::procs::alive(info.pid).then_some(info)
+    let same = info.starttime == 0 || super::procs::starttime(info.pid) == Some(info.starttime);
+    (super::procs::alive(info.pid) && same).then_some(info)
+}
+
+/// What this build of ferry says of itself as an agent (pid aside).
+pub fn this_build() -> AgentInfo {
+    use std::os::unix::fs::MetadataExt;
+    let built =
+        std::env::current_exe().and_then(std::fs::metadata).map_or(0, |m| u64::try_from(m.mtime()).unwrap_or(0));
+    let pid = std::process::id();
+    AgentInfo {
+        pid,
+        version: env!("CARGO_PKG_VERSION").into(),
+        exe: super::exe_digest(),
+        protocol: PROTOCOL,
+        built,
+        starttime: super::procs::starttime(pid).unwrap_or(0),
+    }
+}
+
+/// What to do with the agent that runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// This build, or a newer one that speaks this protocol.
+    Use,
+    /// An older build: it hands over to this one.
+    Replace,
+    /// A newer ferry this one cannot speak to.
+    Refuse,
+}
+
+fn verdict(agent: &AgentInfo, me: &AgentInfo) -> Verdict {
+    if agent.exe == me.exe {
+        return Verdict::Use;
+    }
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    let (theirs, mine) = (parse(&agent.version), parse(&me.version));
+    // Of two builds of one version, the later one; so two builds never take turns.
+    let newer = theirs > mine || (theirs == mine && agent.built >= me.built);
+    match (newer, agent.protocol == me.protocol) {
+        (true, true) => Verdict::Use,
+        (true, false) => Verdict::Refuse,
+        (false, _) => Verdict::Replace,
+    }
 }
 
 /// A connection to this account's agent, started or upgraded as needed. `boot_entry`:
@@ -43,35 +89,75 @@ fn running(paths: &Paths) -> Option<AgentInfo> {
 /// machine).
 pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError> {
     paths.prepare().map_err(|e| unreachable(paths, e))?;
-    let mine = super::exe_digest();
+    let me = this_build();
     if let Some(info) = running(paths) {
-        if info.exe == mine || newer(&info.version) {
-            if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-                return Ok(stream);
+        match verdict(&info, &me) {
+            Verdict::Use => {
+                if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+                    return Ok(stream);
+                }
             }
-        } else {
-            hand_over(paths, &info).await;
+            Verdict::Refuse => {
+                return Err(unreachable(
+                    paths,
+                    format!(
+                        "the agent running here is ferry {} (pid {}), which speaks protocol {} and this ferry {} speaks {}: use ferry {} or newer",
+                        info.version, info.pid, info.protocol, me.version, me.protocol, info.version
+                    ),
+                ));
+            }
+            Verdict::Replace => match hand_over(paths, &info).await {
+                Ok(()) => {}
+                Err(why) if info.protocol == PROTOCOL => {
+                    // Busy with another caller's work: it serves this one as it is.
+                    if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+                        return Ok(stream);
+                    }
+                    return Err(unreachable(paths, why));
+                }
+                Err(why) => {
+                    return Err(unreachable(
+                        paths,
+                        format!(
+                            "the agent running here is ferry {} (pid {}), which speaks another protocol, and could not hand over ({why}); try again once it is done",
+                            info.version, info.pid
+                        ),
+                    ));
+                }
+            },
         }
     }
     start(paths, boot_entry).await
 }
 
-/// Whether `version` is a newer ferry than this one (which then uses it as it is).
-fn newer(version: &str) -> bool {
-    let parse = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
-    parse(version) > parse(env!("CARGO_PKG_VERSION"))
-}
-
 /// Asks the running agent to exit, leaving its instances to the next one, and waits
-/// until it has.
-async fn hand_over(paths: &Paths, info: &AgentInfo) {
+/// until it has. An agent serving other callers refuses, saying so.
+async fn hand_over(paths: &Paths, info: &AgentInfo) -> Result<(), String> {
     if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-        let _ = exchange(stream, "", Request::Handover, Io::default()).await;
+        if let Err(AgentError::Failed { message, .. }) = exchange(stream, "", Request::Handover, Io::default()).await {
+            if message.starts_with("the agent stays") {
+                return Err(message);
+            }
+        }
     }
-    let deadline = tokio::time::Instant::now() + START_PATIENCE;
-    while super::procs::alive(info.pid) && tokio::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + HANDOVER_PATIENCE;
+    while running(paths).is_some_and(|now| now.pid == info.pid) || super::procs::same_process(info.pid, info.starttime)
+    {
+        if tokio::time::Instant::now() >= deadline {
+            // An agent that cannot be asked (a protocol from before handovers, or hung)
+            // is told the way a service manager would; it leaves its instances too.
+            if info.starttime != 0 && super::procs::same_process(info.pid, info.starttime) {
+                super::procs::kill(info.pid, rustix::process::Signal::TERM);
+            }
+            let grace = tokio::time::Instant::now() + HANDOVER_PATIENCE;
+            while super::procs::same_process(info.pid, info.starttime) && tokio::time::Instant::now() < grace {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    Ok(())
 }
 
 /// Starts this executable as the agent (one caller at a time) and connects.
@@ -90,7 +176,7 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Someone else may have started it meanwhile.
-    if running(paths).is_some_and(|i| i.exe == super::exe_digest()) {
+    if running(paths).is_some_and(|i| verdict(&i, &this_build()) == Verdict::Use) {
         if let Ok(stream) = UnixStream::connect(paths.socket()).await {
             return Ok(stream);
         }
@@ -108,8 +194,8 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(info) = running(paths) {
-            if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-                if info.exe == super::exe_digest() {
+            if info.exe == super::exe_digest() {
+                if let Ok(stream) = UnixStream::connect(paths.socket()).await {
                     return Ok(stream);
                 }
             }
@@ -239,11 +325,16 @@ pub fn relay() -> i32 {
             let _ = tokio::io::copy_buf(&mut stdin, &mut to_agent).await;
             let _ = to_agent.shutdown().await;
         });
-        let _ = tokio::io::copy(&mut from_agent, &mut stdout).await;
-        let _ = stdout.flush().await;
+        let copied = tokio::io::copy(&mut from_agent, &mut stdout).await.unwrap_or(0);
         // The agent closes the connection after its answer; input the caller still
         // sends then (a release the host already had) is not waited for.
         up.abort();
+        if copied == 0 {
+            let message = "the agent closed the connection without an answer (see its log, agent.log)".to_string();
+            let _ = wire::send(&mut stdout, &Answer::Failed { step: "reaching ferry's agent".into(), message }).await;
+            return 1;
+        }
+        let _ = stdout.flush().await;
         0
     });
     // Reading stdin blocks a thread; the process does not wait for it.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::BufReader;
 use tokio::net::UnixListener;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::host::{AgentInfo, Reply, Request};
@@ -24,10 +24,20 @@ use super::procs::Reaper;
 use super::supervisor::Supervisor;
 use super::wire::{self, Answer, Call, PROTOCOL};
 
+/// How long a new agent waits for a leaving one to let go of the account.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+/// How long an agent told to stop (SIGTERM) lets the calls it took finish.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// How long an agent with nothing to supervise waits for callers before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// The same, once no app is left on the account.
 const NO_APPS_EXIT: Duration = Duration::from_secs(2);
+
+/// [`IDLE_EXIT`], or what `FERRY_AGENT_IDLE_EXIT` says (`5m`, `500ms`).
+fn idle_exit() -> Duration {
+    std::env::var("FERRY_AGENT_IDLE_EXIT").ok().and_then(|v| humantime::parse_duration(&v).ok()).unwrap_or(IDLE_EXIT)
+}
 
 /// Signals the agent takes itself, so that its children start with them at their
 /// default disposition even when the agent was started with them ignored (`nohup`,
@@ -46,12 +56,22 @@ pub fn run(paths: &Paths) -> i32 {
         log(paths, &format!("cannot prepare {}: {e}", paths.state.display()));
         return 1;
     }
-    let Ok(lock) = fs::OpenOptions::new().create(true).truncate(false).write(true).open(paths.agent_lock()) else {
-        return 1;
+    let lock = match fs::OpenOptions::new().create(true).truncate(false).write(true).open(paths.agent_lock()) {
+        Ok(lock) => lock,
+        Err(e) => {
+            log(paths, &format!("cannot open {}: {e}", paths.agent_lock().display()));
+            return 1;
+        }
     };
-    if lock.try_lock().is_err() {
-        // Another agent serves this account.
-        return 0;
+    // An agent that is leaving (idle, or handing over) still holds the lock while it
+    // finishes the calls it took: this one waits for it.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    while lock.try_lock().is_err() {
+        if std::time::Instant::now() >= deadline {
+            // Another agent serves this account.
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -75,8 +95,7 @@ async fn serve(paths: &Paths) -> i32 {
     let reaper = Reaper::for_agent();
     tokio::spawn(reaper.clone().run());
     let exe = std::env::current_exe().unwrap_or_else(|_| "ferry".into());
-    let info =
-        AgentInfo { pid: std::process::id(), version: env!("CARGO_PKG_VERSION").into(), exe: super::exe_digest() };
+    let info = AgentInfo { pid: std::process::id(), ..super::client::this_build() };
     let agent = Arc::new(Agent::new(paths.clone(), Supervisor::new(exe, reaper.clone()), reaper, info.clone()));
     let socket = paths.socket();
     let _ = fs::remove_file(&socket);
@@ -91,39 +110,119 @@ async fn serve(paths: &Paths) -> i32 {
     let _ = super::files::write_atomic(&paths.agent_info(), &serde_json::to_vec(&info).unwrap_or_default(), 0o600);
     log(paths, &format!("agent {} (pid {}) serving on {}", info.version, info.pid, socket.display()));
     agent.load_apps().await;
-    let handover = Arc::new(Notify::new());
-    let mut last_call = Instant::now();
+    let calls = Calls::new();
+    let (handovers, mut asked) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    loop {
+    // Until it leaves: idle, handed over, or told to stop.
+    let stop_by = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                last_call = Instant::now();
-                let (agent, handover) = (Arc::clone(&agent), Arc::clone(&handover));
-                tokio::spawn(async move { connection(agent, stream, handover).await });
+                let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
+                tokio::spawn(async move { connection(agent, stream, handovers, call).await });
             }
-            () = handover.notified() => break,
-            () = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
+            Some(reply) = asked.recv() => {
+                // The asking call is one of those in flight: any other is another
+                // caller's work, which a handover would cut off.
+                let others = calls.active().saturating_sub(1);
+                if others == 0 {
+                    let _ = reply.send(Ok(()));
+                    log(paths, "handing over to another ferry; instances keep running");
+                    break None;
+                }
+                let _ = reply.send(Err(format!("it is serving {others} other call(s)")));
+            }
+            () = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+                log(paths, "stopping (SIGTERM); instances keep running");
+                break Some(Instant::now() + STOP_GRACE);
+            }
             () = tokio::time::sleep(Duration::from_secs(1)) => {
                 // With no app left at all (the last one destroyed), it goes soon; with
                 // apps but nothing running, after a while.
-                let idle = if agent.has_apps() { IDLE_EXIT } else { NO_APPS_EXIT };
-                if !agent.supervisor.serves_any() && last_call.elapsed() > idle {
+                let idle = if agent.has_apps() { idle_exit() } else { idle_exit().min(NO_APPS_EXIT) };
+                if calls.active() == 0 && !agent.supervisor.serves_any() && calls.quiet_for() > idle {
                     log(paths, "nothing left to supervise; exiting");
-                    break;
+                    break None;
                 }
             }
         }
-    }
-    // The next agent adopts what runs: nothing is stopped here.
-    let _ = fs::remove_file(&socket);
-    let _ = fs::remove_dir(paths.socket_dir());
+    };
+    // Leaving. New callers no longer find it (they start the next agent, which waits
+    // for this one's lock); calls already made, queued ones included, are served to
+    // the end. The next agent adopts what runs: nothing is stopped here.
     let _ = fs::remove_file(paths.agent_info());
+    let _ = fs::remove_file(&socket);
+    loop {
+        let past_grace = stop_by.is_some_and(|by| Instant::now() >= by);
+        if past_grace {
+            log(paths, &format!("{} call(s) cut off at the end of the stop grace", calls.active()));
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(20), listener.accept()).await {
+            Ok(Ok((stream, _))) => {
+                let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
+                tokio::spawn(async move { connection(agent, stream, handovers, call).await });
+            }
+            Err(_) if calls.active() == 0 => break,
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    drop(listener);
+    let _ = fs::remove_dir(paths.socket_dir());
     drop(taken);
     0
 }
 
-async fn connection(agent: Arc<Agent>, stream: tokio::net::UnixStream, handover: Arc<Notify>) {
+/// The calls in flight, and when the last one ended.
+#[derive(Clone)]
+struct Calls(Arc<std::sync::Mutex<(usize, Instant)>>);
+
+impl Calls {
+    /// None yet; the quiet time counts from now.
+    fn new() -> Self {
+        Self(Arc::new(std::sync::Mutex::new((0, Instant::now()))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn begin(&self) -> CallGuard {
+        self.lock().0 += 1;
+        CallGuard(self.clone())
+    }
+
+    fn active(&self) -> usize {
+        self.lock().0
+    }
+
+    /// How long no call has been in flight (since the agent started, before any).
+    fn quiet_for(&self) -> Duration {
+        let (active, last) = *self.lock();
+        if active > 0 {
+            return Duration::ZERO;
+        }
+        last.elapsed()
+    }
+}
+
+/// One call in flight; its end is counted when dropped, however the call ends.
+struct CallGuard(Calls);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let mut calls = self.0.lock();
+        calls.0 = calls.0.saturating_sub(1);
+        calls.1 = Instant::now();
+    }
+}
+
+async fn connection(
+    agent: Arc<Agent>,
+    stream: tokio::net::UnixStream,
+    handovers: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    _call: CallGuard,
+) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let call: Call = match wire::receive(&mut read).await {
@@ -136,21 +235,32 @@ async fn connection(agent: Arc<Agent>, stream: tokio::net::UnixStream, handover:
             return;
         }
     };
-    if call.protocol != PROTOCOL {
+    // Whatever the caller's protocol, it may greet this agent and ask it to hand over:
+    // that is how a newer ferry replaces it.
+    let agent_request = matches!(call.request, Request::Hello | Request::Handover);
+    if call.protocol != PROTOCOL && !agent_request {
         let message = format!("this agent speaks protocol {PROTOCOL}, the caller {}", call.protocol);
         let _ = wire::send(&mut write, &Answer::Failed { step: "greeting the agent".into(), message }).await;
         return;
     }
     let step = call.request.step();
-    let is_handover = matches!(call.request, Request::Handover);
-    let answer = match agent.handle(call, &mut read, &mut write).await {
-        Ok(reply) => Answer::Done(reply),
-        Err(message) => Answer::Failed { step: step.into(), message },
+    let answer = if matches!(call.request, Request::Handover) {
+        let (reply, approved) = oneshot::channel();
+        let decided = match handovers.send(reply).await {
+            Ok(()) => approved.await.unwrap_or_else(|_| Err("it is leaving".into())),
+            Err(_) => Err("it is leaving".into()),
+        };
+        match decided {
+            Ok(()) => Answer::Done(Reply::Done),
+            Err(why) => Answer::Failed { step: step.into(), message: format!("the agent stays: {why}") },
+        }
+    } else {
+        match agent.handle(call, &mut read, &mut write).await {
+            Ok(reply) => Answer::Done(reply),
+            Err(message) => Answer::Failed { step: step.into(), message },
+        }
     };
     let _ = wire::send(&mut write, &answer).await;
-    if is_handover && matches!(answer, Answer::Done(Reply::Done)) {
-        handover.notify_one();
-    }
 }
 
 /// One line in the agent's log.

@@ -32,8 +32,11 @@ pub struct App {
 /// Writes `data` to `path` atomically (aside, then renamed), with `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A fresh file, never one already there (a link someone planted in a shared
+    // directory is not followed: creation fails instead).
+    let _ = fs::remove_file(&tmp);
     let written = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         file.write_all(data)?;
         file.sync_data()?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;

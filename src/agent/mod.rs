@@ -80,8 +80,11 @@ fn digest_of(exe: &std::path::Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(exe) else { return String::new() };
     let key = format!("{}-{}-{}-{}", meta.dev(), meta.ino(), meta.size(), meta.mtime());
-    let cache = std::env::temp_dir().join(format!("ferry-{}-exe-{key}", paths::uid()));
-    if let Ok(known) = std::fs::read_to_string(&cache) {
+    let cache = std::path::Path::new("/tmp").join(format!("ferry-{}-exe-{key}", paths::uid()));
+    // Only a file this account wrote, that nobody else may change, is believed.
+    let trusted = std::fs::symlink_metadata(&cache)
+        .is_ok_and(|m| m.file_type().is_file() && m.uid() == paths::uid() && m.mode() & 0o022 == 0);
+    if let (true, Ok(known)) = (trusted, std::fs::read_to_string(&cache)) {
         if known.len() == 64 {
             return known;
         }

@@ -186,9 +186,10 @@ impl Agent {
                 Reply::Done
             }
             Request::ReadHistory => Reply::Text(app.read_history()),
-            Request::Finish { token, current, history, prune } => {
-                Reply::Finished(app.finish(token.as_deref(), current.as_deref(), history.as_deref(), &prune))
-            }
+            Request::Finish { token, current, history, prune } => Reply::Finished(
+                blocking(move || Ok(app.finish(token.as_deref(), current.as_deref(), history.as_deref(), &prune)))
+                    .await?,
+            ),
             Request::ReleaseCommand { version, command, env, limit } => {
                 let mut env = env.0;
                 if let Some(path) = &path {
@@ -236,8 +237,9 @@ impl Agent {
             }
             Request::Destroy => {
                 self.supervisor.forget_app(&app).await;
-                app.destroy().map_err(io)?;
-                self.forget(&app.dir);
+                let dir = app.dir.clone();
+                blocking(move || app.destroy().map_err(|e| e.to_string())).await?;
+                self.forget(&dir);
                 Reply::Done
             }
         })

@@ -58,7 +58,10 @@ impl Paths {
         self.state.join("agent.log")
     }
 
-    /// The private directory of the control socket.
+    /// The private directory of the control socket: in `/tmp` whatever `TMPDIR` says
+    /// (the agent started at boot and an SSH session must agree), named after the
+    /// account and the state directory. A name someone else took is passed over, the
+    /// same way by the agent and its callers.
     pub fn socket_dir(&self) -> PathBuf {
         let digest = Sha256::digest(self.state.as_os_str().as_encoded_bytes());
         let short = digest.iter().take(4).fold(String::new(), |mut s, b| {
@@ -66,7 +69,18 @@ impl Paths {
             let _ = write!(s, "{b:02x}");
             s
         });
-        std::env::temp_dir().join(format!("ferry-{}-{short}", uid()))
+        let me = uid();
+        let candidate = |n: u32| {
+            let suffix = if n == 0 { String::new() } else { format!("-{n}") };
+            PathBuf::from("/tmp").join(format!("ferry-{me}-{short}{suffix}"))
+        };
+        (0..8)
+            .map(candidate)
+            .find(|dir| match std::fs::symlink_metadata(dir) {
+                Ok(meta) => meta.is_dir() && meta.uid() == me,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            })
+            .unwrap_or_else(|| candidate(0))
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -88,6 +88,16 @@ pub fn starttime(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): a different one means the
+/// machine rebooted since.
+pub fn boot_id() -> String {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    })
+    .clone()
+}
+
 /// Whether `pid` is still the process that started at `starttime`.
 pub fn same_process(pid: u32, starttime: u64) -> bool {
     pid != 0 && alive(pid) && self::starttime(pid) == Some(starttime)
@@ -126,6 +136,12 @@ pub fn marked_with(var: &str, value: &str) -> Vec<u32> {
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == mark.as_bytes()))
         })
         .collect()
+}
+
+/// Of `pids`, the one leading its own session: how an instance's process is told from
+/// what it started (every instance is launched in a session of its own).
+pub fn session_leader(pids: &[u32]) -> Option<u32> {
+    pids.iter().copied().find(|p| stat_fields(*p).is_some_and(|f| f.get(3).is_some_and(|sid| sid == &p.to_string())))
 }
 
 pub fn kill_group(pgid: u32, signal: Signal) {

@@ -54,8 +54,13 @@ const ADOPTED_POLL: Duration = Duration::from_millis(200);
 pub struct Spec {
     pub record: InstanceRecord,
     pub launch: Launch,
-    /// Whether it should be running.
+    /// Whether it should be running: false once stopped, or once it exited and its
+    /// restart policy declined to start it again (so the next agent does not either).
     pub running: bool,
+    /// Restarts by policy since an operation last started it (so `retries` holds
+    /// across agents).
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// Where an instance is in its life, as waiters see it.
@@ -103,6 +108,11 @@ struct Control {
     /// does nothing.
     incarnation: u64,
     backoff: Duration,
+    /// Whether the restart policy covers the current process: it was started by the
+    /// policy itself (a restart, a boot) or adopted, or it has passed its checks. The
+    /// first process of a deploy that never became healthy is the deploy's failure to
+    /// handle, not the policy's.
+    supervised: bool,
     monitor: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -196,11 +206,36 @@ impl Supervisor {
             let Some(spec) = read_spec(app, &record.id) else { continue };
             let slot = self.slot(app, &record.id);
             let mut control = slot.busy.lock().await;
-            let live = record.pid != 0 && procs::same_process(record.pid, record.starttime);
+            slot.status.send_modify(|s| s.runtime.restarts = spec.restarts);
+            let live =
+                record.pid != 0 && record.boot == procs::boot_id() && procs::same_process(record.pid, record.starttime);
+            // A record that lost track of its process (a pid written wrong, a record
+            // restored from elsewhere): the process carrying its mark that leads its
+            // own session is the instance.
+            let found = if live { None } else { procs::session_leader(&procs::marked(&record.id)) };
             if live {
                 self.adopt(&slot, &mut control, spec, &record);
+            } else if let Some(pid) = found {
+                let record = InstanceRecord {
+                    pid,
+                    starttime: procs::starttime(pid).unwrap_or(0),
+                    boot: procs::boot_id(),
+                    ..record
+                };
+                let _ = app.write_record(&record);
+                let spec = Spec { record: record.clone(), ..spec };
+                let _ = write_spec(app, &spec);
+                self.adopt(&slot, &mut control, spec, &record);
             } else if spec.running {
-                let _ = self.start_locked(&slot, &mut control, spec.record.clone(), spec.launch.clone(), true);
+                // Processes with its mark that nobody supervises (its record lost track
+                // of them) would hold its port or its volume: they go first, gracefully.
+                stop_marked(&record.id, &spec.launch.stop).await;
+                if let Err(e) = self.start_locked(&slot, &mut control, spec.record.clone(), spec.launch.clone(), true) {
+                    slot.status.send_modify(|s| {
+                        s.runtime.state = "crashed".into();
+                        s.runtime.last_exit = Some(format!("could not start it again: {e}"));
+                    });
+                }
             }
         }
     }
@@ -210,24 +245,30 @@ impl Supervisor {
         let incarnation = control.incarnation;
         let launch = spec.launch.clone();
         control.spec = Some(spec);
+        control.supervised = true;
+        // Healthy only once its checks say so again: it may have been adopted while it
+        // was still starting, or failing.
         slot.status.send_modify(|s| {
-            s.phase = Phase::Healthy { after: Duration::ZERO };
+            s.phase = Phase::Starting;
             s.record = Some(record.clone());
             s.pid = record.pid;
             s.since = Some(Instant::now());
-            s.healthy_at = Some(Instant::now());
-            s.runtime.state = "running".into();
+            s.healthy_at = None;
+            s.runtime.state = "starting".into();
             s.runtime.up_since = Some(record.started_at);
         });
         let exit = Exit::Adopted { pid: record.pid, starttime: record.starttime };
         control.monitor =
-            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port, true)));
+            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port)));
     }
 
     /// Starts the instance of `record`, stopping what runs there first (`replace`).
     pub async fn start(&self, app: &App, record: InstanceRecord, launch: Launch, replace: bool) -> Result<u32, String> {
         let slot = self.slot(app, &record.id);
         let mut control = slot.busy.lock().await;
+        // What would stop the new process from starting is found before the old one
+        // is stopped: the old one keeps serving then.
+        startable(app, &record)?;
         if replace {
             let stop = control.spec.as_ref().map_or_else(|| launch.stop.clone(), |s| s.launch.stop.clone());
             self.stop_locked(&slot, &mut control, &stop).await;
@@ -236,6 +277,9 @@ impl Supervisor {
         }
         control.backoff = FIRST_BACKOFF;
         slot.status.send_modify(|s| s.runtime.restarts = 0);
+        if !replace {
+            stop_marked(&record.id, &launch.stop).await;
+        }
         self.start_locked(&slot, &mut control, record, launch, false)
     }
 
@@ -249,9 +293,7 @@ impl Supervisor {
     ) -> Result<u32, String> {
         let app = &slot.app;
         let release = app.release(&record.version);
-        if app.installed(&record.version).is_none() {
-            return Err(format!("release {} is not installed", record.version));
-        }
+        startable(app, &record)?;
         let dir = app.instance(&record.id);
         let root = dir.join("root");
         let tmp = dir.join("tmp");
@@ -283,13 +325,20 @@ impl Supervisor {
         let pid = child.id();
         record.pid = pid;
         record.starttime = procs::starttime(pid).unwrap_or(0);
+        record.boot = procs::boot_id();
         record.started_at = now_ms();
         // As the host reports it: the secrets file's digest, empty without one.
         record.config.secrets = app.secrets_digest().unwrap_or_default();
-        let spec = Spec { record: record.clone(), launch: launch.clone(), running: true };
-        write_spec(app, &spec).map_err(|e| format!("recording {}: {e}", record.id))?;
-        app.write_record(&record).map_err(|e| format!("recording {}: {e}", record.id))?;
+        let restarts = slot.status.borrow().runtime.restarts + u32::from(by_policy);
+        let spec = Spec { record: record.clone(), launch: launch.clone(), running: true, restarts };
+        let recorded = write_spec(app, &spec).and_then(|()| app.write_record(&record));
+        if let Err(e) = recorded {
+            // Unrecorded, nobody could supervise it: it goes at once.
+            procs::kill_group(pid, rustix::process::Signal::KILL);
+            return Err(format!("recording {} (a full disk?): {e}", record.id));
+        }
         control.incarnation += 1;
+        control.supervised = by_policy;
         control.spec = Some(spec);
         let incarnation = control.incarnation;
         slot.status.send_modify(|s| {
@@ -301,27 +350,25 @@ impl Supervisor {
             s.runtime.state = "starting".into();
             s.runtime.up_since = Some(record.started_at);
             s.runtime.health = None;
-            if by_policy {
-                s.runtime.restarts += 1;
-            }
+            s.runtime.restarts = restarts;
         });
         if let Some(old) = control.monitor.take() {
             old.abort();
         }
         let exit = Exit::Child(ended);
         control.monitor =
-            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port, false)));
+            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port)));
         Ok(pid)
     }
 
     /// Watches one incarnation: its checks, its log's size, its exit.
-    async fn monitor(self, slot: Arc<Slot>, incarnation: u64, exit: Exit, launch: Launch, port: u16, adopted: bool) {
+    async fn monitor(self, slot: Arc<Slot>, incarnation: u64, exit: Exit, launch: Launch, port: u16) {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let checks = launch.checks.clone();
         let started = Instant::now();
         // While it starts, checks come fast and back off; once healthy, at the checks'
         // interval. The log's size is looked at every second either way.
-        let mut pause = if adopted { checks.interval() } else { crate::health::FIRST_POLL };
+        let mut pause = crate::health::FIRST_POLL;
         let mut next_check = Instant::now() + pause;
         let mut exited = Box::pin(exit.wait());
         loop {
@@ -378,7 +425,15 @@ impl Supervisor {
         if control.incarnation != incarnation {
             return;
         }
-        let was_healthy = slot.status.borrow().healthy_at.is_some();
+        let (was_healthy, ran) = {
+            let status = slot.status.borrow();
+            (status.healthy_at.is_some(), status.since.map(|at| at.elapsed()))
+        };
+        if ran.is_some_and(|ran| ran >= SETTLED) {
+            // Up for a while: this crash starts a new series.
+            control.backoff = FIRST_BACKOFF;
+            slot.status.send_modify(|s| s.runtime.restarts = 0);
+        }
         slot.status.send_modify(|s| {
             s.phase = Phase::Exited { how: how.clone() };
             s.pid = 0;
@@ -388,18 +443,23 @@ impl Supervisor {
         let Some(spec) = control.spec.clone() else { return };
         let restart = spec.launch.restart;
         let wanted = spec.running
-            && was_healthy
+            && (was_healthy || control.supervised)
             && match restart.policy {
                 RestartPolicy::Always => true,
                 RestartPolicy::OnFailure => !ended.success(),
                 RestartPolicy::Never => false,
             };
-        if !wanted {
-            return;
-        }
         let restarts = slot.status.borrow().runtime.restarts;
-        if restarts >= restart.retries {
-            slot.status.send_modify(|s| s.runtime.state = "crashed".into());
+        if !wanted || restarts >= restart.retries {
+            if wanted {
+                slot.status.send_modify(|s| s.runtime.state = "crashed".into());
+            }
+            // Down for good, until an operation starts it: the next agent leaves it so.
+            if let Some(spec) = control.spec.as_mut().filter(|s| s.running) {
+                spec.running = false;
+                spec.record.pid = 0;
+                let _ = write_spec(&slot.app, spec);
+            }
             return;
         }
         let backoff = control.backoff.max(FIRST_BACKOFF);
@@ -442,10 +502,10 @@ impl Supervisor {
             monitor.abort();
         }
         let pid = slot.status.borrow().pid;
-        let killed = if pid == 0 { false } else { stop_group(pid, stop).await };
-        for left in procs::marked(&slot.id) {
-            procs::kill(left, rustix::process::Signal::KILL);
-        }
+        let mut killed = if pid == 0 { false } else { stop_group(pid, stop).await };
+        // What it left outside its group, or all of it when the agent did not know its
+        // process: the same signal first, SIGKILL after the same timeout.
+        killed |= stop_marked(&slot.id, stop).await;
         slot.status.send_modify(|s| {
             s.phase = Phase::Stopped;
             s.pid = 0;
@@ -496,7 +556,7 @@ impl Supervisor {
             loop {
                 let now = status.borrow_and_update().clone();
                 if now.pid != pid && now.pid != 0 {
-                    return Err(Failure::Exited { how: Some("it was replaced".into()) });
+                    return Err(Failure::Exited { how: Some(replaced(&now)) });
                 }
                 match now.phase {
                     Phase::Healthy { after } => return Ok(after),
@@ -540,7 +600,7 @@ impl Supervisor {
                     let after = now.healthy_at.map_or(Duration::ZERO, |at| at.elapsed());
                     return Err(Failure::DiedAfterHealthy { after, how: Some(how.clone()) });
                 }
-                _ if now.pid != pid => return Err(Failure::Exited { how: Some("it was replaced".into()) }),
+                _ if now.pid != pid => return Err(Failure::Exited { how: Some(replaced(&now)) }),
                 _ => {
                     if status.changed().await.is_err() {
                         return Ok(());
@@ -592,6 +652,58 @@ impl Exit {
                 Ended::Unknown
             }
         }
+    }
+}
+
+/// Why the process a caller waits for is not the instance's any more.
+fn replaced(now: &Status) -> String {
+    match &now.runtime.last_exit {
+        Some(how) if now.runtime.restarts > 0 => format!("{how}; its restart policy started it again"),
+        _ => "another process replaced it".into(),
+    }
+}
+
+/// Whether the instance of `record` can be started: its release is installed, and
+/// its directories and log can be made.
+fn startable(app: &App, record: &InstanceRecord) -> Result<(), String> {
+    if app.installed(&record.version).is_none() {
+        return Err(format!("release {} is not installed", record.version));
+    }
+    let dir = app.instance(&record.id);
+    (|| -> std::io::Result<()> {
+        fs::create_dir_all(dir.join("root"))?;
+        fs::create_dir_all(dir.join("tmp"))?;
+        open_log(&dir).map(drop)
+    })()
+    .map_err(|e| format!("preparing {}: {e}", dir.display()))
+}
+
+/// Stops every process carrying the mark of instance `id`: `stop`'s signal, then
+/// SIGKILL for those still there after its timeout. True when any had to be killed.
+async fn stop_marked(id: &str, stop: &Stop) -> bool {
+    let marked = procs::marked(id);
+    if marked.is_empty() {
+        return false;
+    }
+    let signal = procs::signal(&stop.signal);
+    for pid in &marked {
+        procs::kill(*pid, signal);
+    }
+    let deadline = Instant::now() + stop.timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let left: Vec<u32> = marked.iter().copied().filter(|p| procs::alive(*p)).collect();
+        if left.is_empty() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            for pid in procs::marked(id) {
+                procs::kill(pid, rustix::process::Signal::KILL);
+            }
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

@@ -61,7 +61,7 @@ pub async fn receive<R: AsyncBufRead + Unpin, T: for<'de> Deserialize<'de>>(
     }
     serde_json::from_str(&line).map(Some).map_err(|e| {
         let shown: String = line.trim().chars().take(200).collect();
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected answer `{shown}`: {e}"))
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a message of ferry's: `{shown}`: {e}"))
     })
 }
 

@@ -37,6 +37,9 @@ pub fn identity(instance: &InstanceSettings, start: &str, checks: &Checks) -> Id
         secrets: String::new(),
         start: digest(start.as_bytes()),
         checks: digest(&serde_json::to_vec(checks.probes()).unwrap_or_default()),
+        supervision: digest(
+            &serde_json::to_vec(&(&instance.kill_signal, instance.kill_timeout, instance.restart)).unwrap_or_default(),
+        ),
     }
 }
 
@@ -102,6 +105,7 @@ pub fn record(step: &Step, version: &str, port: u16, created_at: u64, config: Id
         started_at: now_ms(),
         pid: 0,
         starttime: 0,
+        boot: String::new(),
         config,
     }
 }

@@ -562,6 +562,7 @@ mod tests {
                 started_at: created_at,
                 pid: u32::from(alive),
                 starttime: 0,
+                boot: String::new(),
                 config: crate::host::Identity::default(),
             },
             alive,

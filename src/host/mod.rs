@@ -60,6 +60,10 @@ pub struct InstanceRecord {
     /// the pid, what tells the instance's process from another that got its pid later.
     #[serde(default)]
     pub starttime: u64,
+    /// The kernel's boot id when it started: start times count from boot, so a pid and
+    /// start time recorded before a reboot may name another process after it.
+    #[serde(default)]
+    pub boot: String,
     /// What the instance runs with, as digests: a deploy of the same version with other
     /// settings replaces it.
     #[serde(default)]
@@ -77,6 +81,9 @@ pub struct Identity {
     pub start: String,
     /// The health checks.
     pub checks: String,
+    /// How it is stopped and restarted: `kill_signal`, `kill_timeout`, `[[restart]]`.
+    #[serde(default)]
+    pub supervision: String,
 }
 
 impl Identity {
@@ -88,6 +95,7 @@ impl Identity {
             ("secrets", &self.secrets, &wanted.secrets),
             ("start command", &self.start, &wanted.start),
             ("checks", &self.checks, &wanted.checks),
+            ("kill signal, kill timeout or restart policy", &self.supervision, &wanted.supervision),
         ] {
             if !theirs.is_empty() && mine != theirs {
                 differ.push(name);
@@ -249,16 +257,19 @@ impl Host {
     /// Performs one request on the host, through its agent.
     pub async fn call(&self, request: Request, io: Io<'_>) -> Result<Reply, HostError> {
         match &self.transport {
-            Transport::Local(_) => crate::agent::client::call(&self.app_dir, request, io).await.map_err(|e| match e {
-                crate::agent::client::AgentError::Failed { message, .. } => {
-                    HostError::Step { host: self.name.clone(), step: "the local agent", message }
-                }
-                unreachable @ crate::agent::client::AgentError::Unreachable { .. } => HostError::Step {
-                    host: self.name.clone(),
-                    step: "reaching ferry's agent",
-                    message: unreachable.to_string(),
-                },
-            }),
+            Transport::Local(_) => {
+                let step = request.step();
+                crate::agent::client::call(&self.app_dir, request, io).await.map_err(|e| match e {
+                    crate::agent::client::AgentError::Failed { step: failed, message } => {
+                        HostError::Step { host: self.name.clone(), step: remote::known_step(&failed, step), message }
+                    }
+                    unreachable @ crate::agent::client::AgentError::Unreachable { .. } => HostError::Step {
+                        host: self.name.clone(),
+                        step: "reaching ferry's agent",
+                        message: unreachable.to_string(),
+                    },
+                })
+            }
             Transport::Ssh(ssh) => Box::pin(remote::call(self, ssh, request, io)).await,
             #[cfg(test)]
             Transport::Fake(fake) => fake.call(self, request, io).await,

@@ -301,6 +301,16 @@ pub struct AgentInfo {
     pub version: String,
     /// sha256 of its executable.
     pub exe: String,
+    /// The protocol it speaks.
+    #[serde(default)]
+    pub protocol: u32,
+    /// Its executable's modification time (seconds): of two builds of one version, the
+    /// later one is taken for the newer.
+    #[serde(default)]
+    pub built: u64,
+    /// Its process's start time (see `InstanceRecord::starttime`).
+    #[serde(default)]
+    pub starttime: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

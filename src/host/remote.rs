@@ -75,7 +75,7 @@ pub async fn call(host: &Host, ssh: &SshTransport, request: Request, io: Io<'_>)
 
 /// The step an agent's failure names (steps are fixed names, but arrive as text): the
 /// request's own, or one of the agent's own steps.
-fn known_step(failed: &str, request: &'static str) -> &'static str {
+pub(super) fn known_step(failed: &str, request: &'static str) -> &'static str {
     const AGENT: &[&str] = &["reaching ferry's agent", "greeting the agent", "reading the request"];
     if failed == request {
         return request;
