@@ -9,22 +9,6 @@ use std::time::{Duration, Instant};
 use common::sshd::SshFleet;
 use common::{get, Project};
 
-fn ssh_project(fleet: &SshFleet, layout: &[(&str, &[usize], u32)]) -> Project {
-    let mut builder =
-        Project::builder().ferry_keys("target = \"ssh\"").env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap());
-    for (name, hosts, count) in layout {
-        let specs: Vec<String> = hosts.iter().map(|i| fleet.hosts()[*i].spec()).collect();
-        builder = builder.ssh_region(name, &specs, *count);
-    }
-    builder.build()
-}
-
-fn on_host(fleet: &SshFleet, i: usize, command: &str) -> String {
-    let out = fleet.ssh(i, command);
-    assert!(out.status.success(), "`{command}` on host {i}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn deploys_succeed_on_a_host_that_forbids_tcp_forwarding() {
     if !common::need::root() {
@@ -32,7 +16,7 @@ fn deploys_succeed_on_a_host_that_forbids_tcp_forwarding() {
     }
     let mut fleet = SshFleet::start(1);
     fleet.forbid_forwarding(0);
-    let project = ssh_project(&fleet, &[("syd", &[0], 2)]);
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 2)], "");
     project.deploy("v1").assert_ok();
     project.deploy("v2").assert_ok();
     assert_eq!(project.versions_served(), ["v2"; 2]);
@@ -45,13 +29,13 @@ fn ferry_puts_itself_on_a_host_once() {
         return;
     }
     let fleet = SshFleet::start(1);
-    let project = ssh_project(&fleet, &[("syd", &[0], 1)]);
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1)], "");
     project.deploy("v1").assert_ok();
-    let listed = on_host(&fleet, 0, "ls ~/ferry/.bin");
+    let listed = fleet.run_on(0, "ls ~/ferry/.bin");
     assert_eq!(listed.lines().count(), 1, "one executable, by its digest: {listed}");
-    let before = on_host(&fleet, 0, "stat -c %Y ~/ferry/.bin/*");
+    let before = fleet.run_on(0, "stat -c %Y ~/ferry/.bin/*");
     project.deploy("v2").assert_ok();
-    assert_eq!(on_host(&fleet, 0, "stat -c %Y ~/ferry/.bin/*"), before, "not sent again");
+    assert_eq!(fleet.run_on(0, "stat -c %Y ~/ferry/.bin/*"), before, "not sent again");
 }
 
 #[test]
@@ -60,19 +44,19 @@ fn a_rebooted_host_brings_its_instances_back_on_the_current_version() {
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)]);
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
     project.deploy("v1").assert_ok();
     project.deploy("v2").assert_ok();
     let ports: Vec<u16> = project.ports().into_iter().map(|(_, port)| port).collect();
     for i in 0..2 {
-        let crontab = on_host(&fleet, i, "crontab -l");
+        let crontab = fleet.run_on(i, "crontab -l");
         let entry = crontab.lines().find_map(|l| l.strip_prefix("@reboot ")).expect("an @reboot entry");
         let command = entry.trim_end_matches("# ferry agent").trim();
         // A reboot: every process of the account goes.
         fleet.kill_all_user_processes(i);
         // What cron runs at boot, detached as cron's jobs are.
         let detached = format!("setsid sh -c {} < /dev/null > /dev/null 2>&1 &", shell_word(command));
-        on_host(&fleet, i, &detached);
+        fleet.run_on(i, &detached);
     }
     // Asked directly, without a ferry command (which would start the agent itself).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -126,7 +110,7 @@ fn a_root_where_programs_may_not_run_is_refused_before_anything_changes() {
     let run = project.deploy("v1");
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("noexec") && run.stderr.contains("[ferry] root"), "{}", run.stderr);
-    let left = on_host(&fleet, 0, "ls -A ~/noexec/ferry");
+    let left = fleet.run_on(0, "ls -A ~/noexec/ferry");
     assert_eq!(left.trim(), ".bin", "nothing but ferry's executable was written: {left}");
 }
 

@@ -7,40 +7,22 @@ mod common;
 use common::sshd::SshFleet;
 use common::{get, Project};
 
-/// A project on the ssh target: `(region, host indexes, count)`, the first region primary.
-fn ssh_project(fleet: &SshFleet, layout: &[(&str, &[usize], u32)], extra_ferry: &str) -> Project {
-    let mut builder = Project::builder()
-        .ferry_keys(&format!("target = \"ssh\"\n{extra_ferry}"))
-        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap());
-    for (name, hosts, count) in layout {
-        let specs: Vec<String> = hosts.iter().map(|i| fleet.hosts()[*i].spec()).collect();
-        builder = builder.ssh_region(name, &specs, *count);
-    }
-    builder.build()
-}
-
-fn on_host(fleet: &SshFleet, i: usize, command: &str) -> String {
-    let out = fleet.ssh(i, command);
-    assert!(out.status.success(), "`{command}` on host {i}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn deploy_rollout_revert_and_rollback_over_ssh() {
     if !common::need::root() {
         return;
     }
     let fleet = SshFleet::start(4);
-    let project = ssh_project(&fleet, &[("syd", &[0, 1], 2), ("lax", &[2, 3], 2)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0, 1], 2), ("lax", &[2, 3], 2)], "");
     project.deploy("v1").assert_ok();
     project.deploy("v2").assert_ok();
 
     // Each host holds both releases, points `current` at v2 and runs one v2 instance.
     for i in 0..4 {
-        let releases = on_host(&fleet, i, "ls ~/ferry/hello/releases");
+        let releases = fleet.run_on(i, "ls ~/ferry/hello/releases");
         assert_eq!(releases.split_whitespace().collect::<Vec<_>>(), ["v1", "v2"], "host {i}");
-        assert_eq!(on_host(&fleet, i, "readlink ~/ferry/hello/current").trim(), "releases/v2");
-        let instances = on_host(&fleet, i, "cat ~/ferry/hello/instances/*/instance.json");
+        assert_eq!(fleet.run_on(i, "readlink ~/ferry/hello/current").trim(), "releases/v2");
+        let instances = fleet.run_on(i, "cat ~/ferry/hello/instances/*/instance.json");
         assert_eq!(instances.lines().count(), 1, "placement spreads instances over hosts: {instances}");
         assert!(instances.contains("\"version\":\"v2\""), "{instances}");
     }
@@ -64,7 +46,7 @@ fn deploy_rollout_revert_and_rollback_over_ssh() {
     project.ferry(&["rollback"]).assert_ok();
     assert_eq!(project.versions_served(), ["v1"; 4]);
     for i in 0..4 {
-        assert_eq!(on_host(&fleet, i, "readlink ~/ferry/hello/current").trim(), "releases/v1");
+        assert_eq!(fleet.run_on(i, "readlink ~/ferry/hello/current").trim(), "releases/v1");
     }
 }
 
@@ -74,7 +56,7 @@ fn second_deploy_of_the_same_release_uploads_nothing_to_new_and_old_hosts_alike(
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
     let first = project.ferry(&["deploy", "--version", "v1", "--json"]);
     first.assert_ok();
     let sent: u64 =
@@ -91,7 +73,7 @@ fn regions_add_remove_and_scale_over_ssh_keep_the_config_formatting() {
         return;
     }
     let fleet = SshFleet::start(3);
-    let project = ssh_project(&fleet, &[("syd", &[0, 1], 1)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0, 1], 1)], "");
     let config = project.path().join("fly.toml");
     let commented =
         format!("# deploy config for hello\n{}\n# trailing note: keep me\n", std::fs::read_to_string(&config).unwrap());
@@ -113,8 +95,8 @@ fn regions_add_remove_and_scale_over_ssh_keep_the_config_formatting() {
 
     project.ferry(&["scale", "count", "3", "--region", "syd"]).assert_ok();
     assert_eq!(project.instances().iter().filter(|i| i["region"] == "syd").count(), 3);
-    let spread = on_host(&fleet, 0, "ls ~/ferry/hello/instances | wc -l").trim().parse::<u32>().unwrap()
-        + on_host(&fleet, 1, "ls ~/ferry/hello/instances | wc -l").trim().parse::<u32>().unwrap();
+    let spread = fleet.run_on(0, "ls ~/ferry/hello/instances | wc -l").trim().parse::<u32>().unwrap()
+        + fleet.run_on(1, "ls ~/ferry/hello/instances | wc -l").trim().parse::<u32>().unwrap();
     assert_eq!(spread, 3);
     let refused = project.ferry(&["scale", "count", "1", "--region", "syd"]);
     assert_eq!(refused.code, 2, "stopping instances needs --yes without a terminal: {}", refused.stderr);
@@ -125,7 +107,7 @@ fn regions_add_remove_and_scale_over_ssh_keep_the_config_formatting() {
     assert_eq!(primary.code, 2, "{}", primary.stderr);
     project.ferry(&["regions", "remove", "lax", "--yes"]).assert_ok();
     assert!(project.instances().iter().all(|i| i["region"] == "syd"));
-    assert!(on_host(&fleet, 2, "ls ~/ferry/hello/instances").trim().is_empty());
+    assert!(fleet.run_on(2, "ls ~/ferry/hello/instances").trim().is_empty());
     let after = std::fs::read_to_string(&config).unwrap();
     assert!(!after.contains("[ferry.regions.lax]"));
     assert_eq!(after, commented, "scaling back and removing lax restores the file");
@@ -137,14 +119,14 @@ fn unreachable_host_stops_the_deploy_before_any_change() {
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
     project.deploy("v1").assert_ok();
     fleet.stop(1);
     let run = project.deploy("v2");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains(&fleet.hosts()[1].spec()), "names the host: {}", run.stderr);
     assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
-    assert_eq!(on_host(&fleet, 0, "ls ~/ferry/hello/releases").trim(), "v1", "nothing shipped anywhere");
+    assert_eq!(fleet.run_on(0, "ls ~/ferry/hello/releases").trim(), "v1", "nothing shipped anywhere");
     fleet.start_again(1);
     project.deploy("v2").assert_ok();
     assert_eq!(project.versions_served(), ["v2", "v2"]);
@@ -156,10 +138,10 @@ fn other_region_that_cannot_take_the_release_halts_the_deploy_and_puts_the_prima
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
     project.deploy("v1").assert_ok();
     // lax's host receives releases while syd rolls out; make it refuse this one.
-    on_host(&fleet, 1, "chmod 555 ~/ferry/hello/releases");
+    fleet.run_on(1, "chmod 555 ~/ferry/hello/releases");
     let run = project.ferry(&["deploy", "--version", "v2", "--json"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let events = run.events();
@@ -170,11 +152,11 @@ fn other_region_that_cannot_take_the_release_halts_the_deploy_and_puts_the_prima
     assert!(run.stderr.contains("Permission denied"), "says why: {}", run.stderr);
     assert!(run.stderr.contains("put back on v1"), "says what was restored: {}", run.stderr);
     assert_eq!(project.versions_served(), ["v1", "v1"]);
-    assert!(on_host(&fleet, 0, "readlink ~/ferry/hello/current").contains("v1"), "current stays v1 on syd");
-    let locks = on_host(&fleet, 0, "ls ~/ferry/hello").contains("lock");
+    assert!(fleet.run_on(0, "readlink ~/ferry/hello/current").contains("v1"), "current stays v1 on syd");
+    let locks = fleet.run_on(0, "ls ~/ferry/hello").contains("lock");
     assert!(!locks, "the lock is released");
 
-    on_host(&fleet, 1, "chmod 755 ~/ferry/hello/releases");
+    fleet.run_on(1, "chmod 755 ~/ferry/hello/releases");
     project.deploy("v2").assert_ok();
     assert_eq!(project.versions_served(), ["v2", "v2"]);
 }
@@ -185,17 +167,17 @@ fn primary_host_that_cannot_take_the_release_halts_its_region_and_puts_the_first
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
     project.deploy("v1").assert_ok();
     // The first batch's host gets the release first and rolls out while the second
     // host receives it; make the second refuse it.
-    on_host(&fleet, 1, "chmod 555 ~/ferry/hello/releases");
+    fleet.run_on(1, "chmod 555 ~/ferry/hello/releases");
     let run = project.ferry(&["deploy", "--version", "v2", "--json"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains(&format!("shipping release v2 to `{}`", fleet.hosts()[1].spec())), "{}", run.stderr);
     assert!(run.stderr.contains("put back on v1"), "{}", run.stderr);
     assert_eq!(project.versions_served(), ["v1", "v1"]);
-    on_host(&fleet, 1, "chmod 755 ~/ferry/hello/releases");
+    fleet.run_on(1, "chmod 755 ~/ferry/hello/releases");
     project.deploy("v2").assert_ok();
     assert_eq!(project.versions_served(), ["v2", "v2"]);
 }
@@ -206,7 +188,7 @@ fn host_lost_mid_rollout_halts_and_reverts_then_rerun_converges() {
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
     project.deploy("v1").assert_ok();
     project.set_mode(Some("slow-start=1500"));
     let mut child = project.spawn(&["deploy", "--version", "v2", "--json", "--wait-timeout", "20s"]);
@@ -237,7 +219,7 @@ fn host_lost_mid_rollout_halts_and_reverts_then_rerun_converges() {
 }
 
 fn project_port(fleet: &SshFleet, i: usize) -> u16 {
-    let json = on_host(fleet, i, "cat ~/ferry/hello/instances/*/instance.json");
+    let json = fleet.run_on(i, "cat ~/ferry/hello/instances/*/instance.json");
     let value: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     u16::try_from(value["port"].as_u64().unwrap()).unwrap()
 }
@@ -248,7 +230,7 @@ fn unknown_and_changed_host_keys_are_refused() {
         return;
     }
     let fleet = SshFleet::start(2);
-    let project = ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1), ("lax", &[1], 1)], "");
     fleet.forget_host_key(0);
     let unknown = project.deploy("v1");
     assert_eq!(unknown.code, 1, "{}", unknown.stderr);
@@ -283,9 +265,9 @@ fn hostile_strings_reach_the_host_literally() {
     project.deploy("v1+build.1").assert_ok();
     let dir = "~/\"dir with 'q' \\$(x) \\`y\\`; z/ferry/hello\"";
     // The instance writes into its own directory; the release stays as shipped.
-    let got = on_host(&fleet, 0, &format!("cat {dir}/instances/*/root/hostile.out"));
+    let got = fleet.run_on(0, &format!("cat {dir}/instances/*/root/hostile.out"));
     assert_eq!(got, hostile);
-    let release = on_host(&fleet, 0, &format!("ls -A {dir}/releases/v1+build.1"));
+    let release = fleet.run_on(0, &format!("ls -A {dir}/releases/v1+build.1"));
     assert!(!release.contains("hostile.out"), "{release}");
     assert!(!std::path::Path::new("/tmp/ferry-pwned").exists());
     assert_eq!(project.versions_served(), ["v1+build.1"]);
@@ -314,7 +296,7 @@ fn volumes_bind_instances_on_ssh_hosts_and_keep_their_data() {
     project.deploy("v1").assert_ok();
     project.deploy("v2").assert_ok();
     assert_eq!(project.instances()[0]["host"], second.as_str());
-    let boots = on_host(&fleet, 1, "cat ~/ferry/hello/volumes/*/data/boots");
+    let boots = fleet.run_on(1, "cat ~/ferry/hello/volumes/*/data/boots");
     assert_eq!(boots, "v1\nv2\n");
-    assert!(on_host(&fleet, 0, "ls ~/ferry/hello/instances").trim().is_empty());
+    assert!(fleet.run_on(0, "ls ~/ferry/hello/instances").trim().is_empty());
 }

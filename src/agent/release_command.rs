@@ -125,12 +125,17 @@ async fn run_in<W: AsyncWrite + Unpin>(
     };
     tokio::pin!(timer);
     let mut finished: Option<(Ended, bool)> = None;
+    // Set once the command has exited: what is still in flight is read until then; a
+    // background child that keeps the output open is stopped rather than waited for.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
-        if out_done && err_done {
-            if let Some(done) = finished {
-                return Ok(exit_of(done.0, done.1));
+        if let (true, true, Some((status, timed_out))) = (out_done, err_done, finished) {
+            if !timed_out {
+                stop_leftovers(pid, token);
             }
+            return Ok(exit_of(status, timed_out));
         }
+        let drained = drain_until.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             line = out.next_line(), if !out_done => match line {
                 Ok(Some(line)) => emit(&mut log, write, line).await,
@@ -142,27 +147,9 @@ async fn run_in<W: AsyncWrite + Unpin>(
             },
             status = &mut ended, if finished.is_none() => {
                 finished = Some((status.unwrap_or(Ended::Unknown), false));
-                // What is still in flight is read briefly; a background child that keeps
-                // the output open is stopped rather than waited for.
-                let grace = tokio::time::sleep(DRAIN);
-                tokio::pin!(grace);
-                loop {
-                    tokio::select! {
-                        line = out.next_line(), if !out_done => match line {
-                            Ok(Some(line)) => emit(&mut log, write, line).await,
-                            _ => out_done = true,
-                        },
-                        line = err.next_line(), if !err_done => match line {
-                            Ok(Some(line)) => emit(&mut log, write, line).await,
-                            _ => err_done = true,
-                        },
-                        () = &mut grace => break,
-                    }
-                    if out_done && err_done {
-                        break;
-                    }
-                }
-                stop_leftovers(pid, token);
+                drain_until = Some(tokio::time::Instant::now() + DRAIN);
+            },
+            () = tokio::time::sleep_until(drained), if drain_until.is_some() => {
                 out_done = true;
                 err_done = true;
             },

@@ -176,16 +176,7 @@ impl Rollout {
         let (this, step) = (Arc::clone(self), step.clone());
         let task = tokio::spawn(async move {
             let cause = instance::stabilize(&host, &record, pid, this.min_healthy).await.err()?;
-            this.halt.store(true, Ordering::SeqCst);
-            let log = host.log_tail(&step.id, LOG_LINES, true).await.unwrap_or_default();
-            this.reporter.event(&Event::InstanceFailed {
-                region: step.region.clone(),
-                host: step.host.clone(),
-                instance: step.id.clone(),
-                version: step.to.clone(),
-                reason: cause.to_string(),
-                log,
-            });
+            this.failed(&host, &step, &cause).await;
             Some(StepFailure {
                 region: step.region.clone(),
                 instance: Some((step.host.clone(), step.id.clone())),
@@ -196,6 +187,21 @@ impl Rollout {
         if let Ok(mut settling) = self.settling.lock() {
             settling.push(task);
         }
+    }
+
+    /// An instance of `step` failed: the rollout halts everywhere, and the report says
+    /// why with the instance's last log lines.
+    async fn failed(&self, host: &Host, step: &Step, cause: &impl std::fmt::Display) {
+        self.halt.store(true, Ordering::SeqCst);
+        let log = host.log_tail(&step.id, LOG_LINES, true).await.unwrap_or_default();
+        self.reporter.event(&Event::InstanceFailed {
+            region: step.region.clone(),
+            host: step.host.clone(),
+            instance: step.id.clone(),
+            version: step.to.clone(),
+            reason: cause.to_string(),
+            log,
+        });
     }
 
     fn halted(&self) -> bool {
@@ -444,16 +450,7 @@ impl Rollout {
                 Ok((step, port))
             }
             Err(cause) => {
-                let log = host.log_tail(&step.id, LOG_LINES, true).await.unwrap_or_default();
-                self.halt.store(true, Ordering::SeqCst);
-                self.reporter.event(&Event::InstanceFailed {
-                    region: step.region.clone(),
-                    host: step.host.clone(),
-                    instance: step.id.clone(),
-                    version: step.to.clone(),
-                    reason: cause.to_string(),
-                    log,
-                });
+                self.failed(&host, &step, &cause).await;
                 let failure = failure(cause);
                 let unrecovered = match self.revert_one(&host, &step, port).await {
                     Ok(()) => Vec::new(),

@@ -344,3 +344,16 @@ pub fn assert_lines_kept(before: &str, after: &str) {
         assert!(rest.any(|l| l == line), "line {line:?} was changed or moved:\n{after}");
     }
 }
+
+/// A project on the SSH fleet: `(region, host indexes, count)`, the first region
+/// primary; `extra_ferry`, more `[ferry]` keys.
+pub fn ssh_project(fleet: &sshd::SshFleet, layout: &[(&str, &[usize], u32)], extra_ferry: &str) -> Project {
+    let mut builder = Project::builder()
+        .ferry_keys(&format!("target = \"ssh\"\n{extra_ferry}"))
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap());
+    for (name, hosts, count) in layout {
+        let specs: Vec<String> = hosts.iter().map(|i| fleet.hosts()[*i].spec()).collect();
+        builder = builder.ssh_region(name, &specs, *count);
+    }
+    builder.build()
+}

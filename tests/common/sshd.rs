@@ -199,6 +199,14 @@ impl SshFleet {
 
     /// Runs `command` (a shell command line) on host `i` as its user, with the fleet's
     /// client config.
+    /// Runs `command` on host `i` as its user; its stdout, which must succeed.
+    #[track_caller]
+    pub fn run_on(&self, i: usize, command: &str) -> String {
+        let out = self.ssh(i, command);
+        assert!(out.status.success(), "`{command}` on host {i}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn ssh(&self, i: usize, command: &str) -> Output {
         let host = &self.hosts[i];
         Command::new("ssh")
