@@ -101,7 +101,8 @@ fn cron(line: &str, state: &str) -> std::io::Result<()> {
     let listed = quiet(Command::new("crontab").arg("-l"))?;
     let current = if listed.status.success() {
         String::from_utf8_lossy(&listed.stdout).into_owned()
-    } else if String::from_utf8_lossy(&listed.stderr).contains("no crontab") {
+    } else if ["no crontab", "No such file"].iter().any(|m| String::from_utf8_lossy(&listed.stderr).contains(m)) {
+        // Debian's cron says "no crontab for USER"; BusyBox, that the file is missing.
         String::new()
     } else {
         // Unreadable for another reason: writing now could lose the account's lines.

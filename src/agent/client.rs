@@ -89,12 +89,28 @@ fn verdict(agent: &AgentInfo, me: &AgentInfo) -> Verdict {
 /// machine).
 pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError> {
     paths.prepare().map_err(|e| unreachable(paths, e))?;
+    // An older build may start its agent between our look and our start: then this
+    // goes round again, to replace it.
+    for _ in 0..3 {
+        if let Some(stream) = reach_running(paths).await? {
+            return Ok(stream);
+        }
+        if let Some(stream) = start(paths, boot_entry).await? {
+            return Ok(stream);
+        }
+    }
+    Err(unreachable(paths, "other builds of ferry keep starting their own agent here"))
+}
+
+/// A connection to the running agent when it will serve this build (after it handed
+/// over, none: the caller starts the next one).
+async fn reach_running(paths: &Paths) -> Result<Option<UnixStream>, AgentError> {
     let me = this_build();
     if let Some(info) = running(paths) {
         match verdict(&info, &me) {
             Verdict::Use => {
                 if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-                    return Ok(stream);
+                    return Ok(Some(stream));
                 }
             }
             Verdict::Refuse => {
@@ -108,12 +124,12 @@ pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, Agen
             }
             Verdict::Replace => match hand_over(paths, &info).await {
                 Ok(()) => {}
-                Err(why) if info.protocol == PROTOCOL => {
-                    // Busy with another caller's work: it serves this one as it is.
+                Err(_) if info.protocol == PROTOCOL => {
+                    // Busy with another caller's work: it serves this one as it is (or,
+                    // gone meanwhile, the next one does).
                     if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-                        return Ok(stream);
+                        return Ok(Some(stream));
                     }
-                    return Err(unreachable(paths, why));
                 }
                 Err(why) => {
                     return Err(unreachable(
@@ -127,7 +143,7 @@ pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, Agen
             },
         }
     }
-    start(paths, boot_entry).await
+    Ok(None)
 }
 
 /// Asks the running agent to exit, leaving its instances to the next one, and waits
@@ -160,8 +176,9 @@ async fn hand_over(paths: &Paths, info: &AgentInfo) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts this executable as the agent (one caller at a time) and connects.
-async fn start(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError> {
+/// Starts this executable as the agent (one caller at a time) and connects; `None`
+/// when another build's agent started meanwhile, which the caller deals with.
+async fn start(paths: &Paths, boot_entry: bool) -> Result<Option<UnixStream>, AgentError> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -175,10 +192,13 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Someone else may have started it meanwhile.
-    if running(paths).is_some_and(|i| verdict(&i, &this_build()) == Verdict::Use) {
+    // Someone else may have started one meanwhile.
+    if let Some(info) = running(paths) {
+        if verdict(&info, &this_build()) != Verdict::Use {
+            return Ok(None);
+        }
         if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-            return Ok(stream);
+            return Ok(Some(stream));
         }
     }
     let exe = std::env::current_exe().map_err(|e| unreachable(paths, e))?;
@@ -190,20 +210,32 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<UnixStream, AgentError
     // Detached from the caller: its own session (it calls setsid), no shared output,
     // so an SSH channel closes when the call is done.
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).current_dir("/");
-    command.spawn().map_err(|e| unreachable(paths, format!("cannot start it: {e}")))?;
+    let mut child = command.spawn().map_err(|e| unreachable(paths, format!("cannot start it: {e}")))?;
+    let last_logged = || {
+        let log = std::fs::read_to_string(paths.log()).unwrap_or_default();
+        log.lines().last().unwrap_or("it wrote nothing to its log").to_string()
+    };
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(info) = running(paths) {
-            if info.exe == super::exe_digest() {
+            if verdict(&info, &this_build()) == Verdict::Use {
                 if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-                    return Ok(stream);
+                    return Ok(Some(stream));
                 }
             }
         }
+        // The agent started daemonizes only by setsid, so it stays our child: its exit
+        // is seen at once, not at the deadline.
+        if let Ok(Some(status)) = child.try_wait() {
+            match running(paths) {
+                None => return Err(unreachable(paths, format!("it exited at start ({status}): {}", last_logged()))),
+                // It found another build's agent serving the account.
+                Some(info) if verdict(&info, &this_build()) != Verdict::Use => return Ok(None),
+                Some(_) => {}
+            }
+        }
         if tokio::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(paths.log()).unwrap_or_default();
-            let last = log.lines().last().unwrap_or("it wrote nothing to its log").to_string();
-            return Err(unreachable(paths, format!("it did not start listening ({last})")));
+            return Err(unreachable(paths, format!("it did not start listening ({})", last_logged())));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -325,7 +357,22 @@ pub fn relay() -> i32 {
             let _ = tokio::io::copy_buf(&mut stdin, &mut to_agent).await;
             let _ = to_agent.shutdown().await;
         });
-        let copied = tokio::io::copy(&mut from_agent, &mut stdout).await.unwrap_or(0);
+        // Counted by hand: a read may fail after the answer came (the agent closes with
+        // input it did not need unread, and the socket reports a reset).
+        let mut copied = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            use tokio::io::AsyncReadExt;
+            match from_agent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stdout.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    copied += n as u64;
+                }
+            }
+        }
         // The agent closes the connection after its answer; input the caller still
         // sends then (a release the host already had) is not waited for.
         up.abort();
@@ -340,4 +387,39 @@ pub fn relay() -> i32 {
     // Reading stdin blocks a thread; the process does not wait for it.
     runtime.shutdown_background();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(version: &str, exe: &str, built: u64, protocol: u32) -> AgentInfo {
+        AgentInfo { pid: 1, version: version.into(), exe: exe.into(), protocol, built, starttime: 1 }
+    }
+
+    #[test]
+    fn two_builds_never_both_replace_each_other() {
+        let cases = [
+            (build("0.1.0", "a", 10, PROTOCOL), build("0.1.0", "b", 20, PROTOCOL)),
+            (build("0.1.0", "a", 30, PROTOCOL), build("0.2.0", "b", 20, PROTOCOL)),
+            (build("0.1.0", "a", 10, PROTOCOL), build("0.1.0", "b", 10, PROTOCOL)),
+            (build("0.1.0", "a", 10, PROTOCOL), build("0.2.0", "b", 20, PROTOCOL + 1)),
+        ];
+        for (one, other) in cases {
+            let (there, here) = (verdict(&one, &other), verdict(&other, &one));
+            assert!(!(there == Verdict::Replace && here == Verdict::Replace), "{one:?} {other:?}");
+        }
+    }
+
+    #[test]
+    fn the_newer_build_wins_and_a_newer_protocol_is_refused() {
+        let old = build("0.1.0", "a", 10, PROTOCOL);
+        let new = build("0.1.0", "b", 20, PROTOCOL);
+        assert_eq!(verdict(&old, &new), Verdict::Replace, "a later build replaces an earlier agent");
+        assert_eq!(verdict(&new, &old), Verdict::Use, "an earlier build uses a later agent");
+        assert_eq!(verdict(&old, &old), Verdict::Use);
+        let future = build("0.2.0", "c", 5, PROTOCOL + 1);
+        assert_eq!(verdict(&future, &new), Verdict::Refuse, "a newer agent this build cannot speak to");
+        assert_eq!(verdict(&new, &future), Verdict::Replace, "a newer ferry replaces an older protocol");
+    }
 }

@@ -73,6 +73,11 @@ pub fn run(paths: &Paths) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The one that left may have taken the socket's directory with it.
+    if let Err(e) = paths.prepare() {
+        log(paths, &format!("cannot prepare {}: {e}", paths.socket_dir().display()));
+        return 1;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -109,18 +114,22 @@ async fn serve(paths: &Paths) -> i32 {
     let _ = fs::set_permissions(&socket, fs::Permissions::from_mode(0o600));
     let _ = super::files::write_atomic(&paths.agent_info(), &serde_json::to_vec(&info).unwrap_or_default(), 0o600);
     log(paths, &format!("agent {} (pid {}) serving on {}", info.version, info.pid, socket.display()));
+    // Heard from now on, even while instances are being loaded.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     agent.load_apps().await;
     let calls = Calls::new();
     let (handovers, mut asked) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     // Until it leaves: idle, handed over, or told to stop.
     let stop_by = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
-                tokio::spawn(async move { connection(agent, stream, handovers, call).await });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
+                    tokio::spawn(async move { connection(agent, stream, handovers, call).await });
+                }
+                // Out of file descriptors, say: not a reason to spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
             Some(reply) = asked.recv() => {
                 // The asking call is one of those in flight: any other is another
                 // caller's work, which a handover would cut off.
@@ -149,22 +158,35 @@ async fn serve(paths: &Paths) -> i32 {
     };
     // Leaving. New callers no longer find it (they start the next agent, which waits
     // for this one's lock); calls already made, queued ones included, are served to
-    // the end. The next agent adopts what runs: nothing is stopped here.
+    // the end, with a bound once told to stop. Instances are left as they are, their
+    // exits unanswered: the next agent adopts what runs and starts what should.
+    agent.supervisor.freeze();
     let _ = fs::remove_file(paths.agent_info());
     let _ = fs::remove_file(&socket);
+    let mut stop_by = stop_by;
     loop {
-        let past_grace = stop_by.is_some_and(|by| Instant::now() >= by);
-        if past_grace {
+        if stop_by.is_some_and(|by| Instant::now() >= by) {
             log(paths, &format!("{} call(s) cut off at the end of the stop grace", calls.active()));
             break;
         }
-        match tokio::time::timeout(Duration::from_millis(20), listener.accept()).await {
-            Ok(Ok((stream, _))) => {
-                let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
-                tokio::spawn(async move { connection(agent, stream, handovers, call).await });
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
+                    tokio::spawn(async move { connection(agent, stream, handovers, call).await });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            // Another newer ferry asking: this agent is leaving anyway.
+            Some(reply) = asked.recv() => { let _ = reply.send(Ok(())); }
+            () = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } }, if stop_by.is_none() => {
+                stop_by = Some(Instant::now() + STOP_GRACE);
             }
-            Err(_) if calls.active() == 0 => break,
-            Ok(Err(_)) | Err(_) => {}
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                if calls.active() == 0 {
+                    break;
+                }
+            }
         }
     }
     drop(listener);
@@ -246,9 +268,10 @@ async fn connection(
     let step = call.request.step();
     let answer = if matches!(call.request, Request::Handover) {
         let (reply, approved) = oneshot::channel();
+        // No answer means the agent is leaving anyway.
         let decided = match handovers.send(reply).await {
-            Ok(()) => approved.await.unwrap_or_else(|_| Err("it is leaving".into())),
-            Err(_) => Err("it is leaving".into()),
+            Ok(()) => approved.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
         };
         match decided {
             Ok(()) => Answer::Done(Reply::Done),

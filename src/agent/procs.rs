@@ -138,10 +138,17 @@ pub fn marked_with(var: &str, value: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Of `pids`, the one leading its own session: how an instance's process is told from
-/// what it started (every instance is launched in a session of its own).
+/// Of `pids`, the one leading its own session whose parent is none of them: how an
+/// instance's process is told from what it started (every instance is launched in a
+/// session of its own; a helper it started that called `setsid` has it as parent).
 pub fn session_leader(pids: &[u32]) -> Option<u32> {
-    pids.iter().copied().find(|p| stat_fields(*p).is_some_and(|f| f.get(3).is_some_and(|sid| sid == &p.to_string())))
+    pids.iter().copied().find(|p| {
+        stat_fields(*p).is_some_and(|f| {
+            let leads = f.get(3).is_some_and(|sid| sid == &p.to_string());
+            let parent = f.get(1).and_then(|ppid| ppid.parse::<u32>().ok()).unwrap_or(0);
+            leads && !pids.contains(&parent)
+        })
+    })
 }
 
 pub fn kill_group(pgid: u32, signal: Signal) {

@@ -61,6 +61,26 @@ pub struct Spec {
     /// across agents).
     #[serde(default)]
     pub restarts: u32,
+    /// The boot during which it exited and its restart policy declined to start it
+    /// again: it stays down for the rest of that boot (a newer agent leaves it so), and
+    /// comes back after a reboot like every instance that should run.
+    #[serde(default)]
+    pub down_in_boot: Option<String>,
+    /// How its last process ended.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+}
+
+/// Who starts a process, which decides what its restart policy covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Starter {
+    /// A deploy, restart or scale: its first process failing is the operation's to
+    /// handle.
+    Operation,
+    /// The restart policy, after a crash.
+    Policy,
+    /// The agent at boot, bringing back what should run.
+    Boot,
 }
 
 /// Where an instance is in its life, as waiters see it.
@@ -126,11 +146,30 @@ struct Inner {
     exe: PathBuf,
     reaper: Reaper,
     slots: Mutex<HashMap<(PathBuf, String), Arc<Slot>>>,
+    /// Set when the agent leaves: exits are no longer answered (no restart, nothing
+    /// recorded), so what the next agent finds is what should run.
+    frozen: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
     pub fn new(exe: PathBuf, reaper: Reaper) -> Self {
-        Self { inner: Arc::new(Inner { exe, reaper, slots: Mutex::new(HashMap::new()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                exe,
+                reaper,
+                slots: Mutex::new(HashMap::new()),
+                frozen: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Stops answering exits: the agent is leaving (see [`Inner::frozen`]).
+    pub fn freeze(&self) {
+        self.inner.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn frozen(&self) -> bool {
+        self.inner.frozen.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The executable instances and helpers are launched through.
@@ -206,13 +245,21 @@ impl Supervisor {
             let Some(spec) = read_spec(app, &record.id) else { continue };
             let slot = self.slot(app, &record.id);
             let mut control = slot.busy.lock().await;
-            slot.status.send_modify(|s| s.runtime.restarts = spec.restarts);
-            let live =
-                record.pid != 0 && record.boot == procs::boot_id() && procs::same_process(record.pid, record.starttime);
+            let boot = procs::boot_id();
+            // Records from before boot ids were kept have none: pid and start time decide.
+            let this_boot = record.boot.is_empty() || record.boot == boot;
+            let settled = now_ms().saturating_sub(record.started_at) >= u64::try_from(SETTLED.as_millis()).unwrap_or(0);
+            let restarts = if this_boot && !settled { spec.restarts } else { 0 };
+            slot.status.send_modify(|s| {
+                s.runtime.restarts = restarts;
+                s.runtime.last_exit.clone_from(&spec.last_exit);
+            });
+            let live = record.pid != 0 && this_boot && procs::same_process(record.pid, record.starttime);
             // A record that lost track of its process (a pid written wrong, a record
             // restored from elsewhere): the process carrying its mark that leads its
             // own session is the instance.
-            let found = if live { None } else { procs::session_leader(&procs::marked(&record.id)) };
+            let found = if live || !spec.running { None } else { procs::session_leader(&procs::marked(&record.id)) };
+            let down = spec.down_in_boot.as_deref() == Some(boot.as_str());
             if live {
                 self.adopt(&slot, &mut control, spec, &record);
             } else if let Some(pid) = found {
@@ -226,11 +273,21 @@ impl Supervisor {
                 let spec = Spec { record: record.clone(), ..spec };
                 let _ = write_spec(app, &spec);
                 self.adopt(&slot, &mut control, spec, &record);
+            } else if spec.running && down {
+                // Its policy gave up on it during this boot; it stays down until an
+                // operation starts it.
+                slot.status.send_modify(|s| s.runtime.state = "exited".into());
+                control.spec = Some(spec);
             } else if spec.running {
                 // Processes with its mark that nobody supervises (its record lost track
                 // of them) would hold its port or its volume: they go first, gracefully.
-                stop_marked(&record.id, &spec.launch.stop).await;
-                if let Err(e) = self.start_locked(&slot, &mut control, spec.record.clone(), spec.launch.clone(), true) {
+                stop_everything(0, &record.id, &spec.launch.stop).await;
+                // After a reboot it comes back as at a first start; within the same
+                // boot it crashed while no agent watched: a restart by its policy.
+                let starter = if this_boot { Starter::Policy } else { Starter::Boot };
+                let (again, launch) = (spec.record.clone(), spec.launch.clone());
+                control.spec = Some(spec);
+                if let Err(e) = self.start_locked(&slot, &mut control, again, launch, starter) {
                     slot.status.send_modify(|s| {
                         s.runtime.state = "crashed".into();
                         s.runtime.last_exit = Some(format!("could not start it again: {e}"));
@@ -278,9 +335,9 @@ impl Supervisor {
         control.backoff = FIRST_BACKOFF;
         slot.status.send_modify(|s| s.runtime.restarts = 0);
         if !replace {
-            stop_marked(&record.id, &launch.stop).await;
+            stop_everything(0, &record.id, &launch.stop).await;
         }
-        self.start_locked(&slot, &mut control, record, launch, false)
+        self.start_locked(&slot, &mut control, record, launch, Starter::Operation)
     }
 
     fn start_locked(
@@ -289,7 +346,7 @@ impl Supervisor {
         control: &mut Control,
         mut record: InstanceRecord,
         launch: Launch,
-        by_policy: bool,
+        starter: Starter,
     ) -> Result<u32, String> {
         let app = &slot.app;
         let release = app.release(&record.version);
@@ -329,16 +386,28 @@ impl Supervisor {
         record.started_at = now_ms();
         // As the host reports it: the secrets file's digest, empty without one.
         record.config.secrets = app.secrets_digest().unwrap_or_default();
-        let restarts = slot.status.borrow().runtime.restarts + u32::from(by_policy);
-        let spec = Spec { record: record.clone(), launch: launch.clone(), running: true, restarts };
+        let (restarts, last_exit) = {
+            let status = slot.status.borrow();
+            (status.runtime.restarts + u32::from(starter == Starter::Policy), status.runtime.last_exit.clone())
+        };
+        let spec = Spec {
+            record: record.clone(),
+            launch: launch.clone(),
+            running: true,
+            restarts,
+            down_in_boot: None,
+            last_exit,
+        };
         let recorded = write_spec(app, &spec).and_then(|()| app.write_record(&record));
         if let Err(e) = recorded {
-            // Unrecorded, nobody could supervise it: it goes at once.
+            // Unrecorded, nobody could supervise it: it goes at once (it may not lead
+            // its own group yet, so the process itself too).
             procs::kill_group(pid, rustix::process::Signal::KILL);
+            procs::kill(pid, rustix::process::Signal::KILL);
             return Err(format!("recording {} (a full disk?): {e}", record.id));
         }
         control.incarnation += 1;
-        control.supervised = by_policy;
+        control.supervised = starter != Starter::Operation;
         control.spec = Some(spec);
         let incarnation = control.incarnation;
         slot.status.send_modify(|s| {
@@ -425,6 +494,14 @@ impl Supervisor {
         if control.incarnation != incarnation {
             return;
         }
+        if self.frozen() {
+            // The agent is leaving (a shutdown, a handover): the next one decides.
+            slot.status.send_modify(|s| {
+                s.phase = Phase::Exited { how: how.clone() };
+                s.pid = 0;
+            });
+            return;
+        }
         let (was_healthy, ran) = {
             let status = slot.status.borrow();
             (status.healthy_at.is_some(), status.since.map(|at| at.elapsed()))
@@ -454,9 +531,11 @@ impl Supervisor {
             if wanted {
                 slot.status.send_modify(|s| s.runtime.state = "crashed".into());
             }
-            // Down for good, until an operation starts it: the next agent leaves it so.
+            // Down until an operation starts it, for the rest of this boot: the next
+            // agent leaves it so.
             if let Some(spec) = control.spec.as_mut().filter(|s| s.running) {
-                spec.running = false;
+                spec.down_in_boot = Some(procs::boot_id());
+                spec.last_exit = Some(how.clone());
                 spec.record.pid = 0;
                 let _ = write_spec(&slot.app, spec);
             }
@@ -474,7 +553,10 @@ impl Supervisor {
                 return;
             }
             let Some(spec) = control.spec.clone() else { return };
-            if let Err(e) = this.start_locked(&slot, &mut control, spec.record, spec.launch, true) {
+            if this.frozen() {
+                return;
+            }
+            if let Err(e) = this.start_locked(&slot, &mut control, spec.record, spec.launch, Starter::Policy) {
                 slot.status.send_modify(|s| {
                     s.runtime.state = "crashed".into();
                     s.runtime.last_exit = Some(format!("could not restart: {e}"));
@@ -502,10 +584,7 @@ impl Supervisor {
             monitor.abort();
         }
         let pid = slot.status.borrow().pid;
-        let mut killed = if pid == 0 { false } else { stop_group(pid, stop).await };
-        // What it left outside its group, or all of it when the agent did not know its
-        // process: the same signal first, SIGKILL after the same timeout.
-        killed |= stop_marked(&slot.id, stop).await;
+        let killed = stop_everything(pid, &slot.id, stop).await;
         slot.status.send_modify(|s| {
             s.phase = Phase::Stopped;
             s.pid = 0;
@@ -678,46 +757,32 @@ fn startable(app: &App, record: &InstanceRecord) -> Result<(), String> {
     .map_err(|e| format!("preparing {}: {e}", dir.display()))
 }
 
-/// Stops every process carrying the mark of instance `id`: `stop`'s signal, then
-/// SIGKILL for those still there after its timeout. True when any had to be killed.
-async fn stop_marked(id: &str, stop: &Stop) -> bool {
-    let marked = procs::marked(id);
-    if marked.is_empty() {
-        return false;
-    }
+/// Stops an instance: its process group (`pgid`; 0 when the agent knows no process of
+/// it) and every process carrying its mark (what it left outside its group, daemons
+/// included), all at once with `stop`'s signal, then SIGKILL for what is left after its
+/// timeout (wall-clock time). True when anything had to be killed.
+async fn stop_everything(pgid: u32, id: &str, stop: &Stop) -> bool {
     let signal = procs::signal(&stop.signal);
+    if pgid != 0 {
+        procs::kill_group(pgid, signal);
+    }
+    let marked = procs::marked(id);
     for pid in &marked {
         procs::kill(*pid, signal);
     }
+    let gone = || (pgid == 0 || !procs::group_alive(pgid)) && !marked.iter().any(|p| procs::alive(*p));
     let deadline = Instant::now() + stop.timeout;
     let mut pause = Duration::from_millis(1);
-    loop {
-        let left: Vec<u32> = marked.iter().copied().filter(|p| procs::alive(*p)).collect();
-        if left.is_empty() {
-            return false;
-        }
+    while !gone() {
         if Instant::now() >= deadline {
+            if pgid != 0 {
+                procs::kill_group(pgid, rustix::process::Signal::KILL);
+            }
             for pid in procs::marked(id) {
                 procs::kill(pid, rustix::process::Signal::KILL);
             }
-            return true;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-}
-
-/// Signals the group, waits up to the stop timeout in wall-clock time, then kills it.
-/// True when it had to be killed.
-async fn stop_group(pgid: u32, stop: &Stop) -> bool {
-    procs::kill_group(pgid, procs::signal(&stop.signal));
-    let deadline = Instant::now() + stop.timeout;
-    let mut pause = Duration::from_millis(1);
-    while procs::group_alive(pgid) {
-        if Instant::now() >= deadline {
-            procs::kill_group(pgid, rustix::process::Signal::KILL);
             let until = Instant::now() + Duration::from_secs(5);
-            while procs::group_alive(pgid) && Instant::now() < until {
+            while !gone() && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             return true;
@@ -725,7 +790,12 @@ async fn stop_group(pgid: u32, stop: &Stop) -> bool {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }
-    false
+    // Started while it stopped (a daemon forked at the last moment): no second wait.
+    let late = procs::marked(id);
+    for pid in &late {
+        procs::kill(*pid, rustix::process::Signal::KILL);
+    }
+    !late.is_empty()
 }
 
 /// The program and arguments of a start command: the words themselves when they are a

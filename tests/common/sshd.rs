@@ -197,8 +197,6 @@ impl SshFleet {
         fs::write(&self.known_hosts, kept).unwrap();
     }
 
-    /// Runs `command` (a shell command line) on host `i` as its user, with the fleet's
-    /// client config.
     /// Runs `command` on host `i` as its user; its stdout, which must succeed.
     #[track_caller]
     pub fn run_on(&self, i: usize, command: &str) -> String {
@@ -207,6 +205,8 @@ impl SshFleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `command` (a shell command line) on host `i` as its user, with the fleet's
+    /// client config.
     pub fn ssh(&self, i: usize, command: &str) -> Output {
         let host = &self.hosts[i];
         Command::new("ssh")
