@@ -91,11 +91,12 @@ pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, Agen
     paths.prepare().map_err(|e| unreachable(paths, e))?;
     // An older build may start its agent between our look and our start: then this
     // goes round again, to replace it.
+    let me = this_build();
     for _ in 0..3 {
-        if let Some(stream) = reach_running(paths).await? {
+        if let Some(stream) = reach_running(paths, &me).await? {
             return Ok(stream);
         }
-        if let Some(stream) = start(paths, boot_entry).await? {
+        if let Some(stream) = start(paths, boot_entry, &me).await? {
             return Ok(stream);
         }
     }
@@ -104,10 +105,9 @@ pub async fn connect(paths: &Paths, boot_entry: bool) -> Result<UnixStream, Agen
 
 /// A connection to the running agent when it will serve this build (after it handed
 /// over, none: the caller starts the next one).
-async fn reach_running(paths: &Paths) -> Result<Option<UnixStream>, AgentError> {
-    let me = this_build();
+async fn reach_running(paths: &Paths, me: &AgentInfo) -> Result<Option<UnixStream>, AgentError> {
     if let Some(info) = running(paths) {
-        match verdict(&info, &me) {
+        match verdict(&info, me) {
             Verdict::Use => {
                 if let Ok(stream) = UnixStream::connect(paths.socket()).await {
                     return Ok(Some(stream));
@@ -150,10 +150,8 @@ async fn reach_running(paths: &Paths) -> Result<Option<UnixStream>, AgentError> 
 /// until it has. An agent serving other callers refuses, saying so.
 async fn hand_over(paths: &Paths, info: &AgentInfo) -> Result<(), String> {
     if let Ok(stream) = UnixStream::connect(paths.socket()).await {
-        if let Err(AgentError::Failed { message, .. }) = exchange(stream, "", Request::Handover, Io::default()).await {
-            if message.starts_with("the agent stays") {
-                return Err(message);
-            }
+        if let Ok(Reply::Stays(why)) = exchange(stream, "", Request::Handover, Io::default()).await {
+            return Err(format!("the agent stays: {why}"));
         }
     }
     let deadline = tokio::time::Instant::now() + HANDOVER_PATIENCE;
@@ -178,7 +176,7 @@ async fn hand_over(paths: &Paths, info: &AgentInfo) -> Result<(), String> {
 
 /// Starts this executable as the agent (one caller at a time) and connects; `None`
 /// when another build's agent started meanwhile, which the caller deals with.
-async fn start(paths: &Paths, boot_entry: bool) -> Result<Option<UnixStream>, AgentError> {
+async fn start(paths: &Paths, boot_entry: bool, me: &AgentInfo) -> Result<Option<UnixStream>, AgentError> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -194,7 +192,7 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<Option<UnixStream>, Ag
     }
     // Someone else may have started one meanwhile.
     if let Some(info) = running(paths) {
-        if verdict(&info, &this_build()) != Verdict::Use {
+        if verdict(&info, me) != Verdict::Use {
             return Ok(None);
         }
         if let Ok(stream) = UnixStream::connect(paths.socket()).await {
@@ -218,7 +216,7 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<Option<UnixStream>, Ag
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(info) = running(paths) {
-            if verdict(&info, &this_build()) == Verdict::Use {
+            if verdict(&info, me) == Verdict::Use {
                 if let Ok(stream) = UnixStream::connect(paths.socket()).await {
                     return Ok(Some(stream));
                 }
@@ -230,7 +228,7 @@ async fn start(paths: &Paths, boot_entry: bool) -> Result<Option<UnixStream>, Ag
             match running(paths) {
                 None => return Err(unreachable(paths, format!("it exited at start ({status}): {}", last_logged()))),
                 // It found another build's agent serving the account.
-                Some(info) if verdict(&info, &this_build()) != Verdict::Use => return Ok(None),
+                Some(info) if verdict(&info, me) != Verdict::Use => return Ok(None),
                 Some(_) => {}
             }
         }

@@ -122,14 +122,7 @@ async fn serve(paths: &Paths) -> i32 {
     // Until it leaves: idle, handed over, or told to stop.
     let stop_by = loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
-                    tokio::spawn(async move { connection(agent, stream, handovers, call).await });
-                }
-                // Out of file descriptors, say: not a reason to spin.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
+            accepted = listener.accept() => take(accepted, &agent, &handovers, &calls).await,
             Some(reply) = asked.recv() => {
                 // The asking call is one of those in flight: any other is another
                 // caller's work, which a handover would cut off.
@@ -141,7 +134,7 @@ async fn serve(paths: &Paths) -> i32 {
                 }
                 let _ = reply.send(Err(format!("it is serving {others} other call(s)")));
             }
-            () = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+            () = terminated(&mut terminate) => {
                 log(paths, "stopping (SIGTERM); instances keep running");
                 break Some(Instant::now() + STOP_GRACE);
             }
@@ -170,16 +163,10 @@ async fn serve(paths: &Paths) -> i32 {
             break;
         }
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let (agent, handovers, call) = (Arc::clone(&agent), handovers.clone(), calls.begin());
-                    tokio::spawn(async move { connection(agent, stream, handovers, call).await });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
+            accepted = listener.accept() => take(accepted, &agent, &handovers, &calls).await,
             // Another newer ferry asking: this agent is leaving anyway.
             Some(reply) = asked.recv() => { let _ = reply.send(Ok(())); }
-            () = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } }, if stop_by.is_none() => {
+            () = terminated(&mut terminate), if stop_by.is_none() => {
                 stop_by = Some(Instant::now() + STOP_GRACE);
             }
             () = tokio::time::sleep(Duration::from_millis(20)) => {
@@ -193,6 +180,36 @@ async fn serve(paths: &Paths) -> i32 {
     let _ = fs::remove_dir(paths.socket_dir());
     drop(taken);
     0
+}
+
+/// What asks the main loop whether a handover may happen.
+type Handovers = mpsc::Sender<oneshot::Sender<Result<(), String>>>;
+
+/// Serves an accepted connection as a call in flight, on a task of its own.
+async fn take(
+    accepted: std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>,
+    agent: &Arc<Agent>,
+    handovers: &Handovers,
+    calls: &Calls,
+) {
+    match accepted {
+        Ok((stream, _)) => {
+            let (agent, handovers, call) = (Arc::clone(agent), handovers.clone(), calls.begin());
+            tokio::spawn(async move { connection(agent, stream, handovers, call).await });
+        }
+        // Out of file descriptors, say: not a reason to spin.
+        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+    }
+}
+
+/// Resolves when SIGTERM arrives (never, when it could not be listened for).
+async fn terminated(terminate: &mut Option<tokio::signal::unix::Signal>) {
+    match terminate.as_mut() {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The calls in flight, and when the last one ended.
@@ -239,12 +256,7 @@ impl Drop for CallGuard {
     }
 }
 
-async fn connection(
-    agent: Arc<Agent>,
-    stream: tokio::net::UnixStream,
-    handovers: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
-    _call: CallGuard,
-) {
+async fn connection(agent: Arc<Agent>, stream: tokio::net::UnixStream, handovers: Handovers, _call: CallGuard) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let call: Call = match wire::receive(&mut read).await {
@@ -275,7 +287,7 @@ async fn connection(
         };
         match decided {
             Ok(()) => Answer::Done(Reply::Done),
-            Err(why) => Answer::Failed { step: step.into(), message: format!("the agent stays: {why}") },
+            Err(why) => Answer::Done(Reply::Stays(why)),
         }
     } else {
         match agent.handle(call, &mut read, &mut write).await {

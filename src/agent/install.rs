@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::host::proto::Parcel;
 use crate::host::InstalledRelease;
 
 use super::files::{now_ms, remove_tree, write_atomic, App, RELEASE_FILE};
@@ -111,21 +112,10 @@ pub fn from_artifact(app: &App, sha256: &str, version: &str, sums: &str) -> Resu
     Ok(true)
 }
 
-/// What a stream carries.
-pub struct Stream<'a> {
-    pub sha256: &'a str,
-    pub version: &'a str,
-    /// Bytes that make up the stream.
-    pub size: u64,
-    /// The plain tar stream, not the artifact.
-    pub raw: bool,
-    pub sums: &'a str,
-}
-
 /// Installs from `input`: the artifact (kept under `artifacts/` for later installs)
 /// or its plain tar stream, unpacked as it arrives. Returns false when the release
 /// was already there (the input is then left unread).
-pub fn from_stream(app: &App, input: impl Read, stream: &Stream<'_>) -> Result<bool, Failure> {
+pub fn from_stream(app: &App, input: impl Read, stream: &Parcel<'_>) -> Result<bool, Failure> {
     if present(app, stream.version, stream.sha256)? {
         return Ok(false);
     }
@@ -266,7 +256,7 @@ mod tests {
         let (dir, archive, sha, sums) = packed(&[("bin/start", b"#!/bin/sh\n"), ("lib/a.txt", b"a")]);
         let app = app(dir.path());
         let size = fs::metadata(&archive).unwrap().len();
-        let stream = Stream { sha256: &sha, version: "v1", size, raw: false, sums: &sums };
+        let stream = Parcel { sha256: &sha, version: "v1", size, raw: false, sums: &sums };
         assert!(from_stream(&app, fs::File::open(&archive).unwrap(), &stream).unwrap());
         assert_eq!(fs::read(app.release("v1").join("lib/a.txt")).unwrap(), b"a");
         assert!(app.artifact(&sha).is_file());
@@ -284,7 +274,7 @@ mod tests {
         let (dir, archive, sha, sums) = packed(&[("big.bin", &big)]);
         let app = app(dir.path());
         let bytes = fs::read(&archive).unwrap();
-        let stream = Stream { sha256: &sha, version: "v1", size: bytes.len() as u64, raw: false, sums: &sums };
+        let stream = Parcel { sha256: &sha, version: "v1", size: bytes.len() as u64, raw: false, sums: &sums };
         let err = from_stream(&app, &bytes[..bytes.len() / 2], &stream).unwrap_err();
         assert!(!err.is_empty());
         assert!(!app.release("v1").exists());
@@ -298,9 +288,9 @@ mod tests {
         let (dir, archive, sha, sums) = packed(&[("a", b"1")]);
         let app = app(dir.path());
         let size = fs::metadata(&archive).unwrap().len();
-        let stream = Stream { sha256: &sha, version: "v1", size, raw: false, sums: &sums };
+        let stream = Parcel { sha256: &sha, version: "v1", size, raw: false, sums: &sums };
         from_stream(&app, fs::File::open(&archive).unwrap(), &stream).unwrap();
-        let other = Stream { sha256: "0000", ..stream };
+        let other = Parcel { sha256: "0000", ..stream };
         let err = from_stream(&app, io::empty(), &other).unwrap_err();
         assert!(err.contains("different contents"), "{err}");
     }
@@ -310,7 +300,7 @@ mod tests {
         let (dir, archive, sha, _) = packed(&[("a", b"1")]);
         let app = app(dir.path());
         let size = fs::metadata(&archive).unwrap().len();
-        let stream = Stream { sha256: &sha, version: "v1", size, raw: false, sums: "0000  a\n" };
+        let stream = Parcel { sha256: &sha, version: "v1", size, raw: false, sums: "0000  a\n" };
         let err = from_stream(&app, fs::File::open(&archive).unwrap(), &stream).unwrap_err();
         assert!(err.contains("does not match its manifest"), "{err}");
         assert!(!app.release("v1").exists());
@@ -322,7 +312,7 @@ mod tests {
         let (dir, archive, sha, sums) = packed(&[("a", b"1")]);
         let source = app(dir.path());
         let size = fs::metadata(&archive).unwrap().len();
-        let stream = Stream { sha256: &sha, version: "v1", size, raw: false, sums: &sums };
+        let stream = Parcel { sha256: &sha, version: "v1", size, raw: false, sums: &sums };
         from_stream(&source, fs::File::open(&archive).unwrap(), &stream).unwrap();
         let other = App::new(dir.path().join("host2/hello"));
         assert!(linked(&other, &source, &sha, "v1").unwrap());

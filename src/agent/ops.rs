@@ -147,7 +147,8 @@ impl Agent {
             Request::ShipRelease { sha256, version, size, raw, sums } => {
                 let sent = call.input;
                 let installed = receive_into(read, call.input, move |input| {
-                    let stream = install::Stream { sha256: &sha256, version: &version, size, raw, sums: &sums };
+                    let stream =
+                        crate::host::proto::Parcel { sha256: &sha256, version: &version, size, raw, sums: &sums };
                     install::from_stream(&app, input, &stream)
                 })
                 .await?;

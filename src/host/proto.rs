@@ -318,6 +318,8 @@ pub struct AgentInfo {
 pub enum Reply {
     Agent(AgentInfo),
     Done,
+    /// A handover declined, and why (it serves other callers).
+    Stays(String),
     State(Box<HostState>),
     Ports(Vec<u16>),
     Lock(LockReply),
