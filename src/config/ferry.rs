@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::fly::valid_env_name;
 use super::read::{join, Reader, Unit};
 use super::tree::{Node, Table, Value};
-use super::{BackupConfig, BackupRun, BuildConfig, ConfigError, FerryConfig, RegionConfig, Target};
+use super::{BackupConfig, BackupRun, BuildConfig, ConfigError, FerryConfig, ProxyConfig, RegionConfig, Target};
 
 pub(super) const DEFAULT_ROOT: &str = "~/ferry";
 pub(super) const DEFAULT_KEEP_RELEASES: usize = 5;
@@ -59,6 +59,42 @@ pub(super) fn resolve(r: &Reader<'_>, root: &Table, dir: &Path) -> Result<FerryC
         build: build(r, section(r, ferry, "build", "ferry", &empty)?, dir)?,
         regions: regions(r, section(r, ferry, "regions", "ferry", &empty)?)?,
         backup: backup(r, section(r, ferry, "backup", "ferry", &empty)?)?,
+        proxy: proxy(r, section(r, ferry, "proxy", "ferry", &empty)?)?,
+    })
+}
+
+fn proxy(r: &Reader<'_>, table: &Table) -> Result<ProxyConfig, ConfigError> {
+    let bind = r.opt_string(table, "ferry.proxy", "bind")?;
+    if let (Some(bind), Some(entry)) = (&bind, table.get("bind")) {
+        if bind != "host" && bind.parse::<std::net::IpAddr>().is_err() {
+            return Err(r.invalid(
+                &entry.node.span,
+                format!("`ferry.proxy.bind` must be an IP address or `host`, not `{bind}`"),
+            ));
+        }
+    }
+    let hosts = match table.get("hosts") {
+        Some(entry) => r.strings(&entry.node, "ferry.proxy.hosts")?,
+        None => Vec::new(),
+    };
+    let mut ports = BTreeMap::new();
+    if let Some(entry) = table.get("ports") {
+        for port in &r.table(&entry.node, "ferry.proxy.ports")?.entries {
+            let path = join("ferry.proxy.ports", &port.key);
+            let public = port.key.trim().parse::<u16>().map_err(|_| {
+                r.invalid(&port.key_span, format!("`{path}`: `{}` is not a port (0 to 65535)", port.key))
+            })?;
+            ports.insert(public, r.port(&port.node, &path)?);
+        }
+    }
+    Ok(ProxyConfig {
+        enabled: match table.get("enabled") {
+            Some(entry) => r.boolean(&entry.node, "ferry.proxy.enabled")?,
+            None => true,
+        },
+        bind,
+        hosts: hosts.into_iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect(),
+        ports,
     })
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::read::{join, Reader, Unit};
 use super::tree::{Entry, Node, Span, Table, Value};
-use super::{Check, CheckKind, ConfigError, DeployConfig, MaxUnavailable, Mount, RestartConfig, Strategy};
+use super::{
+    Check, CheckKind, ConfigError, DeployConfig, MaxUnavailable, Mount, PublicPort, RestartConfig, Service, Strategy,
+};
 
 /// Fly's default: SIGINT, unless `kill_signal` says otherwise.
 pub(super) const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
@@ -293,6 +295,60 @@ pub(super) fn internal_port(r: &Reader<'_>, root: &Table) -> Result<Option<u16>,
     let Some(entry) = root.get("services") else { return Ok(None) };
     let Some((_, first)) = r.tables(&entry.node, "services")?.into_iter().next() else { return Ok(None) };
     service_port(r, first)
+}
+
+/// `[http_service]` (served on 80, and on 443 behind TLS, as Fly does) and every
+/// `[[services]]` with its `[[services.ports]]`. A service without an internal port is
+/// left out: nothing could be routed to it.
+pub(super) fn services(r: &Reader<'_>, root: &Table) -> Result<Vec<Service>, ConfigError> {
+    let mut services = Vec::new();
+    if let Some(entry) = root.get("http_service") {
+        let table = r.table(&entry.node, "http_service")?;
+        let force_https = match table.get("force_https") {
+            Some(f) => r.boolean(&f.node, "http_service.force_https")?,
+            None => false,
+        };
+        if let Some(port) = table.get("internal_port") {
+            let internal_port = r.port(&port.node, "http_service.internal_port")?;
+            if internal_port != 0 {
+                services.push(Service {
+                    internal_port,
+                    protocol: "tcp".into(),
+                    ports: vec![
+                        PublicPort { port: 80, handlers: vec!["http".into()], force_https },
+                        PublicPort { port: 443, handlers: vec!["tls".into(), "http".into()], force_https: false },
+                    ],
+                });
+            }
+        }
+    }
+    let Some(entry) = root.get("services") else { return Ok(services) };
+    for (_, service) in r.tables(&entry.node, "services")? {
+        let Some(internal_port) = service_port(r, service)? else { continue };
+        let protocol = r.opt_string(service, "services", "protocol")?.unwrap_or_else(|| "tcp".into());
+        let mut ports = Vec::new();
+        if let Some(list) = service.get("ports") {
+            for (_, port) in r.tables(&list.node, "services.ports")? {
+                let Some(number) = port.get("port") else { continue };
+                let number = r.port(&number.node, "services.ports.port")?;
+                let handlers = match port.get("handlers") {
+                    Some(h) => r.strings(&h.node, "services.ports.handlers")?,
+                    None => Vec::new(),
+                };
+                let force_https = match port.get("force_https") {
+                    Some(f) => r.boolean(&f.node, "services.ports.force_https")?,
+                    None => false,
+                };
+                ports.push(PublicPort {
+                    port: number,
+                    handlers: handlers.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    force_https,
+                });
+            }
+        }
+        services.push(Service { internal_port, protocol: protocol.to_ascii_lowercase(), ports });
+    }
+    Ok(services)
 }
 
 fn service_port(r: &Reader<'_>, service: &Table) -> Result<Option<u16>, ConfigError> {

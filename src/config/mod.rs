@@ -48,6 +48,8 @@ pub struct Config {
     pub env: BTreeMap<String, String>,
     /// From `[http_service]`, else the first `[[services]]`.
     pub internal_port: Option<u16>,
+    /// `[http_service]` first, then every `[[services]]`: what the front door serves.
+    pub services: Vec<Service>,
     /// Every check from `[http_service]`, `[[services]]` and `[checks.*]`, in file order.
     pub checks: Vec<Check>,
     pub mounts: Vec<Mount>,
@@ -146,6 +148,26 @@ pub enum CheckKind {
     Tcp,
 }
 
+/// A service of the app as fly.toml declares it: the port its instances listen on and
+/// the public ports it is served on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub internal_port: u16,
+    /// `tcp` (Fly's default) or `udp`; ferry's front door serves TCP only.
+    pub protocol: String,
+    /// Public ports in file order; `[http_service]` has 80 (`http`) and 443 (`tls`,
+    /// `http`).
+    pub ports: Vec<PublicPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublicPort {
+    pub port: u16,
+    /// `http`, `tls`, ... as written; none means raw TCP.
+    pub handlers: Vec<String>,
+    pub force_https: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mount {
     pub source: String,
@@ -171,6 +193,22 @@ pub struct FerryConfig {
     pub build: BuildConfig,
     pub regions: BTreeMap<String, RegionConfig>,
     pub backup: BackupConfig,
+    pub proxy: ProxyConfig,
+}
+
+/// `[ferry.proxy]`: ferry's front door on each host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyConfig {
+    /// `false`: no front door; instances are reached on their own ports.
+    pub enabled: bool,
+    /// Where the front door listens on SSH hosts: an IP address, or `host` for the
+    /// address the host is reached at (`user@ADDRESS:port`). `None`: all addresses.
+    pub bind: Option<String>,
+    /// `Host` names this app answers for on a port it shares with other apps of the
+    /// account (`example.com`, `*.example.com`); empty: every name no other app claims.
+    pub hosts: Vec<String>,
+    /// Public port → the port actually listened on (`[ferry.proxy.ports] 80 = 8080`).
+    pub ports: BTreeMap<u16, u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,6 +294,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         deploy: fly::deploy(&mut r, &root)?,
         env: fly::env(&r, &root)?,
         internal_port: fly::internal_port(&r, &root)?,
+        services: fly::services(&r, &root)?,
         checks: fly::checks(&r, &root)?,
         mounts: fly::mounts(&r, &root)?,
         processes: fly::processes(&r, &root)?,

@@ -176,6 +176,7 @@ const FERRY: &[(&str, Shape)] = &[
     ("build", T(&[("command", Any), ("path", Any), ("start", Any)])),
     ("regions", Map(&T(&[("hosts", Any), ("count", Any), ("replica_url_env", Any), ("replica_url", Any)]))),
     ("backup", T(&[("before_migrate", Any), ("database_url_env", Any), ("run", Any), ("keep", Any)])),
+    ("proxy", T(&[("enabled", Any), ("bind", Any), ("hosts", Any), ("ports", Any)])),
 ];
 
 pub(super) const ROOT: &[(&str, Shape)] = &[
