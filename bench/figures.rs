@@ -106,13 +106,17 @@ fn project(
     regions: &[(&str, Vec<String>, usize)],
 ) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
+    // Each project's front door on a port of its own (SSH hosts: at their own address,
+    // on that port instead of 80, which their users may not listen on).
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
     let mut toml = format!(
         "app = \"hello\"\nprimary_region = \"{}\"\nkill_signal = \"SIGTERM\"\nkill_timeout = \"5s\"\n\n\
          [deploy]\n  strategy = \"rolling\"\n  max_unavailable = 1\n  wait_timeout = \"60s\"\n\n\
          [env]\n{env}\n\
-         [http_service]\n  internal_port = 8080\n\n  [[http_service.checks]]\n    grace_period = \"1s\"\n    \
+         [http_service]\n  internal_port = {port}\n\n  [[http_service.checks]]\n    grace_period = \"1s\"\n    \
          interval = \"15s\"\n    timeout = \"2s\"\n    method = \"GET\"\n    path = \"/health\"\n\n\
          [ferry]\n  target = \"{target}\"\n  keep_releases = 5\n\n\
+         [ferry.proxy]\n  bind = \"host\"\n  [ferry.proxy.ports]\n    80 = {port}\n\n\
          [ferry.build]\n  path = \"{}\"\n  start = \"bin/start\"\n{extra}",
         regions[0].0,
         tree.dir.display()

@@ -46,8 +46,91 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// `[ferry.build]`: the build command, the release directory, the start command.
     pub build: BuildConfig,
+    /// The front door on each host.
+    pub proxy: ProxySettings,
     /// What resolving found odd (a check skipped, ...), for the operation to report.
     pub warnings: Vec<String>,
+}
+
+/// The front door: what it serves, resolved from `[http_service]`, `[[services]]` and
+/// `[ferry.proxy]`.
+#[derive(Debug, Clone, Default)]
+pub struct ProxySettings {
+    /// Doors on SSH hosts: the public ports (after `[ferry.proxy.ports]`).
+    pub public: Vec<DoorPort>,
+    /// Doors on the local target: the service's internal port, on each region's own
+    /// loopback address.
+    pub local: Vec<DoorPort>,
+    /// `[ferry.proxy] bind`: an address, `host`, or all addresses.
+    pub bind: Option<String>,
+    pub hosts: Vec<String>,
+}
+
+impl ProxySettings {
+    /// Whether the app has a front door at all.
+    pub fn enabled(&self) -> bool {
+        !self.public.is_empty() || !self.local.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoorPort {
+    pub port: u16,
+    pub kind: crate::host::proto::DoorKind,
+}
+
+/// The doors of `config`, and what could not be served.
+fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
+    use crate::host::proto::DoorKind;
+    let proxy = &config.ferry.proxy;
+    if !proxy.enabled {
+        return ProxySettings::default();
+    }
+    let remap = |port: u16| proxy.ports.get(&port).copied().unwrap_or(port);
+    let mut settings =
+        ProxySettings { bind: proxy.bind.clone(), hosts: proxy.hosts.clone(), ..ProxySettings::default() };
+    for service in &config.services {
+        if service.protocol != "tcp" {
+            warnings.push(format!(
+                "the front door serves TCP only; the {} service on port {} is not served",
+                service.protocol, service.internal_port
+            ));
+            continue;
+        }
+        if Some(service.internal_port) != config.internal_port {
+            warnings.push(format!(
+                "each instance listens on one port ($PORT); the service on internal_port {} is not served (only {})",
+                service.internal_port,
+                config.internal_port.unwrap_or_default()
+            ));
+            continue;
+        }
+        let mut any_http = false;
+        for public in &service.ports {
+            let kind = if public.handlers.iter().any(|h| h == "http") {
+                any_http = true;
+                DoorKind::Http
+            } else if public.handlers.is_empty() {
+                DoorKind::Tcp
+            } else {
+                continue;
+            };
+            if public.handlers.iter().any(|h| h == "tls") {
+                // Served once certificates are configured (not yet).
+                continue;
+            }
+            let door = DoorPort { port: remap(public.port), kind };
+            if !settings.public.contains(&door) {
+                settings.public.push(door);
+            }
+        }
+        let kind = if any_http || service.ports.is_empty() { DoorKind::Http } else { DoorKind::Tcp };
+        let door = DoorPort { port: remap(service.internal_port), kind };
+        if !settings.local.iter().any(|d| d.port == door.port) {
+            settings.local.push(door);
+        }
+    }
+    settings
 }
 
 /// How every instance runs.
@@ -236,6 +319,7 @@ impl Settings {
                 keep: config.ferry.backup.keep,
             },
             build: config.ferry.build.clone(),
+            proxy: proxy(config, &mut warnings),
             warnings,
         }
     }

@@ -5,23 +5,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Project;
+use common::{eventually, Project};
 use serde_json::Value;
 
 /// Waits until `check` holds, up to `limit`; what it last saw when it never does.
-fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "the condition never held within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn pid_of(instance: &Value) -> u64 {
     instance["pid"].as_u64().unwrap_or(0)
 }
@@ -152,7 +141,9 @@ fn a_killed_agent_leaves_its_instances_running_and_the_next_command_adopts_them(
 
 #[test]
 fn a_failing_deploy_sends_a_few_checks_a_second_and_reports_the_apps_own_lines() {
-    let project = Project::builder().region("syd", 1).env("HELLO_LOG_REQUESTS", "1").build();
+    // Without a front door the failing instance replaces the old one in place, so its
+    // log stays to be read (one started beside the old one is removed with its log).
+    let project = Project::builder().region("syd", 1).env("HELLO_LOG_REQUESTS", "1").proxy("  enabled = false").build();
     // The app logs every request it gets, with who sent it.
     let config = project.path().join("fly.toml");
     let text = std::fs::read_to_string(&config)

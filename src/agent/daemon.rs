@@ -101,7 +101,9 @@ async fn serve(paths: &Paths) -> i32 {
     tokio::spawn(reaper.clone().run());
     let exe = std::env::current_exe().unwrap_or_else(|_| "ferry".into());
     let info = AgentInfo { pid: std::process::id(), ..super::client::this_build() };
-    let agent = Arc::new(Agent::new(paths.clone(), Supervisor::new(exe, reaper.clone()), reaper, info.clone()));
+    let sockets = super::proxy::Sockets::default();
+    let agent =
+        Arc::new(Agent::new(paths.clone(), Supervisor::new(exe, reaper.clone()), reaper, info.clone(), sockets));
     let socket = paths.socket();
     let _ = fs::remove_file(&socket);
     let listener = match UnixListener::bind(&socket) {

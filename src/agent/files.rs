@@ -548,7 +548,10 @@ mod tests {
     }
 
     fn state(app: &App) -> HostState {
-        app.observe(|r| InstanceState { record: r.clone(), alive: false, runtime: Runtime::default() }, false)
+        app.observe(
+            |r| InstanceState { record: r.clone(), alive: false, runtime: Runtime::default(), routed: false },
+            false,
+        )
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod launch;
 mod ops;
 pub mod paths;
 mod procs;
+mod proxy;
 mod release_command;
 mod supervisor;
 pub mod wire;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWrite};
 
@@ -15,12 +16,14 @@ use super::files::{listening_ports, App};
 use super::install;
 use super::paths::{expand_home, Paths};
 use super::procs::{Ended, Reaper};
+use super::proxy::{FrontDoor, Sockets};
 use super::supervisor::Supervisor;
 use super::wire::{self, Answer, Call};
 
 pub struct Agent {
     pub paths: Paths,
     pub supervisor: Supervisor,
+    pub doors: FrontDoor,
     reaper: Reaper,
     info: AgentInfo,
     /// One volume attachment at a time (two instances must not take one volume).
@@ -33,8 +36,29 @@ pub struct Agent {
 const CHUNK: usize = 256 * 1024;
 
 impl Agent {
-    pub fn new(paths: Paths, supervisor: Supervisor, reaper: Reaper, info: AgentInfo) -> Self {
-        Self { paths, supervisor, reaper, info, attaching: tokio::sync::Mutex::new(()), loaded: Mutex::new(Vec::new()) }
+    pub fn new(paths: Paths, supervisor: Supervisor, reaper: Reaper, info: AgentInfo, sockets: Sockets) -> Self {
+        let doors = FrontDoor::new(paths.clone(), supervisor.clone(), sockets);
+        Self {
+            paths,
+            supervisor,
+            doors,
+            reaper,
+            info,
+            attaching: tokio::sync::Mutex::new(()),
+            loaded: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// What the host holds for `app`, with what its front door routes.
+    fn observe(&self, app: &App, own_lock: bool) -> crate::host::HostState {
+        let mut state = app.observe(|r| self.supervisor.state(app, r), own_lock);
+        for instance in &mut state.instances {
+            let (has_table, in_table) = self.doors.routed(app, &instance.record.id);
+            state.routes = has_table;
+            instance.routed = in_table;
+        }
+        state.doors = self.doors.addresses(app);
+        state
     }
 
     /// Whether any app directory is known to this account's agent.
@@ -65,6 +89,7 @@ impl Agent {
         }
         self.remember(&app.dir);
         self.supervisor.load(app).await;
+        self.doors.load(app);
     }
 
     fn remember(&self, dir: &Path) {
@@ -120,20 +145,17 @@ impl Agent {
             Request::Hello | Request::Handover => Reply::Done,
             Request::Observe => {
                 self.supervisor.repair(&app);
-                let mut state = app.observe(|r| self.supervisor.state(&app, r), false);
+                let mut state = self.observe(&app, false);
                 state.boot = super::boot::recorded(&self.paths);
                 Reply::State(Box::new(state))
             }
             Request::Listening => Reply::Ports(listening_ports()),
-            Request::LockAcquire { holder } => Reply::Lock(
-                app.lock_acquire(&holder, |own| app.observe(|r| self.supervisor.state(&app, r), own)).map_err(io)?,
-            ),
-            Request::LockTakeover { stale, holder } => Reply::Lock(
-                app.lock_takeover(stale.as_deref(), &holder, |own| {
-                    app.observe(|r| self.supervisor.state(&app, r), own)
-                })
-                .map_err(io)?,
-            ),
+            Request::LockAcquire { holder } => {
+                Reply::Lock(app.lock_acquire(&holder, |own| self.observe(&app, own)).map_err(io)?)
+            }
+            Request::LockTakeover { stale, holder } => {
+                Reply::Lock(app.lock_takeover(stale.as_deref(), &holder, |own| self.observe(&app, own)).map_err(io)?)
+            }
             Request::LockRefresh { token } => Reply::Flag(app.lock_refresh(&token)),
             Request::LockRelease { token } => {
                 app.lock_release(token.as_deref()).map_err(io)?;
@@ -165,9 +187,27 @@ impl Agent {
             Request::SwitchInstance { record, launch } => {
                 Reply::Pid(self.supervisor.start(&app, record, launch, true).await?)
             }
-            Request::StopInstance { id, stop } => Reply::Flag(self.supervisor.stop(&app, &id, &stop).await),
+            Request::StopInstance { id, stop } => {
+                self.doors.retire(&app, &id, stop.timeout).await;
+                Reply::Flag(self.supervisor.stop(&app, &id, &stop).await)
+            }
             Request::RemoveInstance { id } => {
+                self.doors.retire(&app, &id, Duration::from_secs(5)).await;
                 self.supervisor.remove(&app, &id).await?;
+                Reply::Done
+            }
+            Request::OpenDoors { doors } => {
+                self.doors.open(&app, &doors)?;
+                Reply::Done
+            }
+            Request::Cutover { add, retire, stop } => {
+                for backend in self.doors.switch(&app, &add, &retire)? {
+                    backend.drain(stop.timeout).await;
+                }
+                for id in &retire {
+                    self.supervisor.stop(&app, id, &stop).await;
+                    self.supervisor.remove(&app, id).await?;
+                }
                 Reply::Done
             }
             Request::WaitHealthy { id, pid, deadline } => {
@@ -237,6 +277,7 @@ impl Agent {
                 Reply::Path(app.volume_attach(&instance, &name, &destination).map_err(io)?)
             }
             Request::Destroy => {
+                self.doors.close(&app);
                 self.supervisor.forget_app(&app).await;
                 let dir = app.dir.clone();
                 blocking(move || app.destroy().map_err(|e| e.to_string())).await?;

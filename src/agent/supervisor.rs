@@ -197,6 +197,11 @@ impl Supervisor {
         self.slots().get(&(app.dir.clone(), id.to_string())).cloned()
     }
 
+    /// The instance's status as it changes (`None`: the agent knows no such instance).
+    pub fn watch(&self, app: &App, id: &str) -> Option<watch::Receiver<Status>> {
+        self.existing(app, id).map(|slot| slot.status.subscribe())
+    }
+
     /// Whether any instance of any app is meant to run.
     pub fn serves_any(&self) -> bool {
         self.slots().values().any(|s| !matches!(s.status.borrow().phase, Phase::Stopped))
@@ -222,7 +227,7 @@ impl Supervisor {
     /// What the agent knows of the instance of `record`: alive, and its runtime.
     pub fn state(&self, app: &App, record: &InstanceRecord) -> InstanceState {
         let Some(slot) = self.existing(app, &record.id) else {
-            return InstanceState { record: record.clone(), alive: false, runtime: Runtime::default() };
+            return InstanceState { record: record.clone(), alive: false, runtime: Runtime::default(), routed: false };
         };
         let status = slot.status.borrow().clone();
         let alive = matches!(status.phase, Phase::Starting | Phase::Healthy { .. }) && status.pid != 0;
@@ -230,7 +235,7 @@ impl Supervisor {
         if alive {
             record.pid = status.pid;
         }
-        InstanceState { record, alive, runtime: status.runtime }
+        InstanceState { record, alive, runtime: status.runtime, routed: false }
     }
 
     /// Takes over the instances of `app` found on disk that this agent does not know

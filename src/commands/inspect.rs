@@ -4,7 +4,7 @@
 use crate::deploy::observe::{self, read_history};
 use crate::error::Error;
 use crate::host::now_ms;
-use crate::report::views::{InstanceRow, LogLine, Logs, Releases, Status};
+use crate::report::views::{FrontDoorRow, InstanceRow, LogLine, Logs, Releases, Status};
 
 use super::Ctx;
 
@@ -12,8 +12,18 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
     let fleet = ctx.fleet()?;
     let observed = observe::observe(&fleet).await?;
     let mut rows = Vec::new();
+    let mut front_doors = Vec::new();
     for host in fleet.hosts() {
         let Some(state) = observed.get(&host.name) else { continue };
+        let (routing, has_table) = (!state.doors.is_empty(), state.routes);
+        for door in &state.doors {
+            // A door on every address is reached at the host's.
+            let address = match door.strip_prefix("0.0.0.0:").or_else(|| door.strip_prefix("[::]:")) {
+                Some(port) => format!("{}:{port}", host.address()),
+                None => door.clone(),
+            };
+            front_doors.push(FrontDoorRow { region: host.region.clone(), address });
+        }
         for instance in &state.instances {
             let record = &instance.record;
             let runtime = &instance.runtime;
@@ -44,6 +54,7 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
                 uptime_secs: instance.alive.then(|| now_ms().saturating_sub(since) / 1000),
                 restarts: runtime.restarts,
                 last_exit: runtime.last_exit.clone(),
+                traffic: routing && instance.alive && (instance.routed || !has_table) && health == "passing",
             });
         }
     }
@@ -56,7 +67,7 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
             no_boot.join(", ")
         )
     });
-    ctx.show(&Status { app: ctx.settings.app.clone(), current_version, instances: rows, boot_warning });
+    ctx.show(&Status { app: ctx.settings.app.clone(), current_version, front_doors, instances: rows, boot_warning });
     Ok(())
 }
 

@@ -206,8 +206,11 @@ impl Engine<'_> {
     /// A picker that avoids every port recorded for an instance or listening on a host
     /// where the plan creates an instance (read from SSH hosts only then).
     async fn port_picker(&self, observed: &Observed, instances: &Instances) -> PortPicker {
-        let creating: BTreeSet<&str> =
-            instances.changes().filter(|step| step.previous.is_none()).map(|step| step.host.as_str()).collect();
+        let creating: BTreeSet<&str> = instances
+            .changes()
+            .filter(|step| step.previous.is_none() || step.beside)
+            .map(|step| step.host.as_str())
+            .collect();
         let hosts =
             self.fleet.hosts().filter(|h| !h.transport.is_local() && creating.contains(h.name.as_str())).cloned();
         let listening = crate::host::on_each(hosts, |host| async move { host.listening().await }).await;

@@ -184,7 +184,27 @@ pub async fn revert(
         (None, Ok(_)) => host.remove_instance(&step.id).await.map_err(|e| e.to_string()),
         (Some(previous), Ok(_)) => {
             let record = record(step, &previous.version, port, previous.created_at, previous.config.clone());
-            start_and_wait(spec, host, &record, false, primary_addr).await.map(drop).map_err(|cause| cause.to_string())
+            start_and_wait(spec, host, &record, false, primary_addr).await.map_err(|cause| cause.to_string())?;
+            host.cutover(vec![step.id.clone()], Vec::new(), &spec.stop()).await.map_err(|e| e.to_string())
         }
     }
+}
+
+/// Puts back the previous version of a step that replaced its instance beside the
+/// old one, the same way: a new instance of the previous version on `port`, healthy,
+/// then one switch that retires the step's instance.
+pub async fn revert_beside(
+    spec: &Spec,
+    host: &Host,
+    step: &Step,
+    port: u16,
+    primary_addr: Option<&str>,
+) -> Result<(), String> {
+    let Some(previous) = &step.previous else {
+        return host.remove_instance(&step.id).await.map_err(|e| e.to_string());
+    };
+    let back = Step { id: crate::deploy::new_instance_id(), ..step.clone() };
+    let record = record(&back, &previous.version, port, previous.created_at, previous.config.clone());
+    start_and_wait(spec, host, &record, false, primary_addr).await.map_err(|cause| cause.to_string())?;
+    host.cutover(vec![back.id.clone()], vec![step.id.clone()], &spec.stop()).await.map_err(|e| e.to_string())
 }

@@ -9,6 +9,7 @@
 //! [`Engine::preview`] makes the same plan without the lock, for `--dry-run`. The
 //! engine reports through events and returns the user's error; it never prints.
 
+pub mod doors;
 mod execute;
 pub mod finish;
 pub mod instance;
@@ -182,6 +183,8 @@ impl Engine<'_> {
         };
         // The backup is restored before anything else, so a restore that fails leaves
         // nothing behind, not even a history line.
+        // Before anything changes: a port a host will not give stops the operation here.
+        doors::open(&self.settings.proxy, self.fleet).await?;
         if let Operation::Rollback { restore: Some(restore), .. } = &op {
             migrate::restore(&restore.host, &restore.db, &restore.backup).await?;
         }

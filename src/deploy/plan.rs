@@ -44,6 +44,10 @@ pub struct Step {
     pub previous: Option<InstanceRecord>,
     pub was_alive: bool,
     pub to: String,
+    /// Replaced beside its old instance: `id` is a new instance, started next to the
+    /// old one (`previous`), which is drained and stopped once the new one takes
+    /// traffic. Otherwise a replacement stops the old process first and keeps `id`.
+    pub beside: bool,
     /// Why an instance already on the target version is replaced: what of its
     /// settings changed (`env`, `secrets`, `start command`, `checks`), or that it is
     /// down or failing.
@@ -105,6 +109,9 @@ pub struct Inputs<'a> {
     pub replace: bool,
     /// What instances should run with (the secrets' digest is each host's).
     pub identity: &'a Identity,
+    /// Whether replacements start beside the old instances (the app has a front door
+    /// to switch, and no volume only one instance may hold).
+    pub beside: bool,
 }
 
 /// Plans the instances of a rollout of `version`: every existing instance that is not
@@ -155,14 +162,16 @@ fn plan_region(
             *per_host.entry(host.as_str()).or_default() += 1;
             let why = replace_reason(inputs, state, instance);
             let keep = !inputs.replace || why.is_none();
+            let beside = !keep && inputs.beside;
             let step = Step {
                 action: if keep { Action::Keep } else { Action::Replace },
                 region: region.name.clone(),
                 host: host.clone(),
-                id: instance.record.id.clone(),
+                id: if beside { new_id() } else { instance.record.id.clone() },
                 previous: Some(instance.record.clone()),
                 was_alive: instance.alive,
                 to: inputs.version.to_string(),
+                beside,
                 why: why.filter(|_| inputs.replace),
             };
             if keep {
@@ -226,6 +235,7 @@ fn plan_region(
             previous: None,
             was_alive: false,
             to: inputs.version.to_string(),
+            beside: false,
             why: None,
         });
     }
@@ -567,6 +577,7 @@ mod tests {
             },
             alive,
             runtime: crate::host::Runtime::default(),
+            routed: true,
         }
     }
 
@@ -601,6 +612,7 @@ mod tests {
             mounts: &[],
             replace: true,
             identity: &Identity::default(),
+            beside: false,
         };
         instances(&inputs, &mut ids())
     }
@@ -690,6 +702,7 @@ mod tests {
             mounts: &mounts,
             replace: true,
             identity: &Identity::default(),
+            beside: false,
         };
         let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");

@@ -75,7 +75,8 @@ impl Engine<'_> {
         let installed_everywhere =
             self.fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(version)));
         let (history_current, history_previous) = history::current(&entries);
-        if locked && instances.is_noop() && installed_everywhere && previous.as_deref() == Some(version) {
+        let clean = orphans(observed).is_empty();
+        if locked && instances.is_noop() && clean && installed_everywhere && previous.as_deref() == Some(version) {
             if history_current.as_deref() != Some(version) {
                 // Killed after the hosts were switched but before the history said so.
                 let record = Record::new("deploy", version, history_current.clone());
@@ -179,7 +180,8 @@ impl Engine<'_> {
             .collect();
         let present = |host: &str| observed.get(host).is_some_and(|s| s.has_release(&version));
         plan.ship = plan::ship(&hosts, &plan.instances, present, false);
-        plan.stops = stops;
+        let orphaned: BTreeSet<String> = plan.stops.iter().map(|s| s.id.clone()).collect();
+        plan.stops.extend(stops.into_iter().filter(|s| !orphaned.contains(&s.id)));
         Ok(Ok(plan))
     }
 
@@ -194,6 +196,7 @@ impl Engine<'_> {
         observed: &Observed,
     ) -> Result<Plan, Error> {
         self.refuse_missing_volumes(&instances, observed)?;
+        let stops = orphans(observed);
         Ok(Plan {
             kind,
             version: version.to_string(),
@@ -202,7 +205,7 @@ impl Engine<'_> {
             restore: None,
             migration: None,
             replica_gates: Vec::new(),
-            stops: Vec::new(),
+            stops,
             order: self.settings.rollout.order,
             instances,
             finish: Finish { mark_current: true, prune: BTreeMap::new() },
@@ -220,6 +223,14 @@ impl Engine<'_> {
         only: Option<&[String]>,
     ) -> Instances {
         let identity = &super::instance::identity(&self.settings.instance, start, &self.settings.checks);
+        // Instances a killed rollout started that never took traffic are stopped
+        // first (see `orphans`), not planned for.
+        let mut observed = observed.clone();
+        for state in observed.values_mut() {
+            let routes = state.routes;
+            state.instances.retain(|i| !routes || i.routed);
+        }
+        let observed = &observed;
         let regions: Vec<RegionSpec> = self
             .fleet
             .regions
@@ -243,6 +254,7 @@ impl Engine<'_> {
             mounts: &mounts,
             replace: only.is_none(),
             identity,
+            beside: self.settings.proxy.enabled() && mounts.is_empty() && strategy != Strategy::Immediate,
         };
         plan::instances(&inputs, &mut new_instance_id)
     }
@@ -275,4 +287,22 @@ impl Engine<'_> {
             }),
         })
     }
+}
+
+/// Instances outside their host's routing table: started beside another one by a
+/// rollout that was killed before it switched to them. They take no traffic, so they
+/// are stopped before anything else, and the rollout starts over cleanly.
+fn orphans(observed: &Observed) -> Vec<StopStep> {
+    observed
+        .values()
+        .filter(|s| s.routes)
+        .flat_map(|s| s.instances.iter())
+        .filter(|i| !i.routed)
+        .map(|i| StopStep {
+            region: i.record.region.clone(),
+            host: i.record.host.clone(),
+            id: i.record.id.clone(),
+            version: i.record.version.clone(),
+        })
+        .collect()
 }

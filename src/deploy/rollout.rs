@@ -266,9 +266,10 @@ impl Rollout {
             }
             let mut tasks = JoinSet::new();
             for step in batch.iter().cloned() {
+                // Beside the old instance, the new one needs a port of its own.
                 let port = match step.previous.as_ref() {
-                    Some(previous) => previous.port,
-                    None => self.pick_port(&step.host),
+                    Some(previous) if !step.beside => previous.port,
+                    _ => self.pick_port(&step.host),
                 };
                 tasks.spawn(Arc::clone(self).apply(step, port));
             }
@@ -431,9 +432,14 @@ impl Rollout {
         let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
         let record = instance::record(&step, &step.to, port, created_at, self.spec.identity());
         let primary_addr = self.primary_addr();
-        match instance::start_and_wait(&self.spec, &host, &record, step.was_alive, primary_addr.as_deref()).await {
-            Ok(instance::Started { pid, elapsed }) => {
-                self.settle(host.clone(), &step, record.clone(), pid);
+        let replace = step.was_alive && !step.beside;
+        let started = instance::start_and_wait(&self.spec, &host, &record, replace, primary_addr.as_deref()).await;
+        let switched = match started {
+            Ok(started) => self.switch(&host, &step, &record, started).await,
+            Err(cause) => Err(cause),
+        };
+        match switched {
+            Ok(elapsed) => {
                 if step.region == self.spec.primary {
                     if let Ok(mut addr) = self.primary_addr.lock() {
                         addr.get_or_insert_with(|| format!("{}:{port}", host.address()));
@@ -452,7 +458,7 @@ impl Rollout {
             Err(cause) => {
                 self.failed(&host, &step, &cause).await;
                 let failure = failure(cause);
-                let unrecovered = match self.revert_one(&host, &step, port).await {
+                let unrecovered = match self.revert_one(&host, &step, port, false).await {
                     Ok(()) => Vec::new(),
                     Err(problem) => vec![problem],
                 };
@@ -461,10 +467,49 @@ impl Rollout {
         }
     }
 
+    /// A started instance that passed its checks takes traffic. Beside an old one, it
+    /// must first stay up `min_healthy`; then one switch of the front door moves the
+    /// traffic and the old one is drained and stopped. In its old one's place, it
+    /// takes traffic at once and is watched through `min_healthy` while the rollout
+    /// goes on.
+    async fn switch(
+        self: &Arc<Self>,
+        host: &Host,
+        step: &Step,
+        record: &crate::host::InstanceRecord,
+        started: instance::Started,
+    ) -> Result<Duration, Cause> {
+        let retire = if let (Some(previous), true) = (&step.previous, step.beside) {
+            if !self.min_healthy.is_zero() {
+                instance::stabilize(host, record, started.pid, self.min_healthy).await?;
+            }
+            vec![previous.id.clone()]
+        } else {
+            self.settle(host.clone(), step, record.clone(), started.pid);
+            Vec::new()
+        };
+        host.cutover(vec![step.id.clone()], retire, &self.spec.stop())
+            .await
+            .map_err(|e| Cause::Host { step: "switching the front door".into(), message: crate::error::chain(&e) })?;
+        Ok(started.elapsed)
+    }
+
     /// Puts one instance back as it was before this rollout touched it.
-    async fn revert_one(&self, host: &Host, step: &Step, port: u16) -> Result<(), String> {
+    /// `switched`: the step went through (its old instance, beside, is gone).
+    async fn revert_one(&self, host: &Host, step: &Step, port: u16, switched: bool) -> Result<(), String> {
         let primary_addr = self.primary_addr();
-        match instance::revert(&self.spec, host, step, port, primary_addr.as_deref()).await {
+        let reverted = if step.beside {
+            if switched {
+                let port = self.pick_port(&step.host);
+                instance::revert_beside(&self.spec, host, step, port, primary_addr.as_deref()).await
+            } else {
+                // The old instance never stopped taking traffic: the new one just goes.
+                host.remove_instance(&step.id).await.map_err(|e| e.to_string())
+            }
+        } else {
+            instance::revert(&self.spec, host, step, port, primary_addr.as_deref()).await
+        };
+        match reverted {
             Ok(()) => {
                 self.reporter.event(&Event::InstanceReverted {
                     region: step.region.clone(),
@@ -501,7 +546,7 @@ impl Rollout {
                 let mut reverted = 0;
                 for (step, port) in steps.into_iter().rev() {
                     let Some(host) = this.hosts.get(&step.host).cloned() else { continue };
-                    match this.revert_one(&host, &step, port).await {
+                    match this.revert_one(&host, &step, port, true).await {
                         Ok(()) => reverted += 1,
                         Err(problem) => problems.push(problem),
                     }

@@ -113,6 +113,9 @@ pub struct InstanceState {
     /// What the host's agent knows of it.
     #[serde(default)]
     pub runtime: Runtime,
+    /// In the front door's routing table (it takes traffic while it passes its checks).
+    #[serde(default)]
+    pub routed: bool,
 }
 
 /// What the agent knows of an instance while it runs.
@@ -187,6 +190,13 @@ pub struct HostState {
     /// unknown for the local target.
     #[serde(default)]
     pub boot: Option<String>,
+    /// Where the app's front door listens on the host (`ip:port`).
+    #[serde(default)]
+    pub doors: Vec<String>,
+    /// Whether the app has a routing table on the host (instances outside it take no
+    /// traffic).
+    #[serde(default)]
+    pub routes: bool,
 }
 
 impl HostState {
@@ -359,6 +369,17 @@ impl Host {
     pub async fn stop_instance(&self, id: &str, stop: &Stop) -> Result<bool, HostError> {
         let request = Request::StopInstance { id: id.to_string(), stop: stop.clone() };
         expect!(self, request, Io::default(), Reply::Flag(killed) => killed)
+    }
+
+    /// Makes the app's front door on this host exactly `doors`.
+    pub async fn open_doors(&self, doors: Vec<proto::Door>) -> Result<(), HostError> {
+        expect!(self, Request::OpenDoors { doors }, Io::default(), Reply::Done => ())
+    }
+
+    /// The front door's switch: `add` take traffic, `retire` are drained, stopped and
+    /// removed.
+    pub async fn cutover(&self, add: Vec<String>, retire: Vec<String>, stop: &Stop) -> Result<(), HostError> {
+        expect!(self, Request::Cutover { add, retire, stop: stop.clone() }, Io::default(), Reply::Done => ())
     }
 
     pub async fn remove_instance(&self, id: &str) -> Result<(), HostError> {

@@ -71,6 +71,28 @@ pub struct Stop {
     pub timeout: Duration,
 }
 
+/// One listener of an app's front door on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Door {
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    pub kind: DoorKind,
+    /// `Host` names the app answers for on a shared port (empty: any name no other
+    /// app of the account claims).
+    pub hosts: Vec<String>,
+    /// The region the host is in (`Fly-Region`).
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DoorKind {
+    /// HTTP/1.1 and HTTP/2 (cleartext), upgrades included.
+    Http,
+    /// Raw TCP: each connection is relayed to one instance.
+    Tcp,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -124,6 +146,19 @@ pub enum Request {
     StartInstance {
         record: InstanceRecord,
         launch: Launch,
+    },
+    /// Makes the app's front door on this host exactly `doors` (listening where they
+    /// say, closing what the app no longer has).
+    OpenDoors {
+        doors: Vec<Door>,
+    },
+    /// The front door's switch, atomically: `add` take traffic, `retire` stop taking
+    /// it; then each retired instance is drained (its requests in flight finish, its
+    /// upgraded connections get `stop.timeout`), stopped with `stop` and removed.
+    Cutover {
+        add: Vec<String>,
+        retire: Vec<String>,
+        stop: Stop,
     },
     /// Stops the instance and starts `record` in its place, in one step.
     SwitchInstance {
@@ -241,6 +276,8 @@ impl Request {
             Request::InstallLinked { .. } => "linking the release",
             Request::StartInstance { .. } => "starting instance",
             Request::SwitchInstance { .. } => "replacing instance",
+            Request::OpenDoors { .. } => "opening the front door",
+            Request::Cutover { .. } => "switching the front door",
             Request::StopInstance { .. } => "stopping instance",
             Request::RemoveInstance { .. } => "removing instance",
             Request::WaitHealthy { .. } => "watching instance",

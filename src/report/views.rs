@@ -66,12 +66,24 @@ pub struct InstanceRow {
     pub restarts: u32,
     /// How its last process ended.
     pub last_exit: Option<String>,
+    /// Whether the front door sends it requests now (it is in the routing table and
+    /// passes its checks).
+    pub traffic: bool,
+}
+
+/// Where a region's front door listens.
+#[derive(Debug, Serialize)]
+pub struct FrontDoorRow {
+    pub region: String,
+    /// `ip:port`.
+    pub address: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub app: String,
     pub current_version: Option<String>,
+    pub front_doors: Vec<FrontDoorRow>,
     pub instances: Vec<InstanceRow>,
     /// Hosts whose instances will not come back after a reboot, said as a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,6 +94,9 @@ impl View for Status {
     fn render(&self) -> String {
         let mut out =
             format!("app {}  current version {}\n", self.app, self.current_version.as_deref().unwrap_or("(none)"));
+        for door in &self.front_doors {
+            let _ = writeln!(out, "front door {}  {}", door.region, door.address);
+        }
         if self.instances.is_empty() {
             out.push_str("no instances; run `ferry deploy`\n");
             return out;
@@ -93,6 +108,7 @@ impl View for Status {
             "VERSION",
             "STATE",
             "HEALTH",
+            "TRAFFIC",
             "PORT",
             "PID",
             "UPTIME",
@@ -108,6 +124,7 @@ impl View for Status {
                 r.version.clone(),
                 r.state.clone(),
                 r.health.to_string(),
+                if r.traffic { "yes" } else { "no" }.to_string(),
                 r.port.to_string(),
                 or_dash(r.pid.map(|p| p.to_string()).as_deref()),
                 or_dash(uptime.as_deref()),

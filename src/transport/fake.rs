@@ -220,7 +220,12 @@ impl FakeTransport {
                 let alive = !model.exits.contains(&record.version);
                 model.instances.insert(
                     record.id.clone(),
-                    InstanceState { record: InstanceRecord { pid, ..record }, alive, runtime: Runtime::default() },
+                    InstanceState {
+                        record: InstanceRecord { pid, ..record },
+                        alive,
+                        runtime: Runtime::default(),
+                        routed: false,
+                    },
                 );
                 Ok(Reply::Pid(pid))
             }
@@ -233,6 +238,12 @@ impl FakeTransport {
             }
             Request::RemoveInstance { id } => {
                 model.instances.remove(&id);
+                Ok(Reply::Done)
+            }
+            Request::Cutover { retire, .. } => {
+                for id in retire {
+                    model.instances.remove(&id);
+                }
                 Ok(Reply::Done)
             }
             Request::Probe { port, .. } => {
@@ -266,7 +277,7 @@ impl FakeTransport {
             }
             Request::ReleaseCommand { .. } => Ok(Reply::Exit(Exit { code: Some(0), signal: None, timed_out: false })),
             Request::SecretsRaw => Ok(Reply::Text(String::new())),
-            Request::SecretsReplace { .. } => Ok(Reply::Done),
+            Request::SecretsReplace { .. } | Request::OpenDoors { .. } => Ok(Reply::Done),
             Request::VolumeAttach { name, .. } => Ok(Reply::Path(format!("/volumes/{name}"))),
             other => Err(self.step_error(step, &format!("the fake host does not simulate {other:?}"))),
         }

@@ -48,9 +48,23 @@ pub struct ProjectBuilder {
     start: Option<String>,
     env: Vec<(String, String)>,
     hosts: Vec<(String, Vec<String>)>,
+    proxy: Option<String>,
+}
+
+/// A TCP port nothing listens on now, for a project's front door (each test's doors
+/// must not meet another's).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl ProjectBuilder {
+    /// The keys of `[ferry.proxy]` (SSH projects get `bind = "host"` and their public
+    /// port 80 moved to the project's port unless this is set).
+    pub fn proxy(mut self, text: &str) -> Self {
+        self.proxy = Some(text.to_string());
+        self
+    }
+
     /// An SSH region: `[ferry.regions.NAME] hosts = [...]` (count is set with `region`).
     pub fn ssh_region(mut self, name: &str, hosts: &[String], count: u32) -> Self {
         self.hosts.push((name.to_string(), hosts.to_vec()));
@@ -103,15 +117,24 @@ impl ProjectBuilder {
         std::fs::create_dir_all(rel.join("bin")).unwrap();
         std::fs::copy(hello_binary(), rel.join("bin/hello")).unwrap();
         let primary = self.primary.clone().unwrap_or_else(|| "syd".into());
+        let port = free_port();
         let mut toml = format!(
             "app = \"hello\"\nprimary_region = \"{primary}\"\nkill_signal = \"SIGTERM\"\nkill_timeout = 5\n\n\
              [deploy]\n  wait_timeout = \"60s\"\n{}\n\
-             [http_service]\n  internal_port = 8080\n  [[http_service.checks]]\n    path = \"/health\"\n    interval = \"10s\"\n    timeout = \"2s\"\n\n",
+             [http_service]\n  internal_port = {port}\n  [[http_service.checks]]\n    path = \"/health\"\n    interval = \"10s\"\n    timeout = \"2s\"\n\n",
             self.deploy_extra
         );
         toml.push_str(&self.extra);
         toml.push_str("\n[ferry]\n");
         toml.push_str(&self.ferry_extra);
+        let proxy = match (&self.proxy, self.hosts.is_empty()) {
+            (Some(proxy), _) => Some(proxy.clone()),
+            (None, false) => Some(format!("  bind = \"host\"\n  [ferry.proxy.ports]\n    80 = {port}\n")),
+            (None, true) => None,
+        };
+        if let Some(proxy) = proxy {
+            let _ = write!(toml, "\n[ferry.proxy]\n{proxy}\n");
+        }
         toml.push_str("\n[ferry.build]\n  path = \"rel\"\n");
         if let Some(start) = &self.start {
             let _ = writeln!(toml, "  start = {}", toml_string(start));
@@ -126,7 +149,7 @@ impl ProjectBuilder {
         // `{dir}` in any fragment stands for the project directory.
         let toml = toml.replace("{dir}", &dir.path().display().to_string());
         std::fs::write(dir.path().join("fly.toml"), toml).unwrap();
-        Project { dir, env: self.env }
+        Project { dir, env: self.env, port }
     }
 }
 
@@ -138,6 +161,8 @@ pub fn toml_string(text: &str) -> String {
 pub struct Project {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// The service's port: the local front door's (and SSH hosts' public port 80).
+    pub port: u16,
 }
 
 impl Project {
@@ -151,6 +176,7 @@ impl Project {
             start: Some("bin/hello".into()),
             env: Vec::new(),
             hosts: Vec::new(),
+            proxy: None,
         }
     }
 
@@ -206,6 +232,17 @@ impl Project {
         let run = self.ferry(&["status", "--json"]);
         assert_eq!(run.code, 0, "status failed: {}", run.stderr);
         serde_json::from_str(&run.stdout).expect("status is JSON")
+    }
+
+    /// `ip:port` of every front door, by region, as `status --json` lists them.
+    pub fn front_doors(&self) -> Vec<(String, String)> {
+        self.status()["front_doors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| (d["region"].as_str().unwrap().to_string(), d["address"].as_str().unwrap().to_string()))
+            .collect()
     }
 
     pub fn instances(&self) -> Vec<Value> {
@@ -317,6 +354,18 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
+}
+
+/// Waits until `check` gives a value, looking every 50 ms; fails the test after `limit`.
+pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "the condition never held within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Reads `child`'s stdout JSON lines until `pred` matches one (or the stream ends).

@@ -7,6 +7,7 @@
 //! * `GET /health`  -> `200 ok` (or `503` in mode `fail-health`)
 //! * `GET /version` -> `$RELEASE_VERSION` (or `unknown`)
 //! * `GET /`        -> app, version, region and instance id
+//! * `GET /slow?ms=N` -> `$RELEASE_VERSION`, after N milliseconds (a long request)
 //!
 //! The mode is read from the file `mode` in the working directory, else from
 //! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `exit-at-start`,
@@ -148,6 +149,12 @@ fn handle(app: &App, mut stream: TcpStream) {
             "/health" if app.mode == Mode::FailHealth => (503, "unhealthy\n".to_string()),
             "/health" => (200, "ok\n".to_string()),
             "/version" => (200, format!("{}\n", app.version)),
+            // A long request: answers after `ms` milliseconds (at most a minute).
+            "/slow" => {
+                let ms = target.split_once("ms=").and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(1000);
+                thread::sleep(Duration::from_millis(ms.min(60_000)));
+                (200, format!("{}\n", app.version))
+            }
             "/" => (
                 200,
                 format!(

@@ -1,0 +1,308 @@
+//! The HTTP side of the front door: HTTP/1.1 and HTTP/2 from clients on one listener
+//! (hyper-util's auto builder), HTTP/1.1 with pooled keep-alive connections to the
+//! instances. A request that could not even connect is retried on another instance
+//! when it is idempotent and has no body; an upgrade (WebSocket) becomes a tunnel
+//! counted against its instance until it closes or a drain cuts it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use super::{claim_for, Claim, InFlight};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Hop-by-hop headers (RFC 9110, 7.6.1): they describe one connection, not the request.
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Serves the connections of one listener.
+#[derive(Clone)]
+pub struct Server {
+    client: Client<HttpConnector, Body>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Server {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { client, builder: Arc::new(auto::Builder::new(TokioExecutor::new())) }
+    }
+
+    /// Serves one accepted connection on a task of its own.
+    pub fn connection(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        claims: Arc<Vec<Claim>>,
+    ) {
+        let server = self.clone();
+        tokio::spawn(async move {
+            let this = server.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let (server, claims) = (this.clone(), Arc::clone(&claims));
+                async move { Ok::<_, Infallible>(server.handle(req, peer, local, &claims).await) }
+            });
+            let _ = server.builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+        });
+    }
+
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        claims: &[Claim],
+    ) -> Response<Body> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(ToString::to_string));
+        let Some(claim) = claim_for(claims, host.as_deref()) else {
+            return text(StatusCode::MISDIRECTED_REQUEST, "ferry: no app here answers for this host name\n");
+        };
+        let site = &claim.site;
+        let upgrading = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+        let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers.clone();
+        forwarded(&mut headers, host.as_deref(), peer, local, &site.region, parts.version, upgrading);
+        // A refused connection sent nothing: a request without a body can go to another
+        // instance whatever its method; one with a body could, if idempotent, but its
+        // body is gone.
+        let bodiless = hyper::body::Body::is_end_stream(&body);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let mut body = Some(body.boxed());
+        let mut tried = Vec::new();
+        loop {
+            let Some(backend) = site.pick_held(&tried).await else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ferry: no instance of this app is ready to answer (starting, or failing its checks)\n",
+                );
+            };
+            tried.push(backend.id.clone());
+            let Some(addr) = backend.addr() else { continue };
+            let flight = backend.begin();
+            let mut out = Request::new(body.take().unwrap_or_else(empty));
+            *out.method_mut() = parts.method.clone();
+            *out.headers_mut() = headers.clone();
+            *out.version_mut() = Version::HTTP_11;
+            match format!("http://{addr}{path}").parse() {
+                Ok(uri) => *out.uri_mut() = uri,
+                Err(_) => return text(StatusCode::BAD_REQUEST, "ferry: the request's path cannot be forwarded\n"),
+            }
+            match self.client.request(out).await {
+                Ok(mut response) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_side) = client_side {
+                            let instance_side = hyper::upgrade::on(&mut response);
+                            let cut = backend.cut.subscribe();
+                            tokio::spawn(tunnel(client_side, instance_side, flight, cut));
+                            return response.map(|_| empty());
+                        }
+                    }
+                    strip_hop_by_hop(response.headers_mut());
+                    response.headers_mut().append(header::VIA, HeaderValue::from_static("1.1 ferry"));
+                    return response.map(|inner| Tracked { inner, _flight: flight }.boxed());
+                }
+                Err(e) if e.is_connect() => {
+                    backend.refused();
+                    if !bodiless {
+                        return text(StatusCode::BAD_GATEWAY, "ferry: the instance refused the connection\n");
+                    }
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        "ferry: the instance closed the connection without an answer\n",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The headers an instance sees: hop-by-hop ones dropped (kept for an upgrade), and
+/// the standard forwarding headers plus Fly's.
+fn forwarded(
+    headers: &mut HeaderMap,
+    host: Option<&str>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    region: &str,
+    version: Version,
+    upgrading: bool,
+) {
+    if !upgrading {
+        strip_hop_by_hop(headers);
+    }
+    let ip = peer.ip().to_canonical().to_string();
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip.clone(),
+    };
+    let new_id = !headers.contains_key("fly-request-id");
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set("x-forwarded-for", &chain);
+    set("x-forwarded-proto", "http");
+    set("x-forwarded-port", &local.port().to_string());
+    set("fly-client-ip", &ip);
+    set("fly-forwarded-port", &local.port().to_string());
+    if !region.is_empty() {
+        set("fly-region", region);
+    }
+    if let Some(host) = host {
+        set("x-forwarded-host", host);
+        set("host", host);
+    }
+    if new_id {
+        set("fly-request-id", &request_id(region));
+    }
+    let via = if version == Version::HTTP_2 { "2 ferry" } else { "1.1 ferry" };
+    headers.append(header::VIA, HeaderValue::from_static(via));
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(name);
+    }
+}
+
+/// A request id unique enough to follow one request through logs: 16 hex digits and
+/// the region, as Fly writes them.
+fn request_id(region: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let mut hasher = SEED.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
+    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    let id = format!("{:016x}", hasher.finish());
+    if region.is_empty() {
+        id
+    } else {
+        format!("{id}-{region}")
+    }
+}
+
+/// Relays an upgraded connection until either side closes it or a drain cuts it.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    instance: hyper::upgrade::OnUpgrade,
+    flight: InFlight,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    let (Ok(client), Ok(instance)) = tokio::join!(client, instance) else { return };
+    let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut instance) => {}
+        _ = cut.wait_for(|cut| *cut) => {}
+    }
+    drop(flight);
+}
+
+fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// An instance's response body, counted in flight until it is sent or dropped.
+struct Tracked {
+    inner: Incoming,
+    _flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_extend_the_chain_and_drop_hop_by_hop_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        forwarded(&mut headers, Some("example.com"), peer, local, "syd", Version::HTTP_11, false);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(headers["x-forwarded-host"], "example.com");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["fly-region"], "syd");
+        assert_eq!(headers["via"], "1.1 ferry");
+        assert!(headers["fly-request-id"].to_str().unwrap().ends_with("-syd"));
+        assert!(!headers.contains_key("connection") && !headers.contains_key("x-secret-hop"));
+        assert!(!headers.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_connection_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("upgrade"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        forwarded(&mut headers, None, addr, addr, "", Version::HTTP_11, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert!(!headers.contains_key("fly-region"));
+    }
+}

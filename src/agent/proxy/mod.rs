@@ -1,0 +1,538 @@
+//! The front door: a reverse proxy inside the agent, on the public ports of every app
+//! the agent serves. Each app has a routing table on the host (the instances that take
+//! traffic); a request goes to the instance of the table that passes its checks and
+//! has the fewest requests outstanding. A switch of the table is atomic; an instance
+//! taken out of it is drained (its requests in flight finish, its upgraded connections
+//! get a grace period) before it is stopped. HTTP doors speak HTTP/1.1 and HTTP/2 on
+//! one listener; TCP doors relay each connection to one instance.
+//!
+//! The table and the doors are written to the app's directory (atomically) and read
+//! back by the next agent, which checks every entry against what runs.
+
+mod http;
+mod sockets;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::host::proto::{Door, DoorKind};
+
+use super::files::App;
+use super::paths::Paths;
+use super::supervisor::{Phase, Status, Supervisor};
+
+pub use sockets::Sockets;
+
+/// How long a request with nowhere to go is held, waiting for an instance to pass its
+/// checks (an agent restarting, the only instance restarting), before a 503.
+const HOLD: Duration = Duration::from_secs(10);
+/// How often a held request looks again.
+const HOLD_POLL: Duration = Duration::from_millis(10);
+/// The longest a drained instance's plain requests are waited for.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Every front door of the agent.
+#[derive(Clone)]
+pub struct FrontDoor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    paths: Paths,
+    supervisor: Supervisor,
+    sockets: Sockets,
+    /// By listening address: who is served there.
+    listeners: Mutex<HashMap<SocketAddr, Listener>>,
+    /// By app directory.
+    sites: Mutex<HashMap<PathBuf, Arc<Site>>>,
+}
+
+struct Listener {
+    kind: DoorKind,
+    claims: Arc<RwLock<Arc<Vec<Claim>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// An app served on a listener.
+#[derive(Clone)]
+struct Claim {
+    site: Arc<Site>,
+    hosts: Vec<String>,
+}
+
+/// One app's routing on this host.
+pub struct Site {
+    app: App,
+    region: String,
+    supervisor: Supervisor,
+    /// The instances that take traffic.
+    table: RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// Backends by instance id, kept while requests to them are in flight.
+    known: Mutex<HashMap<String, Arc<Backend>>>,
+    turn: AtomicUsize,
+}
+
+/// One instance as the front door sees it.
+pub struct Backend {
+    id: String,
+    status: watch::Receiver<Status>,
+    /// Requests in flight and upgraded connections open.
+    inflight: AtomicUsize,
+    /// When a connection to it was refused (ms since the epoch): it takes nothing more
+    /// until a check passes after that.
+    refused_at: AtomicU64,
+    /// Set to cut its upgraded connections at the end of a drain.
+    cut: watch::Sender<bool>,
+}
+
+/// What the routing table looks like on disk.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Table {
+    routed: BTreeSet<String>,
+}
+
+impl FrontDoor {
+    pub fn new(paths: Paths, supervisor: Supervisor, sockets: Sockets) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                paths,
+                supervisor,
+                sockets,
+                listeners: Mutex::new(HashMap::new()),
+                sites: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn site(&self, app: &App, region: &str) -> Arc<Site> {
+        let mut sites = lock(&self.inner.sites);
+        let site = sites.entry(app.dir.clone()).or_insert_with(|| {
+            Arc::new(Site {
+                app: app.clone(),
+                region: region.to_string(),
+                supervisor: self.inner.supervisor.clone(),
+                table: RwLock::new(Arc::new(Vec::new())),
+                known: Mutex::new(HashMap::new()),
+                turn: AtomicUsize::new(0),
+            })
+        });
+        Arc::clone(site)
+    }
+
+    fn existing(&self, app: &App) -> Option<Arc<Site>> {
+        lock(&self.inner.sites).get(&app.dir).cloned()
+    }
+
+    /// Brings back an app's doors and table as the last agent left them, checked:
+    /// only instances the supervisor knows are routed.
+    pub fn load(&self, app: &App) {
+        let Some(doors) = read_doors(app) else { return };
+        if let Err(e) = self.open(app, &doors) {
+            super::daemon::log(&self.inner.paths, &format!("front door of {}: {e}", app.dir.display()));
+        }
+    }
+
+    /// Makes the app's doors exactly `doors`. Every listener is opened before anything
+    /// changes, so a port that cannot be had leaves the app as it was.
+    pub fn open(&self, app: &App, doors: &[Door]) -> Result<(), String> {
+        let region = doors.first().map(|d| d.region.clone()).unwrap_or_default();
+        let mut listeners = lock(&self.inner.listeners);
+        for door in doors {
+            if let Some(listener) = listeners.get(&door.listen) {
+                if listener.kind != door.kind {
+                    return Err(format!("{} is already a {:?} door of another app", door.listen, listener.kind));
+                }
+                let taken = listener.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|c| {
+                    c.site.app.dir != app.dir && (door.kind == DoorKind::Tcp || overlaps(&c.hosts, &door.hosts))
+                });
+                if taken {
+                    return Err(format!(
+                        "{} already serves another app of this account for the same names; give each app its own `[ferry.proxy] hosts`",
+                        door.listen
+                    ));
+                }
+            }
+        }
+        let mut opened = Vec::new();
+        for door in doors.iter().filter(|d| !listeners.contains_key(&d.listen)) {
+            opened.push((door.clone(), self.inner.sockets.listen(door.listen)?));
+        }
+        let site = self.site(app, &region);
+        for (door, socket) in opened {
+            let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
+            let task =
+                tokio::spawn(serve(door.kind, socket, Arc::clone(&claims), door.listen, self.inner.paths.clone()));
+            listeners.insert(door.listen, Listener { kind: door.kind, claims, task });
+        }
+        // Claims: this app's, as asked, on every listener.
+        let mut empty = Vec::new();
+        for (addr, listener) in listeners.iter() {
+            let mut claims = listener.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next: Vec<Claim> = claims.iter().filter(|c| c.site.app.dir != app.dir).cloned().collect();
+            if let Some(door) = doors.iter().find(|d| d.listen == *addr) {
+                next.push(Claim { site: Arc::clone(&site), hosts: door.hosts.clone() });
+                // Named claims first; the app without names takes the rest.
+                next.sort_by_key(|c| c.hosts.is_empty());
+            }
+            if next.is_empty() {
+                empty.push(*addr);
+            }
+            *claims = Arc::new(next);
+        }
+        for addr in empty {
+            if let Some(listener) = listeners.remove(&addr) {
+                listener.task.abort();
+                self.inner.sockets.close(addr);
+            }
+        }
+        drop(listeners);
+        write_doors(app, doors).map_err(|e| format!("recording the front door: {e}"))?;
+        site.restore();
+        Ok(())
+    }
+
+    /// Closes the app's doors and forgets its table (the app is destroyed).
+    pub fn close(&self, app: &App) {
+        let _ = self.open(app, &[]);
+        lock(&self.inner.sites).remove(&app.dir);
+    }
+
+    /// Where the app's doors listen.
+    pub fn addresses(&self, app: &App) -> Vec<String> {
+        let listeners = lock(&self.inner.listeners);
+        let mut addrs: Vec<String> = listeners
+            .iter()
+            .filter(|(_, l)| {
+                l.claims
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .any(|c| c.site.app.dir == app.dir)
+            })
+            .map(|(addr, _)| addr.to_string())
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Whether the app keeps a routing table, and whether `id` is in it.
+    pub fn routed(&self, app: &App, id: &str) -> (bool, bool) {
+        let Some(site) = self.existing(app) else {
+            let table = read_table(app);
+            return (table.is_some(), table.is_some_and(|t| t.routed.contains(id)));
+        };
+        (true, site.current().iter().any(|b| b.id == id))
+    }
+
+    /// The switch: `add` take traffic, `retire` stop taking it, in one step. Returns
+    /// the retired backends, to drain.
+    pub fn switch(&self, app: &App, add: &[String], retire: &[String]) -> Result<Vec<Arc<Backend>>, String> {
+        let site = match self.existing(app) {
+            Some(site) => site,
+            None => self.site(app, ""),
+        };
+        site.switch(add, retire)
+    }
+
+    /// Takes `id` out of the table (if it is there) and drains it.
+    pub async fn retire(&self, app: &App, id: &str, grace: Duration) {
+        if let Ok(retired) = self.switch(app, &[], &[id.to_string()]) {
+            for backend in retired {
+                backend.drain(grace).await;
+            }
+        }
+    }
+}
+
+impl Site {
+    fn current(&self) -> Arc<Vec<Arc<Backend>>> {
+        Arc::clone(&self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn backend(&self, id: &str) -> Option<Arc<Backend>> {
+        let mut known = lock(&self.known);
+        if let Some(backend) = known.get(id) {
+            return Some(Arc::clone(backend));
+        }
+        let status = self.supervisor.watch(&self.app, id)?;
+        let backend = Arc::new(Backend {
+            id: id.to_string(),
+            status,
+            inflight: AtomicUsize::new(0),
+            refused_at: AtomicU64::new(0),
+            cut: watch::channel(false).0,
+        });
+        known.insert(id.to_string(), Arc::clone(&backend));
+        Some(backend)
+    }
+
+    /// The table as the last agent left it (every instance, for an app that never had
+    /// one), keeping only instances the supervisor knows.
+    fn restore(&self) {
+        if !self.current().is_empty() {
+            return;
+        }
+        let routed = match read_table(&self.app) {
+            Some(table) => table.routed,
+            None => self.app.records().0.into_iter().map(|r| r.id).collect(),
+        };
+        let backends: Vec<Arc<Backend>> = routed.iter().filter_map(|id| self.backend(id)).collect();
+        *self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(backends);
+        let _ = self.save();
+    }
+
+    fn switch(&self, add: &[String], retire: &[String]) -> Result<Vec<Arc<Backend>>, String> {
+        let mut added = Vec::new();
+        for id in add {
+            added.push(self.backend(id).ok_or_else(|| format!("the agent knows no instance {id}"))?);
+        }
+        let retired;
+        {
+            let mut table = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (out, mut kept): (Vec<Arc<Backend>>, Vec<Arc<Backend>>) =
+                table.iter().cloned().partition(|b| retire.contains(&b.id));
+            for backend in added {
+                if !kept.iter().any(|b| b.id == backend.id) {
+                    kept.push(backend);
+                }
+            }
+            *table = Arc::new(kept);
+            retired = out;
+        }
+        for backend in &retired {
+            lock(&self.known).remove(&backend.id);
+        }
+        self.save().map_err(|e| format!("recording the routing table: {e}"))?;
+        Ok(retired)
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let table = Table { routed: self.current().iter().map(|b| b.id.clone()).collect() };
+        let json = serde_json::to_vec(&table).map_err(std::io::Error::other)?;
+        super::files::write_atomic(&self.app.dir.join("routes.json"), &json, 0o600)
+    }
+
+    /// The instance a new request goes to: of those that pass their checks and have
+    /// refused no connection since, the one with the fewest requests in flight (ties
+    /// in turn). `None` when there is none now.
+    fn pick(&self, skip: &[String]) -> Option<Arc<Backend>> {
+        let table = self.current();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        let n = table.len();
+        (0..n)
+            .map(|i| &table[(start + i) % n.max(1)])
+            .filter(|b| !skip.contains(&b.id) && b.usable())
+            .min_by_key(|b| b.inflight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// [`Self::pick`], waiting up to [`HOLD`] for one to become usable.
+    async fn pick_held(&self, skip: &[String]) -> Option<Arc<Backend>> {
+        let until = Instant::now() + HOLD;
+        loop {
+            if let Some(backend) = self.pick(skip) {
+                return Some(backend);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(HOLD_POLL).await;
+        }
+    }
+}
+
+impl Backend {
+    /// Running, passing its checks, and not refusing connections.
+    fn usable(&self) -> bool {
+        let status = self.status.borrow();
+        let healthy = matches!(status.phase, Phase::Healthy { .. });
+        let health = status.runtime.health.as_ref();
+        let passing = health.is_none_or(|h| h.passing);
+        let refused = self.refused_at.load(Ordering::Relaxed);
+        healthy && passing && (refused == 0 || health.is_some_and(|h| h.at > refused))
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        let status = self.status.borrow();
+        let port = status.record.as_ref().map(|r| r.port)?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    fn refused(&self) {
+        self.refused_at.store(crate::host::now_ms(), Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Waits for what is in flight to end: upgraded connections are cut after `grace`,
+    /// plain requests are waited for up to [`DRAIN_LIMIT`] (or `grace`, if longer).
+    pub async fn drain(&self, grace: Duration) {
+        let started = Instant::now();
+        let limit = grace.max(DRAIN_LIMIT);
+        let mut pause = Duration::from_millis(1);
+        while self.inflight.load(Ordering::SeqCst) > 0 {
+            let waited = started.elapsed();
+            if waited >= grace {
+                let _ = self.cut.send(true);
+            }
+            if waited >= limit {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A request or connection in flight to a backend, counted until dropped.
+pub struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether two apps' names could both match a request.
+fn overlaps(a: &[String], b: &[String]) -> bool {
+    (a.is_empty() && b.is_empty()) || a.iter().any(|x| b.contains(x))
+}
+
+/// Whether `host` (lowercase, without port) is one of `names` (`*.example.com`
+/// matches any subdomain).
+fn matches(names: &[String], host: &str) -> bool {
+    names.iter().any(|name| match name.strip_prefix("*.") {
+        Some(domain) => {
+            host.len() > domain.len() + 1 && host.ends_with(domain) && host[..host.len() - domain.len()].ends_with('.')
+        }
+        None => name == host,
+    })
+}
+
+/// The claim a request for `host` goes to: the app naming it, else the app without
+/// names.
+fn claim_for<'c>(claims: &'c [Claim], host: Option<&str>) -> Option<&'c Claim> {
+    let host =
+        host.map(|h| h.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(h, |(h, _)| h));
+    let host = host.map(str::to_ascii_lowercase);
+    if let Some(host) = &host {
+        if let Some(claim) = claims.iter().find(|c| matches(&c.hosts, host)) {
+            return Some(claim);
+        }
+    }
+    claims.iter().find(|c| c.hosts.is_empty())
+}
+
+/// Accepts on one listener for as long as the agent serves it.
+async fn serve(
+    kind: DoorKind,
+    socket: std::net::TcpListener,
+    claims: Arc<RwLock<Arc<Vec<Claim>>>>,
+    addr: SocketAddr,
+    paths: Paths,
+) {
+    let listener = match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            super::daemon::log(&paths, &format!("front door {addr}: {e}"));
+            return;
+        }
+    };
+    let server = http::Server::new();
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            // Out of file descriptors, say: not a reason to spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let claims = Arc::clone(&claims.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        match kind {
+            DoorKind::Http => server.connection(stream, peer, addr, claims),
+            DoorKind::Tcp => {
+                tokio::spawn(relay(stream, claims));
+            }
+        }
+    }
+}
+
+/// A TCP door's connection, relayed to one instance (another one when it refuses).
+async fn relay(mut stream: tokio::net::TcpStream, claims: Arc<Vec<Claim>>) {
+    let Some(claim) = claims.first() else { return };
+    let mut tried = Vec::new();
+    while let Some(backend) = claim.site.pick_held(&tried).await {
+        let Some(addr) = backend.addr() else {
+            tried.push(backend.id.clone());
+            continue;
+        };
+        let _flight = backend.begin();
+        if let Ok(mut upstream) = tokio::net::TcpStream::connect(addr).await {
+            let _ = upstream.set_nodelay(true);
+            let mut cut = backend.cut.subscribe();
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => {}
+                _ = cut.wait_for(|c| *c) => {}
+            }
+            return;
+        }
+        backend.refused();
+        tried.push(backend.id.clone());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_table(app: &App) -> Option<Table> {
+    serde_json::from_str(&std::fs::read_to_string(app.dir.join("routes.json")).ok()?).ok()
+}
+
+fn doors_path(app: &App) -> PathBuf {
+    app.dir.join("doors.json")
+}
+
+fn read_doors(app: &App) -> Option<Vec<Door>> {
+    serde_json::from_str(&std::fs::read_to_string(doors_path(app)).ok()?).ok()
+}
+
+fn write_doors(app: &App, doors: &[Door]) -> std::io::Result<()> {
+    if doors.is_empty() && !doors_path(app).exists() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(doors).map_err(std::io::Error::other)?;
+    super::files::write_atomic(&doors_path(app), &json, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_exactly_or_by_wildcard() {
+        let names = vec!["example.com".to_string(), "*.example.org".to_string()];
+        assert!(matches(&names, "example.com"));
+        assert!(!matches(&names, "www.example.com"));
+        assert!(matches(&names, "a.example.org"));
+        assert!(!matches(&names, "example.org"));
+        assert!(!matches(&names, "aexample.org"));
+    }
+
+    #[test]
+    fn apps_without_names_share_nothing_with_named_ones() {
+        assert!(overlaps(&[], &[]));
+        assert!(!overlaps(&["a".into()], &[]));
+        assert!(overlaps(&["a".into()], &["a".into(), "b".into()]));
+    }
+}

@@ -1,0 +1,267 @@
+//! The front door: a reverse proxy in each host's agent on the app's public port,
+//! routing only to instances that take traffic and pass their checks. Driven through
+//! the real binary, with a bounded load of real HTTP requests (keep-alive and new
+//! connections) running through deploys, a failed deploy and a rollback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::Project;
+
+/// What a load saw.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    /// The first few failures, said.
+    errors: Vec<String>,
+}
+
+/// Clients sending `GET /version` to one address until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<Tally>>,
+}
+
+impl Load {
+    /// `clients` clients on keep-alive connections and as many opening one connection
+    /// per request.
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for i in 0..clients * 2 {
+            let stop = Arc::clone(&stop);
+            let keep_alive = i % 2 == 0;
+            handles.push(std::thread::spawn(move || run(addr, keep_alive, &stop)));
+        }
+        Load { stop, clients: handles }
+    }
+
+    fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = Tally::default();
+        for client in self.clients {
+            let tally = client.join().unwrap();
+            total.ok += tally.ok;
+            total.failed += tally.failed;
+            total.errors.extend(tally.errors);
+        }
+        total.errors.truncate(10);
+        total
+    }
+}
+
+fn run(addr: SocketAddr, keep_alive: bool, stop: &AtomicBool) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::SeqCst) {
+        match request(addr, keep_alive, &mut conn, "/version") {
+            Ok((200, _)) => tally.ok += 1,
+            Ok((status, body)) => {
+                tally.failed += 1;
+                if tally.errors.len() < 5 {
+                    tally.errors.push(format!("{status} {}", body.trim()));
+                }
+            }
+            Err(e) => {
+                conn = None;
+                tally.failed += 1;
+                if tally.errors.len() < 5 {
+                    tally.errors.push(e.to_string());
+                }
+            }
+        }
+        if !keep_alive {
+            conn = None;
+        }
+    }
+    tally
+}
+
+/// One HTTP/1.1 request: its status and body.
+fn request(
+    addr: SocketAddr,
+    keep_alive: bool,
+    conn: &mut Option<BufReader<TcpStream>>,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    if conn.is_none() {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(70)))?;
+        *conn = Some(BufReader::new(stream));
+    }
+    let reader = conn.as_mut().unwrap();
+    let close = if keep_alive { "" } else { "Connection: close\r\n" };
+    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: hello.test\r\n{close}\r\n")?;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {line:?}")))?;
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        if header == "\r\n" || header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, false, &mut None, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+fn door(project: &Project, region: &str) -> SocketAddr {
+    let doors = project.front_doors();
+    let (_, address) =
+        doors.iter().find(|(r, _)| r == region).unwrap_or_else(|| panic!("no door in {region}: {doors:?}"));
+    address.parse().unwrap()
+}
+
+#[test]
+fn each_region_has_a_front_door_and_status_says_who_takes_traffic() {
+    let project = Project::two_by_two();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let syd = door(&project, "syd");
+    let lax = door(&project, "lax");
+    assert_eq!(syd, SocketAddr::from(([127, 0, 0, 1], project.port)), "the primary region is on 127.0.0.1");
+    assert!(lax.ip().is_loopback() && lax.ip() != syd.ip() && lax.port() == project.port, "{lax}");
+    assert!(get(syd, "/").1.contains("region: syd"));
+    assert!(get(lax, "/").1.contains("region: lax"));
+    assert_eq!(get(syd, "/version"), (200, "v1\n".into()));
+    for instance in project.instances() {
+        assert_eq!(instance["traffic"], true, "{instance}");
+    }
+    let table = project.ferry(&["status"]);
+    assert!(table.stdout.contains(&format!("front door syd  {syd}")), "{}", table.stdout);
+    assert!(table.stdout.contains("TRAFFIC"), "{}", table.stdout);
+}
+
+#[test]
+fn no_request_fails_through_a_rolling_deploy_a_failed_deploy_and_a_rollback() {
+    let project = Project::two_by_two();
+    assert_eq!(project.deploy("v1").code, 0);
+    let (syd, lax) = (door(&project, "syd"), door(&project, "lax"));
+    let loads = [Load::start(syd, 2), Load::start(lax, 2)];
+
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(get(syd, "/version").1, "v2\n");
+
+    project.set_mode(Some("fail-health"));
+    let run = project.ferry(&["deploy", "--version", "v3", "--wait-timeout", "2s"]);
+    assert_eq!(run.code, 1, "v3 fails its checks: {}", run.stderr);
+    project.set_mode(None);
+    assert_eq!(get(syd, "/version").1, "v2\n", "the failed release never took traffic");
+
+    let run = project.ferry(&["rollback", "v1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(get(lax, "/version").1, "v1\n");
+
+    for (load, region) in loads.into_iter().zip(["syd", "lax"]) {
+        let tally = load.finish();
+        assert!(tally.ok > 0, "{region}: the load ran");
+        assert_eq!(tally.failed, 0, "{region}: {} of {} requests failed: {:?}", tally.failed, tally.ok, tally.errors);
+    }
+    assert_eq!(project.instances().len(), 4, "the old instances are gone: {:?}", project.instances());
+}
+
+#[test]
+fn a_long_request_in_flight_when_its_instance_is_replaced_completes() {
+    let project = Project::builder().region("syd", 1).build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    let slow = std::thread::spawn(move || get(syd, "/slow?ms=3000"));
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(slow.join().unwrap(), (200, "v1\n".into()), "the old instance finished its request");
+    assert_eq!(get(syd, "/version").1, "v2\n");
+    assert_eq!(project.instances().len(), 1);
+}
+
+#[test]
+fn a_port_the_account_may_not_listen_on_fails_with_how_to_allow_it() {
+    if !common::need::root() {
+        return;
+    }
+    let fleet = common::sshd::SshFleet::start(1);
+    let project = Project::builder()
+        .ferry_keys("target = \"ssh\"")
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap())
+        .ssh_region("syd", &[fleet.hosts()[0].spec()], 1)
+        .proxy("  bind = \"host\"")
+        .build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("ip_unprivileged_port_start=80"), "{}", run.stderr);
+    assert!(run.stderr.contains("[ferry.proxy.ports] 80 = "), "{}", run.stderr);
+    assert!(project.instances().is_empty(), "nothing was started");
+}
+
+#[test]
+fn no_request_fails_through_a_rolling_deploy_on_ssh_hosts() {
+    if !common::need::root() {
+        return;
+    }
+    let fleet = common::sshd::SshFleet::start(2);
+    let project = common::ssh_project(&fleet, &[("syd", &[0, 1], 2)], "");
+    assert_eq!(project.deploy("v1").code, 0);
+    let doors: Vec<SocketAddr> = project.front_doors().iter().map(|(_, a)| a.parse().unwrap()).collect();
+    assert_eq!(doors.len(), 2, "one door per host: {doors:?}");
+    let loads: Vec<Load> = doors.iter().map(|d| Load::start(*d, 1)).collect();
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for door in &doors {
+        assert_eq!(get(*door, "/version").1, "v2\n");
+    }
+    for load in loads {
+        let tally = load.finish();
+        assert!(tally.ok > 0);
+        assert_eq!(tally.failed, 0, "{} of {} failed: {:?}", tally.failed, tally.ok, tally.errors);
+    }
+}
+
+#[test]
+fn a_rollout_killed_before_its_switch_is_finished_by_running_it_again() {
+    let project = Project::builder().region("syd", 1).build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    let load = Load::start(syd, 1);
+    // v2 takes a while to listen: the deploy is killed while its instance starts
+    // beside v1's.
+    project.set_mode(Some("slow-start=2000"));
+    let mut deploy = project.spawn(&["deploy", "--version", "v2", "--json"]);
+    let mut out = BufReader::new(deploy.stdout.take().unwrap());
+    common::wait_for_event(&mut out, |e| e["event"] == "instance_updating").expect("the rollout started");
+    common::eventually(Duration::from_secs(10), || (project.instances().len() == 2).then_some(()));
+    deploy.kill().unwrap();
+    deploy.wait().unwrap();
+    assert_eq!(get(syd, "/version").1, "v1\n", "the old one still takes every request");
+
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let instances = project.instances();
+    assert_eq!(instances.len(), 1, "the one left behind was stopped: {instances:?}");
+    assert_eq!(instances[0]["version"], "v2");
+    assert_eq!(get(syd, "/version").1, "v2\n");
+    let tally = load.finish();
+    assert_eq!(tally.failed, 0, "{} of {} failed: {:?}", tally.failed, tally.ok, tally.errors);
+}
