@@ -67,9 +67,12 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    /// Whether the app has a front door at all.
-    pub fn enabled(&self) -> bool {
-        !self.public.is_empty() || !self.local.is_empty()
+    /// Whether the app has a front door on `target`'s hosts.
+    pub fn serves(&self, target: Target) -> bool {
+        match target {
+            Target::Local => !self.local.is_empty(),
+            Target::Ssh => !self.public.is_empty(),
+        }
     }
 }
 

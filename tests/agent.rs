@@ -329,6 +329,11 @@ fn a_newer_ferry_takes_the_agent_over_without_stopping_instances() {
     let now: Vec<u64> = project.instances().iter().map(pid_of).collect();
     assert_eq!(now, pids, "no instance was stopped");
     assert_eq!(project.versions_served(), ["v1"; 2]);
+    // The new agent serves the front door where the old one did.
+    let doors = project.front_doors();
+    assert_eq!(doors, [("syd".to_string(), format!("127.0.0.1:{}", project.port))], "{doors:?}");
+    let answer = eventually(Duration::from_secs(5), || common::get(project.port, "/version"));
+    assert_eq!(answer, (200, "v1\n".to_string()));
 }
 
 #[test]

@@ -86,6 +86,9 @@ pub fn run(paths: &Paths) -> i32 {
         }
     };
     let code = runtime.block_on(serve(paths));
+    // Everything the runtime still holds (the front door's listeners above all) is let
+    // go before the lock, so the next agent, which waits for the lock, can listen there.
+    drop(runtime);
     drop(lock);
     code
 }

@@ -182,13 +182,22 @@ impl Agent {
                 Reply::Installed { installed, sent: 0 }
             }
             Request::StartInstance { record, launch } => {
-                Reply::Pid(self.supervisor.start(&app, record, launch, false).await?)
+                let id = record.id.clone();
+                let pid = self.supervisor.start(&app, record, launch, false).await?;
+                self.doors.resume(&app, &id);
+                Reply::Pid(pid)
             }
             Request::SwitchInstance { record, launch } => {
-                Reply::Pid(self.supervisor.start(&app, record, launch, true).await?)
+                let id = record.id.clone();
+                let stop = launch.stop.timeout;
+                self.doors.quiesce(&app, &id, stop).await;
+                let started = self.supervisor.start(&app, record, launch, true).await;
+                self.doors.resume(&app, &id);
+                Reply::Pid(started?)
             }
             Request::StopInstance { id, stop } => {
-                self.doors.retire(&app, &id, stop.timeout).await;
+                // Stopped in place, it keeps its place in the table (a removal takes it out).
+                self.doors.quiesce(&app, &id, stop.timeout).await;
                 Reply::Flag(self.supervisor.stop(&app, &id, &stop).await)
             }
             Request::RemoveInstance { id } => {
@@ -201,12 +210,17 @@ impl Agent {
                 Reply::Done
             }
             Request::Cutover { add, retire, stop } => {
+                // An error means the switch was not made; once it is, the retired
+                // instances take no traffic whatever happens to them next (one that
+                // cannot be removed is an orphan the next operation stops).
                 for backend in self.doors.switch(&app, &add, &retire)? {
                     backend.drain(stop.timeout).await;
                 }
                 for id in &retire {
                     self.supervisor.stop(&app, id, &stop).await;
-                    self.supervisor.remove(&app, id).await?;
+                    if let Err(e) = self.supervisor.remove(&app, id).await {
+                        super::daemon::log(&self.paths, &format!("removing retired instance {id}: {e}"));
+                    }
                 }
                 Reply::Done
             }

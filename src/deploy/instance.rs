@@ -205,6 +205,10 @@ pub async fn revert_beside(
     };
     let back = Step { id: crate::deploy::new_instance_id(), ..step.clone() };
     let record = record(&back, &previous.version, port, previous.created_at, previous.config.clone());
-    start_and_wait(spec, host, &record, false, primary_addr).await.map_err(|cause| cause.to_string())?;
+    if let Err(cause) = start_and_wait(spec, host, &record, false, primary_addr).await {
+        // The step's instance keeps serving; the one that could not go back goes.
+        let _ = host.remove_instance(&back.id).await;
+        return Err(cause.to_string());
+    }
     host.cutover(vec![back.id.clone()], vec![step.id.clone()], &spec.stop()).await.map_err(|e| e.to_string())
 }

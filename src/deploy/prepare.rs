@@ -254,7 +254,9 @@ impl Engine<'_> {
             mounts: &mounts,
             replace: only.is_none(),
             identity,
-            beside: self.settings.proxy.enabled() && mounts.is_empty() && strategy != Strategy::Immediate,
+            beside: self.settings.proxy.serves(self.settings.target)
+                && mounts.is_empty()
+                && strategy != Strategy::Immediate,
         };
         plan::instances(&inputs, &mut new_instance_id)
     }

@@ -43,7 +43,9 @@ impl Server {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the 5 s most servers keep an idle connection (Node's default): a
+            // pooled connection is given up before the instance closes it.
+            .pool_idle_timeout(Duration::from_secs(4))
             .pool_timer(TokioTimer::new())
             .build(connector);
         Self { client, builder: Arc::new(auto::Builder::new(TokioExecutor::new())) }

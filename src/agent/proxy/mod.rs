@@ -61,6 +61,12 @@ struct Listener {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Listener {
+    fn claims(&self) -> Arc<Vec<Claim>> {
+        Arc::clone(&self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
 /// An app served on a listener.
 #[derive(Clone)]
 struct Claim {
@@ -91,6 +97,9 @@ pub struct Backend {
     refused_at: AtomicU64,
     /// Set to cut its upgraded connections at the end of a drain.
     cut: watch::Sender<bool>,
+    /// Being stopped in place (it stays in the table, to take traffic again once its
+    /// next process passes its checks).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// What the routing table looks like on disk.
@@ -145,6 +154,22 @@ impl FrontDoor {
     pub fn open(&self, app: &App, doors: &[Door]) -> Result<(), String> {
         let region = doors.first().map(|d| d.region.clone()).unwrap_or_default();
         let mut listeners = lock(&self.inner.listeners);
+        // A port of this app alone that changes kind (HTTP and TCP) is opened again.
+        let changed: Vec<SocketAddr> = doors
+            .iter()
+            .filter(|door| {
+                listeners
+                    .get(&door.listen)
+                    .is_some_and(|l| l.kind != door.kind && l.claims().iter().all(|c| c.site.app.dir == app.dir))
+            })
+            .map(|door| door.listen)
+            .collect();
+        for addr in changed {
+            if let Some(listener) = listeners.remove(&addr) {
+                listener.task.abort();
+                self.inner.sockets.close(addr);
+            }
+        }
         for door in doors {
             if let Some(listener) = listeners.get(&door.listen) {
                 if listener.kind != door.kind {
@@ -163,7 +188,16 @@ impl FrontDoor {
         }
         let mut opened = Vec::new();
         for door in doors.iter().filter(|d| !listeners.contains_key(&d.listen)) {
-            opened.push((door.clone(), self.inner.sockets.listen(door.listen)?));
+            match self.inner.sockets.listen(door.listen) {
+                Ok(socket) => opened.push((door.clone(), socket)),
+                Err(e) => {
+                    // Nothing changes: what this call opened is closed again.
+                    for (door, _) in opened {
+                        self.inner.sockets.close(door.listen);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let site = self.site(app, &region);
         for (door, socket) in opened {
@@ -235,11 +269,32 @@ impl FrontDoor {
     /// The switch: `add` take traffic, `retire` stop taking it, in one step. Returns
     /// the retired backends, to drain.
     pub fn switch(&self, app: &App, add: &[String], retire: &[String]) -> Result<Vec<Arc<Backend>>, String> {
-        let site = match self.existing(app) {
-            Some(site) => site,
-            None => self.site(app, ""),
-        };
+        let site = self.existing(app).unwrap_or_else(|| {
+            // An app without doors still keeps its table, starting from the last one.
+            let site = self.site(app, "");
+            site.restore();
+            site
+        });
         site.switch(add, retire)
+    }
+
+    /// Drains `id` before its process is stopped in place, leaving it in the table.
+    pub async fn quiesce(&self, app: &App, id: &str, grace: Duration) {
+        let backend = self.existing(app).and_then(|site| site.current().iter().find(|b| b.id == id).cloned());
+        if let Some(backend) = backend {
+            backend.draining.store(true, Ordering::SeqCst);
+            backend.drain(grace).await;
+        }
+    }
+
+    /// `id` runs again: it takes traffic once it passes its checks.
+    pub fn resume(&self, app: &App, id: &str) {
+        if let Some(site) = self.existing(app) {
+            for backend in site.current().iter().filter(|b| b.id == id) {
+                backend.draining.store(false, Ordering::SeqCst);
+                backend.cut.send_replace(false);
+            }
+        }
     }
 
     /// Takes `id` out of the table (if it is there) and drains it.
@@ -269,6 +324,7 @@ impl Site {
             inflight: AtomicUsize::new(0),
             refused_at: AtomicU64::new(0),
             cut: watch::channel(false).0,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         known.insert(id.to_string(), Arc::clone(&backend));
         Some(backend)
@@ -304,20 +360,22 @@ impl Site {
                     kept.push(backend);
                 }
             }
-            *table = Arc::new(kept);
+            let before = std::mem::replace(&mut *table, Arc::new(kept));
+            if let Err(e) = save(&self.app, &table) {
+                // Unrecorded, the switch is not made: the next agent would undo it.
+                *table = before;
+                return Err(format!("recording the routing table (a full disk?): {e}"));
+            }
             retired = out;
         }
         for backend in &retired {
             lock(&self.known).remove(&backend.id);
         }
-        self.save().map_err(|e| format!("recording the routing table: {e}"))?;
         Ok(retired)
     }
 
     fn save(&self) -> std::io::Result<()> {
-        let table = Table { routed: self.current().iter().map(|b| b.id.clone()).collect() };
-        let json = serde_json::to_vec(&table).map_err(std::io::Error::other)?;
-        super::files::write_atomic(&self.app.dir.join("routes.json"), &json, 0o600)
+        save(&self.app, &self.current())
     }
 
     /// The instance a new request goes to: of those that pass their checks and have
@@ -357,7 +415,8 @@ impl Backend {
         let health = status.runtime.health.as_ref();
         let passing = health.is_none_or(|h| h.passing);
         let refused = self.refused_at.load(Ordering::Relaxed);
-        healthy && passing && (refused == 0 || health.is_some_and(|h| h.at > refused))
+        let draining = self.draining.load(Ordering::Relaxed);
+        healthy && passing && !draining && (refused == 0 || health.is_some_and(|h| h.at > refused))
     }
 
     fn addr(&self) -> Option<SocketAddr> {
@@ -384,7 +443,7 @@ impl Backend {
         while self.inflight.load(Ordering::SeqCst) > 0 {
             let waited = started.elapsed();
             if waited >= grace {
-                let _ = self.cut.send(true);
+                self.cut.send_replace(true);
             }
             if waited >= limit {
                 break;
@@ -493,6 +552,12 @@ async fn relay(mut stream: tokio::net::TcpStream, claims: Arc<Vec<Claim>>) {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn save(app: &App, backends: &[Arc<Backend>]) -> std::io::Result<()> {
+    let table = Table { routed: backends.iter().map(|b| b.id.clone()).collect() };
+    let json = serde_json::to_vec(&table).map_err(std::io::Error::other)?;
+    super::files::write_atomic(&app.dir.join("routes.json"), &json, 0o600)
 }
 
 fn read_table(app: &App) -> Option<Table> {
