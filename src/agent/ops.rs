@@ -52,10 +52,10 @@ impl Agent {
     /// What the host holds for `app`, with what its front door routes.
     fn observe(&self, app: &App, own_lock: bool) -> crate::host::HostState {
         let mut state = app.observe(|r| self.supervisor.state(app, r), own_lock);
+        let routing = self.doors.routing(app);
+        state.routes = routing.is_some();
         for instance in &mut state.instances {
-            let (has_table, in_table) = self.doors.routed(app, &instance.record.id);
-            state.routes = has_table;
-            instance.routed = in_table;
+            instance.routed = routing.as_ref().is_some_and(|r| r.contains(&instance.record.id));
         }
         state.doors = self.doors.addresses(app);
         state

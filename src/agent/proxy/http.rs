@@ -91,7 +91,7 @@ impl Server {
         let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers.clone();
-        forwarded(&mut headers, host.as_deref(), peer, local, &site.region, parts.version, upgrading);
+        forwarded(&mut headers, host.as_deref(), peer, local, &claim.region, parts.version, upgrading);
         // A refused connection sent nothing: a request without a body can go to another
         // instance whatever its method; one with a body could, if idempotent, but its
         // body is gone.

@@ -72,12 +72,13 @@ impl Listener {
 struct Claim {
     site: Arc<Site>,
     hosts: Vec<String>,
+    /// The region of the door (`Fly-Region`).
+    region: String,
 }
 
 /// One app's routing on this host.
 pub struct Site {
     app: App,
-    region: String,
     supervisor: Supervisor,
     /// The instances that take traffic.
     table: RwLock<Arc<Vec<Arc<Backend>>>>,
@@ -121,12 +122,11 @@ impl FrontDoor {
         }
     }
 
-    fn site(&self, app: &App, region: &str) -> Arc<Site> {
+    fn site(&self, app: &App) -> Arc<Site> {
         let mut sites = lock(&self.inner.sites);
         let site = sites.entry(app.dir.clone()).or_insert_with(|| {
             Arc::new(Site {
                 app: app.clone(),
-                region: region.to_string(),
                 supervisor: self.inner.supervisor.clone(),
                 table: RwLock::new(Arc::new(Vec::new())),
                 known: Mutex::new(HashMap::new()),
@@ -152,7 +152,6 @@ impl FrontDoor {
     /// Makes the app's doors exactly `doors`. Every listener is opened before anything
     /// changes, so a port that cannot be had leaves the app as it was.
     pub fn open(&self, app: &App, doors: &[Door]) -> Result<(), String> {
-        let region = doors.first().map(|d| d.region.clone()).unwrap_or_default();
         let mut listeners = lock(&self.inner.listeners);
         // A port of this app alone that changes kind (HTTP and TCP) is opened again.
         let changed: Vec<SocketAddr> = doors
@@ -165,17 +164,14 @@ impl FrontDoor {
             .map(|door| door.listen)
             .collect();
         for addr in changed {
-            if let Some(listener) = listeners.remove(&addr) {
-                listener.task.abort();
-                self.inner.sockets.close(addr);
-            }
+            self.close_listener(&mut listeners, addr);
         }
         for door in doors {
             if let Some(listener) = listeners.get(&door.listen) {
                 if listener.kind != door.kind {
                     return Err(format!("{} is already a {:?} door of another app", door.listen, listener.kind));
                 }
-                let taken = listener.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|c| {
+                let taken = listener.claims().iter().any(|c| {
                     c.site.app.dir != app.dir && (door.kind == DoorKind::Tcp || overlaps(&c.hosts, &door.hosts))
                 });
                 if taken {
@@ -199,7 +195,7 @@ impl FrontDoor {
                 }
             }
         }
-        let site = self.site(app, &region);
+        let site = self.site(app);
         for (door, socket) in opened {
             let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
             let task =
@@ -212,7 +208,7 @@ impl FrontDoor {
             let mut claims = listener.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut next: Vec<Claim> = claims.iter().filter(|c| c.site.app.dir != app.dir).cloned().collect();
             if let Some(door) = doors.iter().find(|d| d.listen == *addr) {
-                next.push(Claim { site: Arc::clone(&site), hosts: door.hosts.clone() });
+                next.push(Claim { site: Arc::clone(&site), hosts: door.hosts.clone(), region: door.region.clone() });
                 // Named claims first; the app without names takes the rest.
                 next.sort_by_key(|c| c.hosts.is_empty());
             }
@@ -222,15 +218,20 @@ impl FrontDoor {
             *claims = Arc::new(next);
         }
         for addr in empty {
-            if let Some(listener) = listeners.remove(&addr) {
-                listener.task.abort();
-                self.inner.sockets.close(addr);
-            }
+            self.close_listener(&mut listeners, addr);
         }
         drop(listeners);
         write_doors(app, doors).map_err(|e| format!("recording the front door: {e}"))?;
         site.restore();
         Ok(())
+    }
+
+    /// Stops serving `addr` and lets its socket go.
+    fn close_listener(&self, listeners: &mut HashMap<SocketAddr, Listener>, addr: SocketAddr) {
+        if let Some(listener) = listeners.remove(&addr) {
+            listener.task.abort();
+            self.inner.sockets.close(addr);
+        }
     }
 
     /// Closes the app's doors and forgets its table (the app is destroyed).
@@ -244,26 +245,19 @@ impl FrontDoor {
         let listeners = lock(&self.inner.listeners);
         let mut addrs: Vec<String> = listeners
             .iter()
-            .filter(|(_, l)| {
-                l.claims
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .iter()
-                    .any(|c| c.site.app.dir == app.dir)
-            })
+            .filter(|(_, l)| l.claims().iter().any(|c| c.site.app.dir == app.dir))
             .map(|(addr, _)| addr.to_string())
             .collect();
         addrs.sort();
         addrs
     }
 
-    /// Whether the app keeps a routing table, and whether `id` is in it.
-    pub fn routed(&self, app: &App, id: &str) -> (bool, bool) {
-        let Some(site) = self.existing(app) else {
-            let table = read_table(app);
-            return (table.is_some(), table.is_some_and(|t| t.routed.contains(id)));
-        };
-        (true, site.current().iter().any(|b| b.id == id))
+    /// The instances in the app's routing table; `None` when it keeps none.
+    pub fn routing(&self, app: &App) -> Option<BTreeSet<String>> {
+        match self.existing(app) {
+            Some(site) => Some(site.current().iter().map(|b| b.id.clone()).collect()),
+            None => read_table(app).map(|t| t.routed),
+        }
     }
 
     /// The switch: `add` take traffic, `retire` stop taking it, in one step. Returns
@@ -271,7 +265,7 @@ impl FrontDoor {
     pub fn switch(&self, app: &App, add: &[String], retire: &[String]) -> Result<Vec<Arc<Backend>>, String> {
         let site = self.existing(app).unwrap_or_else(|| {
             // An app without doors still keeps its table, starting from the last one.
-            let site = self.site(app, "");
+            let site = self.site(app);
             site.restore();
             site
         });
