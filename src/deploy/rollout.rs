@@ -439,22 +439,7 @@ impl Rollout {
             Err(cause) => Err(cause),
         };
         match switched {
-            Ok(elapsed) => {
-                if step.region == self.spec.primary {
-                    if let Ok(mut addr) = self.primary_addr.lock() {
-                        addr.get_or_insert_with(|| format!("{}:{port}", host.address()));
-                    }
-                }
-                self.reporter.event(&Event::InstanceHealthy {
-                    region: step.region.clone(),
-                    host: step.host.clone(),
-                    instance: step.id.clone(),
-                    version: step.to.clone(),
-                    port,
-                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                });
-                Ok((step, port))
-            }
+            Ok(()) => Ok((step, port)),
             Err(cause) => {
                 self.failed(&host, &step, &cause).await;
                 let failure = failure(cause);
@@ -478,7 +463,21 @@ impl Rollout {
         step: &Step,
         record: &crate::host::InstanceRecord,
         started: instance::Started,
-    ) -> Result<Duration, Cause> {
+    ) -> Result<(), Cause> {
+        // Healthy now: said at once (the switch that follows is not the instance's time).
+        if step.region == self.spec.primary {
+            if let Ok(mut addr) = self.primary_addr.lock() {
+                addr.get_or_insert_with(|| format!("{}:{}", host.address(), record.port));
+            }
+        }
+        self.reporter.event(&Event::InstanceHealthy {
+            region: step.region.clone(),
+            host: step.host.clone(),
+            instance: step.id.clone(),
+            version: step.to.clone(),
+            port: record.port,
+            elapsed_ms: u64::try_from(started.elapsed.as_millis()).unwrap_or(u64::MAX),
+        });
         let retire = if let (Some(previous), true) = (&step.previous, step.beside) {
             if !self.min_healthy.is_zero() {
                 instance::stabilize(host, record, started.pid, self.min_healthy).await?;
@@ -490,8 +489,7 @@ impl Rollout {
         };
         host.cutover(vec![step.id.clone()], retire, &self.spec.stop())
             .await
-            .map_err(|e| Cause::Host { step: "switching the front door".into(), message: crate::error::chain(&e) })?;
-        Ok(started.elapsed)
+            .map_err(|e| Cause::Host { step: "switching the front door".into(), message: crate::error::chain(&e) })
     }
 
     /// Puts one instance back as it was before this rollout touched it.
