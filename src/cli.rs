@@ -127,6 +127,11 @@ enum AgentArgs {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
     },
+    /// Hold the front door's listening sockets for the agent (started by it).
+    Keep {
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -475,6 +480,7 @@ pub fn parse() -> Invocation {
         CommandArgs::Agent(AgentArgs::Call) => Command::Agent(crate::agent::Role::Call),
         CommandArgs::Agent(AgentArgs::Launch) => Command::Agent(crate::agent::Role::Launch),
         CommandArgs::Agent(AgentArgs::Boot { state }) => Command::Agent(crate::agent::Role::Boot { state }),
+        CommandArgs::Agent(AgentArgs::Keep { state }) => Command::Agent(crate::agent::Role::Keep { state }),
     };
     Invocation {
         config: args.config,

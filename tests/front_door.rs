@@ -84,32 +84,74 @@ fn run(addr: SocketAddr, keep_alive: bool, stop: &AtomicBool) -> Tally {
     tally
 }
 
-/// One HTTP/1.1 request: its status and body.
+/// One HTTP/1.1 request: its status and body. As every HTTP client does, a request
+/// on a reused keep-alive connection that the server closed before answering
+/// anything is sent again on a new connection (RFC 9112, 9.3.1), and a response
+/// saying `Connection: close` ends the connection.
 fn request(
     addr: SocketAddr,
     keep_alive: bool,
     conn: &mut Option<BufReader<TcpStream>>,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
+    let reused = conn.is_some();
+    match exchange(addr, keep_alive, conn, path) {
+        Err(Failure::Unanswered(_)) if reused => {
+            *conn = None;
+            exchange(addr, keep_alive, conn, path).map_err(Failure::into_inner)
+        }
+        result => result.map_err(Failure::into_inner),
+    }
+}
+
+/// A request that failed before anything of an answer came, or after.
+enum Failure {
+    Unanswered(std::io::Error),
+    Broken(std::io::Error),
+}
+
+impl Failure {
+    fn into_inner(self) -> std::io::Error {
+        match self {
+            Failure::Unanswered(e) | Failure::Broken(e) => e,
+        }
+    }
+}
+
+use Failure::Unanswered;
+
+fn exchange(
+    addr: SocketAddr,
+    keep_alive: bool,
+    conn: &mut Option<BufReader<TcpStream>>,
+    path: &str,
+) -> Result<(u16, String), Failure> {
     if conn.is_none() {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(70)))?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(Unanswered)?;
+        stream.set_read_timeout(Some(Duration::from_secs(70))).map_err(Unanswered)?;
         *conn = Some(BufReader::new(stream));
     }
     let reader = conn.as_mut().unwrap();
     let close = if keep_alive { "" } else { "Connection: close\r\n" };
-    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: hello.test\r\n{close}\r\n")?;
+    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: hello.test\r\n{close}\r\n").map_err(Unanswered)?;
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    match reader.read_line(&mut line) {
+        Ok(0) => return Err(Unanswered(std::io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => {}
+        Err(e) => return Err(Unanswered(e)),
+    }
+    // From here on an answer began: a failure is the server's.
+    let answered = Failure::Broken;
     let status: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line: {line:?}")))?;
+        .ok_or_else(|| answered(std::io::Error::other(format!("no status line: {line:?}"))))?;
     let mut length = 0usize;
+    let mut closing = false;
     loop {
         let mut header = String::new();
-        reader.read_line(&mut header)?;
+        reader.read_line(&mut header).map_err(answered)?;
         if header == "\r\n" || header.is_empty() {
             break;
         }
@@ -117,10 +159,16 @@ fn request(
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap_or(0);
             }
+            if name.eq_ignore_ascii_case("connection") && value.trim().eq_ignore_ascii_case("close") {
+                closing = true;
+            }
         }
     }
     let mut body = vec![0u8; length];
-    reader.read_exact(&mut body)?;
+    reader.read_exact(&mut body).map_err(answered)?;
+    if closing {
+        *conn = None;
+    }
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -264,4 +312,79 @@ fn a_rollout_killed_before_its_switch_is_finished_by_running_it_again() {
     assert_eq!(get(syd, "/version").1, "v2\n");
     let tally = load.finish();
     assert_eq!(tally.failed, 0, "{} of {} failed: {:?}", tally.failed, tally.ok, tally.errors);
+}
+
+fn agent_pid(project: &Project) -> u64 {
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.state_dir().join("agent.json")).unwrap()).unwrap();
+    info["pid"].as_u64().unwrap()
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// Runs `args` with another build of ferry (the same program with other bytes, which
+/// the loader ignores): the agent it finds is handed over to it.
+fn run_newer_build(project: &Project, args: &[&str]) -> std::process::Output {
+    let newer = project.path().join("ferry-newer");
+    if !newer.exists() {
+        let mut bytes = std::fs::read(common::FERRY).unwrap();
+        bytes.extend_from_slice(b"\0another build\0");
+        std::fs::write(&newer, bytes).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(&newer).status().unwrap();
+    }
+    let base = project.command(args);
+    std::process::Command::new(&newer)
+        .args(args)
+        .current_dir(project.path())
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn no_request_fails_while_a_newer_agent_takes_the_front_door_over() {
+    let project = Project::builder().region("syd", 2).build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    let load = Load::start(syd, 2);
+    let first = agent_pid(&project);
+    let run = run_newer_build(&project, &["status", "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let second = agent_pid(&project);
+    assert_ne!(second, first, "the newer build's agent took over");
+    // The agent that took over serves a deploy.
+    let run = project.deploy("v2");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(get(syd, "/version").1, "v2\n");
+    let tally = load.finish();
+    assert!(tally.ok > 0);
+    assert_eq!(tally.failed, 0, "{} of {} failed: {:?}", tally.failed, tally.ok, tally.errors);
+}
+
+#[test]
+fn a_killed_front_door_process_is_started_again_and_connections_made_meanwhile_wait() {
+    let project = Project::builder().region("syd", 1).build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    assert_eq!(get(syd, "/version").1, "v1\n");
+    let killed = agent_pid(&project);
+    std::process::Command::new("kill").args(["-9", &killed.to_string()]).status().unwrap();
+    common::eventually(Duration::from_secs(5), || (!alive(killed)).then_some(()));
+    // Its sockets closed with it; the listening one stays open in the keeper, so these
+    // are queued, not refused, and answered once the keeper has started a new agent.
+    let clients: Vec<_> =
+        (0..8).map(|_| std::thread::spawn(move || request(syd, false, &mut None, "/version"))).collect();
+    for client in clients {
+        let answer = client.join().unwrap().expect("a connection made while no agent served was answered");
+        assert_eq!(answer, (200, "v1\n".to_string()));
+    }
+    let restarted = common::eventually(Duration::from_secs(5), || {
+        let pid = agent_pid(&project);
+        (pid != killed && alive(pid)).then_some(pid)
+    });
+    assert_ne!(restarted, killed, "the keeper started a new agent");
+    assert_eq!(project.instances().len(), 1, "and it adopted the instance");
 }

@@ -85,15 +85,13 @@ pub fn run(paths: &Paths) -> i32 {
             return 1;
         }
     };
-    let code = runtime.block_on(serve(paths));
-    // Everything the runtime still holds (the front door's listeners above all) is let
-    // go before the lock, so the next agent, which waits for the lock, can listen there.
+    let code = runtime.block_on(serve(paths, &lock));
     drop(runtime);
     drop(lock);
     code
 }
 
-async fn serve(paths: &Paths) -> i32 {
+async fn serve(paths: &Paths, lock: &fs::File) -> i32 {
     let mut taken = Vec::new();
     for signal in TAKEN {
         if let Ok(stream) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(*signal)) {
@@ -104,7 +102,7 @@ async fn serve(paths: &Paths) -> i32 {
     tokio::spawn(reaper.clone().run());
     let exe = std::env::current_exe().unwrap_or_else(|_| "ferry".into());
     let info = AgentInfo { pid: std::process::id(), ..super::client::this_build() };
-    let sockets = super::proxy::Sockets::default();
+    let sockets = super::proxy::Sockets::new(paths.clone());
     let agent =
         Arc::new(Agent::new(paths.clone(), Supervisor::new(exe, reaper.clone()), reaper, info.clone(), sockets));
     let socket = paths.socket();
@@ -122,10 +120,13 @@ async fn serve(paths: &Paths) -> i32 {
     // Heard from now on, even while instances are being loaded.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     agent.load_apps().await;
+    // A keeper that holds sockets no app uses any more lets them go.
+    agent.doors.tend();
     let calls = Calls::new();
     let (handovers, mut asked) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
-    // Until it leaves: idle, handed over, or told to stop.
-    let stop_by = loop {
+    // Until it leaves: idle (the front door's sockets are let go), handed over, or
+    // told to stop (they are kept for the next agent).
+    let (stop_by, release) = loop {
         tokio::select! {
             accepted = listener.accept() => take(accepted, &agent, &handovers, &calls).await,
             Some(reply) = asked.recv() => {
@@ -135,13 +136,13 @@ async fn serve(paths: &Paths) -> i32 {
                 if others == 0 {
                     let _ = reply.send(Ok(()));
                     log(paths, "handing over to another ferry; instances keep running");
-                    break None;
+                    break (None, false);
                 }
                 let _ = reply.send(Err(format!("it is serving {others} other call(s)")));
             }
             () = terminated(&mut terminate) => {
                 log(paths, "stopping (SIGTERM); instances keep running");
-                break Some(Instant::now() + STOP_GRACE);
+                break (Some(Instant::now() + STOP_GRACE), false);
             }
             () = tokio::time::sleep(Duration::from_secs(1)) => {
                 // With no app left at all (the last one destroyed), it goes soon; with
@@ -149,8 +150,9 @@ async fn serve(paths: &Paths) -> i32 {
                 let idle = if agent.has_apps() { idle_exit() } else { idle_exit().min(NO_APPS_EXIT) };
                 if calls.active() == 0 && !agent.supervisor.serves_any() && calls.quiet_for() > idle {
                     log(paths, "nothing left to supervise; exiting");
-                    break None;
+                    break (None, true);
                 }
+                agent.doors.tend();
             }
         }
     };
@@ -182,7 +184,13 @@ async fn serve(paths: &Paths) -> i32 {
         }
     }
     drop(listener);
+    // The front door last: it served all along. New connections now wait in the
+    // sockets' queues for the next agent; this one may start as soon as the lock is
+    // let go, while the connections this one took are answered and closed.
+    agent.doors.stop_accepting(release);
     let _ = fs::remove_dir(paths.socket_dir());
+    let _ = lock.unlock();
+    agent.doors.finish().await;
     drop(taken);
     0
 }

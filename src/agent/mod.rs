@@ -12,6 +12,8 @@
 //!   (a new session, an empty signal mask), then `exec`.
 //! - `ferry agent boot`: what the host's boot mechanism runs: the agent, which brings
 //!   back every instance that should run.
+//! - `ferry agent keep`: the keeper of the front door's listening sockets, started by
+//!   the agent (`keeper`).
 
 mod backups;
 pub mod boot;
@@ -19,6 +21,7 @@ pub mod client;
 mod daemon;
 pub mod files;
 mod install;
+mod keeper;
 mod launch;
 mod ops;
 pub mod paths;
@@ -40,6 +43,7 @@ pub enum Role {
     Call,
     Launch,
     Boot { state: Option<PathBuf> },
+    Keep { state: Option<PathBuf> },
 }
 
 /// Runs a hidden `ferry agent` subcommand; the process's exit code.
@@ -53,6 +57,7 @@ pub fn main(role: &Role) -> i32 {
             daemon::run(&paths)
         }
         Role::Boot { state } => daemon::run(&state.as_deref().map_or_else(Paths::for_this_account, Paths::at)),
+        Role::Keep { state } => keeper::run(&state.as_deref().map_or_else(Paths::for_this_account, Paths::at)),
         Role::Call => client::relay(),
         Role::Launch => launch::run(),
     }

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 
 use super::{claim_for, Claim, InFlight};
 
@@ -30,15 +31,75 @@ type Body = BoxBody<Bytes, hyper::Error>;
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
+/// Every HTTP connection the agent serves, to close them gracefully when it leaves
+/// (hyper-util's `GracefulShutdown`: an idle keep-alive connection closes at once, a
+/// busy one once its response is sent, HTTP/2 ones get GOAWAY).
+#[derive(Clone, Default)]
+pub struct Graceful {
+    state: Arc<std::sync::Mutex<Closing>>,
+}
+
+#[derive(Default)]
+enum Closing {
+    #[default]
+    No,
+    Serving(GracefulShutdown),
+    /// Asked: the connections' ends, awaited.
+    Asked(Option<tokio::task::JoinHandle<()>>),
+}
+
+impl Graceful {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Closing> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What a new connection is watched with; `None` once the agent leaves.
+    fn watcher(&self) -> Option<Watcher> {
+        let mut state = self.lock();
+        match &mut *state {
+            Closing::No => {
+                let shutdown = GracefulShutdown::new();
+                let watcher = shutdown.watcher();
+                *state = Closing::Serving(shutdown);
+                Some(watcher)
+            }
+            Closing::Serving(shutdown) => Some(shutdown.watcher()),
+            Closing::Asked(_) => None,
+        }
+    }
+
+    /// Asks every connection to close.
+    pub fn begin(&self) {
+        let mut state = self.lock();
+        let ended = match std::mem::replace(&mut *state, Closing::Asked(None)) {
+            Closing::Serving(shutdown) => Some(tokio::spawn(shutdown.shutdown())),
+            _ => None,
+        };
+        *state = Closing::Asked(ended);
+    }
+
+    /// Resolves once every connection asked to close has.
+    pub async fn end(&self) {
+        let ended = match &mut *self.lock() {
+            Closing::Asked(ended) => ended.take(),
+            _ => None,
+        };
+        if let Some(ended) = ended {
+            let _ = ended.await;
+        }
+    }
+}
+
 /// Serves the connections of one listener.
 #[derive(Clone)]
 pub struct Server {
     client: Client<HttpConnector, Body>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Graceful,
 }
 
 impl Server {
-    pub fn new() -> Self {
+    pub fn new(graceful: Graceful) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -48,7 +109,7 @@ impl Server {
             .pool_idle_timeout(Duration::from_secs(4))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { client, builder: Arc::new(auto::Builder::new(TokioExecutor::new())) }
+        Self { client, builder: Arc::new(auto::Builder::new(TokioExecutor::new())), graceful }
     }
 
     /// Serves one accepted connection on a task of its own.
@@ -60,13 +121,25 @@ impl Server {
         claims: Arc<Vec<Claim>>,
     ) {
         let server = self.clone();
+        // Taken here, as it is accepted: a connection the agent accepted before it
+        // began to leave is closed gracefully with the others.
+        let watcher = self.graceful.watcher();
         tokio::spawn(async move {
             let this = server.clone();
             let service = hyper::service::service_fn(move |req| {
                 let (server, claims) = (this.clone(), Arc::clone(&claims));
                 async move { Ok::<_, Infallible>(server.handle(req, peer, local, &claims).await) }
             });
-            let _ = server.builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+            let connection = server.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            match watcher {
+                Some(watcher) => {
+                    let _ = watcher.watch(connection).await;
+                }
+                // Accepted as the agent left: served until the process exits.
+                None => {
+                    let _ = connection.await;
+                }
+            }
         });
     }
 

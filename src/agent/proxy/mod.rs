@@ -53,6 +53,8 @@ struct Inner {
     listeners: Mutex<HashMap<SocketAddr, Listener>>,
     /// By app directory.
     sites: Mutex<HashMap<PathBuf, Arc<Site>>>,
+    /// Every HTTP connection, to close them gracefully when the agent leaves.
+    graceful: http::Graceful,
 }
 
 struct Listener {
@@ -118,6 +120,7 @@ impl FrontDoor {
                 sockets,
                 listeners: Mutex::new(HashMap::new()),
                 sites: Mutex::new(HashMap::new()),
+                graceful: http::Graceful::default(),
             }),
         }
     }
@@ -198,8 +201,14 @@ impl FrontDoor {
         let site = self.site(app);
         for (door, socket) in opened {
             let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
-            let task =
-                tokio::spawn(serve(door.kind, socket, Arc::clone(&claims), door.listen, self.inner.paths.clone()));
+            let task = tokio::spawn(serve(
+                door.kind,
+                socket,
+                Arc::clone(&claims),
+                door.listen,
+                self.inner.paths.clone(),
+                self.inner.graceful.clone(),
+            ));
             listeners.insert(door.listen, Listener { kind: door.kind, claims, task });
         }
         // Claims: this app's, as asked, on every listener.
@@ -231,6 +240,38 @@ impl FrontDoor {
         if let Some(listener) = listeners.remove(&addr) {
             listener.task.abort();
             self.inner.sockets.close(addr);
+        }
+    }
+
+    /// Keeps the sockets held by a keeper (see `Sockets::tend`).
+    pub fn tend(&self) {
+        self.inner.sockets.tend();
+    }
+
+    /// The agent leaves: it accepts no more connections (they wait in the sockets'
+    /// queues, which the keeper keeps open for the next agent, unless `release`), and
+    /// asks every HTTP connection to close once its request in flight is answered
+    /// (HTTP/2 gets GOAWAY).
+    pub fn stop_accepting(&self, release: bool) {
+        for (_, listener) in lock(&self.inner.listeners).drain() {
+            listener.task.abort();
+        }
+        self.inner.sockets.leave(release);
+        self.inner.graceful.begin();
+    }
+
+    /// Waits, up to [`DRAIN_LIMIT`], for the connections of a leaving agent to end:
+    /// HTTP connections once answered, tunnels and TCP relays once closed.
+    pub async fn finish(&self) {
+        let until = Instant::now() + DRAIN_LIMIT;
+        let _ = tokio::time::timeout_at(until, self.inner.graceful.end()).await;
+        let busy = || {
+            lock(&self.inner.sites)
+                .values()
+                .any(|site| lock(&site.known).values().any(|b| b.inflight.load(Ordering::SeqCst) > 0))
+        };
+        while busy() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -494,6 +535,7 @@ async fn serve(
     claims: Arc<RwLock<Arc<Vec<Claim>>>>,
     addr: SocketAddr,
     paths: Paths,
+    graceful: http::Graceful,
 ) {
     let listener = match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
         Ok(listener) => listener,
@@ -502,7 +544,7 @@ async fn serve(
             return;
         }
     };
-    let server = http::Server::new();
+    let server = http::Server::new(graceful);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             // Out of file descriptors, say: not a reason to spin.
