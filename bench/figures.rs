@@ -47,6 +47,11 @@ pub struct Report {
     hosts: usize,
     scale_instances: usize,
     scale_regions: usize,
+    /// By proxy (`proxy::NAMES`): each run's `wrk` at 64 and at 4 connections.
+    pub proxy: [Vec<(crate::proxy::Wrk, crate::proxy::Wrk)>; 4],
+    /// The agent's and the keeper's RSS with the connections open, KiB.
+    pub proxy_rss_kib: Option<(u64, u64)>,
+    proxy_connections: usize,
 }
 
 impl Report {
@@ -79,11 +84,12 @@ impl Report {
             hosts: opts.hosts,
             scale_instances: opts.local_regions * opts.local_per_region,
             scale_regions: opts.local_regions,
+            proxy_connections: if opts.smoke { 100 } else { 1000 },
             ..Report::default()
         }
     }
 
-    fn log(&mut self, line: &str) {
+    pub fn log(&mut self, line: &str) {
         eprintln!("  {line}");
         self.runs.push_str(line);
         self.runs.push('\n');
@@ -93,11 +99,11 @@ impl Report {
 /// ferry's settings for the figures that compare it with the floor and the peer: both
 /// count an instance done at its first 200, so ferry's `min_healthy_time` (the second it
 /// keeps watching a new instance, by default) is off there and measured on its own.
-const SAME_WORK: &str = "\n[ferry.deploy]\n  min_healthy_time = \"0s\"\n";
+pub const SAME_WORK: &str = "\n[ferry.deploy]\n  min_healthy_time = \"0s\"\n";
 
 /// A project directory with a fly.toml; `regions` are `(name, hosts, count)`; `extra`
 /// is appended before the regions.
-fn project(
+pub fn project(
     dir: &Path,
     tree: &Tree,
     target: &str,
@@ -521,7 +527,53 @@ impl Report {
             target: "<= 40 MB",
             met: rss_max > 0.0 && rss_max * 1.048_576 <= 40.0,
         });
+        self.proxy_rows(&mut rows);
         rows
+    }
+
+    fn proxy_rows(&self, rows: &mut Vec<Row>) {
+        let heavy = |i: usize, f: fn(&crate::proxy::Wrk) -> f64| {
+            median(&self.proxy[i].iter().map(|(h, _)| f(h)).collect::<Vec<_>>())
+        };
+        let light = |i: usize| median(&self.proxy[i].iter().map(|(_, l)| l.p99_ms).collect::<Vec<_>>());
+        let rps: Vec<f64> = (0..4).map(|i| heavy(i, |w| w.rps)).collect();
+        let errors: u64 = self.proxy.iter().flatten().map(|(h, l)| h.errors + l.errors).sum();
+        rows.push(Row {
+            figure: "8. proxy throughput, wrk 64 conns: ferry / HAProxy / Caddy (direct)".into(),
+            measured: format!("{:.0} / {:.0} / {:.0} req/s ({:.0}); {errors} errors", rps[0], rps[1], rps[2], rps[3]),
+            target: ">= HAProxy, >= Caddy",
+            met: rps[0] >= rps[1] && rps[0] >= rps[2] && errors == 0,
+        });
+        let (p50, p99): (Vec<f64>, Vec<f64>) = (0..4).map(|i| (heavy(i, |w| w.p50_ms), heavy(i, |w| w.p99_ms))).unzip();
+        rows.push(Row {
+            figure: "8. p50 / p99 at 64 conns: ferry; HAProxy; Caddy; direct".into(),
+            measured: format!(
+                "{:.2}/{:.2}; {:.2}/{:.2}; {:.2}/{:.2}; {:.2}/{:.2} ms",
+                p50[0], p99[0], p50[1], p99[1], p50[2], p99[2], p50[3], p99[3]
+            ),
+            target: "(reported)",
+            met: true,
+        });
+        let added: Vec<f64> = (0..3).map(|i| light(i) - light(3)).collect();
+        rows.push(Row {
+            figure: "8. added p99 at 4 conns (well under max): ferry; HAProxy; Caddy".into(),
+            measured: format!(
+                "{:+.3}; {:+.3}; {:+.3} ms (direct p99 {:.3} ms)",
+                added[0],
+                added[1],
+                added[2],
+                light(3)
+            ),
+            target: "ferry <= +1 ms",
+            met: added[0] <= 1.0,
+        });
+        let (agent, keeper) = self.proxy_rss_kib.unwrap_or((0, 0));
+        rows.push(Row {
+            figure: format!("8. agent RSS with {} open connections (keeper)", self.proxy_connections),
+            measured: format!("{:.1} MiB ({:.1} MiB)", agent as f64 / 1024.0, keeper as f64 / 1024.0),
+            target: "<= 30 MiB",
+            met: agent > 0 && agent as f64 / 1024.0 <= 30.0,
+        });
     }
 
     /// The results file: header, figures with targets, every run's numbers.
@@ -594,12 +646,20 @@ impl Report {
             ("rollback", self.rollback_ferry.len()),
             ("health latency", self.health_ms.len()),
             ("scale", self.scale_ferry.len()),
+            ("proxy", self.proxy.iter().map(Vec::len).min().unwrap_or(0)),
         ];
         if let Some((name, _)) = empty.iter().find(|(_, n)| *n == 0) {
             return Err(format!("no {name} measurement was taken"));
         }
         if self.health_missing > 0 {
             return Err(format!("{} healthy instances left no first-200 record", self.health_missing));
+        }
+        let errors: u64 = self.proxy.iter().flatten().map(|(h, l)| h.errors + l.errors).sum();
+        if errors > 0 {
+            return Err(format!("{errors} requests failed through the proxies"));
+        }
+        if self.proxy_rss_kib.is_none_or(|(agent, _)| agent == 0) {
+            return Err("the agent's RSS with open connections was not read".into());
         }
         if self.redeploy_bytes.iter().any(|b| *b != 0) {
             return Err(format!("the same release was uploaded again: {:?} bytes", self.redeploy_bytes));

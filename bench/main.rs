@@ -15,6 +15,7 @@ mod sshd;
 
 mod figures;
 mod measure;
+mod proxy;
 mod tree;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,9 @@ pub struct Opts {
     /// Only ferry's own runs (no build comparison, peer or floor): to see quickly
     /// where ferry's time goes; nothing is written to BENCHMARKS.md.
     pub only_ferry: bool,
+    /// Only figure 8 (the front door against HAProxy and Caddy); nothing is written
+    /// to BENCHMARKS.md.
+    pub only_proxy: bool,
     /// Where the results file goes.
     pub results: PathBuf,
 }
@@ -56,6 +60,7 @@ impl Opts {
             local_per_region: 10,
             smoke: false,
             only_ferry: false,
+            only_proxy: false,
             results: repo.join("bench/results"),
         };
         let mut args = std::env::args().skip(1);
@@ -74,8 +79,13 @@ impl Opts {
                         local_per_region: 2,
                         smoke: true,
                         only_ferry: false,
+                        only_proxy: false,
                         results: repo.join("target/bench-smoke"),
                     };
+                }
+                "--only-proxy" => {
+                    opts.only_proxy = true;
+                    opts.results = repo.join("target/bench-partial");
                 }
                 "--only-ferry" => {
                     opts.only_ferry = true;
@@ -105,7 +115,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: cargo bench --bench deploy -- [--smoke] [--only-ferry] [--hosts N] [--runs N] [--release-mib N] [--boot-ms N] \
+        "usage: cargo bench --bench deploy -- [--smoke] [--only-ferry] [--only-proxy] [--hosts N] [--runs N] [--release-mib N] [--boot-ms N] \
          [--local-regions N] [--local-per-region N]"
     );
     std::process::exit(2);
@@ -139,6 +149,11 @@ fn main() {
     eprintln!("release tree: {} files, {} bytes", tree.files, tree.bytes);
 
     let mut report = figures::Report::new(&opts, cores, &tree);
+    if opts.only_proxy {
+        proxy::proxy(&opts, work.path(), &tree, &mut report);
+        eprintln!("\n{}", report.render());
+        return;
+    }
     if !opts.only_ferry {
         figures::build(&opts, work.path(), &tree, &mut report);
     }
@@ -148,6 +163,7 @@ fn main() {
     drop(fleet);
 
     figures::local_scale(&opts, work.path(), &tree, &mut report);
+    proxy::proxy(&opts, work.path(), &tree, &mut report);
 
     let text = report.render();
     eprintln!("\n{text}");
@@ -183,7 +199,8 @@ fn today() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Installs the peer (ansible-core), zstd and GNU time from Debian when missing.
+/// Installs the peer (ansible-core), zstd, GNU time, and the proxies compared with the
+/// front door (HAProxy, Caddy) and `wrk` from Debian when missing.
 fn ensure_tools() {
     let mut need = Vec::new();
     for (tool, package) in [
@@ -191,6 +208,9 @@ fn ensure_tools() {
         ("/usr/bin/zstd", "zstd"),
         ("/usr/bin/time", "time"),
         ("/usr/bin/scp", "openssh-client"),
+        ("/usr/sbin/haproxy", "haproxy"),
+        ("/usr/bin/caddy", "caddy"),
+        ("/usr/bin/wrk", "wrk"),
     ] {
         if !Path::new(tool).exists() {
             need.push(package);

@@ -184,23 +184,28 @@ pub struct RolloutSettings {
     pub order: Order,
     /// How long a new instance must stay up after it passes its checks.
     pub min_healthy: Duration,
+    /// Why a new instance cannot start beside the one it replaces (no front door, a
+    /// volume only one may hold); `None` when it can.
+    pub not_beside: Option<&'static str>,
 }
 
 impl RolloutSettings {
     /// The strategy a rollout that was not asked for by name runs (a rollback, a
-    /// restart): `bluegreen` is not supported yet, so those roll.
+    /// restart): `bluegreen` where instances can run side by side, else `rolling`.
     pub fn runnable(&self) -> Strategy {
         match self.strategy {
-            Strategy::Bluegreen => Strategy::Rolling,
+            Strategy::Bluegreen if self.not_beside.is_some() => Strategy::Rolling,
             other => other,
         }
     }
 
-    /// Refuses a strategy ferry cannot run, before anything happens.
+    /// Refuses a strategy ferry cannot run for this app, before anything happens.
     pub fn refuse_unsupported(&self) -> Result<(), Error> {
-        if self.requested == Strategy::Bluegreen {
+        if let (Strategy::Bluegreen, Some(why)) = (self.requested, self.not_beside) {
             return Err(Error::Usage {
-                message: "the `bluegreen` deploy strategy is not supported by ferry yet".into(),
+                message: format!(
+                    "the `bluegreen` strategy starts every new instance beside the one it replaces, behind the front door, and {why}"
+                ),
                 hint: Some(
                     "use `strategy = \"rolling\"` or `\"canary\"` in `[deploy]`, or pass `--strategy rolling`".into(),
                 ),
@@ -270,6 +275,7 @@ impl Settings {
             no_revert: overrides.no_revert,
             order: if primary_last { Order::PrimaryLast } else { Order::PrimaryFirst },
             min_healthy: config.ferry.min_healthy_time,
+            not_beside: None,
         };
         let replicas = config
             .ferry
@@ -285,7 +291,7 @@ impl Settings {
                 Some((name.clone(), source))
             })
             .collect();
-        Settings {
+        let mut settings = Settings {
             app: config.app.clone(),
             primary,
             dir: config.dir.clone(),
@@ -324,7 +330,15 @@ impl Settings {
             build: config.ferry.build.clone(),
             proxy: proxy(config, &mut warnings),
             warnings,
-        }
+        };
+        settings.rollout.not_beside = if !settings.proxy.serves(settings.target) {
+            Some("this app has no front door (no `[http_service]` or `[[services]]`, or `[ferry.proxy] enabled = false`)")
+        } else if !settings.instance.mounts.is_empty() {
+            Some("this app's `[mounts]` volume can be held by one instance only")
+        } else {
+            None
+        };
+        settings
     }
 
     /// Where ferry keeps what it builds, next to `fly.toml`.

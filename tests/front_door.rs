@@ -95,10 +95,10 @@ fn request(
     path: &str,
 ) -> std::io::Result<(u16, String)> {
     let reused = conn.is_some();
-    match exchange(addr, keep_alive, conn, path) {
+    match exchange(addr, keep_alive, conn, path, "") {
         Err(Failure::Unanswered(_)) if reused => {
             *conn = None;
-            exchange(addr, keep_alive, conn, path).map_err(Failure::into_inner)
+            exchange(addr, keep_alive, conn, path, "").map_err(Failure::into_inner)
         }
         result => result.map_err(Failure::into_inner),
     }
@@ -125,6 +125,7 @@ fn exchange(
     keep_alive: bool,
     conn: &mut Option<BufReader<TcpStream>>,
     path: &str,
+    headers: &str,
 ) -> Result<(u16, String), Failure> {
     if conn.is_none() {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(Unanswered)?;
@@ -133,7 +134,7 @@ fn exchange(
     }
     let reader = conn.as_mut().unwrap();
     let close = if keep_alive { "" } else { "Connection: close\r\n" };
-    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: hello.test\r\n{close}\r\n").map_err(Unanswered)?;
+    write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: hello.test\r\n{headers}{close}\r\n").map_err(Unanswered)?;
     let mut line = String::new();
     match reader.read_line(&mut line) {
         Ok(0) => return Err(Unanswered(std::io::ErrorKind::UnexpectedEof.into())),
@@ -381,10 +382,61 @@ fn a_killed_front_door_process_is_started_again_and_connections_made_meanwhile_w
         let answer = client.join().unwrap().expect("a connection made while no agent served was answered");
         assert_eq!(answer, (200, "v1\n".to_string()));
     }
-    let restarted = common::eventually(Duration::from_secs(5), || {
+    // The keeper started a new agent.
+    common::eventually(Duration::from_secs(5), || {
         let pid = agent_pid(&project);
         (pid != killed && alive(pid)).then_some(pid)
     });
-    assert_ne!(restarted, killed, "the keeper started a new agent");
     assert_eq!(project.instances().len(), 1, "and it adopted the instance");
+}
+
+/// `GET path` with the preview header: what the new release being deployed answers.
+fn preview_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    exchange(addr, false, &mut None, path, "Ferry-Preview: 1\r\n")
+        .map_err(Failure::into_inner)
+        .unwrap_or_else(|e| panic!("GET {path} on {addr} (preview): {e}"))
+}
+
+#[test]
+fn a_bluegreen_deploy_previews_the_new_set_then_switches_each_region_at_once() {
+    // Each new instance waits 5 s (min_healthy_time) before its region switches: the
+    // window in which the preview is looked at.
+    let project =
+        Project::builder().region("syd", 2).region("lax", 2).ferry_keys("deploy.min_healthy_time = \"5s\"").build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let (syd, lax) = (door(&project, "syd"), door(&project, "lax"));
+    let loads = [Load::start(syd, 2), Load::start(lax, 2)];
+
+    let mut deploy = project.spawn(&["deploy", "--version", "v2", "--strategy", "bluegreen", "--json"]);
+    let mut out = BufReader::new(deploy.stdout.take().unwrap());
+    common::wait_for_event(&mut out, |e| e["event"] == "instance_healthy" && e["region"] == "syd")
+        .expect("a new syd instance passed its checks");
+    let previewed = common::eventually(Duration::from_secs(3), || {
+        let answer = preview_get(syd, "/version");
+        (answer.1 == "v2\n").then_some(answer)
+    });
+    assert_eq!(previewed, (200, "v2\n".to_string()), "the preview header reaches the new set");
+    assert_eq!(get(syd, "/version"), (200, "v1\n".to_string()), "everyone else still gets the old set");
+    assert_eq!(project.instances().len(), 4 + 2, "syd's new instances start beside the old ones, all at once");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(deploy.wait().unwrap().success(), "{rest}");
+    assert_eq!(get(syd, "/version").1, "v2\n");
+    assert_eq!(get(lax, "/version").1, "v2\n");
+    assert_eq!(preview_get(lax, "/version").1, "v2\n", "with nothing to preview, the header is ignored");
+
+    // A bluegreen deploy whose new set fails its checks leaves the old set serving.
+    project.set_mode(Some("fail-health"));
+    let run = project.ferry(&["deploy", "--version", "v3", "--strategy", "bluegreen", "--wait-timeout", "2s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    project.set_mode(None);
+    let instances = project.instances();
+    assert_eq!(instances.len(), 4, "the new set is gone: {instances:?}");
+    assert!(instances.iter().all(|i| i["version"] == "v2"), "{instances:?}");
+
+    for (load, region) in loads.into_iter().zip(["syd", "lax"]) {
+        let tally = load.finish();
+        assert!(tally.ok > 0, "{region}: the load ran");
+        assert_eq!(tally.failed, 0, "{region}: {} of {} requests failed: {:?}", tally.failed, tally.ok, tally.errors);
+    }
 }

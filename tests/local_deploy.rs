@@ -264,12 +264,26 @@ fn canary_and_immediate_strategies_deploy() {
 }
 
 #[test]
-fn bluegreen_is_refused_clearly() {
-    let project = Project::builder().region("syd", 1).build();
+fn bluegreen_without_a_front_door_is_refused_clearly() {
+    let project = Project::builder().region("syd", 1).proxy("  enabled = false").build();
     let run = project.ferry(&["deploy", "--version", "v1", "--strategy", "bluegreen"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("bluegreen"), "{}", run.stderr);
+    assert!(run.stderr.contains("bluegreen") && run.stderr.contains("no front door"), "{}", run.stderr);
     assert!(!project.path().join(".ferry/local").exists());
+}
+
+#[test]
+fn the_dry_run_shows_the_front_doors_and_how_each_instance_is_replaced() {
+    let project = Project::builder().region("syd", 2).build();
+    project.deploy("v1").assert_ok();
+    let run = project.ferry(&["deploy", "--version", "v2", "--strategy", "bluegreen", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(text.contains(&format!("door    local/syd: 127.0.0.1:{} (http)", project.port)), "{text}");
+    assert!(text.contains("beside the old one; the region switches at once when all are ready"), "{text}");
+    let run = project.ferry(&["deploy", "--version", "v2", "--strategy", "immediate", "--dry-run"]);
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(text.contains("stop, then start (the strategy is `immediate`)"), "{text}");
 }
 
 #[test]

@@ -52,6 +52,7 @@ pub fn run(paths: &Paths) -> i32 {
         log(paths, &format!("cannot become a child subreaper ({e}); daemonizing instances are found by their mark"));
     }
     super::clear_signal_mask();
+    super::raise_nofile();
     if let Err(e) = paths.prepare() {
         log(paths, &format!("cannot prepare {}: {e}", paths.state.display()));
         return 1;
@@ -122,10 +123,11 @@ async fn serve(paths: &Paths, lock: &fs::File) -> i32 {
     agent.load_apps().await;
     // A keeper that holds sockets no app uses any more lets them go.
     agent.doors.tend();
+    agent.doors.prune();
     let calls = Calls::new();
     let (handovers, mut asked) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
-    // Until it leaves: idle (the front door's sockets are let go), handed over, or
-    // told to stop (they are kept for the next agent).
+    // Until it leaves: idle or told to stop (the front door's sockets are let go), or
+    // handed over (they are kept for the next agent).
     let (stop_by, release) = loop {
         tokio::select! {
             accepted = listener.accept() => take(accepted, &agent, &handovers, &calls).await,
@@ -141,8 +143,8 @@ async fn serve(paths: &Paths, lock: &fs::File) -> i32 {
                 let _ = reply.send(Err(format!("it is serving {others} other call(s)")));
             }
             () = terminated(&mut terminate) => {
-                log(paths, "stopping (SIGTERM); instances keep running");
-                break (Some(Instant::now() + STOP_GRACE), false);
+                log(paths, "stopping (SIGTERM); instances keep running, the front door closes");
+                break (Some(Instant::now() + STOP_GRACE), true);
             }
             () = tokio::time::sleep(Duration::from_secs(1)) => {
                 // With no app left at all (the last one destroyed), it goes soon; with

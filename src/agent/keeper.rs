@@ -77,8 +77,9 @@ pub struct Answer {
 #[derive(Default)]
 struct Kept {
     held: HashMap<SocketAddr, TcpListener>,
-    /// The agent to start again, and the connection it said hello on.
-    agent: Option<(u64, PathBuf)>,
+    /// The agent to start again: the connection it said hello on, its pid, and its
+    /// executable.
+    agent: Option<(u64, u32, PathBuf)>,
     /// Bumped at every hello: a restart planned before it is called off.
     generation: u64,
     connections: usize,
@@ -131,17 +132,24 @@ pub fn run(paths: &Paths) -> i32 {
             let said_bye = serve(&stream, &shared, &paths, id);
             let mut kept = lock(&shared);
             kept.connections -= 1;
-            let was_agent = kept.agent.as_ref().is_some_and(|(conn, _)| *conn == id);
+            let was_agent = kept.agent.as_ref().is_some_and(|(conn, _, _)| *conn == id);
             if was_agent {
-                let (_, exe) = kept.agent.take().unwrap_or_default();
+                let (_, pid, exe) = kept.agent.take().unwrap_or_default();
                 match said_bye {
                     // It left on purpose; the one taking over says hello soon, or is
                     // started after a while.
                     Some(false) => plan_restart(&shared, &paths, exe, kept.generation, TAKEOVER_PATIENCE),
                     Some(true) => {}
                     None => {
-                        super::daemon::log(&paths, "keeper: the agent is gone without a word; starting it again");
-                        plan_restart(&shared, &paths, exe, kept.generation, Duration::ZERO);
+                        drop(kept);
+                        // Only a dead agent is replaced: a live one that dropped its
+                        // connection comes back with a hello of its own.
+                        if gone(pid) {
+                            super::daemon::log(&paths, "keeper: the agent is gone without a word; starting it again");
+                            let generation = lock(&shared).generation;
+                            plan_restart(&shared, &paths, exe, generation, Duration::ZERO);
+                        }
+                        kept = lock(&shared);
                     }
                 }
             }
@@ -167,7 +175,7 @@ fn serve(stream: &UnixStream, shared: &Shared, paths: &Paths, id: u64) -> Option
         match ask {
             Ask::Hello { exe, pid } => {
                 kept.generation += 1;
-                kept.agent = Some((id, exe));
+                kept.agent = Some((id, pid, exe));
                 super::daemon::log(paths, &format!("keeper: agent pid {pid} serves the front door"));
             }
             Ask::Listen(addr) => match held_or_bound(&mut kept.held, addr) {
@@ -199,6 +207,23 @@ fn serve(stream: &UnixStream, shared: &Shared, paths: &Paths, id: u64) -> Option
             return bye;
         }
     }
+}
+
+/// Whether `pid` has exited (looked at for a moment: its connection closes as it
+/// exits, a little before it is gone).
+fn gone(pid: u32) -> bool {
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+        })
+    };
+    for _ in 0..50 {
+        if dead() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    false
 }
 
 /// The socket held for `addr`, or a new one bound there.
@@ -327,6 +352,8 @@ fn start(paths: &Paths) -> std::io::Result<UnixStream> {
     let mut child = std::process::Command::new(exe)
         .args(["agent", "keep", "--state"])
         .arg(&paths.state)
+        // The agents it starts again begin from the limit this one began with.
+        .env("FERRY_NOFILE_AT_START", super::nofile_at_start())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -17,11 +17,21 @@ pub fn run() -> i32 {
     };
     let _ = rustix::process::setsid();
     super::clear_signal_mask();
+    // The limit on open files the agent started with (it raised its own).
+    if let Some(soft) = std::env::var("FERRY_LAUNCH_NOFILE").ok().filter(|s| !s.is_empty()) {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let current = if soft == "unlimited" { None } else { soft.parse().ok() };
+        if current.is_some() || soft == "unlimited" {
+            let _ = setrlimit(Resource::Nofile, Rlimit { current, maximum: limit.maximum });
+        }
+    }
     let error = Command::new(program)
         .args(rest)
         .current_dir(&cwd)
         .env_remove("FERRY_LAUNCH_CWD")
         .env_remove("FERRY_LAUNCH_ARGV")
+        .env_remove("FERRY_LAUNCH_NOFILE")
         .exec();
     eprintln!("ferry: cannot start `{program}`: {error}");
     127

@@ -63,6 +63,35 @@ pub fn main(role: &Role) -> i32 {
     }
 }
 
+/// The soft limit on open files this process started with, as text for
+/// `FERRY_LAUNCH_NOFILE`.
+static NOFILE_AT_START: OnceLock<String> = OnceLock::new();
+
+/// Raises this process's soft limit on open files to its hard limit (the front door
+/// holds two per proxied connection: 1,024, a common default, is 500 clients). What
+/// the agent starts gets the limit it started with back (`launch`).
+pub fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // Started by the keeper, which was started by an agent that had raised it: the
+    // limit that agent began with.
+    let at_start = std::env::var("FERRY_NOFILE_AT_START")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| limit.current.map_or_else(|| "unlimited".into(), |n| n.to_string()));
+    let _ = NOFILE_AT_START.set(at_start);
+    // An unlimited hard limit cannot be the soft one (the kernel caps open files at
+    // fs.nr_open): left as it is then.
+    if limit.maximum.is_some() && limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
+}
+
+/// The soft limit on open files the agent started with, for what it starts.
+pub fn nofile_at_start() -> &'static str {
+    NOFILE_AT_START.get().map_or("", String::as_str)
+}
+
 /// Empties this thread's signal mask (before a runtime starts, its threads inherit
 /// it; before an exec, the new program does): a blocked signal would never reach an
 /// instance, and exec keeps the mask.

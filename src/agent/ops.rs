@@ -224,6 +224,10 @@ impl Agent {
                 }
                 Reply::Done
             }
+            Request::Preview { ids } => {
+                self.doors.preview(&app, &ids)?;
+                Reply::Done
+            }
             Request::WaitHealthy { id, pid, deadline } => {
                 Reply::Health(self.supervisor.wait_healthy(&app, &id, pid, deadline).await)
             }

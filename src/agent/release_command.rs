@@ -93,6 +93,7 @@ async fn run_in<W: AsyncWrite + Unpin>(
         .env_clear()
         .envs(&vars)
         .env("FERRY_LAUNCH_CWD", root)
+        .env("FERRY_LAUNCH_NOFILE", super::nofile_at_start())
         .env("FERRY_LAUNCH_ARGV", serde_json::to_string(&argv).unwrap_or_default())
         .current_dir(root)
         .stdin(Stdio::null())

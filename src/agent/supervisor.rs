@@ -377,6 +377,7 @@ impl Supervisor {
             .env_clear()
             .envs(&env)
             .env("FERRY_LAUNCH_CWD", &root)
+            .env("FERRY_LAUNCH_NOFILE", super::nofile_at_start())
             .env("FERRY_LAUNCH_ARGV", serde_json::to_string(&argv(&launch.start)).unwrap_or_default())
             .current_dir(&root)
             .stdin(Stdio::null())

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::config::{MaxUnavailable, Strategy};
+use crate::host::proto::DoorKind;
 use crate::host::{HostState, Identity, InstanceRecord};
 use crate::report::{PlanItem, Pruned};
 use crate::settings::Order;
@@ -60,6 +61,8 @@ pub struct RegionPlan {
     pub primary: bool,
     pub batches: Vec<Vec<Step>>,
     pub unchanged: Vec<Step>,
+    /// The replacements of a batch switch together once all are ready (bluegreen).
+    pub together: bool,
 }
 
 /// The instances of an operation: each region's batches.
@@ -240,7 +243,8 @@ fn plan_region(
         });
     }
     let batches = batch(changes, creates, inputs.strategy, inputs.max_unavailable);
-    RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged }
+    let together = inputs.strategy == Strategy::Bluegreen && inputs.beside;
+    RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged, together }
 }
 
 /// Why an existing instance must be replaced, `None` when it stays: another version,
@@ -287,7 +291,7 @@ fn batch(
         return batches;
     }
     let size = match strategy {
-        Strategy::Immediate => rest.len(),
+        Strategy::Immediate | Strategy::Bluegreen => rest.len(),
         _ => max_unavailable.per_batch(rest.len()),
     };
     let mut rest = rest.into_iter();
@@ -299,6 +303,14 @@ fn batch(
         batches.push(chunk);
     }
     batches
+}
+
+/// The front door of one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Doors {
+    pub host: String,
+    pub region: String,
+    pub listen: Vec<crate::host::proto::Door>,
 }
 
 /// Which operation a plan is for; history records it under this name.
@@ -382,6 +394,11 @@ pub struct Finish {
 /// Everything an operation will do, in order.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// Each host's front door, opened before anything changes.
+    pub doors: Vec<Doors>,
+    /// Why replacements stop the old process first, when they do whatever the
+    /// strategy (no front door, a volume).
+    pub in_place: Option<String>,
     pub kind: Kind,
     pub version: String,
     pub previous: Option<String>,
@@ -412,6 +429,17 @@ impl Plan {
     pub fn items(&self) -> Vec<PlanItem> {
         let plan = self;
         let mut items = Vec::new();
+        for doors in &plan.doors {
+            items.push(PlanItem::Doors {
+                host: doors.host.clone(),
+                region: doors.region.clone(),
+                listen: doors
+                    .listen
+                    .iter()
+                    .map(|d| format!("{} ({})", d.listen, if d.kind == DoorKind::Http { "http" } else { "tcp" }))
+                    .collect(),
+            });
+        }
         for ship in &plan.ship {
             items.push(PlanItem::Ship {
                 host: ship.host.clone(),
@@ -446,11 +474,22 @@ impl Plan {
                         Action::Replace => "replace",
                         Action::Keep => "keep",
                     };
+                    let how = (step.action == Action::Replace).then(|| {
+                        if step.beside && region.together {
+                            "beside the old one; the region switches at once when all are ready".to_string()
+                        } else if step.beside {
+                            "beside the old one, then switched".to_string()
+                        } else {
+                            let why = plan.in_place.as_deref().unwrap_or("the strategy is `immediate`");
+                            format!("stop, then start ({why})")
+                        }
+                    });
                     items.push(PlanItem::Instance {
                         region: step.region.clone(),
                         host: step.host.clone(),
                         instance: step.id.clone(),
                         action: action.into(),
+                        how,
                         batch: n + 1,
                         from: step.previous.as_ref().map(|p| p.version.clone()),
                         to: step.to.clone(),
@@ -464,6 +503,7 @@ impl Plan {
                     host: step.host.clone(),
                     instance: step.id.clone(),
                     action: "keep".into(),
+                    how: None,
                     batch: 0,
                     from: Some(step.to.clone()),
                     to: step.to.clone(),
@@ -741,7 +781,13 @@ mod tests {
     fn the_first_batch_ships_first_then_the_primary_then_the_rest() {
         let observed = two_on_v1();
         let mut plan = plan_with(&observed, &[], Strategy::Rolling, MaxUnavailable::Count(1), 2);
-        plan.regions.push(RegionPlan { region: "lax".into(), primary: false, batches: vec![], unchanged: vec![] });
+        plan.regions.push(RegionPlan {
+            region: "lax".into(),
+            primary: false,
+            batches: vec![],
+            unchanged: vec![],
+            together: false,
+        });
         let first_host = plan.regions[0].batches[0][0].host.clone();
         let hosts = [
             ("syd".to_string(), "syd-h1".to_string()),

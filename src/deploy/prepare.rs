@@ -197,7 +197,17 @@ impl Engine<'_> {
     ) -> Result<Plan, Error> {
         self.refuse_missing_volumes(&instances, observed)?;
         let stops = orphans(observed);
+        let local = super::doors::local_addresses(self.fleet);
+        let mut doors = Vec::new();
+        for host in self.fleet.hosts() {
+            let listen = super::doors::for_host(&self.settings.proxy, host, &local)?;
+            if !listen.is_empty() {
+                doors.push(plan::Doors { host: host.name.clone(), region: host.region.clone(), listen });
+            }
+        }
         Ok(Plan {
+            doors,
+            in_place: self.settings.rollout.not_beside.map(str::to_string),
             kind,
             version: version.to_string(),
             previous,
@@ -254,9 +264,7 @@ impl Engine<'_> {
             mounts: &mounts,
             replace: only.is_none(),
             identity,
-            beside: self.settings.proxy.serves(self.settings.target)
-                && mounts.is_empty()
-                && strategy != Strategy::Immediate,
+            beside: self.settings.rollout.not_beside.is_none() && strategy != Strategy::Immediate,
         };
         plan::instances(&inputs, &mut new_instance_id)
     }

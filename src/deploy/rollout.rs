@@ -85,6 +85,25 @@ pub struct Rollout {
     settling: Mutex<Vec<tokio::task::JoinHandle<Option<StepFailure>>>>,
 }
 
+/// An instance of the target version, started and ready to take traffic.
+struct Ready {
+    host: Host,
+    step: Step,
+    port: u16,
+}
+
+/// A step done (with its port), or its failure and what could not be put back.
+type StepResult = Result<(Step, u16), (StepFailure, Vec<String>)>;
+
+fn step_failure(step: &Step, cause: Cause) -> StepFailure {
+    StepFailure {
+        region: step.region.clone(),
+        instance: Some((step.host.clone(), step.id.clone())),
+        version: step.to.clone(),
+        cause,
+    }
+}
+
 /// How a rollout is set up: the hosts, what instances run with, and where things go.
 pub struct Setup {
     pub hosts: BTreeMap<String, Host>,
@@ -264,38 +283,54 @@ impl Rollout {
             if let Err(failed) = self.wait_shipped(&hosts).await {
                 return self.shipping_outcome(summary, region, failed);
             }
-            let mut tasks = JoinSet::new();
+            let mut ports = Vec::new();
             for step in batch.iter().cloned() {
                 // Beside the old instance, the new one needs a port of its own.
                 let port = match step.previous.as_ref() {
                     Some(previous) if !step.beside => previous.port,
                     _ => self.pick_port(&step.host),
                 };
-                tasks.spawn(Arc::clone(self).apply(step, port));
+                ports.push((step, port));
             }
+            let results = if plan.together && batch.iter().all(|s| s.beside) {
+                let (results, unrecovered) = self.together(region, ports).await;
+                summary.unrecovered.extend(unrecovered);
+                results
+            } else {
+                let mut tasks = JoinSet::new();
+                for (step, port) in ports {
+                    tasks.spawn(Arc::clone(self).apply(step, port));
+                }
+                let mut results = Vec::new();
+                while let Some(result) = tasks.join_next().await {
+                    results.push(match result {
+                        Ok(result) => result,
+                        Err(join) => Err((
+                            StepFailure::region(region, &self.version, Cause::Internal(join.to_string())),
+                            Vec::new(),
+                        )),
+                    });
+                }
+                results
+            };
             let mut failed = false;
-            while let Some(result) = tasks.join_next().await {
+            for result in results {
                 match result {
-                    Ok(Ok(done)) => summary.changed.push(done),
-                    Ok(Err((failure, unrecovered))) => {
+                    Ok(done) => summary.changed.push(done),
+                    Err((failure, unrecovered)) => {
                         self.halt.store(true, Ordering::SeqCst);
                         failed = true;
                         summary.unrecovered.extend(unrecovered);
                         summary.failure.get_or_insert(failure);
                     }
-                    Err(join) => {
-                        self.halt.store(true, Ordering::SeqCst);
-                        failed = true;
-                        summary.failure.get_or_insert(StepFailure::region(
-                            region,
-                            &self.version,
-                            Cause::Internal(join.to_string()),
-                        ));
-                    }
                 }
             }
             if failed {
                 return "failed";
+            }
+            if plan.together && self.halted() {
+                // Its new set went when another region failed.
+                return "halted";
             }
         }
         // Hosts of the region that no batch needed must hold the release too.
@@ -412,15 +447,67 @@ impl Rollout {
 
     /// Moves one instance to the target version. On failure the instance gets its
     /// previous version back before this returns.
-    async fn apply(self: Arc<Self>, step: Step, port: u16) -> Result<(Step, u16), (StepFailure, Vec<String>)> {
-        let failure = |cause: Cause| StepFailure {
-            region: step.region.clone(),
-            instance: Some((step.host.clone(), step.id.clone())),
-            version: step.to.clone(),
-            cause,
-        };
+    async fn apply(self: Arc<Self>, step: Step, port: u16) -> StepResult {
+        let ready = Arc::clone(&self).ready(step, port).await?;
+        let region = ready.step.region.clone();
+        match self.commit(vec![ready]).await.pop() {
+            Some(result) => result,
+            None => Err((
+                StepFailure::region(&region, &self.version, Cause::Internal("nothing was switched".into())),
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// A region's replacements all at once (bluegreen): every new instance starts
+    /// beside its old one and must be ready; only then does the front door switch,
+    /// one switch per host. When one fails (or the rollout halts meanwhile), the new
+    /// ones go and the old ones, which never stopped serving, stay. Returns each
+    /// step's result, and what could not be put back of the new instances when the
+    /// rollout halted elsewhere.
+    async fn together(self: &Arc<Self>, region: &str, steps: Vec<(Step, u16)>) -> (Vec<StepResult>, Vec<String>) {
+        let mut tasks = JoinSet::new();
+        for (step, port) in steps {
+            tasks.spawn(Arc::clone(self).ready(step, port));
+        }
+        let mut ready = Vec::new();
+        let mut results = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Ok(one)) => ready.push(one),
+                Ok(Err(failed)) => {
+                    self.halt.store(true, Ordering::SeqCst);
+                    results.push(Err(failed));
+                }
+                Err(join) => {
+                    self.halt.store(true, Ordering::SeqCst);
+                    results.push(Err((
+                        StepFailure::region(region, &self.version, Cause::Internal(join.to_string())),
+                        Vec::new(),
+                    )));
+                }
+            }
+        }
+        if self.halted() {
+            let mut unrecovered = Vec::new();
+            for one in ready {
+                if let Err(problem) = self.revert_one(&one.host, &one.step, one.port, false).await {
+                    unrecovered.push(problem);
+                }
+            }
+            return (results, unrecovered);
+        }
+        (self.commit(ready).await, Vec::new())
+    }
+
+    /// Starts one instance of the target version and waits until it may take traffic:
+    /// it passed its checks and, beside an old one, stayed up `min_healthy` (in its
+    /// old one's place, it is watched through `min_healthy` while the rollout goes
+    /// on). A failure has been reverted when this returns.
+    async fn ready(self: Arc<Self>, step: Step, port: u16) -> Result<Ready, (StepFailure, Vec<String>)> {
         let Some(host) = self.hosts.get(&step.host).cloned() else {
-            return Err((failure(Cause::Internal(format!("unknown host `{}`", step.host))), Vec::new()));
+            let failure = step_failure(&step, Cause::Internal(format!("unknown host `{}`", step.host)));
+            return Err((failure, Vec::new()));
         };
         self.reporter.event(&Event::InstanceUpdating {
             region: step.region.clone(),
@@ -434,37 +521,38 @@ impl Rollout {
         let primary_addr = self.primary_addr();
         let replace = step.was_alive && !step.beside;
         let started = instance::start_and_wait(&self.spec, &host, &record, replace, primary_addr.as_deref()).await;
-        let switched = match started {
-            Ok(started) => self.switch(&host, &step, &record, started).await,
+        let healthy = match started {
+            Ok(started) => self.healthy(&host, &step, &record, started).await,
             Err(cause) => Err(cause),
         };
-        match switched {
-            Ok(()) => Ok((step, port)),
-            Err(cause) => {
-                self.failed(&host, &step, &cause).await;
-                let failure = failure(cause);
-                let unrecovered = match self.revert_one(&host, &step, port, false).await {
-                    Ok(()) => Vec::new(),
-                    Err(problem) => vec![problem],
-                };
-                Err((failure, unrecovered))
-            }
+        match healthy {
+            Ok(()) => Ok(Ready { host, step, port }),
+            Err(cause) => Err(self.undo(&host, &step, port, cause).await),
         }
     }
 
-    /// A started instance that passed its checks takes traffic. Beside an old one, it
-    /// must first stay up `min_healthy`; then one switch of the front door moves the
-    /// traffic and the old one is drained and stopped. In its old one's place, it
-    /// takes traffic at once and is watched through `min_healthy` while the rollout
-    /// goes on.
-    async fn switch(
+    /// Reports the step's failure and puts its instance back; the failure and what
+    /// could not be put back.
+    async fn undo(&self, host: &Host, step: &Step, port: u16, cause: Cause) -> (StepFailure, Vec<String>) {
+        self.failed(host, step, &cause).await;
+        let unrecovered = match self.revert_one(host, step, port, false).await {
+            Ok(()) => Vec::new(),
+            Err(problem) => vec![problem],
+        };
+        (step_failure(step, cause), unrecovered)
+    }
+
+    /// A started instance passed its checks: said at once (what follows is not the
+    /// instance's time). Beside an old one it must then stay up `min_healthy` before
+    /// it may take traffic; in its old one's place it is watched through
+    /// `min_healthy` while the rollout goes on.
+    async fn healthy(
         self: &Arc<Self>,
         host: &Host,
         step: &Step,
         record: &crate::host::InstanceRecord,
         started: instance::Started,
     ) -> Result<(), Cause> {
-        // Healthy now: said at once (the switch that follows is not the instance's time).
         if step.region == self.spec.primary {
             if let Ok(mut addr) = self.primary_addr.lock() {
                 addr.get_or_insert_with(|| format!("{}:{}", host.address(), record.port));
@@ -478,18 +566,65 @@ impl Rollout {
             port: record.port,
             elapsed_ms: u64::try_from(started.elapsed.as_millis()).unwrap_or(u64::MAX),
         });
-        let retire = if let (Some(previous), true) = (&step.previous, step.beside) {
-            if !self.min_healthy.is_zero() {
-                instance::stabilize(host, record, started.pid, self.min_healthy).await?;
-            }
-            vec![previous.id.clone()]
-        } else {
+        if !step.beside || step.previous.is_none() {
             self.settle(host.clone(), step, record.clone(), started.pid);
-            Vec::new()
-        };
-        host.cutover(vec![step.id.clone()], retire, &self.spec.stop())
-            .await
-            .map_err(|e| Cause::Host { step: "switching the front door".into(), message: crate::error::chain(&e) })
+            return Ok(());
+        }
+        // Reachable with the preview header until the switch; an agent that cannot
+        // preview (an older one still busy with another call) is no reason to fail.
+        let _ = host.preview(vec![step.id.clone()]).await;
+        if !self.min_healthy.is_zero() {
+            instance::stabilize(host, record, started.pid, self.min_healthy).await?;
+        }
+        Ok(())
+    }
+
+    /// Switches the front door to instances that are ready, with one switch per host
+    /// (all hosts at once): each takes traffic, the old instance it replaces is
+    /// drained and stopped. A failed one has been reverted. The hosts switch one by
+    /// one: when one fails after another switched, the switched one is reverted
+    /// with the rest of the rollout.
+    async fn commit(self: &Arc<Self>, ready: Vec<Ready>) -> Vec<StepResult> {
+        let mut by_host: BTreeMap<String, Vec<Ready>> = BTreeMap::new();
+        for one in ready {
+            by_host.entry(one.step.host.clone()).or_default().push(one);
+        }
+        let mut tasks = JoinSet::new();
+        for (_, group) in by_host {
+            let this = Arc::clone(self);
+            tasks.spawn(async move {
+                let host = group[0].host.clone();
+                let add: Vec<String> = group.iter().map(|r| r.step.id.clone()).collect();
+                let retire: Vec<String> = group
+                    .iter()
+                    .filter(|r| r.step.beside)
+                    .filter_map(|r| r.step.previous.as_ref().map(|p| p.id.clone()))
+                    .collect();
+                let switched = host.cutover(add, retire, &this.spec.stop()).await.map_err(|e| Cause::Host {
+                    step: "switching the front door".into(),
+                    message: crate::error::chain(&e),
+                });
+                let mut results = Vec::new();
+                for one in group {
+                    results.push(match &switched {
+                        Ok(()) => Ok((one.step, one.port)),
+                        Err(cause) => Err(this.undo(&one.host, &one.step, one.port, cause.clone()).await),
+                    });
+                }
+                results
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(results) = tasks.join_next().await {
+            match results {
+                Ok(results) => all.extend(results),
+                Err(join) => all.push(Err((
+                    StepFailure::region(&self.spec.primary, &self.version, Cause::Internal(join.to_string())),
+                    Vec::new(),
+                ))),
+            }
+        }
+        all
     }
 
     /// Puts one instance back as it was before this rollout touched it.

@@ -346,6 +346,7 @@ async fn a_dry_run_plans_every_phase_and_changes_nothing() {
         .items()
         .iter()
         .map(|item| match item {
+            PlanItem::Doors { .. } => "doors",
             PlanItem::Ship { .. } => "ship",
             PlanItem::ReleaseCommand { .. } => "release_command",
             PlanItem::Instance { .. } => "instance",
@@ -353,7 +354,7 @@ async fn a_dry_run_plans_every_phase_and_changes_nothing() {
             _ => "other",
         })
         .collect();
-    assert_eq!(phases, ["ship", "ship", "release_command", "instance", "instance", "finish"]);
+    assert_eq!(phases, ["doors", "doors", "ship", "ship", "release_command", "instance", "instance", "finish"]);
     let calls: Vec<String> = w.host("syd1").model().calls[calls_before..].to_vec();
     assert!(
         calls.iter().all(|c| c == "reading state" || c == "checking instance" || c == "reading history"),

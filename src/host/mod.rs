@@ -382,6 +382,11 @@ impl Host {
         expect!(self, Request::Cutover { add, retire, stop: stop.clone() }, Io::default(), Reply::Done => ())
     }
 
+    /// The instances answer the preview header until they take traffic.
+    pub async fn preview(&self, ids: Vec<String>) -> Result<(), HostError> {
+        expect!(self, Request::Preview { ids }, Io::default(), Reply::Done => ())
+    }
+
     pub async fn remove_instance(&self, id: &str) -> Result<(), HostError> {
         expect!(self, Request::RemoveInstance { id: id.to_string() }, Io::default(), Reply::Done => ())
     }

@@ -160,6 +160,11 @@ pub enum Request {
         retire: Vec<String>,
         stop: Stop,
     },
+    /// The instances answer requests that carry the preview header (`Ferry-Preview`)
+    /// until they take traffic or go: a new release, seen before the switch.
+    Preview {
+        ids: Vec<String>,
+    },
     /// Stops the instance and starts `record` in its place, in one step.
     SwitchInstance {
         record: InstanceRecord,
@@ -278,6 +283,7 @@ impl Request {
             Request::SwitchInstance { .. } => "replacing instance",
             Request::OpenDoors { .. } => "opening the front door",
             Request::Cutover { .. } => "switching the front door",
+            Request::Preview { .. } => "previewing instances",
             Request::StopInstance { .. } => "stopping instance",
             Request::RemoveInstance { .. } => "removing instance",
             Request::WaitHealthy { .. } => "watching instance",

@@ -67,6 +67,7 @@ impl Default for Human {
 /// One line of a printed plan.
 fn plan_line(item: &PlanItem) -> String {
     match item {
+        PlanItem::Doors { host, listen, .. } => format!("  door    {host}: {}", listen.join(", ")),
         PlanItem::Ship { host, wave, action, .. } => match action.as_str() {
             "present" => format!("  ship    {host}: already there"),
             _ => format!("  ship    {host}: {action} ({wave})"),
@@ -75,11 +76,12 @@ fn plan_line(item: &PlanItem) -> String {
         PlanItem::Backup { host } => format!("  backup  pg_dump on {host}, verified"),
         PlanItem::ReleaseCommand { host, command } => format!("  release_command on {host}: {command}"),
         PlanItem::ReplicaGate { region } => format!("  {region:>6}  waits for its replica to replay the migration"),
-        PlanItem::Instance { region, host, instance, action, batch, from, to, why } => {
+        PlanItem::Instance { region, host, instance, action, how, batch, from, to, why } => {
             let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
             let batch = if *batch > 0 && action == "replace" { format!(" (batch {batch})") } else { String::new() };
             let why = why.as_ref().map(|w| format!(": {w}")).unwrap_or_default();
-            format!("  {region:>6}  {instance}  on {host}: {action}{batch} {from}{to}{why}")
+            let how = how.as_ref().map(|h| format!(", {h}")).unwrap_or_default();
+            format!("  {region:>6}  {instance}  on {host}: {action}{batch} {from}{to}{why}{how}")
         }
         PlanItem::Stop { region, host, instance, version } => {
             format!("  {region:>6}  {instance}  on {host}: stop {version}")

@@ -155,6 +155,12 @@ pub enum Event {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum PlanItem {
+    /// A host's front door: where it listens (`ip:port (http|tcp)`).
+    Doors {
+        host: String,
+        region: String,
+        listen: Vec<String>,
+    },
     /// `action`: `upload` or `present`; `wave`: `first`, `primary` or `others`.
     Ship {
         host: String,
@@ -181,6 +187,9 @@ pub enum PlanItem {
         host: String,
         instance: String,
         action: String,
+        /// How a replacement is made: beside its old instance, or stop-then-start and why.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        how: Option<String>,
         batch: usize,
         from: Option<String>,
         to: String,

@@ -231,7 +231,7 @@ impl Project {
     pub fn status(&self) -> Value {
         let run = self.ferry(&["status", "--json"]);
         assert_eq!(run.code, 0, "status failed: {}", run.stderr);
-        serde_json::from_str(&run.stdout).expect("status is JSON")
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status is JSON ({e}): {}", run.stdout))
     }
 
     /// `ip:port` of every front door, by region, as `status --json` lists them.

@@ -90,6 +90,10 @@ impl Graceful {
     }
 }
 
+/// A request carrying this header goes to the instances being previewed (a new
+/// release before its switch), when there are any.
+const PREVIEW: &str = "ferry-preview";
+
 /// Serves the connections of one listener.
 #[derive(Clone)]
 pub struct Server {
@@ -161,6 +165,7 @@ impl Server {
         };
         let site = &claim.site;
         let upgrading = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+        let preview = req.headers().contains_key(PREVIEW);
         let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers.clone();
@@ -173,7 +178,7 @@ impl Server {
         let mut body = Some(body.boxed());
         let mut tried = Vec::new();
         loop {
-            let Some(backend) = site.pick_held(&tried).await else {
+            let Some(backend) = site.pick_held(&tried, preview).await else {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ferry: no instance of this app is ready to answer (starting, or failing its checks)\n",

@@ -36,6 +36,9 @@ pub use sockets::Sockets;
 const HOLD: Duration = Duration::from_secs(10);
 /// How often a held request looks again.
 const HOLD_POLL: Duration = Duration::from_millis(10);
+/// How long a leaving agent lets connections it accepted last send their first
+/// request before it closes the idle ones.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// The longest a drained instance's plain requests are waited for.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -84,6 +87,9 @@ pub struct Site {
     supervisor: Supervisor,
     /// The instances that take traffic.
     table: RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// Instances that answer the preview header only (a new release before its
+    /// switch); not kept on disk.
+    preview: RwLock<Arc<Vec<Arc<Backend>>>>,
     /// Backends by instance id, kept while requests to them are in flight.
     known: Mutex<HashMap<String, Arc<Backend>>>,
     turn: AtomicUsize,
@@ -132,6 +138,7 @@ impl FrontDoor {
                 app: app.clone(),
                 supervisor: self.inner.supervisor.clone(),
                 table: RwLock::new(Arc::new(Vec::new())),
+                preview: RwLock::new(Arc::new(Vec::new())),
                 known: Mutex::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
             })
@@ -248,21 +255,29 @@ impl FrontDoor {
         self.inner.sockets.tend();
     }
 
+    /// Lets the keeper close what no door of this agent uses.
+    pub fn prune(&self) {
+        self.inner.sockets.prune();
+    }
+
     /// The agent leaves: it accepts no more connections (they wait in the sockets'
-    /// queues, which the keeper keeps open for the next agent, unless `release`), and
-    /// asks every HTTP connection to close once its request in flight is answered
-    /// (HTTP/2 gets GOAWAY).
+    /// queues, which the keeper keeps open for the next agent, unless `release`).
     pub fn stop_accepting(&self, release: bool) {
         for (_, listener) in lock(&self.inner.listeners).drain() {
             listener.task.abort();
         }
         self.inner.sockets.leave(release);
-        self.inner.graceful.begin();
     }
 
-    /// Waits, up to [`DRAIN_LIMIT`], for the connections of a leaving agent to end:
-    /// HTTP connections once answered, tunnels and TCP relays once closed.
+    /// Asks every HTTP connection of a leaving agent to close once its request in
+    /// flight is answered (HTTP/2 gets GOAWAY), and waits, up to [`DRAIN_LIMIT`], for
+    /// them to end, tunnels and TCP relays too.
     pub async fn finish(&self) {
+        // A connection accepted just before has not sent its request yet: closing it
+        // now would drop that request unanswered (clients retry a reused connection,
+        // not a new one). It gets a moment to send it.
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+        self.inner.graceful.begin();
         let until = Instant::now() + DRAIN_LIMIT;
         let _ = tokio::time::timeout_at(until, self.inner.graceful.end()).await;
         let busy = || {
@@ -311,6 +326,20 @@ impl FrontDoor {
             site
         });
         site.switch(add, retire)
+    }
+
+    /// `ids` answer requests with the preview header until they take traffic or go.
+    pub fn preview(&self, app: &App, ids: &[String]) -> Result<(), String> {
+        let site = self.site(app);
+        let mut added = Vec::new();
+        for id in ids {
+            added.push(site.backend(id).ok_or_else(|| format!("the agent knows no instance {id}"))?);
+        }
+        let mut preview = site.preview.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next: Vec<Arc<Backend>> = preview.iter().filter(|b| !ids.contains(&b.id)).cloned().collect();
+        next.extend(added);
+        *preview = Arc::new(next);
+        Ok(())
     }
 
     /// Drains `id` before its process is stopped in place, leaving it in the table.
@@ -403,8 +432,19 @@ impl Site {
             }
             retired = out;
         }
+        {
+            let mut preview = self.preview.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if preview.iter().any(|b| add.contains(&b.id) || retire.contains(&b.id)) {
+                let kept =
+                    preview.iter().filter(|b| !add.contains(&b.id) && !retire.contains(&b.id)).cloned().collect();
+                *preview = Arc::new(kept);
+            }
+        }
         for backend in &retired {
             lock(&self.known).remove(&backend.id);
+        }
+        for id in retire {
+            lock(&self.known).remove(id);
         }
         Ok(retired)
     }
@@ -416,8 +456,11 @@ impl Site {
     /// The instance a new request goes to: of those that pass their checks and have
     /// refused no connection since, the one with the fewest requests in flight (ties
     /// in turn). `None` when there is none now.
-    fn pick(&self, skip: &[String]) -> Option<Arc<Backend>> {
-        let table = self.current();
+    fn pick(&self, skip: &[String], preview: bool) -> Option<Arc<Backend>> {
+        let previewed =
+            preview.then(|| Arc::clone(&self.preview.read().unwrap_or_else(std::sync::PoisonError::into_inner)));
+        // With nothing to preview, the header is ignored.
+        let table = previewed.filter(|p| !p.is_empty()).unwrap_or_else(|| self.current());
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let n = table.len();
         (0..n)
@@ -428,10 +471,10 @@ impl Site {
     }
 
     /// [`Self::pick`], waiting up to [`HOLD`] for one to become usable.
-    async fn pick_held(&self, skip: &[String]) -> Option<Arc<Backend>> {
+    async fn pick_held(&self, skip: &[String], preview: bool) -> Option<Arc<Backend>> {
         let until = Instant::now() + HOLD;
         loop {
-            if let Some(backend) = self.pick(skip) {
+            if let Some(backend) = self.pick(skip, preview) {
                 return Some(backend);
             }
             if Instant::now() >= until {
@@ -566,7 +609,7 @@ async fn serve(
 async fn relay(mut stream: tokio::net::TcpStream, claims: Arc<Vec<Claim>>) {
     let Some(claim) = claims.first() else { return };
     let mut tried = Vec::new();
-    while let Some(backend) = claim.site.pick_held(&tried).await {
+    while let Some(backend) = claim.site.pick_held(&tried, false).await {
         let Some(addr) = backend.addr() else {
             tried.push(backend.id.clone());
             continue;

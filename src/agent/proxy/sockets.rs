@@ -75,7 +75,17 @@ impl Sockets {
             return;
         }
         state.keeper = None;
-        if !state.connect() {
+        if state.connect() {
+            drop(state);
+            self.prune();
+        }
+    }
+
+    /// Lets go of what the keeper holds that no door of this agent uses (an app
+    /// closed by an agent that died before it told the keeper).
+    pub fn prune(&self) {
+        let mut state = self.lock();
+        if state.keeper.is_none() {
             return;
         }
         let unused: Vec<SocketAddr> = state.held.iter().filter(|a| !state.open.contains_key(a)).copied().collect();
