@@ -94,6 +94,9 @@ enum CommandArgs {
     /// Inspect or release the deploy lock.
     #[command(subcommand)]
     Lock(LockArgs),
+    /// Answer every request with a maintenance page (503), or route again.
+    #[command(subcommand)]
+    Maintenance(MaintenanceArgs),
     /// Stop every instance and remove the app from every host.
     Destroy {
         /// Confirm.
@@ -336,6 +339,19 @@ enum LockArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum MaintenanceArgs {
+    /// Every front door answers 503 with a page (instances keep running; requests with
+    /// a `Ferry-Preview` header still reach them).
+    On {
+        /// What the page says.
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+    },
+    /// The front doors route to the instances again.
+    Off,
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigArgs {
     /// Check fly.toml: exit 0 with warnings listed, 2 with the located error.
     Validate,
@@ -364,32 +380,92 @@ pub enum OutputMode {
 
 #[derive(Debug)]
 pub enum Command {
-    ReleaseBuild { version: Option<String>, output: Option<PathBuf> },
-    Deploy { version: Option<String>, release: Option<PathBuf>, dry_run: bool },
-    Rollback { version: Option<String>, dry_run: bool, restore_backup: bool, yes: bool },
-    Migrate { version: Option<String> },
+    ReleaseBuild {
+        version: Option<String>,
+        output: Option<PathBuf>,
+    },
+    Deploy {
+        version: Option<String>,
+        release: Option<PathBuf>,
+        dry_run: bool,
+    },
+    Rollback {
+        version: Option<String>,
+        dry_run: bool,
+        restore_backup: bool,
+        yes: bool,
+    },
+    Migrate {
+        version: Option<String>,
+    },
     Status,
     Releases,
-    Logs { region: Option<String>, instance: Option<String>, lines: usize },
+    Logs {
+        region: Option<String>,
+        instance: Option<String>,
+        lines: usize,
+    },
     RegionsList,
-    RegionsAdd { name: String, hosts: Vec<String>, count: Option<u32> },
-    RegionsRemove { name: String, yes: bool },
-    Scale { count: u32, region: Option<String>, yes: bool, dry_run: bool },
-    SecretsSet { pairs: Vec<String>, stage: bool },
-    SecretsUnset { keys: Vec<String>, stage: bool },
+    RegionsAdd {
+        name: String,
+        hosts: Vec<String>,
+        count: Option<u32>,
+    },
+    RegionsRemove {
+        name: String,
+        yes: bool,
+    },
+    Scale {
+        count: u32,
+        region: Option<String>,
+        yes: bool,
+        dry_run: bool,
+    },
+    SecretsSet {
+        pairs: Vec<String>,
+        stage: bool,
+    },
+    SecretsUnset {
+        keys: Vec<String>,
+        stage: bool,
+    },
     SecretsList,
     BackupsList,
     BackupsCreate,
-    BackupsRestore { id: String, yes: bool },
-    VolumesCreate { name: String, region: String, size: u64, host: Option<String> },
+    BackupsRestore {
+        id: String,
+        yes: bool,
+    },
+    VolumesCreate {
+        name: String,
+        region: String,
+        size: u64,
+        host: Option<String>,
+    },
     VolumesList,
-    VolumesDestroy { id: String, yes: bool },
-    Launch { template: String, name: String, region: String, dir: Option<PathBuf> },
+    VolumesDestroy {
+        id: String,
+        yes: bool,
+    },
+    Launch {
+        template: String,
+        name: String,
+        region: String,
+        dir: Option<PathBuf>,
+    },
     PgStatus,
-    PgConnectUrl { region: String },
+    PgConnectUrl {
+        region: String,
+    },
     LockStatus,
     LockRelease,
-    Destroy { yes: bool },
+    /// `Some(message)`: on; `None`: off.
+    Maintenance {
+        on: Option<String>,
+    },
+    Destroy {
+        yes: bool,
+    },
     ConfigValidate,
     ConfigShow,
     Agent(crate::agent::Role),
@@ -471,6 +547,10 @@ pub fn parse() -> Invocation {
         CommandArgs::Pg(PgArgs::ConnectUrl { region }) => Command::PgConnectUrl { region },
         CommandArgs::Lock(LockArgs::Status) => Command::LockStatus,
         CommandArgs::Lock(LockArgs::Release) => Command::LockRelease,
+        CommandArgs::Maintenance(MaintenanceArgs::On { message }) => Command::Maintenance {
+            on: Some(message.unwrap_or_else(|| crate::commands::maintenance::DEFAULT_MESSAGE.to_string())),
+        },
+        CommandArgs::Maintenance(MaintenanceArgs::Off) => Command::Maintenance { on: None },
         CommandArgs::Destroy { yes } => Command::Destroy { yes },
         CommandArgs::Config(ConfigArgs::Validate) => Command::ConfigValidate,
         CommandArgs::Config(ConfigArgs::Show) => Command::ConfigShow,

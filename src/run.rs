@@ -50,7 +50,7 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
-    use commands::{backups, build, deploy, destroy, inspect, lock, pg, regions, secrets, volumes};
+    use commands::{backups, build, deploy, destroy, inspect, lock, maintenance, pg, regions, secrets, volumes};
     match command {
         Command::ReleaseBuild { version, output } => build::run(ctx, version, output).await,
         Command::Deploy { version, release, dry_run } => {
@@ -84,6 +84,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::PgConnectUrl { region } => pg::connect_url(ctx, &region).await,
         Command::LockStatus => lock::status(ctx).await,
         Command::LockRelease => lock::release(ctx).await,
+        Command::Maintenance { on } => maintenance::run(ctx, on).await,
         Command::Destroy { yes } => destroy::run(ctx, yes).await,
         Command::ConfigValidate | Command::Launch { .. } | Command::Agent(_) => Ok(()),
         Command::ConfigShow => commands::config::show(ctx),

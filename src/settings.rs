@@ -64,6 +64,8 @@ pub struct ProxySettings {
     /// `[ferry.proxy] bind`: an address, `host`, or all addresses.
     pub bind: Option<String>,
     pub hosts: Vec<String>,
+    /// `[ferry.proxy] tls_cert` and `tls_key`.
+    pub tls: Option<crate::host::proto::TlsFiles>,
 }
 
 impl ProxySettings {
@@ -80,6 +82,10 @@ impl ProxySettings {
 pub struct DoorPort {
     pub port: u16,
     pub kind: crate::host::proto::DoorKind,
+    /// TLS is terminated here (`handlers = ["tls", "http"]`, with certificates).
+    pub tls: bool,
+    /// `force_https`: every request is redirected to this TLS port.
+    pub redirect_https: Option<u16>,
 }
 
 /// The doors of `config`, and what could not be served.
@@ -90,8 +96,10 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
         return ProxySettings::default();
     }
     let remap = |port: u16| proxy.ports.get(&port).copied().unwrap_or(port);
+    let tls =
+        proxy.tls.as_ref().map(|(cert, key)| crate::host::proto::TlsFiles { cert: cert.clone(), key: key.clone() });
     let mut settings =
-        ProxySettings { bind: proxy.bind.clone(), hosts: proxy.hosts.clone(), ..ProxySettings::default() };
+        ProxySettings { bind: proxy.bind.clone(), hosts: proxy.hosts.clone(), tls, ..ProxySettings::default() };
     for service in &config.services {
         if service.protocol != "tcp" {
             warnings.push(format!(
@@ -109,6 +117,12 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             continue;
         }
         let mut any_http = false;
+        // The service's TLS port, where `force_https` sends plain HTTP.
+        let tls_port = service
+            .ports
+            .iter()
+            .find(|p| p.handlers.iter().any(|h| h == "tls") && p.handlers.iter().any(|h| h == "http"))
+            .map(|p| remap(p.port));
         for public in &service.ports {
             let kind = if public.handlers.iter().any(|h| h == "http") {
                 any_http = true;
@@ -118,19 +132,32 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             } else {
                 continue;
             };
-            if public.handlers.iter().any(|h| h == "tls") {
-                // Served once certificates are configured (not yet).
+            let tls = public.handlers.iter().any(|h| h == "tls");
+            if tls && settings.tls.is_none() {
+                // Served once certificates are configured.
                 continue;
             }
-            let door = DoorPort { port: remap(public.port), kind };
+            let redirect_https = (public.force_https && !tls && settings.tls.is_some()).then_some(tls_port).flatten();
+            let door = DoorPort { port: remap(public.port), kind, tls, redirect_https };
             if !settings.public.contains(&door) {
                 settings.public.push(door);
             }
         }
         let kind = if any_http || service.ports.is_empty() { DoorKind::Http } else { DoorKind::Tcp };
-        let door = DoorPort { port: remap(service.internal_port), kind };
+        let door = DoorPort { port: remap(service.internal_port), kind, tls: false, redirect_https: None };
         if !settings.local.iter().any(|d| d.port == door.port) {
             settings.local.push(door);
+        }
+        // On the local target TLS is served where `[ferry.proxy.ports]` moves the TLS
+        // port to (no privileged port on a developer's machine).
+        if let (Some(port), true) = (tls_port, settings.tls.is_some()) {
+            let moved = service
+                .ports
+                .iter()
+                .any(|p| p.handlers.iter().any(|h| h == "tls") && proxy.ports.contains_key(&p.port));
+            if moved && !settings.local.iter().any(|d| d.port == port) {
+                settings.local.push(DoorPort { port, kind: DoorKind::Http, tls: true, redirect_https: None });
+            }
         }
     }
     settings
@@ -187,6 +214,8 @@ pub struct RolloutSettings {
     /// Why a new instance cannot start beside the one it replaces (no front door, a
     /// volume only one may hold); `None` when it can.
     pub not_beside: Option<&'static str>,
+    /// How a canary is watched under real traffic (`[ferry.deploy] canary_*`).
+    pub canary: crate::config::CanaryConfig,
 }
 
 impl RolloutSettings {
@@ -276,6 +305,7 @@ impl Settings {
             order: if primary_last { Order::PrimaryLast } else { Order::PrimaryFirst },
             min_healthy: config.ferry.min_healthy_time,
             not_beside: None,
+            canary: config.ferry.canary.clone(),
         };
         let replicas = config
             .ferry

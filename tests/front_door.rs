@@ -440,3 +440,204 @@ fn a_bluegreen_deploy_previews_the_new_set_then_switches_each_region_at_once() {
         assert_eq!(tally.failed, 0, "{region}: {} of {} requests failed: {:?}", tally.failed, tally.ok, tally.errors);
     }
 }
+
+#[test]
+fn maintenance_answers_every_request_with_a_page_until_it_is_switched_off() {
+    let project = Project::builder().region("syd", 1).build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    let run = project.ferry(&["maintenance", "on", "--message", "Back at <5> o'clock"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (status, page) = get(syd, "/version");
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("Back at &lt;5&gt; o&#39;clock"), "the message, escaped: {page}");
+    assert_eq!(preview_get(syd, "/version"), (200, "v1\n".to_string()), "the preview header still reaches the app");
+    assert_eq!(project.status()["maintenance"], "Back at <5> o'clock");
+    assert!(project.ferry(&["status"]).stdout.contains("MAINTENANCE"));
+
+    // Kept by the next agent.
+    let killed = agent_pid(&project);
+    std::process::Command::new("kill").args(["-9", &killed.to_string()]).status().unwrap();
+    common::eventually(Duration::from_secs(5), || (!alive(killed)).then_some(()));
+    assert_eq!(get(syd, "/version").0, 503, "still in maintenance after the agent came back");
+
+    // A deploy goes on behind it.
+    assert_eq!(project.deploy("v2").code, 0);
+    assert_eq!(get(syd, "/version").0, 503);
+    let run = project.ferry(&["maintenance", "off"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(get(syd, "/version"), (200, "v2\n".to_string()));
+    assert!(project.status()["maintenance"].is_null());
+}
+
+/// A self-signed certificate for `hello.test` in `dir`: (cert, key).
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=hello.test", "-addext", "subjectAltName=DNS:hello.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (.ci/run installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    (cert, key)
+}
+
+/// `curl` over HTTPS to `hello.test` at `addr`, trusting `cert`: the HTTP version,
+/// the status and the body.
+fn curl_https(addr: SocketAddr, cert: &std::path::Path, path: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_version} %{http_code}"])
+        .arg("--cacert")
+        .arg(cert)
+        .arg("--resolve")
+        .arg(format!("hello.test:{}:{}", addr.port(), addr.ip()))
+        .arg(format!("https://hello.test:{}{path}", addr.port()))
+        .output()
+        .expect("curl runs (.ci/run installs it)");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').unwrap();
+    (last.to_string(), body.to_string())
+}
+
+#[test]
+fn a_tls_door_serves_https_and_http2_with_the_configured_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(certs.path());
+    let tls_port = common::free_port();
+    let project = Project::builder()
+        .region("syd", 1)
+        .proxy(&format!(
+            "  tls_cert = \"{}\"\n  tls_key = \"{}\"\n  [ferry.proxy.ports]\n    443 = {tls_port}\n",
+            cert.display(),
+            key.display()
+        ))
+        .build();
+    let run = project.ferry(&["deploy", "--version", "v1", "--dry-run"]);
+    let plan = format!("{}{}", run.stdout, run.stderr);
+    assert!(plan.contains(&format!("127.0.0.1:{tls_port} (https)")), "{plan}");
+    assert_eq!(project.deploy("v1").code, 0);
+    let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    assert_eq!(curl_https(addr, &cert, "/version"), ("2 200".to_string(), "v1\n".to_string()), "HTTP/2 over TLS");
+    let cleartext = SocketAddr::from(([127, 0, 0, 1], project.port));
+    assert_eq!(get(cleartext, "/version").1, "v1\n", "the plain door still answers");
+    // A rollout through the TLS door keeps answering.
+    assert_eq!(project.deploy("v2").code, 0);
+    assert_eq!(curl_https(addr, &cert, "/version").1, "v2\n");
+}
+
+#[test]
+fn a_key_that_cannot_be_read_fails_the_deploy_before_anything_starts() {
+    let tls_port = common::free_port();
+    let project = Project::builder()
+        .region("syd", 1)
+        .proxy(&format!(
+            "  tls_cert = \"/nonexistent/cert.pem\"\n  tls_key = \"/nonexistent/key.pem\"\n  [ferry.proxy.ports]\n    443 = {tls_port}\n"
+        ))
+        .build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("/nonexistent/cert.pem"), "{}", run.stderr);
+    assert!(project.instances().is_empty(), "nothing was started");
+}
+
+#[test]
+fn force_https_redirects_to_the_tls_door_on_ssh_hosts() {
+    if !common::need::root() {
+        return;
+    }
+    // Readable by the hosts' users.
+    let certs = tempfile::Builder::new().prefix("ferry-certs-").tempdir_in("/tmp").unwrap();
+    let (cert, key) = certificate(certs.path());
+    for path in [certs.path(), cert.as_path(), key.as_path()] {
+        std::process::Command::new("chmod").arg("a+rX").arg(path).status().unwrap();
+    }
+    let fleet = common::sshd::SshFleet::start(1);
+    let (http, https) = (common::free_port(), common::free_port());
+    let project = Project::builder()
+        .ferry_keys("target = \"ssh\"")
+        .env("FERRY_SSH_CONFIG", fleet.ssh_config().to_str().unwrap())
+        .ssh_region("syd", &[fleet.hosts()[0].spec()], 1)
+        .http_service_keys("  force_https = true")
+        .proxy(&format!(
+            "  bind = \"host\"\n  tls_cert = \"{}\"\n  tls_key = \"{}\"\n  [ferry.proxy.ports]\n    80 = {http}\n    443 = {https}\n",
+            cert.display(),
+            key.display()
+        ))
+        .build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doors = project.front_doors();
+    let plain: SocketAddr = doors.iter().find(|(_, a)| a.ends_with(&format!(":{http}"))).unwrap().1.parse().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: hello.test"])
+        .arg(format!("http://{plain}/version?x=1"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("301 https://hello.test:{https}/version?x=1"));
+    let secure = SocketAddr::new(plain.ip(), https);
+    assert_eq!(curl_https(secure, &cert, "/version").1, "v1\n");
+}
+
+/// `GET path` with `Cookie: ferry_canary=BUCKET`: the answer of that side of a canary.
+fn get_in_bucket(addr: SocketAddr, path: &str, bucket: u8) -> (u16, String) {
+    exchange(addr, false, &mut None, path, &format!("Cookie: theme=dark; ferry_canary={bucket}\r\n"))
+        .map_err(Failure::into_inner)
+        .unwrap_or_else(|e| panic!("GET {path} on {addr} (bucket {bucket}): {e}"))
+}
+
+#[test]
+fn a_canary_takes_its_share_of_clients_by_cookie_then_the_rest_rolls() {
+    let project = Project::builder()
+        .region("syd", 2)
+        .ferry_keys("deploy.canary_time = \"4s\"\ndeploy.canary_weight = 30")
+        .build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    let load = Load::start(syd, 2);
+    let mut deploy = project.spawn(&["deploy", "--version", "v2", "--strategy", "canary", "--json"]);
+    let mut out = BufReader::new(deploy.stdout.take().unwrap());
+    let watched = common::wait_for_event(&mut out, |e| e["event"] == "canary_watched").expect("the canary is watched");
+    assert_eq!(watched["weight"], 30);
+    // Clients below the weight get the canary, the others the old release.
+    assert_eq!(get_in_bucket(syd, "/version", 0), (200, "v2\n".to_string()));
+    assert_eq!(get_in_bucket(syd, "/version", 29), (200, "v2\n".to_string()));
+    assert_eq!(get_in_bucket(syd, "/version", 30), (200, "v1\n".to_string()));
+    assert_eq!(get(syd, "/version").0, 200);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(deploy.wait().unwrap().success(), "{rest}");
+    assert_eq!(get_in_bucket(syd, "/version", 99).1, "v2\n", "every client gets the new release");
+    let instances = project.instances();
+    assert!(instances.len() == 2 && instances.iter().all(|i| i["version"] == "v2"), "{instances:?}");
+    let tally = load.finish();
+    assert_eq!(tally.failed, 0, "{} of {} failed: {:?}", tally.failed, tally.ok, tally.errors);
+}
+
+#[test]
+fn a_canary_that_answers_errors_is_removed_and_nothing_else_changes() {
+    // Watched for a minute: only its errors can end the watch early.
+    let project = Project::builder()
+        .region("syd", 2)
+        .ferry_keys("deploy.canary_time = \"60s\"\ndeploy.canary_weight = 50")
+        .build();
+    assert_eq!(project.deploy("v1").code, 0);
+    let syd = door(&project, "syd");
+    let load = Load::start(syd, 2);
+    project.set_mode(Some("fail-requests"));
+    let run = project.ferry(&["deploy", "--version", "v2", "--strategy", "canary"]);
+    project.set_mode(None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("canary_max_errors"), "{}", run.stderr);
+    let tally = load.finish();
+    let instances = project.instances();
+    assert!(instances.len() == 2 && instances.iter().all(|i| i["version"] == "v1"), "{instances:?}");
+    assert_eq!(get_in_bucket(syd, "/version", 0), (200, "v1\n".to_string()), "the canary takes no one any more");
+    // The canary's share saw its errors until it was judged; everyone else was served.
+    assert!(tally.failed > 0 && tally.failed < tally.ok, "{} failed, {} ok", tally.failed, tally.ok);
+    assert!(tally.errors.iter().all(|e| e.starts_with("500")), "{:?}", tally.errors);
+}

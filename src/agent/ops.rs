@@ -58,6 +58,7 @@ impl Agent {
             instance.routed = routing.as_ref().is_some_and(|r| r.contains(&instance.record.id));
         }
         state.doors = self.doors.addresses(app);
+        state.maintenance = self.doors.in_maintenance(app);
         state
     }
 
@@ -222,6 +223,15 @@ impl Agent {
                         super::daemon::log(&self.paths, &format!("removing retired instance {id}: {e}"));
                     }
                 }
+                Reply::Done
+            }
+            Request::Canary { ids, weight } => {
+                self.doors.canary(&app, &ids, weight)?;
+                Reply::Done
+            }
+            Request::Traffic { ids } => Reply::Traffic(self.doors.traffic(&app, &ids)),
+            Request::Maintenance { message } => {
+                self.doors.maintenance(&app, message).map_err(io)?;
                 Reply::Done
             }
             Request::Preview { ids } => {

@@ -13,8 +13,12 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
     let observed = observe::observe(&fleet).await?;
     let mut rows = Vec::new();
     let mut front_doors = Vec::new();
+    let mut maintenance = None;
     for host in fleet.hosts() {
         let Some(state) = observed.get(&host.name) else { continue };
+        if maintenance.is_none() {
+            maintenance.clone_from(&state.maintenance);
+        }
         let (routing, has_table) = (!state.doors.is_empty(), state.routes);
         for door in &state.doors {
             // A door on every address is reached at the host's.
@@ -67,7 +71,14 @@ pub async fn status(ctx: &Ctx) -> Result<(), Error> {
             no_boot.join(", ")
         )
     });
-    ctx.show(&Status { app: ctx.settings.app.clone(), current_version, front_doors, instances: rows, boot_warning });
+    ctx.show(&Status {
+        app: ctx.settings.app.clone(),
+        current_version,
+        front_doors,
+        maintenance,
+        instances: rows,
+        boot_warning,
+    });
     Ok(())
 }
 

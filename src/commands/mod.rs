@@ -11,6 +11,7 @@ pub mod destroy;
 pub mod inspect;
 pub mod launch;
 pub mod lock;
+pub mod maintenance;
 pub mod pg;
 pub mod regions;
 pub mod secrets;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use super::fly::valid_env_name;
 use super::read::{join, Reader, Unit};
 use super::tree::{Node, Table, Value};
-use super::{BackupConfig, BackupRun, BuildConfig, ConfigError, FerryConfig, ProxyConfig, RegionConfig, Target};
+use super::{
+    BackupConfig, BackupRun, BuildConfig, CanaryConfig, ConfigError, FerryConfig, ProxyConfig, RegionConfig, Target,
+};
 
 pub(super) const DEFAULT_ROOT: &str = "~/ferry";
 pub(super) const DEFAULT_KEEP_RELEASES: usize = 5;
@@ -22,6 +24,8 @@ pub(super) const DEFAULT_REPLICA_WAIT_TIMEOUT: Duration = Duration::from_mins(2)
 /// waits about one window in all, not one per batch.
 pub(super) const DEFAULT_MIN_HEALTHY_TIME: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
+pub(super) const DEFAULT_CANARY_WEIGHT: u8 = 10;
+pub(super) const DEFAULT_CANARY_MAX_ERRORS: u8 = 5;
 pub(super) const DEFAULT_BACKUP_KEEP: usize = 10;
 
 pub(super) fn resolve(r: &Reader<'_>, root: &Table, dir: &Path) -> Result<FerryConfig, ConfigError> {
@@ -52,6 +56,7 @@ pub(super) fn resolve(r: &Reader<'_>, root: &Table, dir: &Path) -> Result<FerryC
                 None => DEFAULT_MIN_HEALTHY_TIME,
             }
         },
+        canary: canary(r, section(r, ferry, "deploy", "ferry", &empty)?)?,
         primary_last: match ferry.get("primary_last") {
             Some(entry) => r.boolean(&entry.node, "ferry.primary_last")?,
             None => false,
@@ -60,6 +65,26 @@ pub(super) fn resolve(r: &Reader<'_>, root: &Table, dir: &Path) -> Result<FerryC
         regions: regions(r, section(r, ferry, "regions", "ferry", &empty)?)?,
         backup: backup(r, section(r, ferry, "backup", "ferry", &empty)?)?,
         proxy: proxy(r, section(r, ferry, "proxy", "ferry", &empty)?)?,
+    })
+}
+
+fn canary(r: &Reader<'_>, deploy: &Table) -> Result<CanaryConfig, ConfigError> {
+    let percent = |key: &str, default: u8, min: i64| -> Result<u8, ConfigError> {
+        let Some(entry) = deploy.get(key) else { return Ok(default) };
+        let path = join("ferry.deploy", key);
+        let n: u8 = r.count(&entry.node, &path, min)?;
+        if n > 100 {
+            return Err(r.invalid(&entry.node.span, format!("`{path}` is a percentage (at most 100), not `{n}`")));
+        }
+        Ok(n)
+    };
+    Ok(CanaryConfig {
+        time: match deploy.get("canary_time") {
+            Some(entry) => r.duration(&entry.node, "ferry.deploy.canary_time", Unit::Secs)?.unwrap_or_default(),
+            None => Duration::ZERO,
+        },
+        weight: percent("canary_weight", DEFAULT_CANARY_WEIGHT, 1)?,
+        max_errors: percent("canary_max_errors", DEFAULT_CANARY_MAX_ERRORS, 0)?,
     })
 }
 
@@ -87,7 +112,20 @@ fn proxy(r: &Reader<'_>, table: &Table) -> Result<ProxyConfig, ConfigError> {
             ports.insert(public, r.port(&port.node, &path)?);
         }
     }
+    let cert = r.opt_string(table, "ferry.proxy", "tls_cert")?;
+    let key = r.opt_string(table, "ferry.proxy", "tls_key")?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            let (given, missing) =
+                if table.get("tls_cert").is_some() { ("tls_cert", "tls_key") } else { ("tls_key", "tls_cert") };
+            let span = &table.get(given).map(|e| e.node.span.clone()).unwrap_or_default();
+            return Err(r.invalid(span, format!("`ferry.proxy.{given}` needs `ferry.proxy.{missing}` beside it")));
+        }
+    };
     Ok(ProxyConfig {
+        tls,
         enabled: match table.get("enabled") {
             Some(entry) => r.boolean(&entry.node, "ferry.proxy.enabled")?,
             None => true,

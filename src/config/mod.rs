@@ -190,10 +190,27 @@ pub struct FerryConfig {
     /// counts as healthy (`[ferry.deploy] min_healthy_time`, Nomad's meaning).
     #[serde(serialize_with = "ms")]
     pub min_healthy_time: Duration,
+    /// `[ferry.deploy] canary_*`: how a canary is watched under real traffic.
+    pub canary: CanaryConfig,
     pub build: BuildConfig,
     pub regions: BTreeMap<String, RegionConfig>,
     pub backup: BackupConfig,
     pub proxy: ProxyConfig,
+}
+
+/// How the `canary` strategy's first new instance is watched before the rest roll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanaryConfig {
+    /// `canary_time`: how long it takes a share of the requests, beside the old
+    /// instances, before the rollout goes on; zero: it replaces its old instance at
+    /// once (Fly's canary: one instance first, then the rest).
+    #[serde(serialize_with = "ms")]
+    pub time: Duration,
+    /// `canary_weight`: the percentage of clients sent to it (sticky by cookie).
+    pub weight: u8,
+    /// `canary_max_errors`: the percentage of its answers that may be errors (5xx,
+    /// or no answer) before it is aborted and removed.
+    pub max_errors: u8,
 }
 
 /// `[ferry.proxy]`: ferry's front door on each host.
@@ -209,6 +226,9 @@ pub struct ProxyConfig {
     pub hosts: Vec<String>,
     /// Public port → the port actually listened on (`[ferry.proxy.ports] 80 = 8080`).
     pub ports: BTreeMap<u16, u16>,
+    /// `tls_cert` and `tls_key`: PEM files on each host (`~/` for the account's home)
+    /// for the ports whose handlers include `tls` (443 of `[http_service]`).
+    pub tls: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -172,11 +172,17 @@ const FERRY: &[(&str, Shape)] = &[
     ("keep_releases", Any),
     ("replica_wait_timeout", Any),
     ("primary_last", Any),
-    ("deploy", T(&[("min_healthy_time", Any)])),
+    (
+        "deploy",
+        T(&[("min_healthy_time", Any), ("canary_time", Any), ("canary_weight", Any), ("canary_max_errors", Any)]),
+    ),
     ("build", T(&[("command", Any), ("path", Any), ("start", Any)])),
     ("regions", Map(&T(&[("hosts", Any), ("count", Any), ("replica_url_env", Any), ("replica_url", Any)]))),
     ("backup", T(&[("before_migrate", Any), ("database_url_env", Any), ("run", Any), ("keep", Any)])),
-    ("proxy", T(&[("enabled", Any), ("bind", Any), ("hosts", Any), ("ports", Any)])),
+    (
+        "proxy",
+        T(&[("enabled", Any), ("bind", Any), ("hosts", Any), ("ports", Any), ("tls_cert", Any), ("tls_key", Any)]),
+    ),
 ];
 
 pub(super) const ROOT: &[(&str, Shape)] = &[

@@ -52,6 +52,8 @@ pub fn for_host(proxy: &ProxySettings, host: &Host, local: &BTreeMap<String, Ipv
             kind: door.kind,
             hosts: proxy.hosts.clone(),
             region: host.region.clone(),
+            tls: if door.tls { proxy.tls.clone() } else { None },
+            redirect_https: door.redirect_https,
         })
         .collect())
 }

@@ -173,6 +173,9 @@ impl Engine<'_> {
                 Kind::Deploy | Kind::Restart => self.settings.rollout.min_healthy,
                 _ => std::time::Duration::ZERO,
             },
+            // A new release's canary is watched; a rollback returns to one that ran.
+            canary: (plan.kind == Kind::Deploy && !self.settings.rollout.canary.time.is_zero())
+                .then(|| self.settings.rollout.canary.clone()),
         });
         let ((), summary) = tokio::join!(
             async {

@@ -24,6 +24,11 @@ pub enum Cause {
     /// A host could not get the release.
     #[error("{reason}")]
     Shipping { host: String, reason: String },
+    /// The canary answered too many requests with errors.
+    #[error(
+        "the canary answered {errors} of {answered} requests with an error, more than `canary_max_errors` ({max_errors}%) allows; it was removed, and the old instances served throughout"
+    )]
+    Canary { answered: u64, errors: u64, max_errors: u8 },
     #[error("internal error: {0}")]
     Internal(String),
 }

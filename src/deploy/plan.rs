@@ -63,6 +63,10 @@ pub struct RegionPlan {
     pub unchanged: Vec<Step>,
     /// The replacements of a batch switch together once all are ready (bluegreen).
     pub together: bool,
+    /// The batch that is the canary (`canary`: its one replacement, beside its old
+    /// instance, may be watched under a share of the traffic first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<usize>,
 }
 
 /// The instances of an operation: each region's batches.
@@ -244,7 +248,11 @@ fn plan_region(
     }
     let batches = batch(changes, creates, inputs.strategy, inputs.max_unavailable);
     let together = inputs.strategy == Strategy::Bluegreen && inputs.beside;
-    RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged, together }
+    // The canary is the first batch of replacements (new instances come first).
+    let canary = (inputs.strategy == Strategy::Canary && inputs.beside)
+        .then(|| batches.iter().position(|b| b.iter().all(|s| s.action == Action::Replace)))
+        .flatten();
+    RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged, together, canary }
 }
 
 /// Why an existing instance must be replaced, `None` when it stays: another version,
@@ -436,7 +444,15 @@ impl Plan {
                 listen: doors
                     .listen
                     .iter()
-                    .map(|d| format!("{} ({})", d.listen, if d.kind == DoorKind::Http { "http" } else { "tcp" }))
+                    .map(|d| {
+                        let kind = match (d.kind, d.tls.is_some()) {
+                            (DoorKind::Http, true) => "https",
+                            (DoorKind::Http, false) if d.redirect_https.is_some() => "http, redirected to https",
+                            (DoorKind::Http, false) => "http",
+                            (DoorKind::Tcp, _) => "tcp",
+                        };
+                        format!("{} ({kind})", d.listen)
+                    })
                     .collect(),
             });
         }
@@ -787,6 +803,7 @@ mod tests {
             batches: vec![],
             unchanged: vec![],
             together: false,
+            canary: None,
         });
         let first_host = plan.regions[0].batches[0][0].host.clone();
         let hosts = [

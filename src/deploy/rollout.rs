@@ -33,6 +33,12 @@ pub const LOG_LINES: usize = 20;
 /// How often a waiting region asks its replica where replay is.
 pub const REPLICA_POLL: Duration = Duration::from_millis(50);
 
+/// How often a canary's answers are counted.
+const CANARY_POLL: Duration = Duration::from_millis(250);
+
+/// Answers a canary must have given before its error rate is judged.
+pub const CANARY_MIN_ANSWERS: u64 = 20;
+
 /// How often a region waiting for its hosts' release looks whether the rollout halted.
 const SHIPPED_POLL: Duration = Duration::from_millis(20);
 
@@ -83,6 +89,9 @@ pub struct Rollout {
     /// One task per changed instance, watching it through `min_healthy`: a failure
     /// halts the rollout (the next batch does not wait for them).
     settling: Mutex<Vec<tokio::task::JoinHandle<Option<StepFailure>>>>,
+    /// How a canary is watched under traffic; `None`: it replaces its old instance as
+    /// soon as it is ready.
+    canary: Option<crate::config::CanaryConfig>,
 }
 
 /// An instance of the target version, started and ready to take traffic.
@@ -90,6 +99,8 @@ struct Ready {
     host: Host,
     step: Step,
     port: u16,
+    record: crate::host::InstanceRecord,
+    pid: u32,
 }
 
 /// A step done (with its port), or its failure and what could not be put back.
@@ -116,6 +127,7 @@ pub struct Setup {
     pub ports: PortPicker,
     pub primary_addr: Option<String>,
     pub min_healthy: Duration,
+    pub canary: Option<crate::config::CanaryConfig>,
 }
 
 impl Rollout {
@@ -133,6 +145,7 @@ impl Rollout {
             halt: AtomicBool::new(false),
             min_healthy: setup.min_healthy,
             settling: Mutex::new(Vec::new()),
+            canary: setup.canary,
         })
     }
 
@@ -268,7 +281,7 @@ impl Rollout {
                 return "replica_behind";
             }
         }
-        for batch in &plan.batches {
+        for (index, batch) in plan.batches.iter().enumerate() {
             if self.gates.lease.lost() && self.halt_first() {
                 summary.failure = Some(StepFailure::region(region, &self.version, Cause::LockLost));
             }
@@ -292,7 +305,14 @@ impl Rollout {
                 };
                 ports.push((step, port));
             }
-            let results = if plan.together && batch.iter().all(|s| s.beside) {
+            let watched = plan.canary == Some(index) && self.canary.is_some() && batch.iter().all(|s| s.beside);
+            let results = if watched {
+                let mut results = Vec::new();
+                for (step, port) in ports {
+                    results.push(Arc::clone(self).watched(step, port).await);
+                }
+                results
+            } else if plan.together && batch.iter().all(|s| s.beside) {
                 let (results, unrecovered) = self.together(region, ports).await;
                 summary.unrecovered.extend(unrecovered);
                 results
@@ -500,6 +520,60 @@ impl Rollout {
         (self.commit(ready).await, Vec::new())
     }
 
+    /// The canary: once ready, it takes `canary_weight` percent of the clients beside
+    /// the old instances for `canary_time`. Too many errors among its answers, or its
+    /// exit, and it is removed (the old instances never stopped serving); else it
+    /// replaces its old instance and the rollout goes on.
+    async fn watched(self: Arc<Self>, step: Step, port: u16) -> StepResult {
+        let ready = Arc::clone(&self).ready(step, port).await?;
+        if let Err(cause) = self.watch(&ready).await {
+            return Err(self.undo(&ready.host, &ready.step, ready.port, cause).await);
+        }
+        let region = ready.step.region.clone();
+        match self.commit(vec![ready]).await.pop() {
+            Some(result) => result,
+            None => Err((
+                StepFailure::region(&region, &self.version, Cause::Internal("nothing was switched".into())),
+                Vec::new(),
+            )),
+        }
+    }
+
+    async fn watch(&self, ready: &Ready) -> Result<(), Cause> {
+        let Some(canary) = self.canary.clone() else { return Ok(()) };
+        let (host, id) = (&ready.host, ready.step.id.clone());
+        let host_error =
+            |step: &str, e: &crate::host::HostError| Cause::Host { step: step.into(), message: crate::error::chain(e) };
+        host.canary(vec![id.clone()], canary.weight).await.map_err(|e| host_error("routing to the canary", &e))?;
+        self.reporter.event(&Event::CanaryWatched {
+            region: ready.step.region.clone(),
+            host: ready.step.host.clone(),
+            instance: id.clone(),
+            weight: canary.weight,
+            secs: canary.time.as_secs_f64(),
+        });
+        let counts = async {
+            loop {
+                tokio::time::sleep(CANARY_POLL).await;
+                let counts = host
+                    .traffic(vec![id.clone()])
+                    .await
+                    .map_err(|e| host_error("counting the canary's answers", &e))?;
+                let (answered, errors) = counts.first().map_or((0, 0), |(_, a, e)| (*a, *e));
+                if answered >= CANARY_MIN_ANSWERS && errors * 100 > u64::from(canary.max_errors) * answered {
+                    return Err(Cause::Canary { answered, errors, max_errors: canary.max_errors });
+                }
+                if self.halted() {
+                    return Err(Cause::Internal("another region failed while the canary was watched".into()));
+                }
+            }
+        };
+        tokio::select! {
+            stayed = instance::stabilize(host, &ready.record, ready.pid, canary.time) => stayed,
+            failed = counts => failed,
+        }
+    }
+
     /// Starts one instance of the target version and waits until it may take traffic:
     /// it passed its checks and, beside an old one, stayed up `min_healthy` (in its
     /// old one's place, it is watched through `min_healthy` while the rollout goes
@@ -522,11 +596,14 @@ impl Rollout {
         let replace = step.was_alive && !step.beside;
         let started = instance::start_and_wait(&self.spec, &host, &record, replace, primary_addr.as_deref()).await;
         let healthy = match started {
-            Ok(started) => self.healthy(&host, &step, &record, started).await,
+            Ok(started) => {
+                let pid = started.pid;
+                self.healthy(&host, &step, &record, started).await.map(|()| pid)
+            }
             Err(cause) => Err(cause),
         };
         match healthy {
-            Ok(()) => Ok(Ready { host, step, port }),
+            Ok(pid) => Ok(Ready { host, step, port, record, pid }),
             Err(cause) => Err(self.undo(&host, &step, port, cause).await),
         }
     }

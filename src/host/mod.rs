@@ -197,6 +197,9 @@ pub struct HostState {
     /// traffic).
     #[serde(default)]
     pub routes: bool,
+    /// The message the front door answers every request with, while in maintenance.
+    #[serde(default)]
+    pub maintenance: Option<String>,
 }
 
 impl HostState {
@@ -380,6 +383,22 @@ impl Host {
     /// removed.
     pub async fn cutover(&self, add: Vec<String>, retire: Vec<String>, stop: &Stop) -> Result<(), HostError> {
         expect!(self, Request::Cutover { add, retire, stop: stop.clone() }, Io::default(), Reply::Done => ())
+    }
+
+    /// Puts the app's front door in maintenance (every request answered 503 with
+    /// `message`), or back in service (`None`).
+    pub async fn maintenance(&self, message: Option<String>) -> Result<(), HostError> {
+        expect!(self, Request::Maintenance { message }, Io::default(), Reply::Done => ())
+    }
+
+    /// The instances take `weight` percent of the clients beside the routing table.
+    pub async fn canary(&self, ids: Vec<String>, weight: u8) -> Result<(), HostError> {
+        expect!(self, Request::Canary { ids, weight }, Io::default(), Reply::Done => ())
+    }
+
+    /// Requests answered by each instance through the front door, and errors among them.
+    pub async fn traffic(&self, ids: Vec<String>) -> Result<Vec<(String, u64, u64)>, HostError> {
+        expect!(self, Request::Traffic { ids }, Io::default(), Reply::Traffic(counts) => counts)
     }
 
     /// The instances answer the preview header until they take traffic.

@@ -82,6 +82,19 @@ pub struct Door {
     pub hosts: Vec<String>,
     /// The region the host is in (`Fly-Region`).
     pub region: String,
+    /// TLS is terminated here with these files (HTTP doors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// Every request is redirected to HTTPS on this port (`force_https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_https: Option<u16>,
+}
+
+/// A certificate chain and its private key, PEM files on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +172,23 @@ pub enum Request {
         add: Vec<String>,
         retire: Vec<String>,
         stop: Stop,
+    },
+    /// The instances take `weight` percent of the app's clients (a canary; sticky by
+    /// cookie), beside the routing table, their counts of answers started anew; no
+    /// ids clears it.
+    Canary {
+        ids: Vec<String>,
+        weight: u8,
+    },
+    /// How many requests the instances answered through the front door, and how many
+    /// of those were errors (5xx, or no answer).
+    Traffic {
+        ids: Vec<String>,
+    },
+    /// The front door answers every HTTP request with 503 and `message` (maintenance),
+    /// or routes again (`None`). Kept across agent restarts.
+    Maintenance {
+        message: Option<String>,
     },
     /// The instances answer requests that carry the preview header (`Ferry-Preview`)
     /// until they take traffic or go: a new release, seen before the switch.
@@ -284,6 +314,9 @@ impl Request {
             Request::OpenDoors { .. } => "opening the front door",
             Request::Cutover { .. } => "switching the front door",
             Request::Preview { .. } => "previewing instances",
+            Request::Maintenance { .. } => "switching maintenance",
+            Request::Canary { .. } => "routing to the canary",
+            Request::Traffic { .. } => "counting the canary's answers",
             Request::StopInstance { .. } => "stopping instance",
             Request::RemoveInstance { .. } => "removing instance",
             Request::WaitHealthy { .. } => "watching instance",
@@ -381,6 +414,8 @@ pub enum Reply {
     Exit(Exit),
     Secrets(Vec<(String, String)>),
     Secret(Option<String>),
+    /// By instance: requests answered, and how many of them were errors.
+    Traffic(Vec<(String, u64, u64)>),
     Backup(Box<Backup>),
     Backups(Vec<Backup>),
     VolumeCreated(VolumeCreated),

@@ -166,6 +166,11 @@ impl Reporter for Human {
             Event::InstanceUnchanged { region, instance, version, .. } => {
                 self.line(&format!("  {region:>6}  {instance}  already {version}, healthy"));
             }
+            Event::CanaryWatched { region, host, instance, weight, secs } => {
+                self.line(&format!(
+                    "  {region:>6}  {instance}  canary on {host}: takes {weight}% of the clients for {secs:.0}s, watched for errors"
+                ));
+            }
             Event::InstanceHealthy { region, host, instance, version, port, elapsed_ms } => {
                 self.line(&format!(
                     "  {region:>6}  {instance}  {version} healthy in {} ({host}, port {port})",

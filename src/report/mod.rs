@@ -101,6 +101,14 @@ pub enum Event {
         instance: String,
         version: String,
     },
+    /// A canary takes a share of the clients while it is watched.
+    CanaryWatched {
+        region: String,
+        host: String,
+        instance: String,
+        weight: u8,
+        secs: f64,
+    },
     InstanceHealthy {
         region: String,
         host: String,

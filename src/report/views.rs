@@ -84,6 +84,8 @@ pub struct Status {
     pub app: String,
     pub current_version: Option<String>,
     pub front_doors: Vec<FrontDoorRow>,
+    /// While in maintenance: the page's message (on any host).
+    pub maintenance: Option<String>,
     pub instances: Vec<InstanceRow>,
     /// Hosts whose instances will not come back after a reboot, said as a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +98,12 @@ impl View for Status {
             format!("app {}  current version {}\n", self.app, self.current_version.as_deref().unwrap_or("(none)"));
         for door in &self.front_doors {
             let _ = writeln!(out, "front door {}  {}", door.region, door.address);
+        }
+        if let Some(message) = &self.maintenance {
+            let _ = writeln!(
+                out,
+                "MAINTENANCE: every request is answered 503 ({message}); `ferry maintenance off` ends it"
+            );
         }
         if self.instances.is_empty() {
             out.push_str("no instances; run `ferry deploy`\n");

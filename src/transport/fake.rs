@@ -277,7 +277,12 @@ impl FakeTransport {
             }
             Request::ReleaseCommand { .. } => Ok(Reply::Exit(Exit { code: Some(0), signal: None, timed_out: false })),
             Request::SecretsRaw => Ok(Reply::Text(String::new())),
-            Request::SecretsReplace { .. } | Request::OpenDoors { .. } | Request::Preview { .. } => Ok(Reply::Done),
+            Request::SecretsReplace { .. }
+            | Request::OpenDoors { .. }
+            | Request::Preview { .. }
+            | Request::Maintenance { .. }
+            | Request::Canary { .. } => Ok(Reply::Done),
+            Request::Traffic { ids } => Ok(Reply::Traffic(ids.into_iter().map(|id| (id, 0, 0)).collect())),
             Request::VolumeAttach { name, .. } => Ok(Reply::Path(format!("/volumes/{name}"))),
             other => Err(self.step_error(step, &format!("the fake host does not simulate {other:?}"))),
         }

@@ -49,6 +49,7 @@ pub struct ProjectBuilder {
     env: Vec<(String, String)>,
     hosts: Vec<(String, Vec<String>)>,
     proxy: Option<String>,
+    http_service_extra: String,
 }
 
 /// A TCP port nothing listens on now, for a project's front door (each test's doors
@@ -92,6 +93,13 @@ impl ProjectBuilder {
         self
     }
 
+    /// Extra keys inside `[http_service]`.
+    pub fn http_service_keys(mut self, text: &str) -> Self {
+        self.http_service_extra.push_str(text);
+        self.http_service_extra.push('\n');
+        self
+    }
+
     /// Extra keys inside `[deploy]`.
     pub fn deploy_keys(mut self, text: &str) -> Self {
         self.deploy_extra.push_str(text);
@@ -121,8 +129,8 @@ impl ProjectBuilder {
         let mut toml = format!(
             "app = \"hello\"\nprimary_region = \"{primary}\"\nkill_signal = \"SIGTERM\"\nkill_timeout = 5\n\n\
              [deploy]\n  wait_timeout = \"60s\"\n{}\n\
-             [http_service]\n  internal_port = {port}\n  [[http_service.checks]]\n    path = \"/health\"\n    interval = \"10s\"\n    timeout = \"2s\"\n\n",
-            self.deploy_extra
+             [http_service]\n  internal_port = {port}\n{}  [[http_service.checks]]\n    path = \"/health\"\n    interval = \"10s\"\n    timeout = \"2s\"\n\n",
+            self.deploy_extra, self.http_service_extra
         );
         toml.push_str(&self.extra);
         toml.push_str("\n[ferry]\n");
@@ -177,6 +185,7 @@ impl Project {
             env: Vec::new(),
             hosts: Vec::new(),
             proxy: None,
+            http_service_extra: String::new(),
         }
     }
 

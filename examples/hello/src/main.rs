@@ -10,7 +10,8 @@
 //! * `GET /slow?ms=N` -> `$RELEASE_VERSION`, after N milliseconds (a long request)
 //!
 //! The mode is read from the file `mode` in the working directory, else from
-//! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `exit-at-start`,
+//! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `fail-requests` (healthy,
+//! but every other request answered 500), `exit-at-start`,
 //! `slow-start=MS`, `crash-after=MS` (exits with 1 that long after it starts
 //! listening). With `$HELLO_LOG_REQUESTS` set, every request is logged with its
 //! `User-Agent`; otherwise only changes of health. If `$HELLO_FIRST_OK_FILE` is set, the time of the first
@@ -39,6 +40,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 enum Mode {
     Ok,
     FailHealth,
+    /// Passes its checks, answers everything else 500 (a release a canary catches).
+    FailRequests,
     ExitAtStart,
     SlowStart(u64),
     CrashAfter(u64),
@@ -69,7 +72,7 @@ fn main() {
     match mode {
         Mode::ExitAtStart => die(3, "exiting at start as asked (mode exit-at-start)"),
         Mode::SlowStart(ms) => thread::sleep(Duration::from_millis(ms)),
-        Mode::Ok | Mode::FailHealth | Mode::CrashAfter(_) => {}
+        Mode::Ok | Mode::FailHealth | Mode::FailRequests | Mode::CrashAfter(_) => {}
     }
 
     let var = |name: &str, default: &str| env::var(name).unwrap_or_else(|_| default.to_string());
@@ -119,6 +122,7 @@ fn parse_mode(text: &str) -> Option<Mode> {
     match text {
         "" | "ok" => Some(Mode::Ok),
         "fail-health" => Some(Mode::FailHealth),
+        "fail-requests" => Some(Mode::FailRequests),
         "exit-at-start" => Some(Mode::ExitAtStart),
         _ => {
             if let Some(ms) = text.strip_prefix("crash-after=") {
@@ -148,6 +152,7 @@ fn handle(app: &App, mut stream: TcpStream) {
         match path {
             "/health" if app.mode == Mode::FailHealth => (503, "unhealthy\n".to_string()),
             "/health" => (200, "ok\n".to_string()),
+            _ if app.mode == Mode::FailRequests => (500, "failing as asked (mode fail-requests)\n".to_string()),
             "/version" => (200, format!("{}\n", app.version)),
             // A long request: answers after `ms` milliseconds (at most a minute).
             "/slow" => {

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 
-use super::{claim_for, Claim, InFlight};
+use super::{claim_for, Claim, InFlight, Pool};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -116,44 +116,72 @@ impl Server {
         Self { client, builder: Arc::new(auto::Builder::new(TokioExecutor::new())), graceful }
     }
 
-    /// Serves one accepted connection on a task of its own.
+    /// Serves one accepted connection on a task of its own (its TLS handshake first,
+    /// on a TLS door).
     pub fn connection(
         &self,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
         claims: Arc<Vec<Claim>>,
+        shape: &super::Shape,
     ) {
         let server = self.clone();
         // Taken here, as it is accepted: a connection the agent accepted before it
         // began to leave is closed gracefully with the others.
         let watcher = self.graceful.watcher();
+        let acceptor = shape.acceptor.as_ref().map(super::tls::Acceptor::get);
+        let door = Door {
+            local,
+            scheme: if acceptor.is_some() { "https" } else { "http" },
+            redirect_https: shape.redirect_https,
+        };
         tokio::spawn(async move {
-            let this = server.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let (server, claims) = (this.clone(), Arc::clone(&claims));
-                async move { Ok::<_, Infallible>(server.handle(req, peer, local, &claims).await) }
-            });
-            let connection = server.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            match watcher {
-                Some(watcher) => {
-                    let _ = watcher.watch(connection).await;
+            match acceptor {
+                // A TLS door without a configuration yet (cannot happen once opened).
+                Some(None) => {}
+                Some(Some(acceptor)) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(super::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    server.serve_io(TokioIo::new(stream), peer, door, claims, watcher).await;
                 }
-                // Accepted as the agent left: served until the process exits.
-                None => {
-                    let _ = connection.await;
-                }
+                None => server.serve_io(TokioIo::new(stream), peer, door, claims, watcher).await,
             }
         });
+    }
+
+    async fn serve_io<I>(self, io: I, peer: SocketAddr, door: Door, claims: Arc<Vec<Claim>>, watcher: Option<Watcher>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let (server, claims) = (this.clone(), Arc::clone(&claims));
+            async move { Ok::<_, Infallible>(server.handle(req, peer, door, &claims).await) }
+        });
+        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        match watcher {
+            Some(watcher) => {
+                let _ = watcher.watch(connection).await;
+            }
+            // Accepted as the agent left: served until the process exits.
+            None => {
+                let _ = connection.await;
+            }
+        }
     }
 
     async fn handle(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        local: SocketAddr,
+        door: Door,
         claims: &[Claim],
     ) -> Response<Body> {
+        let local = door.local;
         let host = req
             .headers()
             .get(header::HOST)
@@ -163,13 +191,31 @@ impl Server {
         let Some(claim) = claim_for(claims, host.as_deref()) else {
             return text(StatusCode::MISDIRECTED_REQUEST, "ferry: no app here answers for this host name\n");
         };
+        if let Some(port) = door.redirect_https {
+            return redirect(&req, host.as_deref(), port);
+        }
         let site = &claim.site;
         let upgrading = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
         let preview = req.headers().contains_key(PREVIEW);
+        // The preview header still reaches the app: how an operator looks at it
+        // during the maintenance.
+        if let (Some(message), false) = (site.maintenance_message(), preview) {
+            return maintenance_page(&message);
+        }
+        // A canary takes its share of clients, each kept on its side by a cookie.
+        let (pool, new_bucket) = match (preview, site.canary_weight()) {
+            (true, _) => (Pool::Preview, None),
+            (false, None) => (Pool::Table, None),
+            (false, Some(weight)) => {
+                let (bucket, fresh) = bucket_of(req.headers()).map_or_else(|| (new_bucket(), true), |b| (b, false));
+                (if bucket < weight { Pool::Canary } else { Pool::Table }, fresh.then_some(bucket))
+            }
+        };
         let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers.clone();
-        forwarded(&mut headers, host.as_deref(), peer, local, &claim.region, parts.version, upgrading);
+        let hop = Hop { peer, local, scheme: door.scheme, region: &claim.region, version: parts.version, upgrading };
+        forwarded(&mut headers, host.as_deref(), &hop);
         // A refused connection sent nothing: a request without a body can go to another
         // instance whatever its method; one with a body could, if idempotent, but its
         // body is gone.
@@ -178,7 +224,7 @@ impl Server {
         let mut body = Some(body.boxed());
         let mut tried = Vec::new();
         loop {
-            let Some(backend) = site.pick_held(&tried, preview).await else {
+            let Some(backend) = site.pick_held(&tried, pool).await else {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ferry: no instance of this app is ready to answer (starting, or failing its checks)\n",
@@ -197,6 +243,14 @@ impl Server {
             }
             match self.client.request(out).await {
                 Ok(mut response) => {
+                    backend.answered(response.status().is_server_error());
+                    if let Some(bucket) = new_bucket {
+                        if let Ok(cookie) = HeaderValue::from_str(&format!(
+                            "{CANARY_COOKIE}={bucket}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
+                        )) {
+                            response.headers_mut().append(header::SET_COOKIE, cookie);
+                        }
+                    }
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(client_side) = client_side {
                             let instance_side = hyper::upgrade::on(&mut response);
@@ -210,12 +264,14 @@ impl Server {
                     return response.map(|inner| Tracked { inner, _flight: flight }.boxed());
                 }
                 Err(e) if e.is_connect() => {
+                    backend.answered(true);
                     backend.refused();
                     if !bodiless {
                         return text(StatusCode::BAD_GATEWAY, "ferry: the instance refused the connection\n");
                     }
                 }
                 Err(_) => {
+                    backend.answered(true);
                     return text(
                         StatusCode::BAD_GATEWAY,
                         "ferry: the instance closed the connection without an answer\n",
@@ -226,17 +282,74 @@ impl Server {
     }
 }
 
-/// The headers an instance sees: hop-by-hop ones dropped (kept for an upgrade), and
-/// the standard forwarding headers plus Fly's.
-fn forwarded(
-    headers: &mut HeaderMap,
-    host: Option<&str>,
+/// The cookie that keeps a client on one side of a canary: a bucket from 0 to 99,
+/// below the canary's weight for its clients.
+const CANARY_COOKIE: &str = "ferry_canary";
+
+/// The client's bucket, from its cookie.
+fn bucket_of(headers: &HeaderMap) -> Option<u8> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(CANARY_COOKIE)?.strip_prefix('='))
+        .find_map(|n| n.trim().parse::<u8>().ok().filter(|n| *n < 100))
+}
+
+/// A bucket for a client without one.
+fn new_bucket() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let mut hasher = SEED.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
+    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    u8::try_from(hasher.finish() % 100).unwrap_or(0)
+}
+
+/// The listener a connection came in on.
+#[derive(Clone, Copy)]
+struct Door {
+    local: SocketAddr,
+    scheme: &'static str,
+    redirect_https: Option<u16>,
+}
+
+/// The hop a request makes through the front door.
+struct Hop<'a> {
     peer: SocketAddr,
     local: SocketAddr,
-    region: &str,
+    scheme: &'static str,
+    region: &'a str,
     version: Version,
     upgrading: bool,
-) {
+}
+
+/// `force_https`: the same URL on HTTPS (301 for GET and HEAD; 308 otherwise, so
+/// the method and body are kept).
+fn redirect<B>(req: &Request<B>, host: Option<&str>, port: u16) -> Response<Body> {
+    let Some(host) = host else {
+        return text(StatusCode::BAD_REQUEST, "ferry: HTTPS is required and the request names no host\n");
+    };
+    let name = host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let authority = if port == 443 { name.to_string() } else { format!("{name}:{port}") };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let status = if matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut response = text(status, "ferry: this app is served over HTTPS\n");
+    if let Ok(location) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The headers an instance sees: hop-by-hop ones dropped (kept for an upgrade), and
+/// the standard forwarding headers plus Fly's.
+fn forwarded(headers: &mut HeaderMap, host: Option<&str>, hop: &Hop<'_>) {
+    let Hop { peer, local, scheme, region, version, upgrading } = *hop;
     if !upgrading {
         strip_hop_by_hop(headers);
     }
@@ -252,7 +365,7 @@ fn forwarded(
         }
     };
     set("x-forwarded-for", &chain);
-    set("x-forwarded-proto", "http");
+    set("x-forwarded-proto", scheme);
     set("x-forwarded-port", &local.port().to_string());
     set("fly-client-ip", &ip);
     set("fly-forwarded-port", &local.port().to_string());
@@ -316,6 +429,29 @@ async fn tunnel(
     drop(flight);
 }
 
+/// The answer to every request while the app is in maintenance: 503, `Retry-After`,
+/// and a small page with the operator's message.
+fn maintenance_page(message: &str) -> Response<Body> {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Down for maintenance</title></head>\n\
+         <body style=\"font-family: sans-serif; max-width: 40em; margin: 4em auto\"><h1>Down for maintenance</h1>\n\
+         <p>{escaped}</p></body></html>\n"
+    );
+    let mut response = Response::new(Full::new(Bytes::from(page)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 fn empty() -> Body {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
 }
@@ -364,7 +500,8 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        forwarded(&mut headers, Some("example.com"), peer, local, "syd", Version::HTTP_11, false);
+        let hop = Hop { peer, local, scheme: "http", region: "syd", version: Version::HTTP_11, upgrading: false };
+        forwarded(&mut headers, Some("example.com"), &hop);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(headers["x-forwarded-host"], "example.com");
         assert_eq!(headers["x-forwarded-proto"], "http");
@@ -381,7 +518,9 @@ mod tests {
         headers.insert("connection", HeaderValue::from_static("upgrade"));
         headers.insert("upgrade", HeaderValue::from_static("websocket"));
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        forwarded(&mut headers, None, addr, addr, "", Version::HTTP_11, true);
+        let hop =
+            Hop { peer: addr, local: addr, scheme: "http", region: "", version: Version::HTTP_11, upgrading: true };
+        forwarded(&mut headers, None, &hop);
         assert_eq!(headers["upgrade"], "websocket");
         assert!(!headers.contains_key("fly-region"));
     }

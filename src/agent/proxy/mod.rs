@@ -11,6 +11,7 @@
 
 mod http;
 mod sockets;
+mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::host::proto::{Door, DoorKind};
+use crate::host::proto::{Door, DoorKind, TlsFiles};
 
 use super::files::App;
 use super::paths::Paths;
@@ -62,11 +63,22 @@ struct Inner {
 
 struct Listener {
     kind: DoorKind,
+    /// The certificate files of a TLS door, and redirecting to HTTPS: a door of
+    /// another shape on the same address is another listener.
+    tls: Option<TlsFiles>,
+    redirect_https: Option<u16>,
+    /// What TLS connections are accepted with (reloaded from the files each time the
+    /// doors are opened, so a renewed certificate is served from the next deploy).
+    acceptor: tls::Acceptor,
     claims: Arc<RwLock<Arc<Vec<Claim>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
+    fn same_shape(&self, door: &Door) -> bool {
+        self.kind == door.kind && self.tls == door.tls && self.redirect_https == door.redirect_https
+    }
+
     fn claims(&self) -> Arc<Vec<Claim>> {
         Arc::clone(&self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
@@ -81,6 +93,9 @@ struct Claim {
     region: String,
 }
 
+/// A set of instances, switched whole.
+type Backends = Arc<Vec<Arc<Backend>>>;
+
 /// One app's routing on this host.
 pub struct Site {
     app: App,
@@ -90,9 +105,23 @@ pub struct Site {
     /// Instances that answer the preview header only (a new release before its
     /// switch); not kept on disk.
     preview: RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// A canary: instances beside the table that take this percentage of clients.
+    canary: RwLock<Option<(Backends, u8)>>,
+    /// In maintenance: the message every HTTP request is answered with (503).
+    maintenance: RwLock<Option<Arc<str>>>,
     /// Backends by instance id, kept while requests to them are in flight.
     known: Mutex<HashMap<String, Arc<Backend>>>,
     turn: AtomicUsize,
+}
+
+/// Where a request is sent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    Table,
+    /// The preview set (the `Ferry-Preview` header), else the table.
+    Preview,
+    /// The canary set, else the table.
+    Canary,
 }
 
 /// One instance as the front door sees it.
@@ -101,6 +130,10 @@ pub struct Backend {
     status: watch::Receiver<Status>,
     /// Requests in flight and upgraded connections open.
     inflight: AtomicUsize,
+    /// Requests it answered through the front door, and errors among them (5xx, or
+    /// no answer): what a canary is judged by.
+    answered: AtomicU64,
+    errors: AtomicU64,
     /// When a connection to it was refused (ms since the epoch): it takes nothing more
     /// until a check passes after that.
     refused_at: AtomicU64,
@@ -109,6 +142,21 @@ pub struct Backend {
     /// Being stopped in place (it stays in the table, to take traffic again once its
     /// next process passes its checks).
     draining: std::sync::atomic::AtomicBool,
+}
+
+/// What maintenance looks like on disk (`maintenance.json`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Maintenance {
+    message: String,
+}
+
+fn maintenance_path(app: &App) -> PathBuf {
+    app.dir.join("maintenance.json")
+}
+
+fn read_maintenance(app: &App) -> Option<String> {
+    let text = std::fs::read_to_string(maintenance_path(app)).ok()?;
+    serde_json::from_str::<Maintenance>(&text).ok().map(|m| m.message)
 }
 
 /// What the routing table looks like on disk.
@@ -139,6 +187,8 @@ impl FrontDoor {
                 supervisor: self.inner.supervisor.clone(),
                 table: RwLock::new(Arc::new(Vec::new())),
                 preview: RwLock::new(Arc::new(Vec::new())),
+                maintenance: RwLock::new(read_maintenance(app).map(Arc::from)),
+                canary: RwLock::new(None),
                 known: Mutex::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
             })
@@ -162,14 +212,22 @@ impl FrontDoor {
     /// Makes the app's doors exactly `doors`. Every listener is opened before anything
     /// changes, so a port that cannot be had leaves the app as it was.
     pub fn open(&self, app: &App, doors: &[Door]) -> Result<(), String> {
+        // Certificates are read first: a file that cannot be read changes nothing.
+        let mut configs = HashMap::new();
+        for door in doors {
+            if let Some(files) = &door.tls {
+                configs.insert(door.listen, tls::load(files)?);
+            }
+        }
         let mut listeners = lock(&self.inner.listeners);
-        // A port of this app alone that changes kind (HTTP and TCP) is opened again.
+        // A port of this app alone that changes kind (HTTP and TCP, TLS or not) is
+        // opened again.
         let changed: Vec<SocketAddr> = doors
             .iter()
             .filter(|door| {
                 listeners
                     .get(&door.listen)
-                    .is_some_and(|l| l.kind != door.kind && l.claims().iter().all(|c| c.site.app.dir == app.dir))
+                    .is_some_and(|l| !l.same_shape(door) && l.claims().iter().all(|c| c.site.app.dir == app.dir))
             })
             .map(|door| door.listen)
             .collect();
@@ -180,6 +238,12 @@ impl FrontDoor {
             if let Some(listener) = listeners.get(&door.listen) {
                 if listener.kind != door.kind {
                     return Err(format!("{} is already a {:?} door of another app", door.listen, listener.kind));
+                }
+                if !listener.same_shape(door) {
+                    return Err(format!(
+                        "{} is already a door of another app with other TLS settings; a TLS port is not shared between apps yet",
+                        door.listen
+                    ));
                 }
                 let taken = listener.claims().iter().any(|c| {
                     c.site.app.dir != app.dir && (door.kind == DoorKind::Tcp || overlaps(&c.hosts, &door.hosts))
@@ -208,15 +272,36 @@ impl FrontDoor {
         let site = self.site(app);
         for (door, socket) in opened {
             let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
+            let acceptor = tls::Acceptor::default();
+            let shape = Shape {
+                kind: door.kind,
+                acceptor: door.tls.as_ref().map(|_| acceptor.clone()),
+                redirect_https: door.redirect_https,
+            };
             let task = tokio::spawn(serve(
-                door.kind,
+                shape,
                 socket,
                 Arc::clone(&claims),
                 door.listen,
                 self.inner.paths.clone(),
                 self.inner.graceful.clone(),
             ));
-            listeners.insert(door.listen, Listener { kind: door.kind, claims, task });
+            listeners.insert(
+                door.listen,
+                Listener {
+                    kind: door.kind,
+                    tls: door.tls.clone(),
+                    redirect_https: door.redirect_https,
+                    acceptor,
+                    claims,
+                    task,
+                },
+            );
+        }
+        for (addr, config) in configs {
+            if let Some(listener) = listeners.get(&addr) {
+                listener.acceptor.set(config);
+            }
         }
         // Claims: this app's, as asked, on every listener.
         let mut empty = Vec::new();
@@ -328,6 +413,60 @@ impl FrontDoor {
         site.switch(add, retire)
     }
 
+    /// `ids` take `weight` percent of the clients (none: no canary), counted anew.
+    pub fn canary(&self, app: &App, ids: &[String], weight: u8) -> Result<(), String> {
+        let site = self.site(app);
+        let mut backends = Vec::new();
+        for id in ids {
+            let backend = site.backend(id).ok_or_else(|| format!("the agent knows no instance {id}"))?;
+            backend.answered.store(0, Ordering::SeqCst);
+            backend.errors.store(0, Ordering::SeqCst);
+            backends.push(backend);
+        }
+        let canary = (!backends.is_empty() && weight > 0).then(|| (Arc::new(backends), weight.min(100)));
+        *site.canary.write().unwrap_or_else(std::sync::PoisonError::into_inner) = canary;
+        Ok(())
+    }
+
+    /// Requests answered by `ids` through the front door, and errors among them.
+    pub fn traffic(&self, app: &App, ids: &[String]) -> Vec<(String, u64, u64)> {
+        let Some(site) = self.existing(app) else { return Vec::new() };
+        ids.iter()
+            .filter_map(|id| {
+                let backend = lock(&site.known).get(id).cloned()?;
+                Some((id.clone(), backend.answered.load(Ordering::SeqCst), backend.errors.load(Ordering::SeqCst)))
+            })
+            .collect()
+    }
+
+    /// Puts the app in maintenance (`Some(message)`) or back in service, and keeps it
+    /// on disk for the next agent.
+    pub fn maintenance(&self, app: &App, message: Option<String>) -> std::io::Result<()> {
+        let path = maintenance_path(app);
+        match &message {
+            Some(message) => {
+                let json =
+                    serde_json::to_vec(&Maintenance { message: message.clone() }).map_err(std::io::Error::other)?;
+                super::files::write_atomic(&path, &json, 0o600)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
+        let site = self.site(app);
+        *site.maintenance.write().unwrap_or_else(std::sync::PoisonError::into_inner) = message.map(Arc::from);
+        Ok(())
+    }
+
+    /// The maintenance message, while the app is in maintenance.
+    pub fn in_maintenance(&self, app: &App) -> Option<String> {
+        match self.existing(app) {
+            Some(site) => site.maintenance_message().map(|m| m.to_string()),
+            None => read_maintenance(app),
+        }
+    }
+
     /// `ids` answer requests with the preview header until they take traffic or go.
     pub fn preview(&self, app: &App, ids: &[String]) -> Result<(), String> {
         let site = self.site(app);
@@ -372,6 +511,10 @@ impl FrontDoor {
 }
 
 impl Site {
+    fn maintenance_message(&self) -> Option<Arc<str>> {
+        self.maintenance.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     fn current(&self) -> Arc<Vec<Arc<Backend>>> {
         Arc::clone(&self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
@@ -386,6 +529,8 @@ impl Site {
             id: id.to_string(),
             status,
             inflight: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             refused_at: AtomicU64::new(0),
             cut: watch::channel(false).0,
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -433,6 +578,13 @@ impl Site {
             retired = out;
         }
         {
+            let mut canary = self.canary.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if canary.as_ref().is_some_and(|(set, _)| set.iter().any(|b| add.contains(&b.id) || retire.contains(&b.id)))
+            {
+                *canary = None;
+            }
+        }
+        {
             let mut preview = self.preview.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if preview.iter().any(|b| add.contains(&b.id) || retire.contains(&b.id)) {
                 let kept =
@@ -456,12 +608,30 @@ impl Site {
     /// The instance a new request goes to: of those that pass their checks and have
     /// refused no connection since, the one with the fewest requests in flight (ties
     /// in turn). `None` when there is none now.
-    fn pick(&self, skip: &[String], preview: bool) -> Option<Arc<Backend>> {
-        let previewed =
-            preview.then(|| Arc::clone(&self.preview.read().unwrap_or_else(std::sync::PoisonError::into_inner)));
-        // With nothing to preview, the header is ignored.
-        let table = previewed.filter(|p| !p.is_empty()).unwrap_or_else(|| self.current());
-        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+    fn pick(&self, skip: &[String], pool: Pool) -> Option<Arc<Backend>> {
+        let chosen = match pool {
+            Pool::Table => None,
+            Pool::Preview => Some(Arc::clone(&self.preview.read().unwrap_or_else(std::sync::PoisonError::into_inner))),
+            Pool::Canary => self
+                .canary
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(|(set, _)| Arc::clone(set)),
+        };
+        // With nothing to preview (or no canary ready), the table answers.
+        if let Some(set) = chosen.filter(|set| set.iter().any(|b| !skip.contains(&b.id) && b.usable())) {
+            return Self::least_busy(&set, skip, self.turn.fetch_add(1, Ordering::Relaxed));
+        }
+        Self::least_busy(&self.current(), skip, self.turn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The canary's share of clients, when there is one.
+    fn canary_weight(&self) -> Option<u8> {
+        self.canary.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|(_, weight)| *weight)
+    }
+
+    fn least_busy(table: &[Arc<Backend>], skip: &[String], start: usize) -> Option<Arc<Backend>> {
         let n = table.len();
         (0..n)
             .map(|i| &table[(start + i) % n.max(1)])
@@ -471,10 +641,10 @@ impl Site {
     }
 
     /// [`Self::pick`], waiting up to [`HOLD`] for one to become usable.
-    async fn pick_held(&self, skip: &[String], preview: bool) -> Option<Arc<Backend>> {
+    async fn pick_held(&self, skip: &[String], pool: Pool) -> Option<Arc<Backend>> {
         let until = Instant::now() + HOLD;
         loop {
-            if let Some(backend) = self.pick(skip, preview) {
+            if let Some(backend) = self.pick(skip, pool) {
                 return Some(backend);
             }
             if Instant::now() >= until {
@@ -501,6 +671,14 @@ impl Backend {
         let status = self.status.borrow();
         let port = status.record.as_ref().map(|r| r.port)?;
         Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Counts an answer it gave (or failed to give).
+    fn answered(&self, error: bool) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn refused(&self) {
@@ -571,9 +749,17 @@ fn claim_for<'c>(claims: &'c [Claim], host: Option<&str>) -> Option<&'c Claim> {
     claims.iter().find(|c| c.hosts.is_empty())
 }
 
+/// What a listener serves: HTTP or TCP, over TLS or not, or only redirects to HTTPS.
+#[derive(Clone)]
+pub struct Shape {
+    kind: DoorKind,
+    acceptor: Option<tls::Acceptor>,
+    redirect_https: Option<u16>,
+}
+
 /// Accepts on one listener for as long as the agent serves it.
 async fn serve(
-    kind: DoorKind,
+    shape: Shape,
     socket: std::net::TcpListener,
     claims: Arc<RwLock<Arc<Vec<Claim>>>>,
     addr: SocketAddr,
@@ -596,8 +782,8 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let claims = Arc::clone(&claims.read().unwrap_or_else(std::sync::PoisonError::into_inner));
-        match kind {
-            DoorKind::Http => server.connection(stream, peer, addr, claims),
+        match shape.kind {
+            DoorKind::Http => server.connection(stream, peer, addr, claims, &shape),
             DoorKind::Tcp => {
                 tokio::spawn(relay(stream, claims));
             }
@@ -609,7 +795,7 @@ async fn serve(
 async fn relay(mut stream: tokio::net::TcpStream, claims: Arc<Vec<Claim>>) {
     let Some(claim) = claims.first() else { return };
     let mut tried = Vec::new();
-    while let Some(backend) = claim.site.pick_held(&tried, false).await {
+    while let Some(backend) = claim.site.pick_held(&tried, Pool::Table).await {
         let Some(addr) = backend.addr() else {
             tried.push(backend.id.clone());
             continue;
