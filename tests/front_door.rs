@@ -266,7 +266,7 @@ fn a_port_the_account_may_not_listen_on_fails_with_how_to_allow_it() {
 }
 
 #[test]
-fn no_request_fails_through_a_rolling_deploy_on_ssh_hosts() {
+fn no_request_fails_through_rolling_bluegreen_failed_deploys_and_a_rollback_on_ssh_hosts() {
     if !common::need::root() {
         return;
     }
@@ -277,6 +277,22 @@ fn no_request_fails_through_a_rolling_deploy_on_ssh_hosts() {
     assert_eq!(doors.len(), 2, "one door per host: {doors:?}");
     let loads: Vec<Load> = doors.iter().map(|d| Load::start(*d, 1)).collect();
     let run = project.deploy("v2");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for door in &doors {
+        assert_eq!(get(*door, "/version").1, "v2\n");
+    }
+    let run = project.ferry(&["deploy", "--version", "v3", "--strategy", "bluegreen"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for door in &doors {
+        assert_eq!(get(*door, "/version").1, "v3\n");
+    }
+    project.set_mode(Some("fail-health"));
+    for strategy in ["rolling", "bluegreen"] {
+        let run = project.ferry(&["deploy", "--version", "v4", "--strategy", strategy, "--wait-timeout", "2s"]);
+        assert_eq!(run.code, 1, "v4 fails its checks ({strategy}): {}", run.stderr);
+    }
+    project.set_mode(None);
+    let run = project.ferry(&["rollback", "v2"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     for door in &doors {
         assert_eq!(get(*door, "/version").1, "v2\n");

@@ -225,8 +225,8 @@ impl Agent {
                 }
                 Reply::Done
             }
-            Request::Canary { ids, weight } => {
-                self.doors.canary(&app, &ids, weight)?;
+            Request::Canary { ids, weight, expires } => {
+                self.doors.canary(&app, &ids, weight, expires)?;
                 Reply::Done
             }
             Request::Traffic { ids } => Reply::Traffic(self.doors.traffic(&app, &ids)),

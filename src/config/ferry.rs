@@ -72,11 +72,11 @@ fn canary(r: &Reader<'_>, deploy: &Table) -> Result<CanaryConfig, ConfigError> {
     let percent = |key: &str, default: u8, min: i64| -> Result<u8, ConfigError> {
         let Some(entry) = deploy.get(key) else { return Ok(default) };
         let path = join("ferry.deploy", key);
-        let n: u8 = r.count(&entry.node, &path, min)?;
-        if n > 100 {
-            return Err(r.invalid(&entry.node.span, format!("`{path}` is a percentage (at most 100), not `{n}`")));
-        }
-        Ok(n)
+        let n: u32 = r.count(&entry.node, &path, min)?;
+        u8::try_from(n)
+            .ok()
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| r.invalid(&entry.node.span, format!("`{path}` is a percentage (at most 100), not `{n}`")))
     };
     Ok(CanaryConfig {
         time: match deploy.get("canary_time") {

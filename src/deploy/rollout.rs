@@ -34,7 +34,10 @@ pub const LOG_LINES: usize = 20;
 pub const REPLICA_POLL: Duration = Duration::from_millis(50);
 
 /// How often a canary's answers are counted.
-const CANARY_POLL: Duration = Duration::from_millis(250);
+const CANARY_POLL: Duration = Duration::from_millis(500);
+
+/// How long after its `canary_time` the agent lets a canary go by itself.
+const CANARY_GRACE: Duration = Duration::from_secs(30);
 
 /// Answers a canary must have given before its error rate is judged.
 pub const CANARY_MIN_ANSWERS: u64 = 20;
@@ -99,8 +102,13 @@ struct Ready {
     host: Host,
     step: Step,
     port: u16,
-    record: crate::host::InstanceRecord,
-    pid: u32,
+}
+
+/// How a watched canary ended: its step's result, or removed because the rollout
+/// halted elsewhere (with what could not be put back).
+enum Watched {
+    Done(Box<StepResult>),
+    Halted(Vec<String>),
 }
 
 /// A step done (with its port), or its failure and what could not be put back.
@@ -309,7 +317,10 @@ impl Rollout {
             let results = if watched {
                 let mut results = Vec::new();
                 for (step, port) in ports {
-                    results.push(Arc::clone(self).watched(step, port).await);
+                    match Arc::clone(self).watched(step, port).await {
+                        Watched::Done(result) => results.push(*result),
+                        Watched::Halted(unrecovered) => summary.unrecovered.extend(unrecovered),
+                    }
                 }
                 results
             } else if plan.together && batch.iter().all(|s| s.beside) {
@@ -348,8 +359,8 @@ impl Rollout {
             if failed {
                 return "failed";
             }
-            if plan.together && self.halted() {
-                // Its new set went when another region failed.
+            if (plan.together || watched) && self.halted() {
+                // Its new set (or its canary) went when another region failed.
                 return "halted";
             }
         }
@@ -524,27 +535,46 @@ impl Rollout {
     /// the old instances for `canary_time`. Too many errors among its answers, or its
     /// exit, and it is removed (the old instances never stopped serving); else it
     /// replaces its old instance and the rollout goes on.
-    async fn watched(self: Arc<Self>, step: Step, port: u16) -> StepResult {
-        let ready = Arc::clone(&self).ready(step, port).await?;
-        if let Err(cause) = self.watch(&ready).await {
-            return Err(self.undo(&ready.host, &ready.step, ready.port, cause).await);
+    async fn watched(self: Arc<Self>, step: Step, port: u16) -> Watched {
+        let ready = match Arc::clone(&self).ready(step, port).await {
+            Ok(ready) => ready,
+            Err(failed) => return Watched::Done(Box::new(Err(failed))),
+        };
+        match self.watch(&ready).await {
+            Ok(()) => {}
+            // Another region failed (or the lock was lost): the canary goes quietly, the
+            // failure that halted the rollout is the one reported.
+            Err(None) => {
+                let unrecovered = self.revert_one(&ready.host, &ready.step, ready.port, false).await.err();
+                return Watched::Halted(unrecovered.into_iter().collect());
+            }
+            Err(Some(cause)) => {
+                return Watched::Done(Box::new(Err(self.undo(&ready.host, &ready.step, ready.port, cause).await)))
+            }
         }
         let region = ready.step.region.clone();
-        match self.commit(vec![ready]).await.pop() {
+        Watched::Done(Box::new(match self.commit(vec![ready]).await.pop() {
             Some(result) => result,
             None => Err((
                 StepFailure::region(&region, &self.version, Cause::Internal("nothing was switched".into())),
                 Vec::new(),
             )),
-        }
+        }))
     }
 
-    async fn watch(&self, ready: &Ready) -> Result<(), Cause> {
+    /// Watches a ready canary under traffic: `Err(None)` when the rollout halted
+    /// meanwhile.
+    async fn watch(&self, ready: &Ready) -> Result<(), Option<Cause>> {
         let Some(canary) = self.canary.clone() else { return Ok(()) };
         let (host, id) = (&ready.host, ready.step.id.clone());
-        let host_error =
-            |step: &str, e: &crate::host::HostError| Cause::Host { step: step.into(), message: crate::error::chain(e) };
-        host.canary(vec![id.clone()], canary.weight).await.map_err(|e| host_error("routing to the canary", &e))?;
+        let host_error = |step: &str, e: &crate::host::HostError| {
+            Some(Cause::Host { step: step.into(), message: crate::error::chain(e) })
+        };
+        // The agent lets the canary go on its own a while after it should be over.
+        let expires = canary.time + CANARY_GRACE;
+        host.canary(vec![id.clone()], canary.weight, expires)
+            .await
+            .map_err(|e| host_error("routing to the canary", &e))?;
         self.reporter.event(&Event::CanaryWatched {
             region: ready.step.region.clone(),
             host: ready.step.host.clone(),
@@ -552,26 +582,48 @@ impl Rollout {
             weight: canary.weight,
             secs: canary.time.as_secs_f64(),
         });
-        let counts = async {
+        let counted = |counts: &[(String, u64, u64, bool)]| counts.first().map_or((0, 0), |(_, a, e, _)| (*a, *e));
+        let judge = async {
             loop {
                 tokio::time::sleep(CANARY_POLL).await;
                 let counts = host
                     .traffic(vec![id.clone()])
                     .await
                     .map_err(|e| host_error("counting the canary's answers", &e))?;
-                let (answered, errors) = counts.first().map_or((0, 0), |(_, a, e)| (*a, *e));
+                let (answered, errors) = counted(&counts);
                 if answered >= CANARY_MIN_ANSWERS && errors * 100 > u64::from(canary.max_errors) * answered {
-                    return Err(Cause::Canary { answered, errors, max_errors: canary.max_errors });
+                    return Err(Some(Cause::Canary { answered, errors, max_errors: canary.max_errors }));
                 }
-                if self.halted() {
-                    return Err(Cause::Internal("another region failed while the canary was watched".into()));
+                if counts.first().is_none_or(|(_, _, _, up)| !up) {
+                    return Err(Some(Cause::Host {
+                        step: "watching the canary".into(),
+                        message: "it exited, or stopped passing its checks".into(),
+                    }));
+                }
+                if self.halted() || self.gates.lease.lost() {
+                    return Err(None);
                 }
             }
         };
         tokio::select! {
-            stayed = instance::stabilize(host, &ready.record, ready.pid, canary.time) => stayed,
-            failed = counts => failed,
+            () = tokio::time::sleep(canary.time) => {}
+            failed = judge => failed?,
         }
+        let counts = host.traffic(vec![id.clone()]).await.unwrap_or_default();
+        let (answered, errors) = counted(&counts);
+        if answered >= CANARY_MIN_ANSWERS && errors * 100 > u64::from(canary.max_errors) * answered {
+            return Err(Some(Cause::Canary { answered, errors, max_errors: canary.max_errors }));
+        }
+        if answered < CANARY_MIN_ANSWERS {
+            self.reporter.event(&Event::Warning {
+                message: format!(
+                    "the canary {id} in {} answered {answered} request(s) in {}s, too few to judge its errors; it goes on the strength of its checks",
+                    ready.step.region,
+                    canary.time.as_secs()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Starts one instance of the target version and waits until it may take traffic:
@@ -596,14 +648,11 @@ impl Rollout {
         let replace = step.was_alive && !step.beside;
         let started = instance::start_and_wait(&self.spec, &host, &record, replace, primary_addr.as_deref()).await;
         let healthy = match started {
-            Ok(started) => {
-                let pid = started.pid;
-                self.healthy(&host, &step, &record, started).await.map(|()| pid)
-            }
+            Ok(started) => self.healthy(&host, &step, &record, started).await,
             Err(cause) => Err(cause),
         };
         match healthy {
-            Ok(pid) => Ok(Ready { host, step, port, record, pid }),
+            Ok(()) => Ok(Ready { host, step, port }),
             Err(cause) => Err(self.undo(&host, &step, port, cause).await),
         }
     }

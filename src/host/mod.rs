@@ -392,12 +392,12 @@ impl Host {
     }
 
     /// The instances take `weight` percent of the clients beside the routing table.
-    pub async fn canary(&self, ids: Vec<String>, weight: u8) -> Result<(), HostError> {
-        expect!(self, Request::Canary { ids, weight }, Io::default(), Reply::Done => ())
+    pub async fn canary(&self, ids: Vec<String>, weight: u8, expires: Duration) -> Result<(), HostError> {
+        expect!(self, Request::Canary { ids, weight, expires }, Io::default(), Reply::Done => ())
     }
 
     /// Requests answered by each instance through the front door, and errors among them.
-    pub async fn traffic(&self, ids: Vec<String>) -> Result<Vec<(String, u64, u64)>, HostError> {
+    pub async fn traffic(&self, ids: Vec<String>) -> Result<Vec<(String, u64, u64, bool)>, HostError> {
         expect!(self, Request::Traffic { ids }, Io::default(), Reply::Traffic(counts) => counts)
     }
 

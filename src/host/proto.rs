@@ -179,6 +179,8 @@ pub enum Request {
     Canary {
         ids: Vec<String>,
         weight: u8,
+        /// It stops taking clients after this, whatever happens to the caller.
+        expires: Duration,
     },
     /// How many requests the instances answered through the front door, and how many
     /// of those were errors (5xx, or no answer).
@@ -414,8 +416,9 @@ pub enum Reply {
     Exit(Exit),
     Secrets(Vec<(String, String)>),
     Secret(Option<String>),
-    /// By instance: requests answered, and how many of them were errors.
-    Traffic(Vec<(String, u64, u64)>),
+    /// By instance: requests answered, how many of them were errors, and whether it
+    /// runs and passes its checks now.
+    Traffic(Vec<(String, u64, u64, bool)>),
     Backup(Box<Backup>),
     Backups(Vec<Backup>),
     VolumeCreated(VolumeCreated),

@@ -10,8 +10,8 @@
 //! * `GET /slow?ms=N` -> `$RELEASE_VERSION`, after N milliseconds (a long request)
 //!
 //! The mode is read from the file `mode` in the working directory, else from
-//! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `fail-requests` (healthy,
-//! but every other request answered 500), `exit-at-start`,
+//! `$HELLO_MODE`, else `ok`. Modes: `ok`, `fail-health`, `fail-requests` (`/health`
+//! answers 200, every other path 500), `exit-at-start`,
 //! `slow-start=MS`, `crash-after=MS` (exits with 1 that long after it starts
 //! listening). With `$HELLO_LOG_REQUESTS` set, every request is logged with its
 //! `User-Agent`; otherwise only changes of health. If `$HELLO_FIRST_OK_FILE` is set, the time of the first

@@ -206,9 +206,9 @@ impl Server {
         let (pool, new_bucket) = match (preview, site.canary_weight()) {
             (true, _) => (Pool::Preview, None),
             (false, None) => (Pool::Table, None),
-            (false, Some(weight)) => {
+            (false, Some((weight, left))) => {
                 let (bucket, fresh) = bucket_of(req.headers()).map_or_else(|| (new_bucket(), true), |b| (b, false));
-                (if bucket < weight { Pool::Canary } else { Pool::Table }, fresh.then_some(bucket))
+                (if bucket < weight { Pool::Canary } else { Pool::Table }, fresh.then_some((bucket, left)))
             }
         };
         let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -244,9 +244,11 @@ impl Server {
             match self.client.request(out).await {
                 Ok(mut response) => {
                     backend.answered(response.status().is_server_error());
-                    if let Some(bucket) = new_bucket {
+                    if let Some((bucket, left)) = new_bucket {
+                        // Kept at least as long as the canary lasts.
+                        let age = left.as_secs().max(3600);
                         if let Ok(cookie) = HeaderValue::from_str(&format!(
-                            "{CANARY_COOKIE}={bucket}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
+                            "{CANARY_COOKIE}={bucket}; Path=/; Max-Age={age}; HttpOnly; SameSite=Lax"
                         )) {
                             response.headers_mut().append(header::SET_COOKIE, cookie);
                         }
@@ -352,6 +354,14 @@ fn forwarded(headers: &mut HeaderMap, host: Option<&str>, hop: &Hop<'_>) {
     let Hop { peer, local, scheme, region, version, upgrading } = *hop;
     if !upgrading {
         strip_hop_by_hop(headers);
+    }
+    // HTTP/2 sends each cookie as a field of its own; an HTTP/1.1 instance expects one
+    // `Cookie` line (RFC 9113, 8.2.3).
+    if version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&str> = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+        if let Ok(value) = HeaderValue::from_str(&joined.join("; ")) {
+            headers.insert(header::COOKIE, value);
+        }
     }
     let ip = peer.ip().to_canonical().to_string();
     let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {

@@ -96,6 +96,15 @@ struct Claim {
 /// A set of instances, switched whole.
 type Backends = Arc<Vec<Arc<Backend>>>;
 
+/// Instances beside the table that take a share of the clients.
+struct Canary {
+    set: Backends,
+    weight: u8,
+    /// When it stops taking clients whatever happens (a deploy killed while it
+    /// watched leaves no canary behind).
+    until: Instant,
+}
+
 /// One app's routing on this host.
 pub struct Site {
     app: App,
@@ -106,7 +115,7 @@ pub struct Site {
     /// switch); not kept on disk.
     preview: RwLock<Arc<Vec<Arc<Backend>>>>,
     /// A canary: instances beside the table that take this percentage of clients.
-    canary: RwLock<Option<(Backends, u8)>>,
+    canary: RwLock<Option<Canary>>,
     /// In maintenance: the message every HTTP request is answered with (503).
     maintenance: RwLock<Option<Arc<str>>>,
     /// Backends by instance id, kept while requests to them are in flight.
@@ -206,6 +215,13 @@ impl FrontDoor {
         let Some(doors) = read_doors(app) else { return };
         if let Err(e) = self.open(app, &doors) {
             super::daemon::log(&self.inner.paths, &format!("front door of {}: {e}", app.dir.display()));
+            // A certificate that went missing since (a reboot, a renewal gone wrong)
+            // closes its TLS door only, not the app's other doors.
+            let usable: Vec<Door> =
+                doors.into_iter().filter(|d| d.tls.as_ref().is_none_or(|t| tls::load(t).is_ok())).collect();
+            if let Err(e) = self.open(app, &usable) {
+                super::daemon::log(&self.inner.paths, &format!("front door of {}: {e}", app.dir.display()));
+            }
         }
     }
 
@@ -273,6 +289,11 @@ impl FrontDoor {
         for (door, socket) in opened {
             let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
             let acceptor = tls::Acceptor::default();
+            // Configured before it accepts: connections queued in the keeper's socket
+            // are accepted at once.
+            if let Some(config) = configs.remove(&door.listen) {
+                acceptor.set(config);
+            }
             let shape = Shape {
                 kind: door.kind,
                 acceptor: door.tls.as_ref().map(|_| acceptor.clone()),
@@ -413,8 +434,9 @@ impl FrontDoor {
         site.switch(add, retire)
     }
 
-    /// `ids` take `weight` percent of the clients (none: no canary), counted anew.
-    pub fn canary(&self, app: &App, ids: &[String], weight: u8) -> Result<(), String> {
+    /// `ids` take `weight` percent of the clients (none: no canary) for `expires`,
+    /// counted anew.
+    pub fn canary(&self, app: &App, ids: &[String], weight: u8, expires: Duration) -> Result<(), String> {
         let site = self.site(app);
         let mut backends = Vec::new();
         for id in ids {
@@ -423,18 +445,28 @@ impl FrontDoor {
             backend.errors.store(0, Ordering::SeqCst);
             backends.push(backend);
         }
-        let canary = (!backends.is_empty() && weight > 0).then(|| (Arc::new(backends), weight.min(100)));
+        let canary = (!backends.is_empty() && weight > 0).then(|| Canary {
+            set: Arc::new(backends),
+            weight: weight.min(100),
+            until: Instant::now() + expires,
+        });
         *site.canary.write().unwrap_or_else(std::sync::PoisonError::into_inner) = canary;
         Ok(())
     }
 
-    /// Requests answered by `ids` through the front door, and errors among them.
-    pub fn traffic(&self, app: &App, ids: &[String]) -> Vec<(String, u64, u64)> {
+    /// Requests answered by `ids` through the front door, errors among them, and
+    /// whether each runs and passes its checks.
+    pub fn traffic(&self, app: &App, ids: &[String]) -> Vec<(String, u64, u64, bool)> {
         let Some(site) = self.existing(app) else { return Vec::new() };
         ids.iter()
             .filter_map(|id| {
                 let backend = lock(&site.known).get(id).cloned()?;
-                Some((id.clone(), backend.answered.load(Ordering::SeqCst), backend.errors.load(Ordering::SeqCst)))
+                let up = {
+                    let status = backend.status.borrow();
+                    matches!(status.phase, Phase::Healthy { .. })
+                        && status.runtime.health.as_ref().is_none_or(|h| h.passing)
+                };
+                Some((id.clone(), backend.answered.load(Ordering::SeqCst), backend.errors.load(Ordering::SeqCst), up))
             })
             .collect()
     }
@@ -502,8 +534,14 @@ impl FrontDoor {
 
     /// Takes `id` out of the table (if it is there) and drains it.
     pub async fn retire(&self, app: &App, id: &str, grace: Duration) {
+        // One outside the table (a canary, a preview) may have requests in flight too.
+        let outside = self.existing(app).and_then(|site| lock(&site.known).get(id).cloned());
         if let Ok(retired) = self.switch(app, &[], &[id.to_string()]) {
+            let drained = !retired.is_empty();
             for backend in retired {
+                backend.drain(grace).await;
+            }
+            if let (false, Some(backend)) = (drained, outside) {
                 backend.drain(grace).await;
             }
         }
@@ -579,8 +617,7 @@ impl Site {
         }
         {
             let mut canary = self.canary.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if canary.as_ref().is_some_and(|(set, _)| set.iter().any(|b| add.contains(&b.id) || retire.contains(&b.id)))
-            {
+            if canary.as_ref().is_some_and(|c| c.set.iter().any(|b| add.contains(&b.id) || retire.contains(&b.id))) {
                 *canary = None;
             }
         }
@@ -617,7 +654,8 @@ impl Site {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .as_ref()
-                .map(|(set, _)| Arc::clone(set)),
+                .filter(|c| Instant::now() < c.until)
+                .map(|c| Arc::clone(&c.set)),
         };
         // With nothing to preview (or no canary ready), the table answers.
         if let Some(set) = chosen.filter(|set| set.iter().any(|b| !skip.contains(&b.id) && b.usable())) {
@@ -627,8 +665,11 @@ impl Site {
     }
 
     /// The canary's share of clients, when there is one.
-    fn canary_weight(&self) -> Option<u8> {
-        self.canary.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|(_, weight)| *weight)
+    /// The canary's share of clients and how long it has left, when there is one.
+    fn canary_weight(&self) -> Option<(u8, Duration)> {
+        let canary = self.canary.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        canary.as_ref().filter(|c| now < c.until).map(|c| (c.weight, c.until - now))
     }
 
     fn least_busy(table: &[Arc<Backend>], skip: &[String], start: usize) -> Option<Arc<Backend>> {
