@@ -51,6 +51,9 @@ pub struct Report {
     pub proxy: [Vec<(crate::proxy::Wrk, crate::proxy::Wrk)>; 4],
     /// The agent's and the keeper's RSS with the connections open, KiB.
     pub proxy_rss_kib: Option<(u64, u64)>,
+    /// Figure 9: the load with nothing happening, and during each rollout.
+    pub steady: Option<crate::load::Seen>,
+    pub rollouts: Vec<(String, crate::load::Seen)>,
     proxy_connections: usize,
 }
 
@@ -528,7 +531,31 @@ impl Report {
             met: rss_max > 0.0 && rss_max * 1.048_576 <= 40.0,
         });
         self.proxy_rows(&mut rows);
+        self.rollout_rows(&mut rows);
         rows
+    }
+
+    fn rollout_rows(&self, rows: &mut Vec<Row>) {
+        let names: Vec<&str> = self.rollouts.iter().map(|(n, _)| n.as_str()).collect();
+        let failed: Vec<String> =
+            self.rollouts.iter().map(|(_, s)| format!("{} of {}", s.failed, s.requests())).collect();
+        rows.push(Row {
+            figure: format!("9. failed requests during {}", names.join(" / ")),
+            measured: failed.join("; "),
+            target: "0 each",
+            met: !self.rollouts.is_empty() && self.rollouts.iter().all(|(_, s)| s.failed == 0 && s.requests() > 0),
+        });
+        let p99: Vec<String> = self.rollouts.iter().map(|(_, s)| format!("{:.1}", s.p99_ms())).collect();
+        rows.push(Row {
+            figure: "9. p99 during those / steady".into(),
+            measured: format!(
+                "{} ms / {:.1} ms",
+                p99.join("; "),
+                self.steady.as_ref().map_or(f64::NAN, crate::load::Seen::p99_ms)
+            ),
+            target: "(reported)",
+            met: true,
+        });
     }
 
     fn proxy_rows(&self, rows: &mut Vec<Row>) {
@@ -653,6 +680,15 @@ impl Report {
         }
         if self.health_missing > 0 {
             return Err(format!("{} healthy instances left no first-200 record", self.health_missing));
+        }
+        if let Some((name, seen)) = self.rollouts.iter().find(|(_, s)| s.failed > 0) {
+            return Err(format!(
+                "{} requests failed through the front door during the {name}: {:?}",
+                seen.failed, seen.errors
+            ));
+        }
+        if self.rollouts.len() < 4 {
+            return Err("not every rollout was measured under load".into());
         }
         let errors: u64 = self.proxy.iter().flatten().map(|(h, l)| h.errors + l.errors).sum();
         if errors > 0 {

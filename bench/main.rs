@@ -14,6 +14,7 @@
 mod sshd;
 
 mod figures;
+mod load;
 mod measure;
 mod proxy;
 mod tree;
@@ -41,8 +42,8 @@ pub struct Opts {
     /// Only ferry's own runs (no build comparison, peer or floor): to see quickly
     /// where ferry's time goes; nothing is written to BENCHMARKS.md.
     pub only_ferry: bool,
-    /// Only figure 8 (the front door against HAProxy and Caddy); nothing is written
-    /// to BENCHMARKS.md.
+    /// Only figures 8 and 9 (the front door against HAProxy and Caddy, and under load
+    /// during rollouts); nothing is written to BENCHMARKS.md.
     pub only_proxy: bool,
     /// Where the results file goes.
     pub results: PathBuf,
@@ -150,6 +151,7 @@ fn main() {
 
     let mut report = figures::Report::new(&opts, cores, &tree);
     if opts.only_proxy {
+        proxy::rollouts(&opts, work.path(), &tree, &mut report);
         proxy::proxy(&opts, work.path(), &tree, &mut report);
         eprintln!("\n{}", report.render());
         return;
@@ -163,6 +165,7 @@ fn main() {
     drop(fleet);
 
     figures::local_scale(&opts, work.path(), &tree, &mut report);
+    proxy::rollouts(&opts, work.path(), &tree, &mut report);
     proxy::proxy(&opts, work.path(), &tree, &mut report);
 
     let text = report.render();

@@ -76,6 +76,70 @@ pub fn proxy(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
     crate::measure::ferry(&dir, &["destroy", "--yes"], &[]);
 }
 
+/// Figure 9: a bounded load through the front door of a 2 regions x 2 instances app
+/// on the local target, during a rolling deploy, a bluegreen deploy, a rollback and a
+/// deploy that fails its checks, against the same load with nothing happening.
+pub fn rollouts(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
+    eprintln!("==> 9. requests through the front door during rollouts");
+    let dir = project(&work.join("rollouts"), tree, "local", "", "", &[("syd", Vec::new(), 2), ("lax", Vec::new(), 2)]);
+    crate::measure::ferry(&dir, &["deploy", "--version", "r1"], &[]);
+    let status = Command::new(crate::ferry_bin()).args(["status", "--json"]).current_dir(&dir).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let door: SocketAddr = status["front_doors"]
+        .as_array()
+        .and_then(|doors| doors.iter().find(|d| d["region"] == "syd"))
+        .and_then(|d| d["address"].as_str())
+        .expect("syd's front door")
+        .parse()
+        .unwrap();
+    let pairs = 2;
+    let load = crate::load::Load::start(door, pairs);
+    std::thread::sleep(Duration::from_secs(if opts.smoke { 1 } else { 5 }));
+    let steady = load.finish();
+    report.log(&format!(
+        "steady: {} requests, {} failed, p99 {:.2} ms",
+        steady.requests(),
+        steady.failed,
+        steady.p99_ms()
+    ));
+    report.steady = Some(steady);
+    let mode = tree.dir.join("mode");
+    let boot = std::fs::read(&mode).ok();
+    let runs: [(&str, &[&str], bool); 4] = [
+        ("rolling", &["deploy", "--version", "r2"], true),
+        ("bluegreen", &["deploy", "--version", "r3", "--strategy", "bluegreen"], true),
+        ("rollback", &["rollback"], true),
+        ("failed deploy", &["deploy", "--version", "r4", "--wait-timeout", "3s"], false),
+    ];
+    for (name, args, succeeds) in runs {
+        if !succeeds {
+            std::fs::write(&mode, "fail-health\n").unwrap();
+        }
+        let load = crate::load::Load::start(door, pairs);
+        let out = Command::new(crate::ferry_bin()).args(args).current_dir(&dir).output().expect("ferry runs");
+        let seen = load.finish();
+        if let Some(boot) = &boot {
+            std::fs::write(&mode, boot).unwrap();
+        }
+        assert_eq!(
+            out.status.success(),
+            succeeds,
+            "ferry {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report.log(&format!(
+            "{name}: {} requests, {} failed, p99 {:.2} ms{}",
+            seen.requests(),
+            seen.failed,
+            seen.p99_ms(),
+            if seen.errors.is_empty() { String::new() } else { format!(" ({})", seen.errors.join("; ")) }
+        ));
+        report.rollouts.push((name.to_string(), seen));
+    }
+    crate::measure::ferry(&dir, &["destroy", "--yes"], &[]);
+}
+
 /// HAProxy as a competent user configures it for one local backend: HTTP mode,
 /// keep-alive to the backend with connection reuse, a thread per core, no logging.
 fn haproxy(dir: &Path, at: SocketAddr, backend: u16) -> Child {
