@@ -53,6 +53,9 @@ pub struct Report {
     pub proxy_rss_kib: Option<(u64, u64)>,
     /// Figure 9: the load with nothing happening, and during each rollout.
     pub steady: Option<crate::load::Seen>,
+    /// Figure 10: after the agent is killed, ms to the first answer, and connections
+    /// refused meanwhile.
+    pub kill_gaps: Vec<(f64, u64)>,
     pub rollouts: Vec<(String, crate::load::Seen)>,
     proxy_connections: usize,
 }
@@ -532,6 +535,15 @@ impl Report {
         });
         self.proxy_rows(&mut rows);
         self.rollout_rows(&mut rows);
+        let gaps: Vec<f64> = self.kill_gaps.iter().map(|(g, _)| *g).collect();
+        let refused: u64 = self.kill_gaps.iter().map(|(_, r)| r).sum();
+        let worst = gaps.iter().copied().fold(0.0, f64::max);
+        rows.push(Row {
+            figure: format!("10. agent killed ({} times): first answer after, refused", gaps.len()),
+            measured: format!("median {:.0} ms, max {worst:.0} ms; {refused} refused", median(&gaps)),
+            target: "<= 1 s, 0 refused",
+            met: !gaps.is_empty() && worst <= 1000.0 && refused == 0,
+        });
         rows
     }
 
@@ -686,6 +698,9 @@ impl Report {
                 "{} requests failed through the front door during the {name}: {:?}",
                 seen.failed, seen.errors
             ));
+        }
+        if self.kill_gaps.is_empty() || self.kill_gaps.iter().any(|(_, refused)| *refused > 0) {
+            return Err(format!("connections were refused after the agent was killed: {:?}", self.kill_gaps));
         }
         if self.rollouts.len() < 4 {
             return Err("not every rollout was measured under load".into());

@@ -3,7 +3,8 @@
 //! at the same concurrency (2 threads, 64 connections, keep-alive) for throughput and
 //! p50/p99, then at 4 connections (well under the maximum: `wrk` cannot hold a rate)
 //! for the latency a proxy adds. The agent's RSS is then read with 1,000 connections
-//! open through the front door.
+//! open through the front door, and the agent is killed a few times to time how soon
+//! the front door answers again (figure 10).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -35,6 +36,7 @@ pub fn proxy(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
     let status = Command::new(crate::ferry_bin()).args(["status", "--json"]).current_dir(&dir).output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     let door: SocketAddr = status["front_doors"][0]["address"].as_str().expect("a front door").parse().unwrap();
+    let _ = FIRST_DOOR.set(door);
     let backend = u16::try_from(status["instances"][0]["port"].as_u64().expect("an instance port")).unwrap();
     let direct = SocketAddr::from(([127, 0, 0, 1], backend));
     let haproxy_at = SocketAddr::from(([127, 0, 0, 1], crate::measure::free_port()));
@@ -70,9 +72,17 @@ pub fn proxy(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
     let _ = caddy.kill();
     let _ = haproxy.wait();
     let _ = caddy.wait();
-    let (agent, keeper) = rss_with_connections(&dir, door, if opts.smoke { 100 } else { 1000 });
+    let (agent, keeper) = rss_with_connections(door, if opts.smoke { 100 } else { 1000 });
     report.log(&format!("agent RSS with open connections: {agent} KiB (keeper {keeper} KiB)"));
     report.proxy_rss_kib = Some((agent, keeper));
+    for run in 1..=opts.runs.max(3) {
+        let (gap, refused) = killed_agent_gap();
+        report.log(&format!(
+            "agent killed, run {run}: first answer after {:.1} ms, {refused} connection(s) refused",
+            secs_ms(gap)
+        ));
+        report.kill_gaps.push((secs_ms(gap), refused));
+    }
     crate::measure::ferry(&dir, &["destroy", "--yes"], &[]);
 }
 
@@ -253,7 +263,7 @@ fn ms(text: &str) -> Option<f64> {
 
 /// The agent's and the keeper's RSS (KiB) once `n` keep-alive connections through the
 /// front door have each been answered and stay open.
-fn rss_with_connections(dir: &Path, door: SocketAddr, n: usize) -> (u64, u64) {
+fn rss_with_connections(door: SocketAddr, n: usize) -> (u64, u64) {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
@@ -278,23 +288,76 @@ fn rss_with_connections(dir: &Path, door: SocketAddr, n: usize) -> (u64, u64) {
         reader.read_exact(&mut body).unwrap();
         open.push(reader);
     }
-    let state = std::env::var_os("FERRY_STATE_DIR").map_or_else(
-        || {
-            std::env::var_os("XDG_STATE_HOME").map_or_else(
-                || Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".local/state/ferry"),
-                |d| Path::new(&d).join("ferry"),
-            )
-        },
-        std::path::PathBuf::from,
-    );
+    let state = state_dir();
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("agent.json")).expect("agent.json")).unwrap();
     let agent = info["pid"].as_u64().unwrap_or(0);
     let keeper = keeper_pid(&state).unwrap_or(0);
-    let _ = dir;
     let result = (rss_kib(agent), rss_kib(keeper));
     drop(open);
     result
+}
+
+fn secs_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Kills the agent (SIGKILL) and times how long a client that keeps trying gets its
+/// first answer through the front door; how many of its connections were refused
+/// (none, while the keeper holds the socket).
+fn killed_agent_gap() -> (Duration, u64) {
+    let state = state_dir();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("agent.json")).expect("agent.json")).unwrap();
+    let agent = info["pid"].as_u64().expect("the agent's pid");
+    let door = first_door();
+    let status = Command::new("kill").args(["-9", &agent.to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let killed = std::time::Instant::now();
+    // Gone (its sockets closed with it) before the first try.
+    while std::fs::read_to_string(format!("/proc/{agent}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut refused = 0;
+    loop {
+        match TcpStream::connect_timeout(&door, Duration::from_secs(10)) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = stream.write_all(b"GET /version HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+                let mut text = String::new();
+                let _ = stream.read_to_string(&mut text);
+                if text.starts_with("HTTP/1.1 200") {
+                    return (killed.elapsed(), refused);
+                }
+            }
+            Err(_) => refused += 1,
+        }
+        assert!(killed.elapsed() < Duration::from_mins(1), "no answer a minute after the agent was killed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The front door the last `proxy` measurement used.
+fn first_door() -> SocketAddr {
+    *FIRST_DOOR.get().expect("the proxy figure ran first")
+}
+
+static FIRST_DOOR: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+
+/// The state directory of this account's agent (as `agent::paths` finds it).
+fn state_dir() -> std::path::PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    var("FERRY_STATE_DIR").map_or_else(
+        || {
+            var("XDG_STATE_HOME").map_or_else(
+                || Path::new(&var("HOME").unwrap_or_default()).join(".local/state/ferry"),
+                |d| Path::new(&d).join("ferry"),
+            )
+        },
+        std::path::PathBuf::from,
+    )
 }
 
 /// The keeper of `state`: the process running `agent keep --state STATE`.
