@@ -699,7 +699,10 @@ impl Report {
                 seen.failed, seen.errors
             ));
         }
-        if self.kill_gaps.is_empty() || self.kill_gaps.iter().any(|(_, refused)| *refused > 0) {
+        if self.kill_gaps.is_empty() {
+            return Err("the agent was never killed to time the front door's gap".into());
+        }
+        if self.kill_gaps.iter().any(|(_, refused)| *refused > 0) {
             return Err(format!("connections were refused after the agent was killed: {:?}", self.kill_gaps));
         }
         if self.rollouts.len() < 4 {

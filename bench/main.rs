@@ -42,8 +42,9 @@ pub struct Opts {
     /// Only ferry's own runs (no build comparison, peer or floor): to see quickly
     /// where ferry's time goes; nothing is written to BENCHMARKS.md.
     pub only_ferry: bool,
-    /// Only figures 8 and 9 (the front door against HAProxy and Caddy, and under load
-    /// during rollouts); nothing is written to BENCHMARKS.md.
+    /// Only figures 8 to 10 (the front door against HAProxy and Caddy, under load
+    /// during rollouts, and after its agent is killed); nothing is written to
+    /// BENCHMARKS.md.
     pub only_proxy: bool,
     /// Where the results file goes.
     pub results: PathBuf,

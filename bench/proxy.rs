@@ -318,6 +318,7 @@ fn killed_agent_gap() -> (Duration, u64) {
     while std::fs::read_to_string(format!("/proc/{agent}/stat"))
         .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
     {
+        assert!(killed.elapsed() < Duration::from_secs(10), "the agent (pid {agent}) outlived SIGKILL");
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut refused = 0;

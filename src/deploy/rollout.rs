@@ -545,8 +545,14 @@ impl Rollout {
             // Another region failed (or the lock was lost): the canary goes quietly, the
             // failure that halted the rollout is the one reported.
             Err(None) => {
-                let unrecovered = self.revert_one(&ready.host, &ready.step, ready.port, false).await.err();
-                return Watched::Halted(unrecovered.into_iter().collect());
+                let unrecovered: Vec<String> =
+                    self.revert_one(&ready.host, &ready.step, ready.port, false).await.err().into_iter().collect();
+                // A lost lock halts the rollout here, and is its failure.
+                if self.gates.lease.lost() && self.halt_first() {
+                    let failure = StepFailure::region(&ready.step.region, &self.version, Cause::LockLost);
+                    return Watched::Done(Box::new(Err((failure, unrecovered))));
+                }
+                return Watched::Halted(unrecovered);
             }
             Err(Some(cause)) => {
                 return Watched::Done(Box::new(Err(self.undo(&ready.host, &ready.step, ready.port, cause).await)))
@@ -582,7 +588,25 @@ impl Rollout {
             weight: canary.weight,
             secs: canary.time.as_secs_f64(),
         });
-        let counted = |counts: &[(String, u64, u64, bool)]| counts.first().map_or((0, 0), |(_, a, e, _)| (*a, *e));
+        // Judges one count: too many errors, or a process other than the one first
+        // seen (it exited, was restarted).
+        let first_pid = std::sync::Mutex::new(None::<u32>);
+        let judge_counts = |counts: &[(String, u64, u64, u32)]| -> Result<(u64, u64), Option<Cause>> {
+            // An agent that restarted meanwhile no longer counts it: nothing to judge.
+            let Some(&(_, answered, errors, pid)) = counts.first() else { return Ok((0, 0)) };
+            if answered >= CANARY_MIN_ANSWERS && errors * 100 > u64::from(canary.max_errors) * answered {
+                return Err(Some(Cause::Canary { answered, errors, max_errors: canary.max_errors }));
+            }
+            let mut first = first_pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pid == 0 || first.is_some_and(|p| p != pid) {
+                return Err(Some(Cause::Host {
+                    step: "watching the canary".into(),
+                    message: "it exited (or was restarted) while it was watched".into(),
+                }));
+            }
+            *first = Some(pid);
+            Ok((answered, errors))
+        };
         let judge = async {
             loop {
                 tokio::time::sleep(CANARY_POLL).await;
@@ -590,16 +614,7 @@ impl Rollout {
                     .traffic(vec![id.clone()])
                     .await
                     .map_err(|e| host_error("counting the canary's answers", &e))?;
-                let (answered, errors) = counted(&counts);
-                if answered >= CANARY_MIN_ANSWERS && errors * 100 > u64::from(canary.max_errors) * answered {
-                    return Err(Some(Cause::Canary { answered, errors, max_errors: canary.max_errors }));
-                }
-                if counts.first().is_none_or(|(_, _, _, up)| !up) {
-                    return Err(Some(Cause::Host {
-                        step: "watching the canary".into(),
-                        message: "it exited, or stopped passing its checks".into(),
-                    }));
-                }
+                judge_counts(&counts)?;
                 if self.halted() || self.gates.lease.lost() {
                     return Err(None);
                 }
@@ -609,11 +624,9 @@ impl Rollout {
             () = tokio::time::sleep(canary.time) => {}
             failed = judge => failed?,
         }
-        let counts = host.traffic(vec![id.clone()]).await.unwrap_or_default();
-        let (answered, errors) = counted(&counts);
-        if answered >= CANARY_MIN_ANSWERS && errors * 100 > u64::from(canary.max_errors) * answered {
-            return Err(Some(Cause::Canary { answered, errors, max_errors: canary.max_errors }));
-        }
+        let counts =
+            host.traffic(vec![id.clone()]).await.map_err(|e| host_error("counting the canary's answers", &e))?;
+        let (answered, _) = judge_counts(&counts)?;
         if answered < CANARY_MIN_ANSWERS {
             self.reporter.event(&Event::Warning {
                 message: format!(

@@ -397,7 +397,7 @@ impl Host {
     }
 
     /// Requests answered by each instance through the front door, and errors among them.
-    pub async fn traffic(&self, ids: Vec<String>) -> Result<Vec<(String, u64, u64, bool)>, HostError> {
+    pub async fn traffic(&self, ids: Vec<String>) -> Result<Vec<(String, u64, u64, u32)>, HostError> {
         expect!(self, Request::Traffic { ids }, Io::default(), Reply::Traffic(counts) => counts)
     }
 

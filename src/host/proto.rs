@@ -416,9 +416,9 @@ pub enum Reply {
     Exit(Exit),
     Secrets(Vec<(String, String)>),
     Secret(Option<String>),
-    /// By instance: requests answered, how many of them were errors, and whether it
-    /// runs and passes its checks now.
-    Traffic(Vec<(String, u64, u64, bool)>),
+    /// By instance: requests answered, how many of them were errors, and the pid of
+    /// its process while it runs past its checks (0 when it does not).
+    Traffic(Vec<(String, u64, u64, u32)>),
     Backup(Box<Backup>),
     Backups(Vec<Backup>),
     VolumeCreated(VolumeCreated),

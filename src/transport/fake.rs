@@ -282,7 +282,7 @@ impl FakeTransport {
             | Request::Preview { .. }
             | Request::Maintenance { .. }
             | Request::Canary { .. } => Ok(Reply::Done),
-            Request::Traffic { ids } => Ok(Reply::Traffic(ids.into_iter().map(|id| (id, 0, 0, true)).collect())),
+            Request::Traffic { ids } => Ok(Reply::Traffic(ids.into_iter().map(|id| (id, 0, 0, 1)).collect())),
             Request::VolumeAttach { name, .. } => Ok(Reply::Path(format!("/volumes/{name}"))),
             other => Err(self.step_error(step, &format!("the fake host does not simulate {other:?}"))),
         }

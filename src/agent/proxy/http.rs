@@ -358,8 +358,8 @@ fn forwarded(headers: &mut HeaderMap, host: Option<&str>, hop: &Hop<'_>) {
     // HTTP/2 sends each cookie as a field of its own; an HTTP/1.1 instance expects one
     // `Cookie` line (RFC 9113, 8.2.3).
     if version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().nth(1).is_some() {
-        let joined: Vec<&str> = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-        if let Ok(value) = HeaderValue::from_str(&joined.join("; ")) {
+        let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
             headers.insert(header::COOKIE, value);
         }
     }

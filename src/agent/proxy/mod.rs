@@ -217,9 +217,16 @@ impl FrontDoor {
             super::daemon::log(&self.inner.paths, &format!("front door of {}: {e}", app.dir.display()));
             // A certificate that went missing since (a reboot, a renewal gone wrong)
             // closes its TLS door only, not the app's other doors.
-            let usable: Vec<Door> =
-                doors.into_iter().filter(|d| d.tls.as_ref().is_none_or(|t| tls::load(t).is_ok())).collect();
-            if let Err(e) = self.open(app, &usable) {
+            let (mut usable, dropped): (Vec<Door>, Vec<Door>) =
+                doors.into_iter().partition(|d| d.tls.as_ref().is_none_or(|t| tls::load(t).is_ok()));
+            for door in &mut usable {
+                // Nobody serves the port it would redirect to: it serves plainly instead.
+                if dropped.iter().any(|d| Some(d.listen.port()) == door.redirect_https) {
+                    door.redirect_https = None;
+                }
+            }
+            // Not recorded: the next agent tries the whole set again.
+            if let Err(e) = self.open_doors(app, &usable, false) {
                 super::daemon::log(&self.inner.paths, &format!("front door of {}: {e}", app.dir.display()));
             }
         }
@@ -228,6 +235,11 @@ impl FrontDoor {
     /// Makes the app's doors exactly `doors`. Every listener is opened before anything
     /// changes, so a port that cannot be had leaves the app as it was.
     pub fn open(&self, app: &App, doors: &[Door]) -> Result<(), String> {
+        self.open_doors(app, doors, true)
+    }
+
+    /// [`Self::open`]; `record`: the set is written down for the next agent.
+    fn open_doors(&self, app: &App, doors: &[Door], record: bool) -> Result<(), String> {
         // Certificates are read first: a file that cannot be read changes nothing.
         let mut configs = HashMap::new();
         for door in doors {
@@ -343,7 +355,9 @@ impl FrontDoor {
             self.close_listener(&mut listeners, addr);
         }
         drop(listeners);
-        write_doors(app, doors).map_err(|e| format!("recording the front door: {e}"))?;
+        if record {
+            write_doors(app, doors).map_err(|e| format!("recording the front door: {e}"))?;
+        }
         site.restore();
         Ok(())
     }
@@ -448,25 +462,30 @@ impl FrontDoor {
         let canary = (!backends.is_empty() && weight > 0).then(|| Canary {
             set: Arc::new(backends),
             weight: weight.min(100),
-            until: Instant::now() + expires,
+            until: Instant::now() + expires.min(Duration::from_hours(24 * 365)),
         });
         *site.canary.write().unwrap_or_else(std::sync::PoisonError::into_inner) = canary;
         Ok(())
     }
 
-    /// Requests answered by `ids` through the front door, errors among them, and
-    /// whether each runs and passes its checks.
-    pub fn traffic(&self, app: &App, ids: &[String]) -> Vec<(String, u64, u64, bool)> {
+    /// Requests answered by `ids` through the front door, errors among them, and the
+    /// pid of each while it runs past its checks (0 when it does not).
+    pub fn traffic(&self, app: &App, ids: &[String]) -> Vec<(String, u64, u64, u32)> {
         let Some(site) = self.existing(app) else { return Vec::new() };
         ids.iter()
             .filter_map(|id| {
                 let backend = lock(&site.known).get(id).cloned()?;
-                let up = {
+                // A check that fails now and then is for the error count to judge; an
+                // exit is not.
+                let pid = {
                     let status = backend.status.borrow();
-                    matches!(status.phase, Phase::Healthy { .. })
-                        && status.runtime.health.as_ref().is_none_or(|h| h.passing)
+                    if matches!(status.phase, Phase::Healthy { .. }) {
+                        status.pid
+                    } else {
+                        0
+                    }
                 };
-                Some((id.clone(), backend.answered.load(Ordering::SeqCst), backend.errors.load(Ordering::SeqCst), up))
+                Some((id.clone(), backend.answered.load(Ordering::SeqCst), backend.errors.load(Ordering::SeqCst), pid))
             })
             .collect()
     }
@@ -664,7 +683,6 @@ impl Site {
         Self::least_busy(&self.current(), skip, self.turn.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The canary's share of clients, when there is one.
     /// The canary's share of clients and how long it has left, when there is one.
     fn canary_weight(&self) -> Option<(u8, Duration)> {
         let canary = self.canary.read().unwrap_or_else(std::sync::PoisonError::into_inner);
