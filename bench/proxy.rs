@@ -41,8 +41,8 @@ pub fn proxy(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
     let direct = SocketAddr::from(([127, 0, 0, 1], backend));
     let haproxy_at = SocketAddr::from(([127, 0, 0, 1], crate::measure::free_port()));
     let caddy_at = SocketAddr::from(([127, 0, 0, 1], crate::measure::free_port()));
-    let mut haproxy = haproxy(&dir, haproxy_at, backend);
-    let mut caddy = caddy(&dir, caddy_at, backend);
+    let haproxy = Stopped(haproxy(&dir, haproxy_at, backend));
+    let caddy = Stopped(caddy(&dir, caddy_at, backend));
     let targets = [door, haproxy_at, caddy_at, direct];
     for (addr, name) in targets.iter().zip(NAMES) {
         wait_answering(*addr, name);
@@ -68,10 +68,7 @@ pub fn proxy(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
             report.proxy[i].push((heavy, light));
         }
     }
-    let _ = haproxy.kill();
-    let _ = caddy.kill();
-    let _ = haproxy.wait();
-    let _ = caddy.wait();
+    drop((haproxy, caddy));
     let (agent, keeper) = rss_with_connections(door, if opts.smoke { 100 } else { 1000 });
     report.log(&format!("agent RSS with open connections: {agent} KiB (keeper {keeper} KiB)"));
     report.proxy_rss_kib = Some((agent, keeper));
@@ -148,6 +145,16 @@ pub fn rollouts(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
         report.rollouts.push((name.to_string(), seen));
     }
     crate::measure::ferry(&dir, &["destroy", "--yes"], &[]);
+}
+
+/// A process the benchmark started, killed when dropped (a panic included).
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// HAProxy as a competent user configures it for one local backend: HTTP mode,
