@@ -354,18 +354,9 @@ fn first_door() -> SocketAddr {
 
 static FIRST_DOOR: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
 
-/// The state directory of this account's agent (as `agent::paths` finds it).
+/// The state directory of this account's agent.
 fn state_dir() -> std::path::PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    var("FERRY_STATE_DIR").map_or_else(
-        || {
-            var("XDG_STATE_HOME").map_or_else(
-                || Path::new(&var("HOME").unwrap_or_default()).join(".local/state/ferry"),
-                |d| Path::new(&d).join("ferry"),
-            )
-        },
-        std::path::PathBuf::from,
-    )
+    ferry::agent::Paths::for_this_account().state
 }
 
 /// The keeper of `state`: the process running `agent keep --state STATE`.

@@ -212,13 +212,8 @@ fn serve(stream: &UnixStream, shared: &Shared, paths: &Paths, id: u64) -> Option
 /// Whether `pid` has exited (looked at for a moment: its connection closes as it
 /// exits, a little before it is gone).
 fn gone(pid: u32) -> bool {
-    let dead = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-        })
-    };
     for _ in 0..50 {
-        if dead() {
+        if !super::procs::alive(pid) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(4));

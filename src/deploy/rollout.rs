@@ -480,6 +480,11 @@ impl Rollout {
     /// previous version back before this returns.
     async fn apply(self: Arc<Self>, step: Step, port: u16) -> StepResult {
         let ready = Arc::clone(&self).ready(step, port).await?;
+        self.commit_one(ready).await
+    }
+
+    /// [`Self::commit`] of one ready instance.
+    async fn commit_one(self: &Arc<Self>, ready: Ready) -> StepResult {
         let region = ready.step.region.clone();
         match self.commit(vec![ready]).await.pop() {
             Some(result) => result,
@@ -558,14 +563,7 @@ impl Rollout {
                 return Watched::Done(Box::new(Err(self.undo(&ready.host, &ready.step, ready.port, cause).await)))
             }
         }
-        let region = ready.step.region.clone();
-        Watched::Done(Box::new(match self.commit(vec![ready]).await.pop() {
-            Some(result) => result,
-            None => Err((
-                StepFailure::region(&region, &self.version, Cause::Internal("nothing was switched".into())),
-                Vec::new(),
-            )),
-        }))
+        Watched::Done(Box::new(self.commit_one(ready).await))
     }
 
     /// Watches a ready canary under traffic: `Err(None)` when the rollout halted

@@ -301,12 +301,18 @@ fn bucket_of(headers: &HeaderMap) -> Option<u8> {
 
 /// A bucket for a client without one.
 fn new_bucket() -> u8 {
+    u8::try_from(unique() % 100).unwrap_or(0)
+}
+
+/// A number no earlier call gave and no one can guess: a counter hashed with a seed
+/// drawn once per process.
+fn unique() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
     let mut hasher = SEED.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
     hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
-    u8::try_from(hasher.finish() % 100).unwrap_or(0)
+    hasher.finish()
 }
 
 /// The listener a connection came in on.
@@ -410,12 +416,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// A request id unique enough to follow one request through logs: 16 hex digits and
 /// the region, as Fly writes them.
 fn request_id(region: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-    let mut hasher = SEED.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
-    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
-    let id = format!("{:016x}", hasher.finish());
+    let id = format!("{:016x}", unique());
     if region.is_empty() {
         id
     } else {
