@@ -261,9 +261,12 @@ enum ScaleArgs {
 
 #[derive(Debug, Subcommand)]
 enum SecretsArgs {
-    /// Set secrets (`KEY=-` reads the value from stdin); restarts instances unless `--stage`.
+    /// Set secrets; restarts instances unless `--stage`.
+    ///
+    /// `KEY=-` prompts for the value without echoing it, or reads it exactly from a piped
+    /// stdin (one key). `KEY=VALUE` works too, with a warning: `ps` and shell history see it.
     Set {
-        #[arg(required = true, value_name = "KEY=VALUE")]
+        #[arg(required = true, value_name = "KEY=-")]
         pairs: Vec<String>,
         /// Store only; instances get the values at the next deploy or restart.
         #[arg(long)]

@@ -13,6 +13,7 @@ pub mod health;
 pub mod history;
 pub mod host;
 pub mod postgres;
+pub mod redact;
 pub mod release;
 pub mod report;
 pub mod run;

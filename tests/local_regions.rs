@@ -117,3 +117,54 @@ fn a_region_added_after_a_plain_tar_deploy_gets_the_release_from_the_kept_archiv
     let copy = project.path().join(".ferry/local/ams/local/hello/releases/v1/noise.bin");
     assert!(std::fs::read(copy).unwrap() == noise, "the new region has the file as built");
 }
+
+/// Runs `ferry secrets set KEY=-` with `value` piped on stdin.
+fn set_from_stdin(project: &Project, key: &str, value: &[u8]) -> common::Run {
+    let mut child = project
+        .command(&["secrets", "set", &format!("{key}=-"), "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), value).unwrap();
+    drop(child.stdin.take());
+    common::Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn secrets_keep_their_bytes_refuse_nul_and_show_no_digest() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .start(Some("printf 'seen=%s\\n' \"$(printf '%s|' \"$MULTI\" | base64 -w0)\"; exec bin/hello"))
+        .build();
+    project.deploy("v1").assert_ok();
+
+    let typed = project.ferry(&["secrets", "set", "TYPED=hunter2x", "--stage"]);
+    typed.assert_ok();
+    assert!(typed.stderr.contains("command line") && typed.stderr.contains("TYPED=-"), "warned: {}", typed.stderr);
+    assert!(!typed.stderr.contains("hunter2x") && !typed.stdout.contains("hunter2x"));
+
+    let piped = set_from_stdin(&project, "MULTI", b"a\nb\n");
+    piped.assert_ok();
+    assert!(!piped.stderr.contains("command line"), "stdin is the quiet way: {}", piped.stderr);
+    let logs = project.ferry(&["logs", "-n", "50"]);
+    // base64 of "a\nb\n|": both newlines arrived.
+    assert!(logs.stdout.contains("seen=YQpiCnw="), "the value is kept exactly: {}", logs.stdout);
+
+    let nul = set_from_stdin(&project, "NUL", b"hunter\0two");
+    assert_eq!(nul.code, 2, "{}", nul.stderr);
+    assert!(nul.stderr.contains("NUL") && !nul.stderr.contains("hunter"), "{}", nul.stderr);
+
+    let list = project.ferry(&["secrets", "list", "--json"]);
+    list.assert_ok();
+    let rows: Vec<serde_json::Value> =
+        list.stdout.lines().flat_map(serde_json::from_str::<serde_json::Value>).collect();
+    let rows = rows.iter().find_map(|v| v.as_array().cloned()).unwrap_or_default();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["MULTI", "TYPED"], "NUL was not stored: {}", list.stdout);
+    for row in &rows {
+        assert!(row.get("digest").is_none(), "nothing derived from a value is shown: {row}");
+        assert!(row["set_at"].as_str().is_some_and(|t| t.ends_with('Z')), "when it was set: {row}");
+    }
+}

@@ -347,3 +347,53 @@ fn database_urls_of_every_length_are_read_back_from_secrets() {
         assert_eq!(run.code, 0, "url with {suffix:?}: {}", run.stderr);
     }
 }
+
+#[test]
+fn release_command_output_never_keeps_a_secret_value() {
+    const TOKEN: &str = "tok\"en\\42-x";
+    const ENV_PASSWORD: &str = "s3cr3t-env";
+    let project = Project::builder()
+        .region("syd", 1)
+        .toml(&format!("[env]\n  DB_PASSWORD = \"{ENV_PASSWORD}\""))
+        .deploy_keys(
+            r#"  release_command = "printf 't=%s p=%s\\n' \"$API_TOKEN\" \"$DB_PASSWORD\"; if test -e {dir}/fail; then printf 'failing with %s\\n' \"$API_TOKEN\" >&2; exit 3; fi""#,
+        )
+        .build();
+    let mut child = project
+        .command(&["secrets", "set", "API_TOKEN=-", "--stage", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), TOKEN.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let first = project.ferry(&["deploy", "--version", "v1", "--json"]);
+    first.assert_ok();
+    let app = project.path().join(".ferry/local/syd/local/hello");
+    let (history, log) = (app.join("history.jsonl"), app.join("release_command.log"));
+    // As an older ferry may have left them: readable by others.
+    for file in [&history, &log] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    std::fs::write(project.path().join("fail"), "").unwrap();
+    let failed = project.ferry(&["deploy", "--version", "v2", "--json"]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("[redacted:API_TOKEN]"), "the error quotes the output, redacted: {}", failed.stderr);
+    let releases = project.ferry(&["releases", "--json"]);
+    let written = [
+        ("deploy output", format!("{}{}{}{}", first.stdout, first.stderr, failed.stdout, failed.stderr)),
+        ("releases --json", releases.stdout),
+        ("history.jsonl", std::fs::read_to_string(&history).unwrap()),
+        ("release_command.log", std::fs::read_to_string(&log).unwrap()),
+    ];
+    for (what, text) in &written {
+        assert!(!text.contains("tok\\\"en") && !text.contains("tok\"en"), "{what} holds the secret: {text}");
+        assert!(!text.contains(ENV_PASSWORD), "{what} holds the [env] password: {text}");
+    }
+    assert!(written[3].1.contains("t=[redacted:API_TOKEN] p=[redacted:DB_PASSWORD]"), "{}", written[3].1);
+    assert!(written[2].1.contains("[redacted:API_TOKEN]"), "the failure is recorded, redacted: {}", written[2].1);
+    for file in [&history, &log] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{} is private", file.display());
+    }
+}

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -48,9 +48,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     written
 }
 
+/// Opens a file for appending, private to the account: created 0600, and made 0600 if
+/// an older ferry left it readable to others.
+pub fn open_private_log(path: &Path) -> io::Result<fs::File> {
+    let file = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 /// Appends one line to a file private to the account.
 fn append_private(path: &Path, line: &str) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
+    let mut file = open_private_log(path)?;
     file.write_all(line.as_bytes())?;
     if !line.ends_with('\n') {
         file.write_all(b"\n")?;
@@ -176,7 +186,7 @@ impl App {
         let dir = self.instance(&record.id);
         fs::create_dir_all(&dir)?;
         let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-        write_atomic(&dir.join("instance.json"), &json, 0o644)
+        write_atomic(&dir.join("instance.json"), &json, 0o600)
     }
 
     /// What this host holds, with `instances` telling which records are alive. With
@@ -291,9 +301,18 @@ impl App {
         Ok(())
     }
 
+    /// Appends a history record, with every secret value in it redacted (an error may
+    /// quote a release_command's or an instance's output).
     pub fn append_history(&self, line: &str) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        append_private(&self.history(), line)
+        let redactor = crate::redact::Redactor::new(&self.secrets(), &BTreeMap::new());
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(mut record) if !redactor.is_empty() => {
+                redactor.redact_json(&mut record);
+                append_private(&self.history(), &record.to_string())
+            }
+            _ => append_private(&self.history(), line),
+        }
     }
 
     pub fn read_history(&self) -> String {
@@ -387,6 +406,14 @@ impl App {
 
     /// Replaces (or adds) secrets: drops `keys`, then appends `lines` (`KEY=base64`).
     pub fn secrets_set(&self, keys: &[String], lines: &str) -> io::Result<()> {
+        for line in lines.lines() {
+            if parse_secret_line(line).is_none_or(|(_, value, _)| value.contains('\0')) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a secret is not base64 of UTF-8 text without NUL bytes; nothing was stored",
+                ));
+            }
+        }
         let mut kept: String = self
             .secrets_raw()
             .lines()
@@ -397,26 +424,31 @@ impl App {
         self.secrets_replace(&kept)
     }
 
-    /// The secrets, decoded.
+    /// The secrets, decoded: `KEY=base64` lines, with `;<unix seconds>` (when it was set)
+    /// after the value since secrets stopped showing digests.
     pub fn secrets(&self) -> BTreeMap<String, String> {
-        self.secrets_raw()
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .filter_map(|(key, value)| {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
-                Some((key.to_string(), String::from_utf8_lossy(&bytes).into_owned()))
-            })
-            .collect()
+        self.secret_lines().map(|(key, value, _)| (key, value)).collect()
     }
 
-    /// `(name, digest)` of every secret: a short sha256 of the value.
+    fn secret_lines(&self) -> impl Iterator<Item = (String, String, Option<u64>)> {
+        let raw = self.secrets_raw();
+        let lines: Vec<_> = raw.lines().filter_map(parse_secret_line).collect();
+        lines.into_iter()
+    }
+
+    /// `(name, when it was set)` of every secret: never anything derived from the value,
+    /// which a digest of a short value would give away.
     pub fn secrets_list(&self) -> Vec<(String, String)> {
-        self.secrets()
-            .into_iter()
-            .map(|(key, value)| {
-                let digest: String = format!("{:x}", Sha256::digest(value.as_bytes())).chars().take(12).collect();
-                (key, digest)
+        self.secret_lines()
+            .map(|(key, _, set_at)| {
+                let when = set_at.map_or_else(
+                    || "-".to_string(),
+                    |secs| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
+                );
+                (key, when)
             })
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
             .collect()
     }
 
@@ -512,6 +544,18 @@ impl App {
 }
 
 /// The TCP ports something listens on, on this machine.
+/// One line of the secrets file: `KEY=base64`, optionally followed by `;<unix seconds>`.
+/// A value that is not base64 or not UTF-8 is skipped rather than changed.
+fn parse_secret_line(line: &str) -> Option<(String, String, Option<u64>)> {
+    let (key, rest) = line.split_once('=')?;
+    let (value, set_at) = match rest.split_once(';') {
+        Some((value, secs)) => (value, secs.parse().ok()),
+        None => (rest, None),
+    };
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
+    Some((key.to_string(), String::from_utf8(bytes).ok()?, set_at))
+}
+
 pub fn listening_ports() -> Vec<u16> {
     let mut ports = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {

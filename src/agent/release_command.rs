@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -73,6 +72,7 @@ async fn run_in<W: AsyncWrite + Unpin>(
     let (app, version, env) = (job.app, job.version, job.env);
     let mut vars = super::ops::helper_env(&BTreeMap::new());
     let secrets = app.secrets();
+    let redactor = crate::redact::Redactor::new(&secrets, env);
     vars.extend(
         env.iter()
             .filter(|(k, _)| !super::supervisor::OWN_VARS.contains(&k.as_str()))
@@ -101,11 +101,7 @@ async fn run_in<W: AsyncWrite + Unpin>(
         .stderr(Stdio::piped());
     let (mut child, ended) = job.reaper.spawn(&mut launch).map_err(|e| format!("starting the release_command: {e}"))?;
     let pid = child.id();
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(app.dir.join("release_command.log"))
+    let mut log = super::files::open_private_log(&app.dir.join("release_command.log"))
         .map_err(|e| format!("opening release_command.log: {e}"))?;
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let _ = writeln!(log, "== {stamp} release_command for {version}");
@@ -118,6 +114,7 @@ async fn run_in<W: AsyncWrite + Unpin>(
     let (mut out_done, mut err_done) = (false, false);
     let mut ended = Box::pin(ended);
     let deadline = job.limit.map(|l| tokio::time::Instant::now() + l);
+    let out_line = Out { log: &mut log, redactor: &redactor, deadline };
     let timer = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -139,11 +136,11 @@ async fn run_in<W: AsyncWrite + Unpin>(
         let drained = drain_until.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             line = out.next_line(), if !out_done => match line {
-                Ok(Some(line)) => emit(&mut log, write, line).await,
+                Ok(Some(line)) => out_line.emit(write, line).await,
                 _ => out_done = true,
             },
             line = err.next_line(), if !err_done => match line {
-                Ok(Some(line)) => emit(&mut log, write, line).await,
+                Ok(Some(line)) => out_line.emit(write, line).await,
                 _ => err_done = true,
             },
             status = &mut ended, if finished.is_none() => {
@@ -169,9 +166,26 @@ async fn run_in<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn emit<W: AsyncWrite + Unpin>(log: &mut std::fs::File, write: &mut W, line: String) {
-    let _ = writeln!(log, "{line}");
-    send_line(write, line).await;
+/// Where each line of output goes: the log and the caller, with secret values redacted.
+struct Out<'a> {
+    log: &'a std::fs::File,
+    redactor: &'a crate::redact::Redactor,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Out<'_> {
+    /// Writes a line; a caller that stops reading holds this only until the deadline, so
+    /// the time limit still ends the command.
+    async fn emit<W: AsyncWrite + Unpin>(&self, write: &mut W, line: String) {
+        let line = self.redactor.redact(&line).into_owned();
+        let _ = writeln!(&mut &*self.log, "{line}");
+        match self.deadline {
+            Some(at) => {
+                let _ = tokio::time::timeout_at(at, send_line(write, line)).await;
+            }
+            None => send_line(write, line).await,
+        }
+    }
 }
 
 /// Kills the command's process group and everything that carries its mark.

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{BufRead, Seek, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -898,7 +897,7 @@ fn link_release(root: &Path, release: &Path) -> std::io::Result<()> {
 }
 
 fn open_log(dir: &Path) -> std::io::Result<fs::File> {
-    fs::OpenOptions::new().append(true).create(true).mode(0o600).open(dir.join("log"))
+    super::files::open_private_log(&dir.join("log"))
 }
 
 /// Keeps a chatty instance from filling the disk: past [`LOG_LIMIT`] the log is copied

@@ -3,6 +3,7 @@
 //! command line. Changing them restarts instances behind health checks unless `--stage`.
 
 use std::io::Read as _;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
@@ -12,33 +13,88 @@ use crate::report::views::{SecretRow, Secrets};
 
 use super::Ctx;
 
-/// Parses `K=V` arguments (`K=-` reads the value from stdin, once).
-fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, String)>, Error> {
+/// A secret value as it arrived, before it is stored.
+struct Pair {
+    key: String,
+    value: String,
+}
+
+/// Names the key only: a value must never reach a log or a panic message.
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<{} bytes>", self.key, self.value.len())
+    }
+}
+
+/// Parses `K=V` arguments. `K=-` reads the value from stdin: from a prompt that does
+/// not echo when stdin is a terminal, else the whole of stdin exactly as sent (once).
+/// A value given on the command line works, with a warning: `ps` and shell history see it.
+fn parse_pairs(ctx: Option<&Ctx>, pairs: &[String]) -> Result<Vec<Pair>, Error> {
     let mut parsed = Vec::new();
     let mut stdin_used = false;
+    let interactive = ctx.is_some_and(|ctx| ctx.interactive);
     for pair in pairs {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(Error::usage(format!("`{}` is not KEY=VALUE", key_only(pair))));
         };
         valid_key(key)?;
         let value = if value == "-" {
-            if stdin_used {
-                return Err(Error::usage("only one secret can be read from stdin"));
+            if interactive {
+                prompt(key)?
+            } else {
+                if stdin_used {
+                    return Err(Error::usage("only one secret can be read from a piped stdin"));
+                }
+                stdin_used = true;
+                read_stdin(key)?
             }
-            stdin_used = true;
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|source| Error::Io {
-                action: "read",
-                path: "stdin".into(),
-                source,
-            })?;
-            text.strip_suffix('\n').map(str::to_string).unwrap_or(text)
         } else {
+            if let Some(ctx) = ctx {
+                ctx.warn(format!(
+                    "the value of {key} was passed on the command line, where `ps` and your shell's \
+                     history can see it; `{key}=-` reads it from stdin instead"
+                ));
+            }
             value.to_string()
         };
-        parsed.push((key.to_string(), value));
+        if value.contains('\0') {
+            return Err(Error::usage(format!(
+                "the value of {key} contains a NUL byte, which an environment variable cannot hold; nothing was stored"
+            )));
+        }
+        if value.len() > MAX_VALUE {
+            return Err(Error::usage(format!(
+                "the value of {key} is {} bytes; an environment variable holds at most {MAX_VALUE}; nothing was stored",
+                value.len()
+            )));
+        }
+        parsed.push(Pair { key: key.to_string(), value });
     }
     Ok(parsed)
+}
+
+/// The kernel's limit for one `KEY=VALUE` environment string (`MAX_ARG_STRLEN`, 32 pages),
+/// less room for the name: a longer value makes every start fail with "Argument list too long".
+const MAX_VALUE: usize = 128 * 1024 - 256;
+
+/// Reads a value from a terminal without echoing it; the Enter that ends it is not part of it.
+fn prompt(key: &str) -> Result<String, Error> {
+    let term = console::Term::stderr();
+    term.write_str(&format!("value for {key} (not shown): "))
+        .and_then(|()| term.read_secure_line())
+        .map_err(|source| Error::Io { action: "read", path: "the terminal".into(), source })
+}
+
+/// Reads the whole of stdin, exactly: a trailing newline is kept, since it may be meant.
+fn read_stdin(key: &str) -> Result<String, Error> {
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).map_err(|source| Error::Io {
+        action: "read",
+        path: "stdin".into(),
+        source,
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::usage(format!("the value of {key} read from stdin is not UTF-8; nothing was stored")))
 }
 
 /// The part of an argument before `=`, so a malformed pair never echoes a value.
@@ -60,14 +116,15 @@ fn valid_key(key: &str) -> Result<(), Error> {
 }
 
 pub async fn set(ctx: &Ctx, pairs: &[String], stage: bool) -> Result<(), Error> {
-    let pairs = parse_pairs(pairs)?;
+    let pairs = parse_pairs(Some(ctx), pairs)?;
     if pairs.is_empty() {
         return Err(Error::usage("nothing to set: pass KEY=VALUE"));
     }
-    let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
-    let lines = pairs.iter().fold(String::new(), |mut lines, (k, v)| {
+    let keys: Vec<String> = pairs.iter().map(|p| p.key.clone()).collect();
+    let set_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let lines = pairs.iter().fold(String::new(), |mut lines, p| {
         use std::fmt::Write as _;
-        let _ = writeln!(lines, "{k}={}", base64::engine::general_purpose::STANDARD.encode(v));
+        let _ = writeln!(lines, "{}={};{set_at}", p.key, base64::engine::general_purpose::STANDARD.encode(&p.value));
         lines
     });
     store(ctx, &keys, lines, stage, "secrets set").await
@@ -104,7 +161,7 @@ pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     let fleet = ctx.fleet()?;
     let Some(host) = fleet.hosts().next() else { return Ok(()) };
     let secrets = host.secrets_list().await.map_err(|source| Error::Host { step: "listing secrets", source })?;
-    ctx.show(&Secrets(secrets.into_iter().map(|(name, digest)| SecretRow { name, digest }).collect()));
+    ctx.show(&Secrets(secrets.into_iter().map(|(name, set_at)| SecretRow { name, set_at }).collect()));
     Ok(())
 }
 
@@ -114,10 +171,21 @@ mod tests {
 
     #[test]
     fn pairs_need_a_valid_name_and_never_echo_the_value() {
-        let err = parse_pairs(&["1BAD=hunter2".into()]).unwrap_err().to_string();
+        let err = parse_pairs(None, &["1BAD=hunter2".into()]).unwrap_err().to_string();
         assert!(err.contains("1BAD") && !err.contains("hunter2"), "{err}");
-        let err = parse_pairs(&["NOEQUALS".into()]).unwrap_err().to_string();
+        let err = parse_pairs(None, &["NOEQUALS".into()]).unwrap_err().to_string();
         assert!(err.contains("NOEQUALS"));
-        assert_eq!(parse_pairs(&["A=b=c".into()]).unwrap(), [("A".to_string(), "b=c".to_string())]);
+        let pairs = parse_pairs(None, &["A=b=c".into(), "B=line\n".into()]).unwrap();
+        let pairs: Vec<_> = pairs.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+        assert_eq!(pairs, [("A", "b=c"), ("B", "line\n")], "values are kept exactly");
+    }
+
+    #[test]
+    fn nul_bytes_and_oversized_values_are_refused_without_echoing_them() {
+        let err = parse_pairs(None, &["K=hunter2\0x".into()]).unwrap_err().to_string();
+        assert!(err.contains("NUL") && err.contains('K') && !err.contains("hunter2"), "{err}");
+        let big = format!("K={}", "x".repeat(MAX_VALUE + 1));
+        let err = parse_pairs(None, &[big]).unwrap_err().to_string();
+        assert!(err.contains("at most") && !err.contains("xxxx"), "{err}");
     }
 }

@@ -291,7 +291,8 @@ impl View for Locks {
 #[derive(Debug, Serialize)]
 pub struct SecretRow {
     pub name: String,
-    pub digest: String,
+    /// When it was last set (RFC 3339, UTC), `-` when not recorded.
+    pub set_at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -303,9 +304,9 @@ impl View for Secrets {
         if self.0.is_empty() {
             return "no secrets; `ferry secrets set KEY=VALUE` adds one\n".into();
         }
-        let mut t = table(&["NAME", "DIGEST"]);
+        let mut t = table(&["NAME", "SET AT"]);
         for s in &self.0 {
-            t.add_row(vec![s.name.clone(), s.digest.clone()]);
+            t.add_row(vec![s.name.clone(), s.set_at.clone()]);
         }
         rendered(&t)
     }
@@ -455,14 +456,14 @@ mod tests {
     #[test]
     fn tables_fit_their_content_without_trailing_spaces() {
         let view = Secrets(vec![
-            SecretRow { name: "A".into(), digest: "0123".into() },
-            SecretRow { name: "LONGER_NAME".into(), digest: "4567".into() },
+            SecretRow { name: "A".into(), set_at: "0123".into() },
+            SecretRow { name: "LONGER_NAME".into(), set_at: "4567".into() },
         ]);
         let text = view.render();
         assert!(text.lines().all(|l| l == l.trim_end()), "{text:?}");
         let header = text.lines().next().unwrap();
-        assert!(header.contains("NAME") && header.contains("DIGEST"));
-        let column = header.find("DIGEST").unwrap();
+        assert!(header.contains("NAME") && header.contains("SET AT"));
+        let column = header.find("SET AT").unwrap();
         assert!(
             text.lines()
                 .skip(1)
