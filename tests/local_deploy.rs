@@ -488,3 +488,91 @@ fn a_release_of_compressed_files_ships_as_plain_tar_and_arrives_intact() {
     assert!(leftovers.is_empty(), "the temporary tar stream is removed: {leftovers:?}");
     assert_eq!(project.versions_served(), ["v1", "v1"]);
 }
+
+/// A project whose replacements stop the old instance first (no front door to switch),
+/// so a revert has to start the old release again rather than keep it serving.
+fn in_place(count: u32) -> Project {
+    Project::builder().region("syd", count).proxy("  enabled = false").build()
+}
+
+fn assert_put_back_on_v1(project: &Project, run: &common::Run) {
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("put back on v1"), "{}", run.stderr);
+    let events = run.events();
+    assert!(!events.iter().any(|e| e["event"] == "instance_revert_failed"), "every revert worked: {}", run.stdout);
+    assert!(project.versions_served().iter().all(|v| v == "v1"), "{:?}", project.versions_served());
+    assert!(project.instances().iter().all(|i| i["health"] == "passing"), "{:?}", project.instances());
+}
+
+#[test]
+fn a_killed_bad_deploy_is_reverted_by_its_rerun() {
+    let project = in_place(2);
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("fail-health"));
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json", "--wait-timeout", "60s"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_event(&mut stdout, |e| e["event"] == "instance_updating").expect("an instance is being replaced");
+    // Killed once the instance's own record says v2 (it was started, it is failing).
+    common::eventually(std::time::Duration::from_secs(20), || {
+        project.instances().iter().any(|i| i["version"] == "v2").then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let run = project.ferry(&["deploy", "--version", "v2", "--json", "--wait-timeout", "3s"]);
+    assert_put_back_on_v1(&project, &run);
+    assert_eq!(project.versions_served(), ["v1"; 2]);
+}
+
+#[test]
+fn a_killed_bad_first_deploy_leaves_nothing_on_the_bad_release_after_its_rerun() {
+    let project = in_place(1);
+    project.set_mode(Some("fail-health"));
+    let mut child = project.spawn(&["deploy", "--version", "v1", "--json", "--wait-timeout", "60s"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_event(&mut stdout, |e| e["event"] == "instance_updating").expect("an instance is being started");
+    common::eventually(std::time::Duration::from_secs(20), || (!project.instances().is_empty()).then_some(()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let run = project.ferry(&["deploy", "--version", "v1", "--json", "--wait-timeout", "3s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.events().iter().any(|e| e["event"] == "instance_revert_failed"), "{}", run.stdout);
+    assert!(project.instances().is_empty(), "nothing runs the bad release: {:?}", project.instances());
+}
+
+#[test]
+fn a_revert_starts_the_old_release_with_its_own_env_not_the_new_one() {
+    for project in [in_place(2), Project::builder().region("syd", 2).build()] {
+        project.deploy("v1").assert_ok();
+        // The new config makes every start of any release fail.
+        let toml = std::fs::read_to_string(project.path().join("fly.toml")).unwrap();
+        std::fs::write(project.path().join("fly.toml"), format!("{toml}\n[env]\n  HELLO_MODE = \"exit-at-start\"\n"))
+            .unwrap();
+        let run = project.ferry(&["deploy", "--version", "v2", "--json", "--wait-timeout", "3s"]);
+        assert_put_back_on_v1(&project, &run);
+    }
+}
+
+#[test]
+fn a_secret_that_breaks_the_restart_is_undone() {
+    for project in [in_place(2), Project::builder().region("syd", 2).build()] {
+        project.deploy("v1").assert_ok();
+        let mut child = project
+            .command(&["secrets", "set", "HELLO_MODE=-", "--json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"exit-at-start").unwrap();
+        drop(child.stdin.take());
+        let run = common::Run::from(child.wait_with_output().unwrap());
+        assert_put_back_on_v1(&project, &run);
+        assert!(run.stdout.contains("previous secrets"), "says the change was undone: {}", run.stdout);
+        let list = project.ferry(&["secrets", "list"]);
+        assert!(!list.stdout.contains("HELLO_MODE"), "the bad secret is not kept: {}", list.stdout);
+        project.deploy("v2").assert_ok();
+        assert_eq!(project.versions_served(), ["v2"; 2]);
+    }
+}

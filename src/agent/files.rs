@@ -20,6 +20,22 @@ use crate::host::{
     Finished, HostState, InstalledRelease, InstanceRecord, InstanceState, LockReply, Volume, VolumeCreated,
 };
 
+/// The secrets file as a start read it: its text, `None` when there was none. An
+/// instance keeps the snapshot it started with, so a restart runs it exactly as it ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot(pub Option<String>);
+
+impl Snapshot {
+    pub fn values(&self) -> BTreeMap<String, String> {
+        self.0.as_deref().unwrap_or_default().lines().filter_map(parse_secret_line).map(|(k, v, _)| (k, v)).collect()
+    }
+
+    /// As the host reports its secrets: the file's sha256, empty without a file.
+    pub fn digest(&self) -> String {
+        self.0.as_ref().map(|text| format!("{:x}", Sha256::digest(text.as_bytes()))).unwrap_or_default()
+    }
+}
+
 /// The file in every installed release that says what it is.
 pub const RELEASE_FILE: &str = ".ferry-release";
 
@@ -385,7 +401,16 @@ impl App {
                 _ => {}
             }
         }
-        Ok(())
+        match fs::remove_file(self.as_ran_file(version)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// How `version`'s instances ran when it was last made current (see
+    /// [`super::supervisor::AsRan`]).
+    pub fn as_ran_file(&self, version: &str) -> PathBuf {
+        self.dir.join("launches").join(format!("{version}.json"))
     }
 
     /// The sha256 of the secrets file, when there is one.
@@ -393,13 +418,24 @@ impl App {
         fs::read(self.secrets_file()).ok().map(|bytes| format!("{:x}", Sha256::digest(bytes)))
     }
 
+    pub fn secrets_snapshot(&self) -> Snapshot {
+        Snapshot(fs::read_to_string(self.secrets_file()).ok())
+    }
+
     /// The stored secrets, `KEY=base64` lines.
     pub fn secrets_raw(&self) -> String {
         fs::read_to_string(self.secrets_file()).unwrap_or_default()
     }
 
-    /// Replaces the secrets file with `raw`.
+    /// Replaces the secrets file with `raw`; no secrets at all means no file, so an
+    /// app that never had any and one whose last secret was unset look the same.
     pub fn secrets_replace(&self, raw: &str) -> io::Result<()> {
+        if raw.trim().is_empty() {
+            return match fs::remove_file(self.secrets_file()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
         fs::create_dir_all(&self.dir)?;
         write_atomic(&self.secrets_file(), raw.as_bytes(), 0o600)
     }

@@ -255,10 +255,21 @@ impl Agent {
                 Reply::Done
             }
             Request::ReadHistory => Reply::Text(app.read_history()),
-            Request::Finish { token, current, history, prune } => Reply::Finished(
-                blocking(move || Ok(app.finish(token.as_deref(), current.as_deref(), history.as_deref(), &prune)))
+            Request::Finish { token, current, history, prune } => {
+                let paths = self.paths.clone();
+                Reply::Finished(
+                    blocking(move || {
+                        if let Some(version) = current.as_deref() {
+                            // Before the lock goes: the next operation may revert to it.
+                            if let Err(e) = super::supervisor::record_as_ran(&app, version) {
+                                super::daemon::log(&paths, &format!("recording how {version} runs: {e}"));
+                            }
+                        }
+                        Ok(app.finish(token.as_deref(), current.as_deref(), history.as_deref(), &prune))
+                    })
                     .await?,
-            ),
+                )
+            }
             Request::ReleaseCommand { version, command, env, limit } => {
                 let mut env = env.0;
                 if let Some(path) = &path {

@@ -26,7 +26,7 @@ use crate::health::Failure;
 use crate::host::proto::{Launch, RestartPolicy};
 use crate::host::{now_ms, Health, InstanceRecord, InstanceState, Runtime, Stop};
 
-use super::files::App;
+use super::files::{App, Snapshot};
 use super::procs::{self, Ended, Reaper};
 
 /// The first pause before a restart; doubled each time, up to [`MAX_BACKOFF`].
@@ -68,6 +68,58 @@ pub struct Spec {
     /// How its last process ended.
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// The secrets it started with (absent in specs of older agents: the file then).
+    #[serde(default)]
+    pub secrets: Option<Snapshot>,
+}
+
+/// How a release's instances ran when it was last made current on this host: what a
+/// revert to it starts again, so a bad secret, `[env]` or start command of the release
+/// that failed never reaches the one put back. Kept in `launches/<version>.json` (0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsRan {
+    /// Without per-instance variables (those come from the revert's own launch).
+    pub launch: Launch,
+    pub secrets: Snapshot,
+    pub config: crate::host::Identity,
+}
+
+/// Whether a variable belongs to one instance (ferry's own, its volumes, where its
+/// primary is) rather than to the release's configuration.
+fn per_instance(key: &str) -> bool {
+    OWN_VARS.contains(&key) || key.starts_with("FERRY_")
+}
+
+/// Records how `version` runs here, from the newest instance on it; a host without
+/// one keeps what it had.
+pub fn record_as_ran(app: &App, version: &str) -> std::io::Result<()> {
+    let Ok(entries) = fs::read_dir(app.dir.join("instances")) else { return Ok(()) };
+    let newest = entries
+        .flatten()
+        .filter_map(|e| read_spec(app, &e.file_name().to_string_lossy()))
+        .filter(|s| s.running && s.record.version == version)
+        .max_by_key(|s| s.record.started_at);
+    let Some(spec) = newest else { return Ok(()) };
+    let mut launch = spec.launch;
+    launch.env.0.retain(|k, _| !per_instance(k));
+    launch.as_ran = None;
+    let secrets = spec.secrets.unwrap_or_else(|| app.secrets_snapshot());
+    let as_ran = AsRan { launch, secrets, config: spec.record.config };
+    let file = app.as_ran_file(version);
+    fs::create_dir_all(file.parent().unwrap_or(&app.dir))?;
+    let json = serde_json::to_vec(&as_ran).map_err(std::io::Error::other)?;
+    super::files::write_atomic(&file, &json, 0o600)
+}
+
+/// What a revert to `launch.as_ran` starts: the recorded launch with this one's
+/// per-instance variables, its secrets and its configuration; `None` without a record.
+fn as_ran(app: &App, launch: &Launch) -> Option<(Launch, Snapshot, crate::host::Identity)> {
+    let version = launch.as_ran.as_deref()?;
+    let recorded: AsRan = serde_json::from_str(&fs::read_to_string(app.as_ran_file(version)).ok()?).ok()?;
+    let mut env = recorded.launch.env.0;
+    env.extend(launch.env.0.iter().filter(|(k, _)| per_instance(k)).map(|(k, v)| (k.clone(), v.clone())));
+    let launch = Launch { env: crate::host::Env(env), as_ran: launch.as_ran.clone(), ..recorded.launch };
+    Some((launch, recorded.secrets, recorded.config))
 }
 
 /// Who starts a process, which decides what its restart policy covers.
@@ -290,8 +342,9 @@ impl Supervisor {
                 // boot it crashed while no agent watched: a restart by its policy.
                 let starter = if this_boot { Starter::Policy } else { Starter::Boot };
                 let (again, launch) = (spec.record.clone(), spec.launch.clone());
+                let secrets = spec.secrets.clone().unwrap_or_else(|| slot.app.secrets_snapshot());
                 control.spec = Some(spec);
-                if let Err(e) = self.start_locked(&slot, &mut control, again, launch, starter) {
+                if let Err(e) = self.start_locked(&slot, &mut control, again, launch, secrets, starter) {
                     slot.status.send_modify(|s| {
                         s.runtime.state = "crashed".into();
                         s.runtime.last_exit = Some(format!("could not start it again: {e}"));
@@ -324,7 +377,13 @@ impl Supervisor {
     }
 
     /// Starts the instance of `record`, stopping what runs there first (`replace`).
-    pub async fn start(&self, app: &App, record: InstanceRecord, launch: Launch, replace: bool) -> Result<u32, String> {
+    pub async fn start(
+        &self,
+        app: &App,
+        mut record: InstanceRecord,
+        launch: Launch,
+        replace: bool,
+    ) -> Result<u32, String> {
         let slot = self.slot(app, &record.id);
         let mut control = slot.busy.lock().await;
         // What would stop the new process from starting is found before the old one
@@ -341,7 +400,14 @@ impl Supervisor {
         if !replace {
             stop_everything(0, &record.id, &launch.stop).await;
         }
-        self.start_locked(&slot, &mut control, record, launch, Starter::Operation)
+        let (launch, secrets) = match as_ran(app, &launch) {
+            Some((launch, secrets, config)) => {
+                record.config = config;
+                (launch, secrets)
+            }
+            None => (launch, app.secrets_snapshot()),
+        };
+        self.start_locked(&slot, &mut control, record, launch, secrets, Starter::Operation)
     }
 
     fn start_locked(
@@ -350,6 +416,7 @@ impl Supervisor {
         control: &mut Control,
         mut record: InstanceRecord,
         launch: Launch,
+        secrets: Snapshot,
         starter: Starter,
     ) -> Result<u32, String> {
         let app = &slot.app;
@@ -364,8 +431,7 @@ impl Supervisor {
             link_release(&root, &release)
         })()
         .map_err(|e| format!("preparing {}: {e}", dir.display()))?;
-        let secrets = app.secrets();
-        let env = instance_env(&launch, &secrets, &tmp, &record);
+        let env = instance_env(&launch, &secrets.values(), &tmp, &record);
         let log = open_log(&dir).map_err(|e| format!("opening the log of {}: {e}", record.id))?;
         let mut note = log.try_clone().map_err(|e| e.to_string())?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -390,7 +456,7 @@ impl Supervisor {
         record.boot = procs::boot_id();
         record.started_at = now_ms();
         // As the host reports it: the secrets file's digest, empty without one.
-        record.config.secrets = app.secrets_digest().unwrap_or_default();
+        record.config.secrets = secrets.digest();
         let (restarts, last_exit) = {
             let status = slot.status.borrow();
             (status.runtime.restarts + u32::from(starter == Starter::Policy), status.runtime.last_exit.clone())
@@ -402,6 +468,7 @@ impl Supervisor {
             restarts,
             down_in_boot: None,
             last_exit,
+            secrets: Some(secrets),
         };
         let recorded = write_spec(app, &spec).and_then(|()| app.write_record(&record));
         if let Err(e) = recorded {
@@ -561,7 +628,8 @@ impl Supervisor {
             if this.frozen() {
                 return;
             }
-            if let Err(e) = this.start_locked(&slot, &mut control, spec.record, spec.launch, Starter::Policy) {
+            let secrets = spec.secrets.unwrap_or_else(|| slot.app.secrets_snapshot());
+            if let Err(e) = this.start_locked(&slot, &mut control, spec.record, spec.launch, secrets, Starter::Policy) {
                 slot.status.send_modify(|s| {
                     s.runtime.state = "crashed".into();
                     s.runtime.last_exit = Some(format!("could not restart: {e}"));
@@ -951,6 +1019,7 @@ mod tests {
             checks: serde_json::from_str(r#"{"probes":[]}"#).unwrap(),
             stop: Stop { signal: "SIGTERM".into(), timeout: Duration::from_secs(1) },
             restart: crate::host::proto::Restart::default(),
+            as_ran: None,
         };
         let secrets = BTreeMap::from([("A".to_string(), "secret".to_string()), ("PORT".to_string(), "1".to_string())]);
         let record: InstanceRecord = serde_json::from_str(

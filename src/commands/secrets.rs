@@ -137,16 +137,30 @@ pub async fn unset(ctx: &Ctx, keys: &[String], stage: bool) -> Result<(), Error>
     store(ctx, keys, String::new(), stage, "secrets unset").await
 }
 
+/// Stores the change on every host under the lock, then (unless `stage`) restarts the
+/// instances behind their checks. It holds as a whole: a host that cannot store it, or
+/// a restart that fails, puts every host's previous secrets back.
 async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: &str) -> Result<(), Error> {
     let fleet = ctx.fleet()?;
     observe::observe(&fleet).await?;
     let guard = lock::take(&fleet, ctx.reporter.as_ref(), command, ctx.settings.lock_wait).await?;
+    let mut before = Vec::new();
     let mut result = Ok(());
     for host in fleet.hosts() {
-        if let Err(source) = host.secrets_set(keys, lines.clone()).await {
+        let stored = match host.secrets_raw().await {
+            Ok(raw) => {
+                before.push((host, raw));
+                host.secrets_set(keys, lines.clone()).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(source) = stored {
             result = Err(Error::Host { step: "storing secrets", source });
             break;
         }
+    }
+    if result.is_err() {
+        restore(ctx, &before).await;
     }
     guard.release().await;
     result?;
@@ -154,7 +168,41 @@ async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: 
         ctx.finished(format!("staged {}; instances get them at the next deploy or restart", keys.join(", ")));
         return Ok(());
     }
-    ctx.engine(&fleet).run(Operation::Restart { command: format!("{command} {}", keys.join(" ")) }).await
+    let restarted =
+        ctx.engine(&fleet).run(Operation::Restart { command: format!("{command} {}", keys.join(" ")) }).await;
+    if restarted.is_err() && !ctx.settings.rollout.no_revert {
+        // The instances run as they did before (the restart put them back); the stored
+        // secrets follow, so the next deploy does not start with what just failed.
+        match lock::take(&fleet, ctx.reporter.as_ref(), command, ctx.settings.lock_wait).await {
+            Ok(guard) => {
+                restore(ctx, &before).await;
+                guard.release().await;
+            }
+            Err(e) => ctx.warn(format!(
+                "the previous secrets could not be put back ({e}); `ferry secrets list` shows what is stored"
+            )),
+        }
+    }
+    restarted
+}
+
+/// Puts each host's secrets file back as it was.
+async fn restore(ctx: &Ctx, before: &[(&crate::host::Host, String)]) {
+    let mut failed = Vec::new();
+    for (host, raw) in before {
+        if host.secrets_replace(raw.clone()).await.is_err() {
+            failed.push(host.name.clone());
+        }
+    }
+    if failed.is_empty() {
+        ctx.warn("the change was undone: every host has its previous secrets again");
+    } else {
+        ctx.warn(format!(
+            "the previous secrets could not be put back on {}; run the same `ferry secrets` command again, or \
+             `ferry secrets unset` what should not stay",
+            failed.join(", ")
+        ));
+    }
 }
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {

@@ -158,6 +158,7 @@ impl Engine<'_> {
                 start,
                 checks: self.settings.checks.clone(),
                 wait_timeout: self.settings.rollout.wait_timeout,
+                as_ran: None,
             },
             version: plan.version.clone(),
             reporter: Arc::clone(&self.reporter),

@@ -23,6 +23,8 @@ pub struct Spec {
     pub start: String,
     pub checks: Checks,
     pub wait_timeout: Duration,
+    /// Set for a revert: the host starts this version as it last ran (see [`Launch::as_ran`]).
+    pub as_ran: Option<String>,
 }
 
 fn digest(bytes: &[u8]) -> String {
@@ -60,6 +62,7 @@ impl Spec {
             checks: self.checks.clone(),
             stop: self.stop(),
             restart: self.instance.restart,
+            as_ran: self.as_ran.clone(),
         }
     }
 
@@ -179,15 +182,33 @@ pub async fn revert(
     primary_addr: Option<&str>,
 ) -> Result<(), String> {
     let stopped = host.stop_instance(&step.id, &spec.stop()).await;
-    match (&step.previous, stopped) {
+    match (back_to(step), stopped) {
         (_, Err(e)) => Err(format!("could not stop it: {e}")),
         (None, Ok(_)) => host.remove_instance(&step.id).await.map_err(|e| e.to_string()),
-        (Some(previous), Ok(_)) => {
-            let record = record(step, &previous.version, port, previous.created_at, previous.config.clone());
-            start_and_wait(spec, host, &record, false, primary_addr).await.map_err(|cause| cause.to_string())?;
+        (Some((version, previous)), Ok(_)) => {
+            let record = record(step, version, port, previous.created_at, previous.config.clone());
+            start_as_ran(spec, host, &record, primary_addr).await?;
             host.cutover(vec![step.id.clone()], Vec::new(), &spec.stop()).await.map_err(|e| e.to_string())
         }
     }
+}
+
+/// The version a step's instance goes back to, with its old record; `None` when it
+/// was new, or when nothing ever completed on its host.
+fn back_to(step: &Step) -> Option<(&str, &InstanceRecord)> {
+    Some((step.revert_to.as_deref()?, step.previous.as_ref()?))
+}
+
+/// Starts `record`'s version as it ran when its host last made it current (the host
+/// falls back to this rollout's settings when it kept no such record).
+async fn start_as_ran(
+    spec: &Spec,
+    host: &Host,
+    record: &InstanceRecord,
+    primary_addr: Option<&str>,
+) -> Result<(), String> {
+    let spec = Spec { as_ran: Some(record.version.clone()), ..spec.clone() };
+    start_and_wait(&spec, host, record, false, primary_addr).await.map(|_| ()).map_err(|cause| cause.to_string())
 }
 
 /// Puts back the previous version of a step that replaced its instance beside the
@@ -200,15 +221,15 @@ pub async fn revert_beside(
     port: u16,
     primary_addr: Option<&str>,
 ) -> Result<(), String> {
-    let Some(previous) = &step.previous else {
+    let Some((version, previous)) = back_to(step) else {
         return host.remove_instance(&step.id).await.map_err(|e| e.to_string());
     };
     let back = Step { id: crate::deploy::new_instance_id(), ..step.clone() };
-    let record = record(&back, &previous.version, port, previous.created_at, previous.config.clone());
-    if let Err(cause) = start_and_wait(spec, host, &record, false, primary_addr).await {
+    let record = record(&back, version, port, previous.created_at, previous.config.clone());
+    if let Err(cause) = start_as_ran(spec, host, &record, primary_addr).await {
         // The step's instance keeps serving; the one that could not go back goes.
         let _ = host.remove_instance(&back.id).await;
-        return Err(cause.to_string());
+        return Err(cause);
     }
     host.cutover(vec![back.id.clone()], vec![step.id.clone()], &spec.stop()).await.map_err(|e| e.to_string())
 }

@@ -41,8 +41,12 @@ pub struct Step {
     pub region: String,
     pub host: String,
     pub id: String,
-    /// The instance as it was (for `Replace`): what a revert goes back to.
+    /// The instance as it was (for `Replace`): its port, id and age.
     pub previous: Option<InstanceRecord>,
+    /// The version a revert puts it back on: what its host last made current (not what
+    /// the instance ran, which a killed run of this very rollout may have changed).
+    /// `None`: nothing completed on the host, so a revert removes the instance.
+    pub revert_to: Option<String>,
     pub was_alive: bool,
     pub to: String,
     /// Replaced beside its old instance: `id` is a new instance, started next to the
@@ -176,6 +180,7 @@ fn plan_region(
                 host: host.clone(),
                 id: if beside { new_id() } else { instance.record.id.clone() },
                 previous: Some(instance.record.clone()),
+                revert_to: state.current.clone().filter(|v| state.has_release(v)),
                 was_alive: instance.alive,
                 to: inputs.version.to_string(),
                 beside,
@@ -240,6 +245,7 @@ fn plan_region(
             host: host.to_string(),
             id: new_id(),
             previous: None,
+            revert_to: None,
             was_alive: false,
             to: inputs.version.to_string(),
             beside: false,
@@ -692,6 +698,21 @@ mod tests {
         let hosts: Vec<&str> = plan.steps().map(|s| s.host.as_str()).collect();
         assert_eq!(hosts, ["syd-h1", "syd-h2", "syd-h1"]);
         assert_eq!(plan.regions[0].batches.len(), 1);
+    }
+
+    #[test]
+    fn a_revert_goes_back_to_what_the_host_last_completed_not_to_the_instance_record() {
+        // A killed run of this deploy left `a` on v2; its host still says v1.
+        let mut observed = two_on_v1();
+        let h1 = observed.get_mut("syd-h1").unwrap();
+        h1.instances[0].record.version = "v2".into();
+        h1.current = Some("v1".into());
+        h1.releases = vec![release("v1", 1), release("v2", 2)];
+        // Nothing ever completed on h2: a revert there removes the instance.
+        let plan = plan_with(&observed, &[], Strategy::Rolling, MaxUnavailable::Count(1), 2);
+        let back: BTreeMap<&str, Option<&str>> =
+            plan.steps().map(|s| (s.host.as_str(), s.revert_to.as_deref())).collect();
+        assert_eq!(back, BTreeMap::from([("syd-h1", Some("v1")), ("syd-h2", None)]));
     }
 
     #[test]

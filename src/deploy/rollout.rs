@@ -785,7 +785,7 @@ impl Rollout {
                     region: step.region.clone(),
                     host: step.host.clone(),
                     instance: step.id.clone(),
-                    version: step.previous.as_ref().map(|p| p.version.clone()),
+                    version: step.revert_to.clone().filter(|_| step.previous.is_some()),
                 });
                 Ok(())
             }

@@ -37,6 +37,12 @@ pub struct Launch {
     pub checks: Checks,
     pub stop: Stop,
     pub restart: Restart,
+    /// A revert to this version: the host starts it as it ran when it was last made
+    /// current (its command, checks, stop and restart settings, `[env]` and secrets),
+    /// keeping only this launch's per-instance variables. Without such a record on the
+    /// host, this launch is used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_ran: Option<String>,
 }
 
 /// `[[restart]]`: what the agent does when an instance's process ends by itself.
