@@ -6,6 +6,7 @@ mod common;
 
 use common::postgres::{Postgres, APP_PASSWORD};
 use common::Project;
+use std::time::Duration;
 
 /// A project whose release_command records one row per run in `runs`.
 fn migrating_project(extra_deploy: &str) -> Project {
@@ -396,4 +397,65 @@ fn release_command_output_never_keeps_a_secret_value() {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600, "{} is private", file.display());
     }
+}
+
+fn gone(pid: &str) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    stat.is_empty() || stat.contains(") Z")
+}
+
+#[test]
+fn release_command_timeout_ends_everything_it_forked_and_frees_the_lock() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys(
+            "  release_command = \"(set -m; sleep 300 & echo $! > {dir}/a.pid); setsid env -i sh -c 'echo $$ > {dir}/b.pid; exec sleep 300' & sleep 300 & echo $! > {dir}/c.pid; wait\"\n  release_command_timeout = \"1s\"",
+        )
+        .build();
+    let run = project.deploy("v1");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+    for name in ["a.pid", "b.pid", "c.pid"] {
+        let pid = std::fs::read_to_string(project.path().join(name)).unwrap();
+        common::eventually(Duration::from_secs(10), || gone(&pid).then_some(()));
+    }
+    assert!(project.instances().is_empty(), "no instance was started");
+    let again = project.ferry(&["deploy", "--version", "v1", "--skip-release-command", "--json"]);
+    again.assert_ok();
+    assert!(!again.events().iter().any(|e| e["event"] == "lock_taken_over"), "the lock was released: {}", again.stdout);
+}
+
+#[test]
+fn release_command_timeout_holds_on_ferrys_side_when_the_host_stops_answering() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .deploy_keys("  release_command = \"sleep 300\"\n  release_command_timeout = \"1s\"")
+        .build();
+    let mut child = project.spawn(&["deploy", "--version", "v1", "--json"]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    common::wait_for_event(&mut stdout, |e| e["event"] == "release_command_started").expect("it started");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.state_dir().join("agent.json")).unwrap()).unwrap();
+    let agent = info["pid"].as_u64().unwrap().to_string();
+    // The host's agent stops answering (as a hung host would); it resumes in any case
+    // after a minute so that a failing run ends.
+    assert!(std::process::Command::new("kill").args(["-STOP", &agent]).status().unwrap().success());
+    let resume = {
+        let agent = agent.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_mins(1));
+            let _ = std::process::Command::new("kill").args(["-CONT", &agent]).status();
+        })
+    };
+    let finished = common::wait_for_event(&mut stdout, |e| e["event"] == "release_command_finished");
+    let stat = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
+    let still_stopped = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'));
+    assert!(std::process::Command::new("kill").args(["-CONT", &agent]).status().unwrap().success());
+    assert!(finished.is_some_and(|e| e["success"] == false), "the deploy gave up on the command");
+    assert!(still_stopped, "it gave up while the host still did not answer");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    drop(resume);
 }

@@ -151,6 +151,57 @@ pub fn session_leader(pids: &[u32]) -> Option<u32> {
     })
 }
 
+/// A process and everything it started that was seen while it ran, by pid and start
+/// time: what escapes its process group and its environment mark (a child that called
+/// `setsid` and cleared its environment) is still found, as long as it was seen
+/// before its parent went.
+#[derive(Debug, Default)]
+pub struct Family {
+    root: u32,
+    seen: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Family {
+    pub fn new(root: u32) -> Self {
+        let mut family = Self { root, seen: std::collections::BTreeMap::new() };
+        family.look();
+        family
+    }
+
+    /// Adds the root's live descendants (children of anything already seen).
+    pub fn look(&mut self) {
+        let parents: Vec<(u32, u32, u64)> = processes()
+            .filter_map(|p| {
+                let f = stat_fields(p)?;
+                Some((p, f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+            })
+            .collect();
+        if let Some(start) = starttime(self.root) {
+            self.seen.entry(self.root).or_insert(start);
+        }
+        loop {
+            let before = self.seen.len();
+            for (pid, ppid, start) in &parents {
+                if self.seen.contains_key(ppid) && !self.seen.contains_key(pid) {
+                    self.seen.insert(*pid, *start);
+                }
+            }
+            if self.seen.len() == before {
+                break;
+            }
+        }
+    }
+
+    /// Sends `signal` to every member still running as the process that was seen.
+    pub fn kill(&self, signal: Signal) {
+        for (pid, start) in &self.seen {
+            if same_process(*pid, *start) {
+                kill(*pid, signal);
+            }
+        }
+    }
+}
+
 pub fn kill_group(pgid: u32, signal: Signal) {
     if let Some(group) = pid(pgid) {
         let _ = rustix::process::kill_process_group(group, signal);

@@ -20,6 +20,8 @@ use super::procs::{self, Ended, Reaper};
 
 /// How long, after the command ends, output still in flight is read.
 const DRAIN: Duration = Duration::from_millis(200);
+/// How often what the command started is looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// One run of a release_command.
 pub struct Job<'a> {
@@ -123,13 +125,16 @@ async fn run_in<W: AsyncWrite + Unpin>(
     };
     tokio::pin!(timer);
     let mut finished: Option<(Ended, bool)> = None;
+    // Everything the command starts, looked at as it runs (see `procs::Family`).
+    let mut family = procs::Family::new(pid);
+    let mut look = tokio::time::interval(LOOK_EVERY);
     // Set once the command has exited: what is still in flight is read until then; a
     // background child that keeps the output open is stopped rather than waited for.
     let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         if let (true, true, Some((status, timed_out))) = (out_done, err_done, finished) {
             if !timed_out {
-                stop_leftovers(pid, token);
+                stop_leftovers(pid, token, &mut family);
             }
             return Ok(exit_of(status, timed_out));
         }
@@ -151,11 +156,14 @@ async fn run_in<W: AsyncWrite + Unpin>(
                 out_done = true;
                 err_done = true;
             },
+            _ = look.tick(), if finished.is_none() => family.look(),
             () = &mut timer, if finished.is_none() => {
                 // Out of time: the command and everything it started go.
+                family.look();
                 procs::kill_group(pid, rustix::process::Signal::TERM);
+                family.kill(rustix::process::Signal::TERM);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                stop_leftovers(pid, token);
+                stop_leftovers(pid, token, &mut family);
                 let status = tokio::time::timeout(Duration::from_secs(5), &mut ended).await;
                 let status = status.ok().and_then(Result::ok).unwrap_or(Ended::Unknown);
                 finished = Some((status, true));
@@ -188,9 +196,12 @@ impl Out<'_> {
     }
 }
 
-/// Kills the command's process group and everything that carries its mark.
-fn stop_leftovers(pid: u32, token: &str) {
+/// Kills the command's process group, everything seen descending from it and
+/// everything that carries its mark.
+fn stop_leftovers(pid: u32, token: &str, family: &mut procs::Family) {
+    family.look();
     procs::kill_group(pid, rustix::process::Signal::KILL);
+    family.kill(rustix::process::Signal::KILL);
     for left in procs::marked_with("FERRY_RELEASE_COMMAND_RUN", token) {
         procs::kill(left, rustix::process::Signal::KILL);
     }

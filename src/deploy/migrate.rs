@@ -20,6 +20,11 @@ use crate::transport::{LocalTransport, Transport};
 
 use super::rollout::{ReplayProbe, ReplicaWait, LOG_LINES};
 
+/// How long past the release_command's limit this side waits for the host's answer:
+/// the host stops the command (TERM, then KILL half a second later, then waits up to
+/// 5 s for it to be reaped) and answers.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The release machine: the primary region's first host.
 pub fn release_host(fleet: &Fleet) -> Result<&Host, Error> {
     fleet.primary().and_then(|r| r.hosts.first()).ok_or_else(|| Error::failed("the primary region has no host"))
@@ -162,10 +167,37 @@ pub async fn release_command(
     };
     let started = Instant::now();
     let limit = settings.migration.timeout;
-    let status = host
-        .run_release_command(version, command, &Env(env), limit, &on_line)
-        .await
-        .map_err(|source| Error::Host { step: "running the release_command", source })?;
+    let env = Env(env);
+    let running = host.run_release_command(version, command, &env, limit, &on_line);
+    // The host ends the command at its limit; this side holds the same deadline (with
+    // time for the host to stop it and answer), so a host that never answers cannot
+    // keep the deploy, and its lock, waiting.
+    let answered = match limit {
+        Some(limit) => tokio::time::timeout(limit + ANSWER_GRACE, running).await,
+        None => Ok(running.await),
+    };
+    let Ok(status) = answered else {
+        reporter.event(&Event::ReleaseCommandFinished {
+            host: host.name.clone(),
+            success: false,
+            exit_code: None,
+            duration_ms: super::millis(started.elapsed()),
+        });
+        return Err(Error::Failed {
+            message: format!(
+                "release_command `{command}` timed out after {} on `{}`, and the host did not answer within {} \
+                 more; no instance was changed",
+                limit.map(humantime::format_duration).map_or_else(String::new, |d| d.to_string()),
+                host.name,
+                humantime::format_duration(ANSWER_GRACE)
+            ),
+            hint: Some(format!(
+                "check that `{}` answers (`ferry status`); running the deploy again runs the release_command again",
+                host.name
+            )),
+        });
+    };
+    let status = status.map_err(|source| Error::Host { step: "running the release_command", source })?;
     reporter.event(&Event::ReleaseCommandFinished {
         host: host.name.clone(),
         success: status.success(),
