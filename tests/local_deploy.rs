@@ -576,3 +576,30 @@ fn a_secret_that_breaks_the_restart_is_undone() {
         assert_eq!(project.versions_served(), ["v2"; 2]);
     }
 }
+
+#[test]
+fn kill_timeout_is_wall_clock_time_per_instance() {
+    // Each instance leaves a helper that ignores SIGTERM: its stop takes kill_timeout,
+    // then SIGKILL, and no more.
+    let project =
+        Project::builder().region("syd", 3).start(Some("(trap '' TERM; exec sleep 1000) & exec bin/hello")).build();
+    let toml = std::fs::read_to_string(project.path().join("fly.toml")).unwrap();
+    std::fs::write(project.path().join("fly.toml"), toml.replace("kill_timeout = 5", "kill_timeout = 2")).unwrap();
+    project.deploy("v1").assert_ok();
+    let mut child = project.spawn(&["destroy", "--yes", "--json"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut at = Vec::new();
+    while wait_for_event(&mut stdout, |e| e["event"] == "instance_stopped").is_some() {
+        at.push(std::time::Instant::now());
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(at.len(), 3);
+    for pair in at.windows(2) {
+        let took = pair[1] - pair[0];
+        assert!(
+            took >= std::time::Duration::from_millis(1900) && took < std::time::Duration::from_millis(2700),
+            "one stop took {took:?} for kill_timeout = 2"
+        );
+    }
+    assert!(processes(&project, "sleep 1000").is_empty());
+}

@@ -835,6 +835,8 @@ fn startable(app: &App, record: &InstanceRecord) -> Result<(), String> {
 /// included), all at once with `stop`'s signal, then SIGKILL for what is left after its
 /// timeout (wall-clock time). True when anything had to be killed.
 async fn stop_everything(pgid: u32, id: &str, stop: &Stop) -> bool {
+    // Wall-clock time from the signal, whatever looking for processes costs.
+    let deadline = Instant::now() + stop.timeout;
     let signal = procs::signal(&stop.signal);
     if pgid != 0 {
         procs::kill_group(pgid, signal);
@@ -844,7 +846,6 @@ async fn stop_everything(pgid: u32, id: &str, stop: &Stop) -> bool {
         procs::kill(*pid, signal);
     }
     let gone = || (pgid == 0 || !procs::group_alive(pgid)) && !marked.iter().any(|p| procs::alive(*p));
-    let deadline = Instant::now() + stop.timeout;
     let mut pause = Duration::from_millis(1);
     while !gone() {
         if Instant::now() >= deadline {
