@@ -21,9 +21,13 @@ struct App {
 impl App {
     fn launch() -> App {
         let tmp = tempfile::tempdir().unwrap();
+        // An ordinary project path, deep enough that a socket under it would pass the
+        // 107 bytes a Unix socket's path may have.
+        let parent = tmp.path().join("home/someone/projects/a-company/services");
+        std::fs::create_dir_all(&parent).unwrap();
         // The postgres user must be able to reach the volumes below it.
-        Command::new("chmod").arg("0755").arg(tmp.path()).status().unwrap();
-        let dir = tmp.path().join("pgapp");
+        Command::new("chmod").arg("-R").arg("0755").arg(tmp.path()).status().unwrap();
+        let dir = parent.join("pgapp");
         let out = Command::new(common::FERRY)
             .args(["launch", "--template", "postgres", "--name", "pgapp", "--region", "syd", "--dir"])
             .arg(&dir)

@@ -300,3 +300,25 @@ fn volumes_bind_instances_on_ssh_hosts_and_keep_their_data() {
     assert_eq!(boots, "v1\nv2\n");
     assert!(fleet.run_on(0, "ls ~/ferry/hello/instances").trim().is_empty());
 }
+
+#[test]
+fn a_long_tmpdir_leaves_ssh_control_sockets_short() {
+    if !common::need::root() {
+        return;
+    }
+    let fleet = SshFleet::start(1);
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1)], "");
+    // Far past what a socket path may hold once ssh adds its own names.
+    let deep = project.path().join("a-temporary-directory-with-a-long-name".repeat(3));
+    std::fs::create_dir_all(&deep).unwrap();
+    for (version, persist) in [("v1", "1"), ("v2", "0")] {
+        let out = project
+            .command(&["deploy", "--version", version])
+            .env("TMPDIR", &deep)
+            .env("FERRY_SSH_PERSIST", persist)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "FERRY_SSH_PERSIST={persist}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0, "nothing of ssh's was put under TMPDIR");
+}

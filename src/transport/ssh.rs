@@ -35,6 +35,9 @@ const PERSIST_SECS: u32 = 60;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Where sockets go: a short path whatever `TMPDIR` says.
+const SHORT_TMP: &str = "/tmp";
+
 /// Where master connections are kept between runs: a directory only this user can
 /// enter. `None` (each run connects afresh) when `FERRY_SSH_PERSIST=0` or when the
 /// directory is not safely this user's own.
@@ -44,7 +47,9 @@ fn persist_dir() -> Option<PathBuf> {
         return None;
     }
     let uid = std::fs::metadata("/proc/self").ok()?.uid();
-    let dir = std::env::temp_dir().join(format!("ferry-ssh-{uid}"));
+    // `/tmp`, not `TMPDIR`: a control socket's path must stay within the 107 bytes a
+    // Unix socket allows, and ssh adds a random suffix to it while it binds.
+    let dir = Path::new(SHORT_TMP).join(format!("ferry-ssh-{uid}"));
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -176,7 +181,7 @@ impl SshTransport {
                     })
                     .connect_timeout(CONNECT_TIMEOUT)
                     .server_alive_interval(ALIVE_INTERVAL)
-                    .control_directory(std::env::temp_dir());
+                    .control_directory(SHORT_TMP);
                 if let Some(config) = &self.inner.options.config_file {
                     builder.config_file(config);
                 }
