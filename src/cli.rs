@@ -155,7 +155,8 @@ struct DeployArgs {
     /// Release version to build (default: `git describe --tags --always --dirty`, else a UTC timestamp).
     #[arg(long, conflicts_with = "release")]
     version: Option<String>,
-    /// Deploy this prebuilt release tarball instead of building.
+    /// Deploy this prebuilt release tarball instead of building (checked entry by entry;
+    /// at most 8 GiB unpacked).
     #[arg(long, value_name = "FILE")]
     release: Option<PathBuf>,
     /// Print the plan and change nothing.

@@ -105,6 +105,66 @@ fn tarball_escaping_its_directory_is_refused() {
     assert!(!project.path().parent().unwrap().join("escaped").exists());
 }
 
+/// A gzip'd tar of `manifest` and then `entries` (name, type, data), names written raw.
+fn write_tarball(path: &std::path::Path, manifest: &[u8], entries: &[(&[u8], tar::EntryType, &[u8])]) {
+    let file = std::fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_path("ferry-manifest.json").unwrap();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, manifest).unwrap();
+    for (name, kind, body) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(*kind);
+        header.set_size(body.len() as u64);
+        header.set_mode(if *kind == tar::EntryType::Symlink { 0o777 } else { 0o644 });
+        if *kind == tar::EntryType::Symlink {
+            header.set_link_name("bin").unwrap();
+        }
+        header.set_cksum();
+        builder.append(&header, *body).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn a_release_archive_that_would_unpack_past_the_limit_is_refused_before_it_is_read() {
+    let project = Project::builder().region("syd", 1).build();
+    let bomb = project.path().join("bomb.tar.gz");
+    // Tiny, but its manifest promises 9 GiB of zeros.
+    let manifest = format!(
+        r#"{{"app":"hello","version":"v1","git_commit":null,"files":[{{"path":"zeros","kind":"file","size":{},"sha256":"{}","mode":420}}]}}"#,
+        9_u64 << 30,
+        "0".repeat(64)
+    );
+    write_tarball(&bomb, manifest.as_bytes(), &[]);
+    let run = project.ferry(&["deploy", "--release", bomb.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("unpacks to 9.0 GiB") && run.stderr.contains("8.0 GiB"), "{}", run.stderr);
+    assert!(nothing_deployed(&project));
+}
+
+#[test]
+fn a_release_archive_holding_a_name_ferry_writes_is_refused() {
+    let project = Project::builder().region("syd", 1).build();
+    for name in [&b".ferry-release"[..], b".ferry-release.tmp.1"] {
+        let archive = project.path().join("planted.tar.gz");
+        let manifest = format!(
+            r#"{{"app":"hello","version":"v1","git_commit":null,"files":[{{"path":"{}","kind":"symlink","size":0,"mode":511,"target":"bin"}}]}}"#,
+            String::from_utf8_lossy(name)
+        );
+        write_tarball(&archive, manifest.as_bytes(), &[(name, tar::EntryType::Symlink, b"")]);
+        let run = project.ferry(&["deploy", "--release", archive.to_str().unwrap()]);
+        assert!(run.code == 1 || run.code == 2, "{}", run.stderr);
+        assert!(run.stderr.contains("a name ferry writes"), "{}", run.stderr);
+        assert!(nothing_deployed(&project));
+    }
+}
+
 /// A gzip'd tar whose second entry is `../escaped`, written by hand because the `tar`
 /// crate refuses to create such a path.
 fn write_evil_tarball(path: &std::path::Path) {
@@ -192,7 +252,12 @@ fn full_disk_on_the_host_fails_the_deploy_and_keeps_the_old_release_serving() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = project.deploy("v2");
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("No space left on device"), "says what happened: {}", run.stderr);
+    assert!(
+        run.stderr.contains("not enough disk space for release v2") && run.stderr.contains("`local/syd`"),
+        "says what happened, and where: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("it needs") && run.stderr.contains("free"), "need and free: {}", run.stderr);
     assert!(run.stderr.contains("no instance was changed"), "says where things stand: {}", run.stderr);
     assert_eq!(project.versions_served(), ["v1"]);
     std::fs::remove_file(&filler).unwrap();

@@ -8,13 +8,14 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::host::proto::Parcel;
 use crate::host::InstalledRelease;
+use crate::release::ReleaseError;
 
-use super::files::{now_ms, remove_tree, write_atomic, App, RELEASE_FILE};
+use super::files::{now_ms, remove_tree, App, RELEASE_FILE};
 
 /// Why a release could not be installed, for the operator.
 pub type Failure = String;
@@ -47,7 +48,12 @@ impl Staging {
     fn keep(mut self, app: &App, version: &str, sha256: &str) -> io::Result<()> {
         let release = InstalledRelease { version: version.into(), sha256: sha256.into(), installed_at: now_ms() };
         let json = serde_json::to_vec(&release).map_err(io::Error::other)?;
-        write_atomic(&self.dir.join(RELEASE_FILE), &json, 0o444)?;
+        // Written new, never through a name the archive made (archives may not hold
+        // `.ferry-*` names; a create that would follow one fails instead).
+        let mut file =
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(self.dir.join(RELEASE_FILE))?;
+        file.write_all(&json)?;
+        file.sync_data()?;
         read_only(&self.dir)?;
         let target = app.release(version);
         let _ = remove_tree(&target);
@@ -83,12 +89,33 @@ fn read_only(dir: &Path) -> io::Result<()> {
 }
 
 /// Unpacks a plain tar stream into `staging`, checking it, and compares its manifest
-/// with the sums the deploy sent.
-fn unpack_checked(reader: impl Read, staging: &Staging, version: &str, sums: &str) -> Result<(), Failure> {
+/// with the sums the deploy sent. Before anything but the manifest is written, the
+/// release (and `also` more bytes written beside it: an artifact kept as it arrives)
+/// must fit in the free space with a margin.
+fn unpack_checked(reader: impl Read, staging: &Staging, version: &str, sums: &str, also: u64) -> Result<(), Failure> {
     let name = PathBuf::from(format!("release {version}"));
-    let manifest = crate::release::unpack(reader, &staging.dir, &name).map_err(|e| crate::error::chain(&e))?;
+    let mut room = |manifest: &crate::release::Manifest| fits(&staging.dir, version, manifest, also);
+    let manifest =
+        crate::release::unpack(reader, &staging.dir, &name, &mut room).map_err(|e| crate::error::chain(&e))?;
     if manifest.version != version || manifest.sha256sum_lines() != sums {
         return Err(format!("release {version} does not match its manifest"));
+    }
+    Ok(())
+}
+
+/// Whether `manifest`'s files, each rounded up to whole blocks, one block more per
+/// entry, and `also` bytes fit in `dir`'s free space with a margin (a twentieth, at
+/// least 1 MiB), and its entries in the free inodes.
+fn fits(dir: &Path, version: &str, manifest: &crate::release::Manifest, also: u64) -> Result<(), ReleaseError> {
+    let Ok(stat) = rustix::fs::statvfs(dir) else { return Ok(()) };
+    let block = stat.f_frsize.max(512);
+    let entries = manifest.files.len() as u64 + 1;
+    let need: u64 = manifest.files.iter().map(|e| e.size.div_ceil(block) * block).sum::<u64>() + entries * block + also;
+    let need = need + (need / 20).max(1 << 20);
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let inodes_short = stat.f_files > 0 && stat.f_favail < entries;
+    if need > free || inodes_short {
+        return Err(ReleaseError::NoRoom { version: version.to_string(), dir: dir.to_path_buf(), need, free });
     }
     Ok(())
 }
@@ -107,7 +134,7 @@ pub fn from_artifact(app: &App, sha256: &str, version: &str, sums: &str) -> Resu
     let artifact = app.artifact(sha256);
     let file = fs::File::open(&artifact).map_err(|e| format!("opening {}: {e}", artifact.display()))?;
     let staging = Staging::new(app, version).map_err(|e| e.to_string())?;
-    unpack_checked(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)), &staging, version, sums)?;
+    unpack_checked(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)), &staging, version, sums, 0)?;
     staging.keep(app, version, sha256).map_err(|e| e.to_string())?;
     Ok(true)
 }
@@ -123,14 +150,15 @@ pub fn from_stream(app: &App, input: impl Read, stream: &Parcel<'_>) -> Result<b
     let staging = Staging::new(app, stream.version).map_err(|e| e.to_string())?;
     let mut counted = Counting { inner: input.take(stream.size), bytes: 0 };
     if stream.raw {
-        unpack_checked(&mut counted, &staging, stream.version, stream.sums)?;
+        unpack_checked(&mut counted, &staging, stream.version, stream.sums, 0)?;
         io::copy(&mut counted, &mut io::sink()).map_err(|e| e.to_string())?;
     } else {
         let part = app.artifacts().join(format!(".part-{}-{}", stream.sha256, std::process::id()));
         let kept = Part { path: part.clone() };
         let file = fs::File::create(&part).map_err(|e| format!("writing {}: {e}", part.display()))?;
         let mut tee = Tee { inner: &mut counted, copy: io::BufWriter::new(file) };
-        unpack_checked(flate2::read::MultiGzDecoder::new(&mut tee), &staging, stream.version, stream.sums)?;
+        let decoded = flate2::read::MultiGzDecoder::new(&mut tee);
+        unpack_checked(decoded, &staging, stream.version, stream.sums, stream.size)?;
         io::copy(&mut tee, &mut io::sink()).map_err(|e| e.to_string())?;
         tee.copy.flush().map_err(|e| format!("writing {}: {e}", part.display()))?;
         drop(tee);

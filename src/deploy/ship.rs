@@ -1,5 +1,5 @@
-//! Shipping a release to hosts: upload it where it is missing (streamed into `tar`
-//! on the host, skipped where the same sha256 is already there), unpack, verify. On
+//! Shipping a release to hosts: upload it where it is missing (unpacked by the host's
+//! agent as it arrives, skipped where the same sha256 is already there), verify. On
 //! the local target, where every region is a directory of this machine, the release
 //! is unpacked once and the other regions get hard links to it. A deploy ships in the
 //! plan's waves; each host's result is reported as it comes, so a region waits only
@@ -143,6 +143,9 @@ fn ship_failed(host: &str, version: &str, source: &HostError) -> Error {
     let source = crate::error::chain(source);
     let hint = if source.contains("different contents") {
         "a version names one release forever; build the changed tree as a new version (`--version ...`)"
+    } else if source.contains("not enough disk space") {
+        "no instance was changed; free space on the host, or keep fewer releases (`[ferry] keep_releases`), \
+         and run the deploy again"
     } else {
         "no instance was changed; fix the host (disk space: `df -h`, permissions) and run the deploy again"
     };

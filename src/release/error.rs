@@ -86,8 +86,41 @@ pub enum ReleaseError {
     )]
     ManifestMismatch { tarball: PathBuf, entry: String, detail: String },
 
+    #[error(
+        "`{}` unpacks to {}, more than the {} a release archive may hold",
+        .tarball.display(),
+        bytes(*.size),
+        bytes(*.limit)
+    )]
+    TooLarge { tarball: PathBuf, size: u64, limit: u64 },
+
+    #[error(
+        "not enough disk space for release {version}: it needs {} (unpacked, with a margin) and `{}` has {} free",
+        bytes(*.need),
+        .dir.display(),
+        bytes(*.free)
+    )]
+    NoRoom { version: String, dir: PathBuf, need: u64, free: u64 },
+
     #[error("failed to {action} `{}`", .path.display())]
     Io { action: &'static str, path: PathBuf, source: io::Error },
+}
+
+/// A size for people: `512 B`, `1.5 KiB`, `20.0 MiB`, `3.2 GiB`.
+#[must_use]
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 impl ReleaseError {
@@ -102,6 +135,7 @@ impl ReleaseError {
                 | ReleaseError::SourceNotFound { .. }
                 | ReleaseError::OutputInsideSource { .. }
                 | ReleaseError::TarballNotFound { .. }
+                | ReleaseError::TooLarge { .. }
         )
     }
 

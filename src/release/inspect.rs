@@ -19,6 +19,10 @@ use super::{validate_version, ReleaseError};
 /// A manifest larger than this is refused rather than parsed (about a million entries).
 const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
+/// The most a `--release` archive may unpack to (its manifest's file sizes), checked
+/// before any entry is read: a small archive of zeros cannot fill a disk.
+pub const MAX_RELEASE_UNPACKED: u64 = 8 << 30;
+
 /// A release archive that passed inspection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspected {
@@ -51,7 +55,13 @@ pub fn inspect(tarball: &Path) -> Result<Inspected, ReleaseError> {
     let mut raw = BufReader::new(Hashing::new(file));
     let manifest = {
         let mut gz = flate2::bufread::MultiGzDecoder::new(&mut raw);
-        let manifest = check_entries(tarball, &mut gz)?;
+        let manifest = check_and_write(tarball, &mut gz, None, &mut |manifest| {
+            let size = manifest.unpacked_size();
+            if size > MAX_RELEASE_UNPACKED {
+                return Err(ReleaseError::TooLarge { tarball: tarball.to_owned(), size, limit: MAX_RELEASE_UNPACKED });
+            }
+            Ok(())
+        })?;
         check_end_of_archive(tarball, &mut gz)?;
         manifest
     };
@@ -72,20 +82,25 @@ fn not_a_release(tarball: &Path, reason: impl Into<String>) -> ReleaseError {
     ReleaseError::NotARelease { tarball: tarball.to_owned(), reason: reason.into() }
 }
 
-fn check_entries(tarball: &Path, reader: impl Read) -> Result<Manifest, ReleaseError> {
-    check_and_write(tarball, reader, None)
-}
-
 /// Checks every entry as [`inspect`] does and, with `out`, writes it under `out` as it
 /// goes: what is written is exactly what was checked, by the same parser. Files are
 /// created new (never through an existing name or a link), a directory only where the
-/// archive made its parent, symlinks only where they stay inside.
-pub(crate) fn check_and_write(tarball: &Path, reader: impl Read, out: Option<&Path>) -> Result<Manifest, ReleaseError> {
+/// archive made its parent, symlinks only where they stay inside. `room` judges the
+/// manifest before any other entry is read (its size against a limit or free space);
+/// an entry is compared with its manifest entry's kind and size before it is written,
+/// so no more than the manifest says is ever written.
+pub(crate) fn check_and_write(
+    tarball: &Path,
+    reader: impl Read,
+    out: Option<&Path>,
+    room: &mut dyn FnMut(&Manifest) -> Result<(), ReleaseError>,
+) -> Result<Manifest, ReleaseError> {
     let mut archive = tar::Archive::new(reader);
     let manifest = {
         let mut entries = archive.entries().map_err(corrupt(tarball))?;
         let first = entries.next().ok_or_else(|| not_a_release(tarball, "it has no entries"))?;
         let manifest = read_manifest(tarball, first.map_err(corrupt(tarball))?, out)?;
+        room(&manifest)?;
         let mut checker = Checker::new(tarball, &manifest, out)?;
         for entry in entries {
             checker.check(entry.map_err(corrupt(tarball))?)?;
@@ -136,8 +151,12 @@ fn read_manifest<R: Read>(
     Ok(manifest)
 }
 
-/// Names ferry writes into a release directory itself: an archive may not hold them.
-pub(crate) const RESERVED: &[&str] = &[".ferry-release"];
+/// Whether ferry may write this name into a release directory itself (`.ferry-release`,
+/// and the temporary names it writes through): every top-level `.ferry-*` is kept from
+/// archives.
+pub(crate) fn reserved(path: &str) -> bool {
+    !path.contains('/') && path.starts_with(".ferry-")
+}
 
 /// Creates `path` as a new file: `create_new` fails on any existing name, a symlink
 /// included, so nothing is ever written through a link.
@@ -152,9 +171,15 @@ fn new_file(path: &Path, mode: u32) -> io::Result<File> {
 ///
 /// # Errors
 ///
-/// As [`inspect`], and `Io` when `dest` cannot be written.
-pub fn unpack(reader: impl Read, dest: &Path, name: &Path) -> Result<Manifest, ReleaseError> {
-    check_and_write(name, reader, Some(dest))
+/// As [`inspect`], whatever `room` returns for the manifest, and `Io` when `dest`
+/// cannot be written.
+pub fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    name: &Path,
+    room: &mut dyn FnMut(&Manifest) -> Result<(), ReleaseError>,
+) -> Result<Manifest, ReleaseError> {
+    check_and_write(name, reader, Some(dest), room)
 }
 
 /// After the last entry only zero blocks may follow, up to a valid end of the gzip stream.
@@ -221,7 +246,7 @@ impl<'a> Checker<'a> {
         let path = std::str::from_utf8(&raw_path).map_err(|_| unsafe_entry("its path is not UTF-8"))?;
         let path = if kind == EntryKind::Dir { path.strip_suffix('/').unwrap_or(path) } else { path };
         check_entry_path(path).map_err(unsafe_entry)?;
-        if RESERVED.contains(&path) {
+        if reserved(path) {
             return Err(unsafe_entry("it is a name ferry writes into every release itself"));
         }
         if !self.seen.insert(path.to_owned()) {
@@ -239,6 +264,15 @@ impl<'a> Checker<'a> {
         let size = entry.size();
         if kind != EntryKind::File && size != 0 {
             return Err(unsafe_entry("a directory or symlink must not carry data"));
+        }
+        // Before anything of it is written: listed, and of the kind and size listed.
+        match self.listed.get(path) {
+            None => return Err(Self::mismatch(tarball, path, "is not listed in the manifest".into())),
+            Some(listed) if listed.kind != kind || listed.size != size => {
+                let actual = ManifestEntry { path: path.to_owned(), kind, size, sha256: None, mode, target: None };
+                return Err(Self::mismatch(tarball, path, difference(&actual, listed)));
+            }
+            Some(_) => {}
         }
         let target = match kind {
             EntryKind::Symlink => Some(symlink_target(path, &entry).map_err(|reason| unsafe_entry(&reason))?),

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use tempfile::TempDir;
 
 use super::*;
-use crate::release::testutil::{gzip, listed_file, listed_symlink, sample_tree, Craft, Raw};
+use crate::release::manifest::{EntryKind, Manifest, ManifestEntry, MANIFEST_NAME};
+use crate::release::testutil::{gzip, listed_dir, listed_file, listed_symlink, sample_tree, Craft, Raw};
 use crate::release::{pack, sha256_file};
 
 struct Fixture {
@@ -283,4 +284,206 @@ fn a_missing_tarball_is_a_usage_error_naming_it() {
     let err = inspect(&fixture.path()).unwrap_err();
     assert!(err.is_usage());
     assert_eq!(err.to_string(), format!("release archive `{}` does not exist", fixture.path().display()));
+}
+
+/// A header block and its data, padded to whole blocks.
+fn block(header: &tar::Header, data: &[u8]) -> Vec<u8> {
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(data);
+    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+    bytes
+}
+
+/// A plain tar: the manifest listing `listed`, then `blocks` as given, then the end.
+fn odd_tar(listed: Vec<ManifestEntry>, blocks: &[Vec<u8>]) -> Vec<u8> {
+    let manifest = Manifest { app: "hello".into(), version: "v1".into(), git_commit: None, files: listed };
+    let json = serde_json::to_vec(&manifest).unwrap();
+    let mut tar = block(&Raw::file(MANIFEST_NAME, &json).header(), &json);
+    for b in blocks {
+        tar.extend_from_slice(b);
+    }
+    tar.extend_from_slice(&[0; 1024]);
+    tar
+}
+
+fn gnu(name: &[u8], kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    header.set_cksum();
+    header
+}
+
+/// Every path under `root` with its kind and size, as a manifest would list it.
+fn tree(root: &std::path::Path, prefix: &str, out: &mut Vec<(String, EntryKind, u64)>) {
+    let mut entries: Vec<_> = fs::read_dir(root).unwrap().flatten().collect();
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for entry in entries {
+        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        if meta.is_dir() {
+            out.push((name.clone(), EntryKind::Dir, 0));
+            tree(&entry.path(), &format!("{name}/"), out);
+        } else if meta.file_type().is_symlink() {
+            out.push((name, EntryKind::Symlink, 0));
+        } else {
+            out.push((name, EntryKind::File, meta.len()));
+        }
+    }
+}
+
+#[test]
+fn odd_headers_are_read_alike_by_the_check_and_the_unpacking() {
+    use tar::EntryType::{Directory, GNULongName, Regular, XGlobalHeader, XHeader};
+    let long = format!("d/{}", "x".repeat(150));
+    let longname = |name: &[u8]| block(&gnu(b"././@LongLink", GNULongName, name.len() as u64), name);
+    let mut base256 = gnu(b"a.txt", Regular, 5);
+    base256.as_old_mut().size = [0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    base256.set_cksum();
+    let ustar = |prefix: &[u8], name: &[u8], kind: tar::EntryType, size: u64| {
+        let mut header = tar::Header::new_ustar();
+        header.as_ustar_mut().unwrap().prefix[..prefix.len()].copy_from_slice(prefix);
+        header.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        header
+    };
+    let pax = |kind: tar::EntryType, record: &str| {
+        let line = format!("{} {record}\n", record.len() + 3);
+        block(&gnu(b"pax", kind, line.len() as u64), line.as_bytes())
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "a GNU long name",
+            odd_tar(
+                vec![listed_dir("d"), listed_file(&long, b"hello")],
+                &[
+                    block(&gnu(b"d/", Directory, 0), b""),
+                    longname(format!("{long}\0").as_bytes()),
+                    block(&gnu(&long.as_bytes()[..100], Regular, 5), b"hello"),
+                ],
+            ),
+            true,
+        ),
+        (
+            "a GNU long name hiding `..` after a NUL",
+            odd_tar(
+                vec![listed_file("a.txt", b"hello")],
+                &[longname(b"a.txt\0../x\0"), block(&gnu(b"a.txt", Regular, 5), b"hello")],
+            ),
+            false,
+        ),
+        (
+            "a ustar prefix",
+            odd_tar(
+                vec![listed_dir("d"), listed_file("d/b.txt", b"hello")],
+                &[block(&gnu(b"d/", Directory, 0), b""), block(&ustar(b"d", b"b.txt", Regular, 5), b"hello")],
+            ),
+            true,
+        ),
+        (
+            "a ustar prefix of `..`",
+            odd_tar(vec![listed_file("../x", b"hello")], &[block(&ustar(b"..", b"x", Regular, 5), b"hello")]),
+            false,
+        ),
+        (
+            "a name field with bytes after its NUL",
+            odd_tar(vec![listed_file("a.txt", b"hello")], &[block(&gnu(b"a.txt\0../evil", Regular, 5), b"hello")]),
+            true,
+        ),
+        ("a base-256 size", odd_tar(vec![listed_file("a.txt", b"hello")], &[block(&base256, b"hello")]), true),
+        (
+            "a pax global header",
+            odd_tar(
+                vec![listed_file("a.txt", b"hello")],
+                &[pax(XGlobalHeader, "path=evil"), block(&gnu(b"a.txt", Regular, 5), b"hello")],
+            ),
+            false,
+        ),
+        (
+            "a pax size over the header's",
+            odd_tar(
+                vec![listed_file("a.txt", b"hello")],
+                &[pax(XHeader, "size=1"), block(&gnu(b"a.txt", Regular, 5), b"hello")],
+            ),
+            false,
+        ),
+        (
+            "a directory named twice, with and without its slash",
+            odd_tar(
+                vec![listed_dir("d")],
+                &[block(&gnu(b"d/", Directory, 0), b""), block(&gnu(b"d", Directory, 0), b"")],
+            ),
+            false,
+        ),
+        (
+            "a file entry whose name ends in a slash",
+            odd_tar(vec![listed_file("x", b"")], &[block(&gnu(b"x/", Regular, 0), b"")]),
+            false,
+        ),
+        (
+            "data after a lone zero block",
+            {
+                let mut tar = odd_tar(vec![], &[]);
+                tar.truncate(tar.len() - 1024);
+                tar.extend_from_slice(&[0; 512]);
+                tar.extend_from_slice(&block(&gnu(b"late", Regular, 0), b""));
+                tar.extend_from_slice(&[0; 1024]);
+                tar
+            },
+            false,
+        ),
+    ];
+    let fixture = Fixture::new();
+    for (what, tar, accepted) in cases {
+        let inspected = fixture.inspect_bytes(&gzip(&tar));
+        let dest = fixture.dir.path().join("out");
+        let _ = fs::remove_dir_all(&dest);
+        fs::create_dir(&dest).unwrap();
+        let unpacked = unpack(tar.as_slice(), &dest, std::path::Path::new("odd"), &mut |_| Ok(()));
+        assert_eq!(inspected.is_ok(), accepted, "{what}: inspect gave {inspected:?}");
+        assert_eq!(unpacked.is_ok(), accepted, "{what}: unpack gave {unpacked:?}");
+        if let Ok(manifest) = unpacked {
+            let mut found = Vec::new();
+            tree(&dest, "", &mut found);
+            let mut listed: Vec<_> = manifest.files.iter().map(|e| (e.path.clone(), e.kind, e.size)).collect();
+            listed.push((
+                MANIFEST_NAME.to_string(),
+                EntryKind::File,
+                fs::metadata(dest.join(MANIFEST_NAME)).unwrap().len(),
+            ));
+            listed.sort_by(|a, b| a.0.cmp(&b.0));
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(found, listed, "{what}: exactly what was checked is on disk");
+        }
+    }
+}
+
+#[test]
+fn nothing_more_than_the_manifest_lists_is_written_and_room_is_judged_first() {
+    let fixture = Fixture::new();
+    let dest = fixture.dir.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    // Listed as 5 bytes, 1 MiB in the archive: refused before its data is written.
+    let big = vec![7u8; 1 << 20];
+    let tar = odd_tar(
+        vec![listed_file("a.txt", b"hello")],
+        &[block(&gnu(b"a.txt", tar::EntryType::Regular, big.len() as u64), &big)],
+    );
+    let refused = unpack(tar.as_slice(), &dest, std::path::Path::new("t"), &mut |_| Ok(()));
+    assert!(matches!(refused, Err(ReleaseError::ManifestMismatch { .. })), "{refused:?}");
+    assert!(!dest.join("a.txt").exists());
+    // A room check that says no stops it after the manifest.
+    let dest = fixture.dir.path().join("out2");
+    fs::create_dir(&dest).unwrap();
+    let tar =
+        odd_tar(vec![listed_file("a.txt", b"hello")], &[block(&gnu(b"a.txt", tar::EntryType::Regular, 5), b"hello")]);
+    let full = |_: &Manifest| Err(ReleaseError::NoRoom { version: "v1".into(), dir: dest.clone(), need: 9, free: 1 });
+    let refused = unpack(tar.as_slice(), &dest, std::path::Path::new("t"), &mut { full });
+    assert!(matches!(refused, Err(ReleaseError::NoRoom { .. })), "{refused:?}");
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 1, "only the manifest was written");
 }

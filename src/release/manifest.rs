@@ -1,6 +1,6 @@
 //! The manifest that travels as the first entry of every release archive: what the
 //! release is (app, version, commit) and every entry it holds, with sizes, modes and
-//! sha256s, so a host can verify an unpacked release with `sha256sum -c`. It is data
+//! sha256s, so a host can verify an unpacked release entry by entry. It is data
 //! only: it must not read files or archives.
 
 use std::fmt;
@@ -56,6 +56,12 @@ impl fmt::Display for EntryKind {
 }
 
 impl Manifest {
+    /// The bytes its files take once unpacked (contents only).
+    #[must_use]
+    pub fn unpacked_size(&self) -> u64 {
+        self.files.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum()
+    }
+
     /// `"<sha256>  <path>\n"` for every regular file, the input `sha256sum -c` checks
     /// from the release directory. Paths never need escaping: packing refuses names with
     /// backslashes or control characters.
