@@ -316,7 +316,7 @@ async fn connection(agent: Arc<Agent>, stream: tokio::net::UnixStream, handovers
 /// One line in the agent's log.
 pub fn log(paths: &Paths, line: &str) {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    if let Ok(mut file) = fs::OpenOptions::new().append(true).create(true).open(paths.log()) {
+    if let Ok(mut file) = super::files::open_private_log(&paths.log()) {
         let _ = writeln!(file, "{stamp} {line}");
     }
 }
