@@ -603,3 +603,18 @@ fn kill_timeout_is_wall_clock_time_per_instance() {
     }
     assert!(processes(&project, "sleep 1000").is_empty());
 }
+
+#[test]
+fn a_failed_deploy_puts_back_instances_a_region_add_started() {
+    // `regions add` marks no release current on the new region's host: a revert there
+    // goes back to what the rest of the fleet runs, it does not remove the instance.
+    // The primary goes last, so the new region's instance is replaced first.
+    let project =
+        Project::builder().region("syd", 1).proxy("  enabled = false").ferry_keys("primary_last = true").build();
+    project.deploy("v1").assert_ok();
+    project.ferry(&["regions", "add", "ams", "--count", "1"]).assert_ok();
+    project.set_mode(Some("fail-health"));
+    let run = project.ferry(&["deploy", "--version", "v2", "--json", "--wait-timeout", "3s"]);
+    assert_put_back_on_v1(&project, &run);
+    assert_eq!(project.versions_served(), ["v1"; 2], "both regions serve v1 again");
+}

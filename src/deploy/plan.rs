@@ -123,6 +123,10 @@ pub struct Inputs<'a> {
     /// Whether replacements start beside the old instances (the app has a front door
     /// to switch, and no volume only one instance may hold).
     pub beside: bool,
+    /// What the fleet's hosts say is current: what a revert goes back to on a host
+    /// that never marked a release itself (its instances came from `scale` or
+    /// `regions add`), when the host has it.
+    pub fleet_current: Option<&'a str>,
 }
 
 /// Plans the instances of a rollout of `version`: every existing instance that is not
@@ -180,7 +184,12 @@ fn plan_region(
                 host: host.clone(),
                 id: if beside { new_id() } else { instance.record.id.clone() },
                 previous: Some(instance.record.clone()),
-                revert_to: state.current.clone().filter(|v| state.has_release(v)),
+                revert_to: state
+                    .current
+                    .as_deref()
+                    .or(inputs.fleet_current)
+                    .filter(|v| state.has_release(v))
+                    .map(str::to_string),
                 was_alive: instance.alive,
                 to: inputs.version.to_string(),
                 beside,
@@ -675,6 +684,7 @@ mod tests {
             replace: true,
             identity: &Identity::default(),
             beside: false,
+            fleet_current: None,
         };
         instances(&inputs, &mut ids())
     }
@@ -780,6 +790,7 @@ mod tests {
             replace: true,
             identity: &Identity::default(),
             beside: false,
+            fleet_current: None,
         };
         let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");

@@ -254,6 +254,7 @@ impl Engine<'_> {
             })
             .collect();
         let mounts: Vec<String> = self.settings.instance.mounts.iter().map(|m| m.source.clone()).collect();
+        let fleet_current = current_on_hosts(self.fleet, observed);
         let inputs = plan::Inputs {
             regions: &regions,
             observed,
@@ -265,6 +266,7 @@ impl Engine<'_> {
             replace: only.is_none(),
             identity,
             beside: self.settings.rollout.not_beside.is_none() && strategy != Strategy::Immediate,
+            fleet_current: fleet_current.as_deref(),
         };
         plan::instances(&inputs, &mut new_instance_id)
     }
