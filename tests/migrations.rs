@@ -438,24 +438,25 @@ fn release_command_timeout_holds_on_ferrys_side_when_the_host_stops_answering() 
         serde_json::from_str(&std::fs::read_to_string(project.state_dir().join("agent.json")).unwrap()).unwrap();
     let agent = info["pid"].as_u64().unwrap().to_string();
     // The host's agent stops answering (as a hung host would); it resumes in any case
-    // after a minute so that a failing run ends.
+    // after two minutes so that a failing run ends.
     assert!(std::process::Command::new("kill").args(["-STOP", &agent]).status().unwrap().success());
     let resume = {
         let agent = agent.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_mins(1));
+            std::thread::sleep(Duration::from_mins(2));
             let _ = std::process::Command::new("kill").args(["-CONT", &agent]).status();
         })
     };
     let finished = common::wait_for_event(&mut stdout, |e| e["event"] == "release_command_finished");
+    let status = child.wait().unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
     let still_stopped = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'));
     assert!(std::process::Command::new("kill").args(["-CONT", &agent]).status().unwrap().success());
     assert!(finished.is_some_and(|e| e["success"] == false), "the deploy gave up on the command");
-    assert!(still_stopped, "it gave up while the host still did not answer");
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(still_stopped, "it ended while the host still did not answer");
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("did not answer"), "{stderr}");
     drop(resume);
 }

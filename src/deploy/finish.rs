@@ -233,7 +233,7 @@ pub async fn record_history(reporter: &dyn Reporter, fleet: &Fleet, record: &Rec
     let line = record.to_line();
     let appended = on_each(fleet.hosts().cloned(), |host| {
         let line = line.clone();
-        async move { host.append_history(&line).await }
+        async move { crate::host::bookkeeping(&host.name, "recording history", host.append_history(&line)).await }
     })
     .await;
     for (name, result) in appended {

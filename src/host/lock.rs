@@ -226,7 +226,7 @@ impl Guard {
         let token = self.token.clone();
         super::on_each(self.hosts.iter().cloned(), |host| {
             let token = token.clone();
-            async move { host.lock_release(Some(&token)).await }
+            async move { super::bookkeeping(&host.name, "releasing the lock", host.lock_release(Some(&token))).await }
         })
         .await;
     }

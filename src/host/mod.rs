@@ -222,6 +222,26 @@ pub struct Finished {
 /// For steps that are independent per host (recording history, marking a release
 /// current, releasing a lock): over SSH each is a round trip, and hosts in a row
 /// would add them up.
+/// How long a bookkeeping request (a history line, releasing the lock) may take: a
+/// host that does not answer within it is left as it is (its lock goes stale), so one
+/// hung host cannot keep an operation that has already failed from ending.
+pub const BOOKKEEPING_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `request` to `host`, given up after [`BOOKKEEPING_LIMIT`].
+pub async fn bookkeeping<T>(
+    host: &str,
+    step: &'static str,
+    request: impl std::future::Future<Output = Result<T, HostError>>,
+) -> Result<T, HostError> {
+    tokio::time::timeout(BOOKKEEPING_LIMIT, request).await.unwrap_or_else(|_| {
+        Err(HostError::Step {
+            host: host.to_string(),
+            step,
+            message: format!("no answer within {}", humantime::format_duration(BOOKKEEPING_LIMIT)),
+        })
+    })
+}
+
 pub async fn on_each<T, Fut>(hosts: impl IntoIterator<Item = Host>, op: impl Fn(Host) -> Fut) -> Vec<(String, T)>
 where
     T: Send + 'static,
