@@ -168,3 +168,23 @@ fn secrets_keep_their_bytes_refuse_nul_and_show_no_digest() {
         assert!(row["set_at"].as_str().is_some_and(|t| t.ends_with('Z')), "when it was set: {row}");
     }
 }
+
+#[test]
+fn a_failing_instance_s_output_is_quoted_redacted() {
+    let project = Project::builder()
+        .region("syd", 1)
+        .toml("[env]\n  DB_PASSWORD = \"s3cr3t-env\"")
+        .start(Some("printf 'pw=%s tok=%s\\n' \"$DB_PASSWORD\" \"$API_TOKEN\"; exec bin/hello"))
+        .build();
+    set_from_stdin(&project, "API_TOKEN", b"tok-hunter2").assert_ok();
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("fail-health"));
+    let run = project.ferry(&["deploy", "--version", "v2", "--wait-timeout", "2s"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("pw=[redacted:DB_PASSWORD] tok=[redacted:API_TOKEN]"), "{}", run.stderr);
+    let history = std::fs::read_to_string(project.path().join(".ferry/local/syd/local/hello/history.jsonl")).unwrap();
+    let releases = project.ferry(&["releases", "--json"]).stdout;
+    for text in [&run.stderr, &run.stdout, &history, &releases] {
+        assert!(!text.contains("s3cr3t-env") && !text.contains("tok-hunter2"), "{text}");
+    }
+}

@@ -27,7 +27,7 @@ pub struct Snapshot(pub Option<String>);
 
 impl Snapshot {
     pub fn values(&self) -> BTreeMap<String, String> {
-        self.0.as_deref().unwrap_or_default().lines().filter_map(parse_secret_line).map(|(k, v, _)| (k, v)).collect()
+        self.0.as_deref().unwrap_or_default().lines().filter_map(parse_secret_line).collect()
     }
 
     /// As the host reports its secrets: the file's sha256, empty without a file.
@@ -443,7 +443,10 @@ impl App {
     /// Replaces (or adds) secrets: drops `keys`, then appends `lines` (`KEY=base64`).
     pub fn secrets_set(&self, keys: &[String], lines: &str) -> io::Result<()> {
         for line in lines.lines() {
-            if parse_secret_line(line).is_none_or(|(_, value, _)| value.contains('\0')) {
+            if set_time(line).is_some() {
+                continue;
+            }
+            if parse_secret_line(line).is_none_or(|(_, value)| value.contains('\0')) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "a secret is not base64 of UTF-8 text without NUL bytes; nothing was stored",
@@ -453,38 +456,35 @@ impl App {
         let mut kept: String = self
             .secrets_raw()
             .lines()
-            .filter(|line| !keys.iter().any(|k| line.split_once('=').is_some_and(|(key, _)| key == k)))
+            .filter(|line| {
+                let key = set_time(line).map(|(key, _)| key).or_else(|| line.split_once('=').map(|(key, _)| key));
+                !keys.iter().any(|k| key == Some(k.as_str()))
+            })
             .flat_map(|line| [line, "\n"])
             .collect();
         kept.push_str(lines);
         self.secrets_replace(&kept)
     }
 
-    /// The secrets, decoded: `KEY=base64` lines, with `;<unix seconds>` (when it was set)
-    /// after the value since secrets stopped showing digests.
+    /// The secrets, decoded (see [`parse_secret_line`]).
     pub fn secrets(&self) -> BTreeMap<String, String> {
-        self.secret_lines().map(|(key, value, _)| (key, value)).collect()
-    }
-
-    fn secret_lines(&self) -> impl Iterator<Item = (String, String, Option<u64>)> {
-        let raw = self.secrets_raw();
-        let lines: Vec<_> = raw.lines().filter_map(parse_secret_line).collect();
-        lines.into_iter()
+        self.secrets_snapshot().values()
     }
 
     /// `(name, when it was set)` of every secret: never anything derived from the value,
     /// which a digest of a short value would give away.
     pub fn secrets_list(&self) -> Vec<(String, String)> {
-        self.secret_lines()
-            .map(|(key, _, set_at)| {
-                let when = set_at.map_or_else(
+        let raw = self.secrets_raw();
+        let times: BTreeMap<&str, u64> = raw.lines().filter_map(set_time).collect();
+        self.secrets()
+            .into_keys()
+            .map(|key| {
+                let when = times.get(key.as_str()).map_or_else(
                     || "-".to_string(),
-                    |secs| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
+                    |secs| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(*secs)).to_string(),
                 );
                 (key, when)
             })
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
             .collect()
     }
 
@@ -580,16 +580,23 @@ impl App {
 }
 
 /// The TCP ports something listens on, on this machine.
-/// One line of the secrets file: `KEY=base64`, optionally followed by `;<unix seconds>`.
-/// A value that is not base64 or not UTF-8 is skipped rather than changed.
-fn parse_secret_line(line: &str) -> Option<(String, String, Option<u64>)> {
-    let (key, rest) = line.split_once('=')?;
-    let (value, set_at) = match rest.split_once(';') {
-        Some((value, secs)) => (value, secs.parse().ok()),
-        None => (rest, None),
-    };
+/// One secret of the secrets file: a `KEY=base64` line. A value that is not base64 or
+/// not UTF-8 is skipped rather than changed; `#` lines are not secrets.
+fn parse_secret_line(line: &str) -> Option<(String, String)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (key, value) = line.split_once('=')?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
-    Some((key.to_string(), String::from_utf8(bytes).ok()?, set_at))
+    Some((key.to_string(), String::from_utf8(bytes).ok()?))
+}
+
+/// When a secret was set: a `#set KEY <unix seconds>` line beside its value (a line
+/// without `=`, which agents that do not know it pass over).
+fn set_time(line: &str) -> Option<(&str, u64)> {
+    let mut words = line.strip_prefix("#set ")?.split(' ');
+    let (key, secs) = (words.next()?, words.next()?.parse().ok()?);
+    words.next().is_none().then_some((key, secs))
 }
 
 pub fn listening_ports() -> Vec<u16> {

@@ -179,10 +179,14 @@ impl Family {
         if let Some(start) = starttime(self.root) {
             self.seen.entry(self.root).or_insert(start);
         }
+        // A parent counts only while it is still the process that was seen (its pid
+        // may have gone to another since).
+        let started: std::collections::BTreeMap<u32, u64> = parents.iter().map(|(p, _, s)| (*p, *s)).collect();
         loop {
             let before = self.seen.len();
             for (pid, ppid, start) in &parents {
-                if self.seen.contains_key(ppid) && !self.seen.contains_key(pid) {
+                let parent_is_ours = self.seen.get(ppid).is_some_and(|s| started.get(ppid) == Some(s));
+                if parent_is_ours && !self.seen.contains_key(pid) {
                     self.seen.insert(*pid, *start);
                 }
             }

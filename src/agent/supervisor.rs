@@ -90,8 +90,8 @@ fn per_instance(key: &str) -> bool {
     OWN_VARS.contains(&key) || key.starts_with("FERRY_")
 }
 
-/// Records how `version` runs here, from the newest instance on it; a host without
-/// one keeps what it had.
+/// Records how `version` runs here, from the newest instance on it; a host without one
+/// keeps no record of it.
 pub fn record_as_ran(app: &App, version: &str) -> std::io::Result<()> {
     let Ok(entries) = fs::read_dir(app.dir.join("instances")) else { return Ok(()) };
     let newest = entries
@@ -99,7 +99,13 @@ pub fn record_as_ran(app: &App, version: &str) -> std::io::Result<()> {
         .filter_map(|e| read_spec(app, &e.file_name().to_string_lossy()))
         .filter(|s| s.running && s.record.version == version)
         .max_by_key(|s| s.record.started_at);
-    let Some(spec) = newest else { return Ok(()) };
+    let Some(spec) = newest else {
+        // Nothing runs it here: an older record would describe another time.
+        return match fs::remove_file(app.as_ran_file(version)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    };
     let mut launch = spec.launch;
     launch.env.0.retain(|k, _| !per_instance(k));
     launch.as_ran = None;
@@ -765,10 +771,14 @@ impl Supervisor {
     /// The last `lines` of the instance's log (with `skip_checks`, without the lines its
     /// own health checks caused).
     pub fn log_tail(app: &App, id: &str, lines: usize, skip_checks: bool) -> Vec<String> {
+        let mut redactor = crate::redact::Redactor::default();
         let noise: Vec<String> = if skip_checks {
             let mut noise = vec![crate::health::USER_AGENT.to_string()];
             if let Some(spec) = read_spec(app, id) {
                 noise.extend(spec.launch.checks.request_lines());
+                // Quoted in a failure report, and so in the history: secret values go.
+                let secrets = spec.secrets.as_ref().map_or_else(|| app.secrets(), Snapshot::values);
+                redactor = crate::redact::Redactor::new(&secrets, &spec.launch.env.0);
             }
             noise
         } else {
@@ -783,7 +793,7 @@ impl Supervisor {
         }
         all.retain(|line| !noise.iter().any(|n| line.contains(n.as_str())));
         let skip = all.len().saturating_sub(lines);
-        all.split_off(skip)
+        all.split_off(skip).into_iter().map(|line| redactor.redact(&line).into_owned()).collect()
     }
 }
 

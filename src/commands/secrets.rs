@@ -46,7 +46,13 @@ fn parse_pairs(ctx: Option<&Ctx>, pairs: &[String]) -> Result<Vec<Pair>, Error> 
                     return Err(Error::usage("only one secret can be read from a piped stdin"));
                 }
                 stdin_used = true;
-                read_stdin(key)?
+                let value = read_stdin(key)?;
+                if let (Some(ctx), true) = (ctx, value.ends_with('\n')) {
+                    ctx.warn(format!(
+                        "the value of {key} ends with a newline, which is kept; `printf %s` (not `echo`) leaves it out"
+                    ));
+                }
+                value
             }
         } else {
             if let Some(ctx) = ctx {
@@ -77,12 +83,24 @@ fn parse_pairs(ctx: Option<&Ctx>, pairs: &[String]) -> Result<Vec<Pair>, Error> 
 /// less room for the name: a longer value makes every start fail with "Argument list too long".
 const MAX_VALUE: usize = 128 * 1024 - 256;
 
-/// Reads a value from a terminal without echoing it; the Enter that ends it is not part of it.
+/// Reads a value from a terminal without echoing it; the Enter that ends it is not part
+/// of it. Nothing typed is refused rather than stored as an empty secret.
 fn prompt(key: &str) -> Result<String, Error> {
     let term = console::Term::stderr();
-    term.write_str(&format!("value for {key} (not shown): "))
+    if !term.is_term() {
+        return Err(Error::Usage {
+            message: format!("cannot prompt for {key}: stderr is not a terminal"),
+            hint: Some(format!("pipe the value in: `printf %s \"$VALUE\" | ferry secrets set {key}=-`")),
+        });
+    }
+    let value = term
+        .write_str(&format!("value for {key} (not shown): "))
         .and_then(|()| term.read_secure_line())
-        .map_err(|source| Error::Io { action: "read", path: "the terminal".into(), source })
+        .map_err(|source| Error::Io { action: "read", path: "the terminal".into(), source })?;
+    if value.is_empty() {
+        return Err(Error::usage(format!("no value was typed for {key}; nothing was stored")));
+    }
+    Ok(value)
 }
 
 /// Reads the whole of stdin, exactly: a trailing newline is kept, since it may be meant.
@@ -124,7 +142,8 @@ pub async fn set(ctx: &Ctx, pairs: &[String], stage: bool) -> Result<(), Error> 
     let set_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let lines = pairs.iter().fold(String::new(), |mut lines, p| {
         use std::fmt::Write as _;
-        let _ = writeln!(lines, "{}={};{set_at}", p.key, base64::engine::general_purpose::STANDARD.encode(&p.value));
+        let _ = writeln!(lines, "{}={}", p.key, base64::engine::general_purpose::STANDARD.encode(&p.value));
+        let _ = writeln!(lines, "#set {} {set_at}", p.key);
         lines
     });
     store(ctx, &keys, lines, stage, "secrets set").await
@@ -144,14 +163,16 @@ async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: 
     let fleet = ctx.fleet()?;
     observe::observe(&fleet).await?;
     let guard = lock::take(&fleet, ctx.reporter.as_ref(), command, ctx.settings.lock_wait).await?;
+    // Each host's file before and right after the change: it is put back only where it
+    // is still what this command wrote.
     let mut before = Vec::new();
     let mut result = Ok(());
     for host in fleet.hosts() {
         let stored = match host.secrets_raw().await {
-            Ok(raw) => {
-                before.push((host, raw));
-                host.secrets_set(keys, lines.clone()).await
-            }
+            Ok(raw) => match host.secrets_set(keys, lines.clone()).await {
+                Ok(()) => host.secrets_raw().await.map(|after| before.push(Written { host, before: raw, after })),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if let Err(source) = stored {
@@ -186,12 +207,27 @@ async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: 
     restarted
 }
 
-/// Puts each host's secrets file back as it was.
-async fn restore(ctx: &Ctx, before: &[(&crate::host::Host, String)]) {
+/// One host's secrets file around this command's change.
+struct Written<'a> {
+    host: &'a crate::host::Host,
+    before: String,
+    after: String,
+}
+
+/// Puts each host's secrets file back as it was, where it is still what this command
+/// wrote (a change someone made since is left alone, and named).
+async fn restore(ctx: &Ctx, written: &[Written<'_>]) {
     let mut failed = Vec::new();
-    for (host, raw) in before {
-        if host.secrets_replace(raw.clone()).await.is_err() {
-            failed.push(host.name.clone());
+    for w in written {
+        let now = w.host.secrets_raw().await;
+        match now {
+            Ok(now) if now == w.after => {
+                if w.host.secrets_replace(w.before.clone()).await.is_err() {
+                    failed.push(w.host.name.clone());
+                }
+            }
+            Ok(now) if now == w.before => {}
+            _ => failed.push(w.host.name.clone()),
         }
     }
     if failed.is_empty() {

@@ -459,8 +459,8 @@ impl Host {
         expect!(self, request, Io::default(), Reply::Flag(passing) => passing)
     }
 
-    /// The last lines of an instance's log; with `skip_checks`, its health checks' lines
-    /// left out.
+    /// The last lines of an instance's log; with `skip_checks` (for a failure report),
+    /// its health checks' lines left out and secret values redacted.
     pub async fn log_tail(&self, id: &str, lines: usize, skip_checks: bool) -> Result<Vec<String>, HostError> {
         let request = Request::LogTail { id: id.to_string(), lines, skip_checks };
         expect!(self, request, Io::default(), Reply::Lines(lines) => lines)

@@ -234,8 +234,8 @@ pub enum Request {
         port: u16,
         checks: Checks,
     },
-    /// The last `lines` of an instance's log; with `skip_checks`, the lines its health
-    /// checks left there are left out.
+    /// The last `lines` of an instance's log; with `skip_checks` (for a failure report),
+    /// the lines its health checks left there are left out and secret values redacted.
     LogTail {
         id: String,
         lines: usize,

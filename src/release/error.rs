@@ -32,11 +32,11 @@ pub enum ReleaseError {
     SourceNotFound { path: PathBuf },
 
     #[error(
-        "release directory `{}` already contains `{}`, a name ferry reserves for the release manifest",
+        "release directory `{}` contains `{name}`, a name ferry writes into every release itself (`{}` and top-level `.ferry-*` names); rename it",
         .src.display(),
         crate::release::MANIFEST_NAME
     )]
-    ReservedName { src: PathBuf },
+    ReservedName { src: PathBuf, name: String },
 
     #[error(
         "the release archive `{}` would be written inside the release directory `{}`, so it would pack itself",

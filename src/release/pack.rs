@@ -128,8 +128,8 @@ fn scan(src: &Path) -> Result<Vec<ManifestEntry>, ReleaseError> {
                 .to_str()
                 .ok_or_else(|| ReleaseError::UnsupportedName { path: abs.clone(), reason: "names must be UTF-8" })?;
             check_name(name).map_err(|reason| ReleaseError::UnsupportedName { path: abs.clone(), reason })?;
-            if dir.is_empty() && name == MANIFEST_NAME {
-                return Err(ReleaseError::ReservedName { src: src.to_owned() });
+            if dir.is_empty() && (name == MANIFEST_NAME || super::inspect::reserved(name)) {
+                return Err(ReleaseError::ReservedName { src: src.to_owned(), name: name.to_owned() });
             }
             let rel = if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") };
             let file_type = fs::symlink_metadata(&abs).map_err(ReleaseError::io("read metadata of", &abs))?;

@@ -370,6 +370,11 @@ fn a_tree_with_its_own_manifest_file_is_refused() {
     fs::write(fixture.src().join(MANIFEST_NAME), "{}").unwrap();
     let err = fixture.pack("r.tar.gz").unwrap_err();
     assert!(matches!(err, ReleaseError::ReservedName { .. }), "{err}");
+    fs::remove_file(fixture.src().join(MANIFEST_NAME)).unwrap();
+    // Refused when packing, not by every host once it arrives.
+    fs::write(fixture.src().join(".ferry-release"), "{}").unwrap();
+    let err = fixture.pack("r.tar.gz").unwrap_err();
+    assert!(matches!(&err, ReleaseError::ReservedName { name, .. } if name == ".ferry-release"), "{err}");
 }
 
 #[test]
