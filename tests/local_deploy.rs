@@ -542,13 +542,26 @@ fn a_killed_bad_first_deploy_leaves_nothing_on_the_bad_release_after_its_rerun()
 }
 
 #[test]
-fn a_revert_starts_the_old_release_with_its_own_env_not_the_new_one() {
-    for project in [in_place(2), Project::builder().region("syd", 2).build()] {
+fn a_revert_starts_the_old_release_with_its_own_env_and_command_not_the_new_ones() {
+    let env = |toml: String| format!("{toml}\n[env]\n  HELLO_MODE = \"exit-at-start\"\n");
+    let command = |toml: String| {
+        toml.replace("start = \"exec bin/hello\"", "start = \"HELLO_MODE=exit-at-start exec bin/hello\"")
+    };
+    let cases: [(Project, &dyn Fn(String) -> String); 3] = [
+        (in_place(2), &env),
+        (Project::builder().region("syd", 2).build(), &env),
+        (
+            Project::builder().region("syd", 2).proxy("  enabled = false").start(Some("exec bin/hello")).build(),
+            &command,
+        ),
+    ];
+    for (project, edit) in cases {
         project.deploy("v1").assert_ok();
         // The new config makes every start of any release fail.
         let toml = std::fs::read_to_string(project.path().join("fly.toml")).unwrap();
-        std::fs::write(project.path().join("fly.toml"), format!("{toml}\n[env]\n  HELLO_MODE = \"exit-at-start\"\n"))
-            .unwrap();
+        let changed = edit(toml.clone());
+        assert_ne!(changed, toml);
+        std::fs::write(project.path().join("fly.toml"), changed).unwrap();
         let run = project.ferry(&["deploy", "--version", "v2", "--json", "--wait-timeout", "3s"]);
         assert_put_back_on_v1(&project, &run);
     }

@@ -152,6 +152,9 @@ fn secrets_keep_their_bytes_refuse_nul_and_show_no_digest() {
     // base64 of "a\nb\n|": both newlines arrived.
     assert!(logs.stdout.contains("seen=YQpiCnw="), "the value is kept exactly: {}", logs.stdout);
 
+    let big = set_from_stdin(&project, "BIG", &vec![b'x'; 200_000]);
+    assert_eq!(big.code, 2, "more than an environment variable holds: {}", big.stderr);
+    assert!(big.stderr.contains("at most"), "{}", big.stderr);
     let nul = set_from_stdin(&project, "NUL", b"hunter\0two");
     assert_eq!(nul.code, 2, "{}", nul.stderr);
     assert!(nul.stderr.contains("NUL") && !nul.stderr.contains("hunter"), "{}", nul.stderr);
