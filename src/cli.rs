@@ -41,6 +41,16 @@ enum CommandArgs {
     Deploy(DeployArgs),
     /// Roll back to an earlier release still on the hosts (default: the one before the current).
     Rollback(RollbackArgs),
+    /// Restart every instance on the current release, one at a time behind its checks
+    /// (taking staged secrets and [env] changes); a failure puts the old ones back.
+    Restart {
+        /// How long an instance may take to become healthy.
+        #[arg(long, value_parser = duration, value_name = "DURATION")]
+        wait_timeout: Option<Duration>,
+        /// Wait up to this long for another operation's lock.
+        #[arg(long, value_parser = duration, value_name = "DURATION")]
+        lock_wait: Option<Duration>,
+    },
     /// Run [deploy] release_command once, against a release already on the hosts.
     Migrate {
         /// Release to run it from (default: the current one).
@@ -97,9 +107,10 @@ enum CommandArgs {
     /// Answer every request with a maintenance page (503), or route again.
     #[command(subcommand)]
     Maintenance(MaintenanceArgs),
-    /// Stop every instance and remove the app from every host.
+    /// Stop every instance and remove the app from every host (asks first in a
+    /// terminal; `--yes` without one).
     Destroy {
-        /// Confirm.
+        /// Do not ask.
         #[arg(long)]
         yes: bool,
     },
@@ -269,7 +280,7 @@ enum SecretsArgs {
     Set {
         #[arg(required = true, value_name = "KEY=-")]
         pairs: Vec<String>,
-        /// Store only; instances get the values at the next deploy or restart.
+        /// Store only; instances get the values at the next deploy or `ferry restart`.
         #[arg(long)]
         stage: bool,
     },
@@ -393,6 +404,7 @@ pub enum Command {
         release: Option<PathBuf>,
         dry_run: bool,
     },
+    Restart,
     Rollback {
         version: Option<String>,
         dry_run: bool,
@@ -521,6 +533,10 @@ pub fn parse() -> Invocation {
                 ..Overrides::default()
             };
             Command::Rollback { version: r.version, dry_run: r.dry_run, restore_backup: r.restore_backup, yes: r.yes }
+        }
+        CommandArgs::Restart { wait_timeout, lock_wait } => {
+            overrides = Overrides { wait_timeout, lock_wait, ..Overrides::default() };
+            Command::Restart
         }
         CommandArgs::Migrate { version, backup, lock_wait } => {
             overrides = Overrides { lock_wait, backup, ..Overrides::default() };

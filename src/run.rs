@@ -60,6 +60,10 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             deploy::rollback(ctx, deploy::RollbackOptions { version, dry_run, restore_backup, yes }).await
         }
         Command::Migrate { version } => deploy::migrate(ctx, version).await,
+        Command::Restart => {
+            let fleet = ctx.fleet()?;
+            ctx.engine(&fleet).run(crate::deploy::Operation::Restart { command: "restart".into() }).await
+        }
         Command::BackupsList => backups::list(ctx).await,
         Command::BackupsCreate => backups::create(ctx).await,
         Command::BackupsRestore { id, yes } => backups::restore(ctx, &id, yes).await,

@@ -191,3 +191,30 @@ fn a_failing_instance_s_output_is_quoted_redacted() {
         assert!(!text.contains("s3cr3t-env") && !text.contains("tok-hunter2"), "{text}");
     }
 }
+
+#[test]
+fn restart_replaces_every_instance_behind_its_checks_with_staged_secrets() {
+    let project =
+        Project::builder().region("syd", 2).start(Some("printf 'flag=%s\\n' \"$FLAG\"; exec bin/hello")).build();
+    project.deploy("v1").assert_ok();
+    let before: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    let mut child = project
+        .command(&["secrets", "set", "FLAG=-", "--stage"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"staged-on").unwrap();
+    drop(child.stdin.take());
+    let staged = common::Run::from(child.wait_with_output().unwrap());
+    staged.assert_ok();
+    assert!(staged.stderr.contains("`ferry restart`"), "names the command that applies it: {}", staged.stderr);
+    assert!(!project.ferry(&["logs", "-n", "50"]).stdout.contains("flag=staged-on"), "staged: not used yet");
+    let run = project.ferry(&["restart", "--json"]);
+    run.assert_ok();
+    assert_eq!(run.events().iter().filter(|e| e["event"] == "instance_healthy").count(), 2, "{}", run.stdout);
+    let after: Vec<u64> = project.instances().iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    assert!(before.iter().all(|p| !after.contains(p)), "every instance is a new process: {before:?} {after:?}");
+    assert!(project.ferry(&["logs", "-n", "50"]).stdout.contains("flag=staged-on"));
+    assert_eq!(project.versions_served(), ["v1"; 2]);
+}

@@ -11,13 +11,17 @@ use super::Ctx;
 
 pub async fn run(ctx: &Ctx, yes: bool) -> Result<(), Error> {
     if !yes {
-        return Err(Error::Usage {
-            message: format!(
-                "`ferry destroy` stops every instance of `{}` and deletes its releases, history and volumes",
-                ctx.settings.app
-            ),
-            hint: Some("run it again with `--yes` if that is what you want".into()),
-        });
+        let what = format!(
+            "`ferry destroy` stops every instance of `{}` and deletes its releases, history and volumes",
+            ctx.settings.app
+        );
+        if !ctx.interactive {
+            return Err(Error::Usage {
+                message: what,
+                hint: Some("run it again with `--yes` if that is what you want".into()),
+            });
+        }
+        ctx.confirm(&format!("{what}; go ahead?"))?;
     }
     let fleet = ctx.fleet()?;
     let guard = lock::take(&fleet, ctx.reporter.as_ref(), "destroy", ctx.settings.lock_wait).await?;

@@ -186,7 +186,7 @@ async fn store(ctx: &Ctx, keys: &[String], lines: String, stage: bool, command: 
     guard.release().await;
     result?;
     if stage {
-        ctx.finished(format!("staged {}; instances get them at the next deploy or restart", keys.join(", ")));
+        ctx.finished(format!("staged {}; instances get them at the next deploy or `ferry restart`", keys.join(", ")));
         return Ok(());
     }
     let restarted =
