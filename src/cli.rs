@@ -212,6 +212,9 @@ struct RollbackArgs {
     /// Do not ask before restoring the backup.
     #[arg(long)]
     yes: bool,
+    /// Roll back to a release none of whose deploys completed (failed or reverted).
+    #[arg(long)]
+    force: bool,
     /// Wait up to this long for another operation's lock.
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     lock_wait: Option<Duration>,
@@ -410,6 +413,7 @@ pub enum Command {
         dry_run: bool,
         restore_backup: bool,
         yes: bool,
+        force: bool,
     },
     Migrate {
         version: Option<String>,
@@ -532,7 +536,13 @@ pub fn parse() -> Invocation {
                 lock_wait: r.lock_wait,
                 ..Overrides::default()
             };
-            Command::Rollback { version: r.version, dry_run: r.dry_run, restore_backup: r.restore_backup, yes: r.yes }
+            Command::Rollback {
+                version: r.version,
+                dry_run: r.dry_run,
+                restore_backup: r.restore_backup,
+                yes: r.yes,
+                force: r.force,
+            }
         }
         CommandArgs::Restart { wait_timeout, lock_wait } => {
             overrides = Overrides { wait_timeout, lock_wait, ..Overrides::default() };

@@ -129,6 +129,23 @@ pub fn current(entries: &[Entry]) -> (Option<String>, Option<String>) {
         .map_or((None, None), |e| (Some(e.version.clone()), e.previous.clone()))
 }
 
+/// Whether a deploy or rollback of `version` ever completed.
+pub fn completed(entries: &[Entry], version: &str) -> bool {
+    entries.iter().any(|e| e.version == version && e.final_status == Status::Complete && e.kind != "migrate")
+}
+
+/// Every version the history names, most recently used first (not sorted as text:
+/// `v10` after `v9`, as they were deployed).
+pub fn by_recency(entries: &[Entry]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for e in entries.iter().rev() {
+        if !seen.contains(&e.version) {
+            seen.push(e.version.clone());
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

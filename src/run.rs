@@ -56,8 +56,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Deploy { version, release, dry_run } => {
             deploy::deploy(ctx, deploy::DeployOptions { version, release, dry_run }).await
         }
-        Command::Rollback { version, dry_run, restore_backup, yes } => {
-            deploy::rollback(ctx, deploy::RollbackOptions { version, dry_run, restore_backup, yes }).await
+        Command::Rollback { version, dry_run, restore_backup, yes, force } => {
+            deploy::rollback(ctx, deploy::RollbackOptions { version, dry_run, restore_backup, yes, force }).await
         }
         Command::Migrate { version } => deploy::migrate(ctx, version).await,
         Command::Restart => {

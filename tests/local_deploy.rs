@@ -142,7 +142,7 @@ fn rollback_to_a_pruned_release_is_refused_with_the_list() {
     }
     let run = project.ferry(&["rollback", "v1"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("v3, v4"), "lists the releases still there: {}", run.stderr);
+    assert!(run.stderr.contains("v4, v3"), "lists the releases still there, newest first: {}", run.stderr);
     assert_eq!(project.versions_served(), ["v4"]);
     project.ferry(&["rollback", "v3"]).assert_ok();
     assert_eq!(project.versions_served(), ["v3"]);
@@ -630,4 +630,24 @@ fn a_failed_deploy_puts_back_instances_a_region_add_started() {
     let run = project.ferry(&["deploy", "--version", "v2", "--json", "--wait-timeout", "3s"]);
     assert_put_back_on_v1(&project, &run);
     assert_eq!(project.versions_served(), ["v1"; 2], "both regions serve v1 again");
+}
+
+#[test]
+fn rollback_lists_releases_newest_first_and_refuses_one_that_never_completed() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v9").assert_ok();
+    project.deploy("v10").assert_ok();
+    project.set_mode(Some("fail-health"));
+    assert_eq!(project.ferry(&["deploy", "--version", "v11", "--wait-timeout", "2s"]).code, 1);
+    let never = project.ferry(&["rollback", "v8"]);
+    assert_eq!(never.code, 2, "{}", never.stderr);
+    assert!(never.stderr.contains("v8 was never deployed"), "{}", never.stderr);
+    assert!(never.stderr.contains("v11 (never completed), v10, v9"), "newest first, bad ones marked: {}", never.stderr);
+    let bad = project.ferry(&["rollback", "v11"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("never completed a deploy (its last one was reverted)"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("--force"), "{}", bad.stderr);
+    project.ferry(&["rollback", "v11", "--force", "--dry-run"]).assert_ok();
+    project.ferry(&["rollback", "v9"]).assert_ok();
+    assert_eq!(project.versions_served(), ["v9"]);
 }

@@ -100,6 +100,8 @@ pub struct RollbackOptions {
     pub dry_run: bool,
     pub restore_backup: bool,
     pub yes: bool,
+    /// Roll back to a release that never completed a deploy.
+    pub force: bool,
 }
 
 pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
@@ -115,15 +117,41 @@ pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
     };
     release::validate_version(&target)?;
     let available = observe::versions_everywhere(&fleet, &observed);
-    if !available.contains(&target) {
-        let list = if available.is_empty() {
+    // Newest first, as the history has them; those that never completed are marked.
+    let list = || {
+        let listed: Vec<String> = history::by_recency(&entries)
+            .into_iter()
+            .filter(|v| available.contains(v))
+            .chain(available.iter().filter(|v| !entries.iter().any(|e| &e.version == *v)).cloned())
+            .map(|v| if history::completed(&entries, &v) { v } else { format!("{v} (never completed)") })
+            .collect();
+        if listed.is_empty() {
             "none".to_string()
         } else {
-            available.into_iter().collect::<Vec<_>>().join(", ")
+            listed.join(", ")
+        }
+    };
+    if !available.contains(&target) {
+        let message = if entries.iter().any(|e| e.version == target) {
+            format!("release {target} is no longer on every host, so it cannot be rolled back to; releases on every host, newest first: {}", list())
+        } else {
+            format!("release {target} was never deployed; releases on every host, newest first: {}", list())
         };
         return Err(Error::Usage {
-            message: format!("release {target} is no longer on every host, so it cannot be rolled back to; releases on every host: {list}"),
+            message,
             hint: Some("deploy it again with `ferry deploy --version VERSION` from its source".into()),
+        });
+    }
+    if !opts.force && entries.iter().any(|e| e.version == target) && !history::completed(&entries, &target) {
+        let how = entries.iter().rev().find(|e| e.version == target).map_or("failed", |e| e.status.as_str());
+        return Err(Error::Usage {
+            message: format!(
+                "release {target} never completed a deploy (its last one {}); rolling back to it would bring back what failed",
+                if how == "interrupted" { "was interrupted".to_string() } else { format!("was {how}") }
+            ),
+            hint: Some(format!(
+                "`ferry releases` shows what happened; `ferry rollback {target} --force` rolls back to it anyway"
+            )),
         });
     }
     // Find the dump and confirm before taking the lock; it is restored under it, so
