@@ -162,8 +162,12 @@ pub fn build(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
                         &["release", "build", "--version", &version, "--output", out.to_str().unwrap()],
                         &[],
                     );
-                    let size =
-                        r.events.last().and_then(|(_, e)| e["size"].as_u64()).expect("release build prints its size");
+                    let size = r
+                        .events
+                        .iter()
+                        .rev()
+                        .find_map(|(_, e)| e["size"].as_u64())
+                        .expect("release build prints its size");
                     report.size_ferry = size;
                     report.build_ferry.push(secs(r.wall));
                     report.log(&format!("build run {run}: ferry {:.3} s, {size} bytes", secs(r.wall)));
@@ -258,7 +262,7 @@ fn releases(opts: &Opts, dir: &Path, work: &Path) -> Vec<(String, PathBuf)> {
                 &["release", "build", "--version", &version, "--output", out.to_str().unwrap()],
                 &[],
             );
-            let path = r.events.last().and_then(|(_, e)| e["path"].as_str().map(PathBuf::from)).expect("a path");
+            let path = r.events.iter().rev().find_map(|(_, e)| e["path"].as_str().map(PathBuf::from)).expect("a path");
             (version, path)
         })
         .collect()

@@ -34,7 +34,12 @@ pub fn proxy(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
     let dir = project(&work.join("proxy"), tree, "local", "", crate::figures::SAME_WORK, &[("syd", Vec::new(), 1)]);
     crate::measure::ferry(&dir, &["deploy", "--version", "p1"], &[]);
     let status = Command::new(crate::ferry_bin()).args(["status", "--json"]).current_dir(&dir).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    // `--json` is one object per line: the status, then `finished`.
+    let status: serde_json::Value = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .next()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .expect("status --json");
     let door: SocketAddr = status["front_doors"][0]["address"].as_str().expect("a front door").parse().unwrap();
     let _ = FIRST_DOOR.set(door);
     let backend = u16::try_from(status["instances"][0]["port"].as_u64().expect("an instance port")).unwrap();
@@ -91,7 +96,12 @@ pub fn rollouts(opts: &Opts, work: &Path, tree: &Tree, report: &mut Report) {
     let dir = project(&work.join("rollouts"), tree, "local", "", "", &[("syd", Vec::new(), 2), ("lax", Vec::new(), 2)]);
     crate::measure::ferry(&dir, &["deploy", "--version", "r1"], &[]);
     let status = Command::new(crate::ferry_bin()).args(["status", "--json"]).current_dir(&dir).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    // `--json` is one object per line: the status, then `finished`.
+    let status: serde_json::Value = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .next()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .expect("status --json");
     let door: SocketAddr = status["front_doors"]
         .as_array()
         .and_then(|doors| doors.iter().find(|d| d["region"] == "syd"))

@@ -504,7 +504,16 @@ pub struct Invocation {
 
 /// Parses the process arguments (clap exits with code 2 on usage errors).
 pub fn parse() -> Invocation {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        // A usage error under `--json` still ends the output with an `error` line.
+        if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+            let text = e.render().to_string();
+            let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            let line = serde_json::json!({ "event": "error", "message": message, "hint": null, "exit_code": 2 });
+            println!("{line}");
+        }
+        e.exit()
+    });
     let output = match (args.json, args.quiet) {
         (true, _) => OutputMode::Json,
         (_, true) => OutputMode::Quiet,

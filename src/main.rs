@@ -3,6 +3,13 @@
 
 use ferry::{cli, error::Error, run};
 
+/// The error and its causes on one line, as `--json` gives it.
+fn crate_error_line(error: &Error) -> String {
+    let text = run::render_error(error);
+    let message = text.lines().take_while(|l| !l.trim_start().starts_with("hint:")).collect::<Vec<_>>().join(" ");
+    message.trim_start_matches("error: ").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn main() {
     let invocation = cli::parse();
     // The agent's roles run their own runtimes, before anything else is set up.
@@ -15,6 +22,9 @@ fn main() {
         .build()
         .map_err(|e| Error::failed(format!("could not start the async runtime: {e}")))
         .and_then(|runtime| runtime.block_on(run::run(invocation, reporter.clone())));
+    if let Err(error) = &result {
+        reporter.error(&crate_error_line(error), error.hint().as_deref(), error.exit_code());
+    }
     reporter.finish();
     if let Err(error) = result {
         eprintln!("{}", run::render_error(&error));

@@ -45,7 +45,7 @@ fn config_show_prints_durations_in_ms() {
     let project = Project::builder().region("syd", 1).build();
     let run = project.ferry(&["config", "show", "--json"]);
     run.assert_ok();
-    let config: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let config = run.data();
     assert_eq!(config["deploy"]["wait_timeout"], 60_000);
     assert_eq!(config["kill_timeout"], 5_000);
 }
@@ -194,9 +194,9 @@ fn release_build_is_deterministic_and_reports_json() {
     let project = Project::builder().region("syd", 1).build();
     let first = project.ferry(&["release", "build", "--version", "v1", "--json"]);
     first.assert_ok();
-    let a: serde_json::Value = serde_json::from_str(first.stdout.trim()).unwrap();
+    let a = first.data();
     let second = project.ferry(&["release", "build", "--version", "v1", "--json"]);
-    let b: serde_json::Value = serde_json::from_str(second.stdout.trim()).unwrap();
+    let b = second.data();
     assert_eq!(a["sha256"], b["sha256"]);
     assert_eq!(a["version"], "v1");
     assert!(a["path"].as_str().unwrap().ends_with("hello-v1.tar.gz"));
@@ -263,4 +263,43 @@ fn full_disk_on_the_host_fails_the_deploy_and_keeps_the_old_release_serving() {
     std::fs::remove_file(&filler).unwrap();
     project.deploy("v2").assert_ok();
     assert_eq!(project.versions_served(), ["v2"]);
+}
+
+#[test]
+fn every_command_s_json_is_one_object_per_line_ending_in_finished_or_error() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v1").assert_ok();
+    for args in [
+        &["status", "--json"][..],
+        &["releases", "--json"],
+        &["logs", "-n", "5", "--json"],
+        &["config", "validate", "--json"],
+        &["config", "show", "--json"],
+        &["secrets", "list", "--json"],
+        &["volumes", "list", "--json"],
+        &["lock", "status", "--json"],
+        &["regions", "list", "--json"],
+        &["scale", "count", "1", "--dry-run", "--json"],
+    ] {
+        let run = project.ferry(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        let _ = run.rows();
+        assert_eq!(run.events().last().unwrap()["event"], "finished", "{args:?}");
+    }
+    let logs = project.ferry(&["logs", "-n", "5", "--json"]).rows();
+    assert!(!logs.is_empty() && logs.iter().all(|l| l["line"].is_string() && l["instance"].is_string()));
+    // Errors, and usage errors clap itself reports, end with an `error` object.
+    for (args, code) in [
+        (&["rollback", "v404", "--json"][..], 2),
+        (&["deploy", "--no-such-flag", "--json"], 2),
+        (&["logs", "-i", "nope", "--json"], 2),
+    ] {
+        let run = project.ferry(args);
+        assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+        let _ = run.rows();
+        let last = run.events().last().unwrap().clone();
+        assert_eq!(last["event"], "error", "{args:?}: {}", run.stdout);
+        assert_eq!(last["exit_code"], code);
+        assert!(last["message"].as_str().is_some_and(|m| !m.is_empty()), "{last}");
+    }
 }

@@ -161,9 +161,7 @@ fn secrets_keep_their_bytes_refuse_nul_and_show_no_digest() {
 
     let list = project.ferry(&["secrets", "list", "--json"]);
     list.assert_ok();
-    let rows: Vec<serde_json::Value> =
-        list.stdout.lines().flat_map(serde_json::from_str::<serde_json::Value>).collect();
-    let rows = rows.iter().find_map(|v| v.as_array().cloned()).unwrap_or_default();
+    let rows = list.rows();
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     assert_eq!(names, ["MULTI", "TYPED"], "NUL was not stored: {}", list.stdout);
     for row in &rows {

@@ -105,7 +105,7 @@ fn backup_before_migrate_verifies_and_restores_exactly_the_old_rows() {
 
     let list = project.ferry(&["backups", "list", "--json"]);
     list.assert_ok();
-    let backups: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let backups = serde_json::Value::Array(list.rows());
     assert_eq!(backups[0]["id"], id.as_str());
     assert_eq!(backups[0]["database"], format!("127.0.0.1:{}/appdb", pg.primary_port));
     assert_eq!(backups[0]["release_after"], "v1");
@@ -274,7 +274,7 @@ fn backup_can_run_on_this_machine_and_is_stored_on_the_host() {
         project.deploy(version).assert_ok();
     }
     let list = project.ferry(&["backups", "list", "--json"]);
-    let backups: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+    let backups: Vec<serde_json::Value> = list.rows();
     assert_eq!(backups.len(), 2, "kept to [ferry.backup] keep: {backups:?}");
     assert_eq!(backups[0]["release_after"], "v3");
     let dumps = walk(&project.path().join(".ferry/local"))

@@ -65,7 +65,7 @@ impl App {
     }
 
     fn port(&self, region: &str) -> u16 {
-        let status: Value = serde_json::from_str(&self.ok(&["status", "--json"]).stdout).unwrap();
+        let status: Value = self.ok(&["status", "--json"]).data();
         let instance = status["instances"].as_array().unwrap().iter().find(|i| i["region"] == region).unwrap().clone();
         u16::try_from(instance["port"].as_u64().unwrap()).unwrap()
     }
@@ -142,7 +142,7 @@ fn postgres_app_gets_a_streaming_replica_in_a_new_region() {
     assert_eq!(psql(replica, "SELECT pg_is_in_recovery()"), "t");
 
     eventually("the replica catching up", || {
-        let members: Value = serde_json::from_str(&app.ok(&["pg", "status", "--json"]).stdout).unwrap();
+        let members = Value::Array(app.ok(&["pg", "status", "--json"]).rows());
         let lax = members.as_array().unwrap().iter().find(|m| m["region"] == "lax").unwrap().clone();
         let syd = members.as_array().unwrap().iter().find(|m| m["region"] == "syd").unwrap().clone();
         syd["role"] == "primary" && lax["role"] == "replica" && lax["streaming"] == "streaming" && lax["lag_bytes"] == 0
@@ -243,7 +243,7 @@ fn postgres_app_replicates_across_ssh_hosts() {
     let replica = app.port("lax");
     eventually("rows on the replica host", || try_psql(replica, "SELECT count(*) FROM items").is_ok_and(|n| n == "10"));
     eventually("pg status over ssh", || {
-        let members: Value = serde_json::from_str(&app.ok(&["pg", "status", "--json"]).stdout).unwrap();
+        let members = Value::Array(app.ok(&["pg", "status", "--json"]).rows());
         members
             .as_array()
             .unwrap()

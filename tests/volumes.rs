@@ -16,7 +16,7 @@ fn project_with_mount() -> Project {
 
 fn boots(project: &Project) -> String {
     let list = project.ferry(&["volumes", "list", "--json"]);
-    let volumes: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let volumes = serde_json::Value::Array(list.rows());
     let id = volumes[0]["id"].as_str().unwrap();
     std::fs::read_to_string(project.path().join(format!(".ferry/local/syd/local/hello/volumes/{id}/data/boots")))
         .unwrap_or_default()
@@ -45,7 +45,7 @@ fn volume_data_survives_deploys_rollbacks_restarts_and_scaling() {
     assert!(link.join("boots").exists(), "the volume is linked in the instance directory");
 
     project.ferry(&["scale", "count", "0", "--yes"]).assert_ok();
-    let list: serde_json::Value = serde_json::from_str(&project.ferry(&["volumes", "list", "--json"]).stdout).unwrap();
+    let list: serde_json::Value = serde_json::Value::Array(project.ferry(&["volumes", "list", "--json"]).rows());
     assert_eq!(list[0]["attached"], serde_json::Value::Null, "freed when its instance went");
     project.ferry(&["scale", "count", "1"]).assert_ok();
     assert_eq!(boots(&project), "v1\nv2\nv1\nv1\nv1\n", "the new instance got the same data back");
@@ -73,16 +73,16 @@ fn volumes_too_large_or_attached_are_refused() {
     let huge = project.ferry(&["volumes", "create", "data", "--region", "syd", "--size", "100000000"]);
     assert_eq!(huge.code, 1, "{}", huge.stderr);
     assert!(huge.stderr.contains("does not fit") && huge.stderr.contains("GB free"), "{}", huge.stderr);
-    assert!(project.ferry(&["volumes", "list", "--json"]).stdout.trim() == "[]", "nothing created");
+    assert!(project.ferry(&["volumes", "list", "--json"]).rows().is_empty(), "nothing created");
 
     project.ferry(&["volumes", "create", "data", "--region", "syd", "--size", "1"]).assert_ok();
     project.deploy("v1").assert_ok();
-    let list: serde_json::Value = serde_json::from_str(&project.ferry(&["volumes", "list", "--json"]).stdout).unwrap();
+    let list: serde_json::Value = serde_json::Value::Array(project.ferry(&["volumes", "list", "--json"]).rows());
     let id = list[0]["id"].as_str().unwrap().to_string();
     let attached = project.ferry(&["volumes", "destroy", &id, "--yes"]);
     assert_eq!(attached.code, 2, "{}", attached.stderr);
     assert!(attached.stderr.contains("attached"), "{}", attached.stderr);
     project.ferry(&["scale", "count", "0", "--yes"]).assert_ok();
     project.ferry(&["volumes", "destroy", &id, "--yes"]).assert_ok();
-    assert_eq!(project.ferry(&["volumes", "list", "--json"]).stdout.trim(), "[]");
+    assert!(project.ferry(&["volumes", "list", "--json"]).rows().is_empty());
 }

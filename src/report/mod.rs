@@ -245,17 +245,24 @@ pub trait Reporter: Send + Sync {
     fn note(&self, _text: &str) {}
     /// Bytes sent so far to one host (a progress bar; never in `--json`).
     fn upload_progress(&self, _host: &str, _sent: u64, _total: u64) {}
-    /// Stop any live display before the process prints its final error.
+    /// The operation failed with `error` (its exit code `code`); `--json` says so as
+    /// its last line.
+    fn error(&self, _message: &str, _hint: Option<&str>, _code: i32) {}
+    /// Stop any live display before the process prints its final error; `--json` ends
+    /// a command that said nothing of how it ended with a `finished` line.
     fn finish(&self) {}
 }
 
+/// `--json`: one JSON object per line on stdout, the last one `finished` or `error`.
 pub struct Json {
     out: Mutex<std::io::Stdout>,
+    /// Whether the last line (`finished` or `error`) was written.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Json {
     pub fn new() -> Self {
-        Self { out: Mutex::new(std::io::stdout()) }
+        Self { out: Mutex::new(std::io::stdout()), ended: std::sync::atomic::AtomicBool::new(false) }
     }
 }
 
@@ -276,13 +283,39 @@ impl Json {
 
 impl Reporter for Json {
     fn event(&self, event: &Event) {
+        if matches!(event, Event::Finished { .. }) {
+            self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Ok(line) = serde_json::to_string(event) {
             self.line(&line);
         }
     }
 
+    /// A list is one line per item (a log line, a release, a volume), anything else
+    /// one line.
     fn show(&self, json: &serde_json::Value, _text: &str) {
-        self.line(&json.to_string());
+        match json {
+            serde_json::Value::Array(items) => items.iter().for_each(|item| self.line(&item.to_string())),
+            other => self.line(&other.to_string()),
+        }
+    }
+
+    fn error(&self, message: &str, hint: Option<&str>, code: i32) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        let line = serde_json::json!({ "event": "error", "message": message, "hint": hint, "exit_code": code });
+        self.line(&line.to_string());
+    }
+
+    fn finish(&self) {
+        if !self.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.event(&Event::Finished {
+                outcome: Outcome::Succeeded,
+                version: None,
+                previous: None,
+                message: "done".into(),
+                duration_ms: 0,
+            });
+        }
     }
 }
 

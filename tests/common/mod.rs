@@ -240,7 +240,7 @@ impl Project {
     pub fn status(&self) -> Value {
         let run = self.ferry(&["status", "--json"]);
         assert_eq!(run.code, 0, "status failed: {}", run.stderr);
-        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status is JSON ({e}): {}", run.stdout))
+        run.data()
     }
 
     /// `ip:port` of every front door, by region, as `status --json` lists them.
@@ -277,7 +277,7 @@ impl Project {
     pub fn releases(&self) -> Vec<Value> {
         let run = self.ferry(&["releases", "--json"]);
         assert_eq!(run.code, 0, "releases failed: {}", run.stderr);
-        serde_json::from_str::<Value>(&run.stdout).unwrap().as_array().cloned().unwrap()
+        run.rows()
     }
 
     /// Pids recorded in every instance.json under the local target.
@@ -340,6 +340,30 @@ impl Run {
     /// The JSON events printed with `--json`.
     pub fn events(&self) -> Vec<Value> {
         self.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The data rows of a read command's `--json` output (lines that are no event),
+    /// after checking the output is what `--json` promises: one JSON object per line,
+    /// the last a `finished` or `error` event.
+    #[track_caller]
+    pub fn rows(&self) -> Vec<Value> {
+        let lines: Vec<Value> = self
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+            .collect();
+        assert!(lines.iter().all(Value::is_object), "one object per line: {}", self.stdout);
+        let last = lines.last().map(|l| l["event"].clone()).unwrap_or_default();
+        assert!(last == "finished" || last == "error", "ends with finished or error: {}", self.stdout);
+        lines.into_iter().filter(|l| l.get("event").is_none()).collect()
+    }
+
+    /// The one data object of a read command's `--json` output.
+    #[track_caller]
+    pub fn data(&self) -> Value {
+        let rows = self.rows();
+        assert_eq!(rows.len(), 1, "one data object: {}", self.stdout);
+        rows.into_iter().next().unwrap()
     }
 
     pub fn finished(&self) -> Value {
