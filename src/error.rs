@@ -21,8 +21,8 @@ pub enum Error {
     Unreachable { host: String, step: &'static str, source: HostError },
     #[error("{step} failed")]
     Host { step: &'static str, source: HostError },
-    #[error("`{host}` is locked by {holder}")]
-    Locked { host: String, holder: String },
+    #[error("`{host}` is locked by {holder}{}", .waited.map(|w| format!(" (still, after waiting {})", humantime::format_duration(w))).unwrap_or_default())]
+    Locked { host: String, holder: String, waited: Option<std::time::Duration> },
     #[error("{message}")]
     Failed { message: String, hint: Option<String> },
     #[error("failed to {action} `{path}`")]
@@ -56,8 +56,11 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Usage { hint, .. } | Error::Failed { hint, .. } => hint.clone(),
-            Error::Locked { .. } => Some(
+            Error::Locked { waited: None, .. } => Some(
                 "wait for it to finish, pass `--lock-wait 5m`, or run `ferry lock release` if you are sure it is dead (a dead holder's lease goes stale within 30s)".into(),
+            ),
+            Error::Locked { waited: Some(_), .. } => Some(
+                "it is still working (its lease is being refreshed); `ferry lock status` shows what it is doing; `ferry lock release` only if you are sure it is dead".into(),
             ),
             Error::Unreachable { host, source, .. } => Some(host_key_hint(source).unwrap_or_else(|| {
                 format!("nothing was changed; check that `{host}` is up and reachable (`ssh {host} true`), then run the command again")

@@ -651,3 +651,24 @@ fn rollback_lists_releases_newest_first_and_refuses_one_that_never_completed() {
     project.ferry(&["rollback", "v9"]).assert_ok();
     assert_eq!(project.versions_served(), ["v9"]);
 }
+
+#[test]
+fn a_deploy_refused_by_the_lock_builds_nothing_and_waiting_says_for_whom() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("slow-start=3000"));
+    let mut child = project.spawn(&["deploy", "--version", "v2", "--json"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_event(&mut stdout, |e| e["event"] == "deploy_started").expect("first deploy started");
+    let refused = project.ferry(&["deploy", "--version", "v3", "--json"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(!refused.events().iter().any(|e| e["event"] == "built"), "nothing was built: {}", refused.stdout);
+    assert!(!project.path().join(".ferry/build/hello-v3.tar.gz").exists());
+    assert_eq!(refused.events().last().unwrap()["event"], "error");
+    let waited = project.ferry(&["deploy", "--version", "v3", "--lock-wait", "1s"]);
+    assert_eq!(waited.code, 1, "{}", waited.stderr);
+    assert!(waited.stderr.contains("waiting up to 1s for the lock on `local/syd`, held by"), "{}", waited.stderr);
+    assert!(waited.stderr.contains("after waiting 1s"), "{}", waited.stderr);
+    assert!(!waited.stderr.contains("--lock-wait"), "no use suggesting it again: {}", waited.stderr);
+    assert!(child.wait().unwrap().success());
+}

@@ -7,7 +7,6 @@ use crate::deploy::{lock, migrate, Operation, Release, Restore};
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::history::{self, Record, Status};
-use crate::host::Host;
 use crate::release::{self, Artifact, BuildSpec};
 use crate::report::{Event, Outcome};
 use crate::settings::DEFAULT_START;
@@ -31,14 +30,38 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
         let op = Operation::Deploy(Release { version, artifact: None, start: ctx.settings.instance.start_command() });
         return dry_run(ctx, &fleet, &op).await;
     }
-    // Connecting to the hosts overlaps building or inspecting the release.
-    let hosts: Vec<Host> = fleet.hosts().cloned().collect();
-    let (artifact, connected) = tokio::join!(artifact(ctx, &opts), lock::connect_all(&hosts));
-    let artifact = artifact?;
-    connected?;
-    let start = start_command(ctx, &artifact)?;
+    // The lock comes first: a deploy that cannot have it builds nothing (a build writes
+    // `.ferry/build/`, which the holder may be shipping from). A `--release` file is
+    // only read: it is checked while connecting, and one that fails its checks leaves
+    // the hosts untouched.
+    let take = lock::take(&fleet, ctx.reporter.as_ref(), "deploy", ctx.settings.lock_wait);
+    let (artifact, guard) = if opts.release.is_some() {
+        let hosts: Vec<crate::host::Host> = fleet.hosts().cloned().collect();
+        let (artifact, connected) = tokio::join!(artifact(ctx, &opts), lock::connect_all(&hosts));
+        let artifact = artifact?;
+        connected?;
+        (Ok(artifact), take.await?)
+    } else {
+        // What can be refused without building is refused before the lock is taken.
+        let version = release::resolve_version(opts.version.as_deref(), &ctx.settings.dir)?;
+        let no_start = ctx.settings.instance.start.is_none() && ctx.settings.build.command.is_none();
+        if no_start && !ctx.settings.build.path.join(DEFAULT_START).is_file() {
+            return Err(no_start_command(ctx));
+        }
+        let guard = take.await?;
+        let opts = DeployOptions { version: Some(version), release: None, dry_run: false };
+        (artifact(ctx, &opts).await, guard)
+    };
+    let prepared = artifact.and_then(|artifact| Ok((start_command(ctx, &artifact)?, artifact)));
+    let (start, artifact) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
     let version = artifact.version.clone();
-    ctx.engine(&fleet).run(Operation::Deploy(Release { version, artifact: Some(artifact), start })).await
+    ctx.engine(&fleet).run_with(Operation::Deploy(Release { version, artifact: Some(artifact), start }), guard).await
 }
 
 /// The release to ship: built from the tree, or the `--release` file checked.
@@ -69,10 +92,14 @@ fn start_command(ctx: &Ctx, artifact: &Artifact) -> Result<String, Error> {
     match &ctx.settings.instance.start {
         Some(start) => Ok(start.clone()),
         None if artifact.has_file(DEFAULT_START) => Ok(DEFAULT_START.to_string()),
-        None => Err(Error::Usage {
-            message: format!("no start command for `{}`: set `[ferry.build] start`, or `[processes] app`, or ship an executable `bin/start` in the release", ctx.settings.app),
-            hint: Some("for example: `[ferry.build]` `start = \"bin/hello start\"` (it must run one instance in the foreground and listen on $PORT)".into()),
-        }),
+        None => Err(no_start_command(ctx)),
+    }
+}
+
+fn no_start_command(ctx: &Ctx) -> Error {
+    Error::Usage {
+        message: format!("no start command for `{}`: set `[ferry.build] start`, or `[processes] app`, or ship an executable `bin/start` in the release", ctx.settings.app),
+        hint: Some("for example: `[ferry.build]` `start = \"bin/hello start\"` (it must run one instance in the foreground and listen on $PORT)".into()),
     }
 }
 

@@ -32,6 +32,7 @@ pub async fn take(
     };
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     connect_all(&hosts).await?;
+    let mut told = false;
     loop {
         // The first host in name order settles which of two operations started at
         // once goes ahead (the other never holds half the fleet); the rest are then
@@ -68,9 +69,20 @@ pub async fn take(
             return Ok(Guard::new(held, holder.token, taken));
         };
         release_all(&held, &holder.token).await;
-        match deadline {
-            Some(deadline) if tokio::time::Instant::now() < deadline => tokio::time::sleep(RETRY_EVERY).await,
-            _ => return Err(Error::Locked { host, holder: holder_text }),
+        match (deadline, wait) {
+            (Some(deadline), Some(wait)) if tokio::time::Instant::now() < deadline => {
+                if !told {
+                    told = true;
+                    reporter.event(&Event::Warning {
+                        message: format!(
+                            "waiting up to {} for the lock on `{host}`, held by {holder_text}",
+                            humantime::format_duration(wait)
+                        ),
+                    });
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            _ => return Err(Error::Locked { host, holder: holder_text, waited: wait }),
         }
     }
 }

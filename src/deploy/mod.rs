@@ -115,8 +115,13 @@ impl Engine<'_> {
 
     /// Runs `op` under the lock, from the plan to the finish.
     pub async fn run(&self, op: Operation) -> Result<(), Error> {
+        let guard = lock::take(self.fleet, self.reporter.as_ref(), &op.command(), self.settings.lock_wait).await?;
+        self.run_with(op, guard).await
+    }
+
+    /// Runs `op` under `guard`, a lock already taken for it (and released here).
+    pub async fn run_with(&self, op: Operation, mut guard: Guard) -> Result<(), Error> {
         let started = Instant::now();
-        let mut guard = lock::take(self.fleet, self.reporter.as_ref(), &op.command(), self.settings.lock_wait).await?;
         // Boxed: every phase's state lives in this one future.
         let result = Box::pin(self.run_locked(op, &mut guard, started)).await;
         guard.release().await;
