@@ -70,6 +70,9 @@ pub struct Entry {
     pub by: String,
     pub previous: Option<String>,
     pub message: Option<String>,
+    /// Whether this entry left the release that runs now (the last completed deploy
+    /// or rollback).
+    pub current: bool,
     #[serde(skip)]
     final_status: Status,
 }
@@ -94,8 +97,16 @@ pub fn entries(text: &str) -> Vec<Entry> {
             by: record.by,
             previous: record.previous,
             message: record.message,
+            current: false,
             final_status: record.status,
         });
+    }
+    if let Some(last) = entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.final_status == Status::Complete && (e.kind == "deploy" || e.kind == "rollback"))
+    {
+        last.current = true;
     }
     for i in 0..entries.len() {
         entries[i].status = match entries[i].final_status {

@@ -303,3 +303,22 @@ fn every_command_s_json_is_one_object_per_line_ending_in_finished_or_error() {
         assert!(last["message"].as_str().is_some_and(|m| !m.is_empty()), "{last}");
     }
 }
+
+#[test]
+fn tables_fit_80_columns_and_mark_the_current_release() {
+    let project = Project::builder().region("syd", 2).build();
+    project.deploy("v0.1.0-1-gf42f3aa").assert_ok();
+    project.deploy("v2").assert_ok();
+    for args in [&["status"][..], &["releases"], &["regions", "list"], &["volumes", "list"]] {
+        let out = project.command(args).env("COLUMNS", "80").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{args:?} fits 80 columns:\n{text}");
+    }
+    let releases = project.command(&["releases"]).env("COLUMNS", "80").output().unwrap();
+    let text = String::from_utf8_lossy(&releases.stdout);
+    assert!(text.lines().nth(1).unwrap().trim_start().starts_with("v2 *"), "the current one is marked:\n{text}");
+    let wide = project.ferry(&["status"]);
+    assert!(wide.stdout.contains("LAST EXIT"), "without a width limit every column shows: {}", wide.stdout);
+    assert_eq!(project.releases().iter().filter(|r| r["current"] == true).count(), 1);
+}

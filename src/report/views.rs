@@ -35,6 +35,58 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
+/// How wide tables may be: the terminal's width, else `$COLUMNS`, else no limit (a
+/// pipe gets every column).
+fn width_limit() -> Option<usize> {
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_, w)| usize::from(w))
+        .or_else(|| std::env::var("COLUMNS").ok()?.trim().parse().ok())
+}
+
+/// A table that fits `limit` columns: when its natural width is too much, the columns
+/// least worth keeping (lowest `keep`) are left out first, and said so under it; what
+/// is still too wide wraps within its cells. `header` is `(name, keep)`.
+fn fitted(header: &[(&str, u8)], rows: &[Vec<String>], limit: Option<usize>) -> String {
+    let width_of =
+        |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].0.len()]).max().unwrap_or(0) + 2;
+    let mut shown: Vec<usize> = (0..header.len()).collect();
+    let mut left_out = Vec::new();
+    if let Some(limit) = limit {
+        while shown.iter().map(|i| width_of(*i)).sum::<usize>().saturating_sub(1) > limit {
+            let max = shown.iter().map(|i| header[*i].1).max().unwrap_or(0);
+            let Some(pos) =
+                (0..shown.len()).rev().filter(|p| header[shown[*p]].1 < max).min_by_key(|p| header[shown[*p]].1)
+            else {
+                break;
+            };
+            left_out.push(shown.remove(pos));
+        }
+    }
+    left_out.sort_unstable();
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING).set_header(shown.iter().map(|i| header[*i].0).collect::<Vec<_>>());
+    match limit {
+        Some(limit) => {
+            table
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(u16::try_from(limit).unwrap_or(u16::MAX));
+        }
+        None => {
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
+    for row in rows {
+        table.add_row(shown.iter().map(|i| row[*i].clone()).collect::<Vec<_>>());
+    }
+    let mut out = rendered(&table);
+    if !left_out.is_empty() {
+        let names: Vec<&str> = left_out.iter().map(|i| header[*i].0).collect();
+        let _ = writeln!(out, "(left out to fit: {}; see --json)", names.join(", "));
+    }
+    out
+}
+
 fn or_dash(value: Option<&str>) -> String {
     value.map_or_else(|| "-".to_string(), str::to_string)
 }
@@ -109,23 +161,24 @@ impl View for Status {
             out.push_str("no instances; run `ferry deploy`\n");
             return out;
         }
-        let mut t = table(&[
-            "REGION",
-            "HOST",
-            "ID",
-            "VERSION",
-            "STATE",
-            "HEALTH",
-            "TRAFFIC",
-            "PORT",
-            "PID",
-            "UPTIME",
-            "RESTARTS",
-            "LAST EXIT",
-        ]);
+        let header = [
+            ("REGION", 9),
+            ("HOST", 3),
+            ("ID", 9),
+            ("VERSION", 8),
+            ("STATE", 8),
+            ("HEALTH", 8),
+            ("TRAFFIC", 4),
+            ("PORT", 5),
+            ("PID", 2),
+            ("UPTIME", 4),
+            ("RESTARTS", 2),
+            ("LAST EXIT", 1),
+        ];
+        let mut rows = Vec::new();
         for r in &self.instances {
             let uptime = r.uptime_secs.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string());
-            t.add_row(vec![
+            rows.push(vec![
                 r.region.clone(),
                 r.host.clone(),
                 r.id.clone(),
@@ -140,7 +193,7 @@ impl View for Status {
                 or_dash(r.last_exit.as_deref()),
             ]);
         }
-        let mut out = out + &rendered(&t);
+        let mut out = out + &fitted(&header, &rows, width_limit());
         for r in self.instances.iter().filter(|r| r.health == "failing") {
             if let Some(detail) = &r.health_detail {
                 let _ = writeln!(out, "{} failing: {detail}", r.id);
@@ -163,19 +216,25 @@ impl View for Releases {
         if self.0.is_empty() {
             return "no releases yet; run `ferry deploy`\n".into();
         }
-        let mut t = table(&["VERSION", "KIND", "STATUS", "WHEN", "BY", "PREVIOUS"]);
-        let mut out = String::new();
-        for e in &self.0 {
-            t.add_row(vec![
-                e.version.clone(),
-                e.kind.clone(),
-                e.status.clone(),
-                e.started_at.clone(),
-                e.by.clone(),
-                or_dash(e.previous.as_deref()),
-            ]);
+        let header = [("VERSION", 9), ("KIND", 6), ("STATUS", 8), ("WHEN", 7), ("BY", 3), ("PREVIOUS", 2)];
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|e| {
+                vec![
+                    if e.current { format!("{} *", e.version) } else { e.version.clone() },
+                    e.kind.clone(),
+                    e.status.clone(),
+                    e.started_at.clone(),
+                    e.by.clone(),
+                    or_dash(e.previous.as_deref()),
+                ]
+            })
+            .collect();
+        let mut out = fitted(&header, &rows, width_limit());
+        if self.0.iter().any(|e| e.current) {
+            out.push_str("* runs now\n");
         }
-        out.push_str(&rendered(&t));
         let failures: Vec<&Entry> = self.0.iter().filter(|e| e.status != "complete" && e.message.is_some()).collect();
         for e in failures {
             let _ = writeln!(out, "{} {} {}: {}", e.version, e.kind, e.status, e.message.as_deref().unwrap_or(""));
@@ -321,9 +380,10 @@ impl View for Backups {
         if self.0.is_empty() {
             return "no backups; `ferry backups create` takes one\n".into();
         }
-        let mut t = table(&["ID", "CREATED", "DATABASE", "SIZE", "BEFORE", "AFTER"]);
+        let header = [("ID", 9), ("CREATED", 7), ("DATABASE", 3), ("SIZE", 5), ("BEFORE", 6), ("AFTER", 6)];
+        let mut rows = Vec::new();
         for b in &self.0 {
-            t.add_row(vec![
+            rows.push(vec![
                 b.id.clone(),
                 b.created_at.clone(),
                 b.database.clone(),
@@ -332,7 +392,7 @@ impl View for Backups {
                 or_dash(b.release_after.as_deref()),
             ]);
         }
-        rendered(&t)
+        fitted(&header, &rows, width_limit())
     }
 }
 
@@ -345,9 +405,10 @@ impl View for Volumes {
         if self.0.is_empty() {
             return "no volumes; `ferry volumes create NAME --region R --size GB` makes one\n".into();
         }
-        let mut t = table(&["ID", "NAME", "REGION", "SIZE", "HOST", "ATTACHED", "CREATED"]);
+        let header = [("ID", 9), ("NAME", 9), ("REGION", 8), ("SIZE", 7), ("HOST", 5), ("ATTACHED", 6), ("CREATED", 2)];
+        let mut rows = Vec::new();
         for v in &self.0 {
-            t.add_row(vec![
+            rows.push(vec![
                 v.id.clone(),
                 v.name.clone(),
                 v.region.clone(),
@@ -357,7 +418,7 @@ impl View for Volumes {
                 v.created_at.clone(),
             ]);
         }
-        rendered(&t)
+        fitted(&header, &rows, width_limit())
     }
 }
 
@@ -393,9 +454,19 @@ pub struct Members(pub Vec<Member>);
 
 impl View for Members {
     fn render(&self) -> String {
-        let mut t = table(&["REGION", "INSTANCE", "ADDRESS", "ROLE", "LSN", "LAG", "LAG(s)", "STREAMING"]);
+        let header = [
+            ("REGION", 9),
+            ("INSTANCE", 5),
+            ("ADDRESS", 7),
+            ("ROLE", 9),
+            ("LSN", 3),
+            ("LAG", 6),
+            ("LAG(s)", 6),
+            ("STREAMING", 4),
+        ];
+        let mut rows = Vec::new();
         for m in &self.0 {
-            t.add_row(vec![
+            rows.push(vec![
                 m.region.clone(),
                 m.instance.clone(),
                 m.address.clone(),
@@ -406,7 +477,7 @@ impl View for Members {
                 or_dash(m.streaming.as_deref().or(m.error.as_deref())),
             ]);
         }
-        rendered(&t)
+        fitted(&header, &rows, width_limit())
     }
 }
 
@@ -452,6 +523,24 @@ impl View for Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_too_wide_leaves_out_its_least_useful_columns_and_says_so() {
+        let header = [("NAME", 9), ("NOTES", 1), ("VERSION", 8), ("WHERE", 3)];
+        let rows = vec![
+            vec!["web".into(), "x".repeat(40), "v0.1.0-1-gf42f3aa".into(), "local/syd".into()],
+            vec!["worker".into(), "y".repeat(10), "v2".into(), "local/lax".into()],
+        ];
+        let wide = fitted(&header, &rows, None);
+        assert!(wide.lines().next().unwrap().contains("NOTES"), "no limit, every column: {wide}");
+        let narrow = fitted(&header, &rows, Some(50));
+        assert!(narrow.lines().all(|l| l.chars().count() <= 50), "{narrow}");
+        assert!(!narrow.lines().next().unwrap().contains("NOTES"), "{narrow}");
+        assert!(narrow.contains("VERSION") && narrow.contains("v0.1.0-1-gf42f3aa"), "{narrow}");
+        assert!(narrow.contains("(left out to fit: NOTES; see --json)"), "{narrow}");
+        let column = narrow.lines().next().unwrap().find("VERSION").unwrap();
+        assert!(narrow.lines().nth(2).unwrap()[column..].starts_with("v2"), "aligned to content: {narrow}");
+    }
 
     #[test]
     fn tables_fit_their_content_without_trailing_spaces() {

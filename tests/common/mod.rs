@@ -215,6 +215,8 @@ impl Project {
         // Each project has an agent of its own: tests that stop or kill one leave the
         // others alone.
         command.env("FERRY_STATE_DIR", self.state_dir());
+        // Tables get every column unless a test asks for a width.
+        command.env_remove("COLUMNS");
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
