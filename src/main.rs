@@ -16,12 +16,25 @@ fn main() {
     if let cli::Command::Agent(role) = &invocation.command {
         std::process::exit(ferry::agent::main(role));
     }
-    let reporter = run::reporter(invocation.output);
+    let tracked = std::sync::Arc::new(ferry::report::Tracked::new(run::reporter(invocation.output)));
+    let reporter: std::sync::Arc<dyn ferry::report::Reporter> = tracked.clone();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::failed(format!("could not start the async runtime: {e}")))
-        .and_then(|runtime| runtime.block_on(run::run(invocation, reporter.clone())));
+        .and_then(|runtime| {
+            let result = runtime.block_on(async {
+                // Ctrl-C ends the run here, saying where it left the fleet; what the
+                // hosts were doing is finished by running the command again.
+                tokio::select! {
+                    result = run::run(invocation, reporter.clone()) => result,
+                    _ = tokio::signal::ctrl_c() => Err(Error::failed(tracked.progress().interrupted())),
+                }
+            });
+            // Work still running (a build, a host's answer) is not waited for.
+            runtime.shutdown_background();
+            result
+        });
     if let Err(error) = &result {
         reporter.error(&crate_error_line(error), error.hint().as_deref(), error.exit_code());
     }

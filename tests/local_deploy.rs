@@ -672,3 +672,33 @@ fn a_deploy_refused_by_the_lock_builds_nothing_and_waiting_says_for_whom() {
     assert!(!waited.stderr.contains("--lock-wait"), "no use suggesting it again: {}", waited.stderr);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn ctrl_c_during_a_deploy_says_where_the_fleet_stands_and_the_rerun_finishes_it() {
+    let project = Project::builder().region("syd", 3).build();
+    project.deploy("v1").assert_ok();
+    project.set_mode(Some("slow-start=1500"));
+    let mut child = project
+        .command(&["deploy", "--version", "v2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_event(&mut stdout, |e| e["event"] == "instance_healthy").expect("one instance is on v2");
+    wait_for_event(&mut stdout, |e| e["event"] == "instance_updating").expect("the next is being replaced");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let error = wait_for_event(&mut stdout, |e| e["event"] == "error").expect("--json ends with the error");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("interrupted during the deploy of v2"), "{message}");
+    assert!(message.contains("1 instance(s) already run v2"), "{message}");
+    assert!(message.contains("Running the same command again finishes the deploy"), "{message}");
+    assert!(stderr.contains("interrupted during the deploy of v2"), "{stderr}");
+    project.deploy("v2").assert_ok();
+    assert_eq!(project.versions_served(), ["v2"; 3]);
+}

@@ -336,3 +336,104 @@ fn print_text(text: &str) -> std::io::Result<()> {
     }
     out.flush()
 }
+
+/// What an operation has done so far, as its events tell: what an interrupted run
+/// reports.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// `deploy`, `rollback`, ... once it started changing the fleet.
+    pub kind: Option<String>,
+    pub version: Option<String>,
+    pub previous: Option<String>,
+    /// Instances started on the new version, and how many of those passed their checks.
+    pub updating: usize,
+    pub healthy: usize,
+    pub reverted: usize,
+    /// Whether the release_command started and had not finished.
+    pub in_release_command: bool,
+}
+
+impl Progress {
+    /// Where an interrupted operation left the fleet, and what finishes it.
+    pub fn interrupted(&self) -> String {
+        let (Some(kind), Some(version)) = (&self.kind, &self.version) else {
+            return "interrupted before anything on the hosts changed; run the command again".into();
+        };
+        let previous = self.previous.as_deref().unwrap_or("the release before");
+        let mut text = format!("interrupted during the {kind} of {version}: ");
+        if self.in_release_command {
+            text.push_str("its release_command was running (the host stops it at its timeout); ");
+        }
+        let moving = self.updating.saturating_sub(self.healthy + self.reverted);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!(
+                "{} instance(s) already run {version} and passed their checks, {moving} was being replaced (it may be on \
+             either release), the rest still run {previous}. The lock goes when this process does (over SSH, within \
+             30 s). Running the same command again finishes the {kind}; `ferry rollback {previous}` goes back.",
+                self.healthy
+            ),
+        );
+        text
+    }
+}
+
+/// A reporter that keeps [`Progress`] while passing everything on.
+pub struct Tracked {
+    inner: std::sync::Arc<dyn Reporter>,
+    progress: Mutex<Progress>,
+}
+
+impl Tracked {
+    pub fn new(inner: std::sync::Arc<dyn Reporter>) -> Self {
+        Self { inner, progress: Mutex::new(Progress::default()) }
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+impl Reporter for Tracked {
+    fn event(&self, event: &Event) {
+        if let Ok(mut p) = self.progress.lock() {
+            match event {
+                Event::DeployStarted { kind, version, previous, .. } => {
+                    *p = Progress {
+                        kind: Some(kind.clone()),
+                        version: Some(version.clone()),
+                        previous: previous.clone(),
+                        ..Progress::default()
+                    };
+                }
+                Event::ReleaseCommandStarted { .. } => p.in_release_command = true,
+                Event::ReleaseCommandFinished { .. } => p.in_release_command = false,
+                Event::InstanceUpdating { .. } => p.updating += 1,
+                Event::InstanceHealthy { .. } => p.healthy += 1,
+                Event::InstanceReverted { .. } | Event::InstanceRevertFailed { .. } => p.reverted += 1,
+                _ => {}
+            }
+        }
+        self.inner.event(event);
+    }
+
+    fn show(&self, json: &serde_json::Value, text: &str) {
+        self.inner.show(json, text);
+    }
+
+    fn note(&self, text: &str) {
+        self.inner.note(text);
+    }
+
+    fn upload_progress(&self, host: &str, sent: u64, total: u64) {
+        self.inner.upload_progress(host, sent, total);
+    }
+
+    fn error(&self, message: &str, hint: Option<&str>, code: i32) {
+        self.inner.error(message, hint, code);
+    }
+
+    fn finish(&self) {
+        self.inner.finish();
+    }
+}
