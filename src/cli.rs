@@ -117,6 +117,13 @@ enum CommandArgs {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigArgs),
+    /// Print a shell completion script (`ferry completions bash > /etc/bash_completion.d/ferry`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print ferry's man page (roff: `ferry man | man -l -`).
+    Man,
     /// ferry's agent on a host (run by ferry itself).
     #[command(subcommand, hide = true)]
     Agent(AgentArgs),
@@ -503,6 +510,21 @@ pub struct Invocation {
 }
 
 /// Parses the process arguments (clap exits with code 2 on usage errors).
+/// Writes what `completions` and `man` print; `None` for every other command.
+fn print_self_description(command: &CommandArgs) -> Option<std::io::Result<()>> {
+    use clap::CommandFactory as _;
+    let mut cli = Args::command();
+    let mut out = std::io::stdout().lock();
+    match command {
+        CommandArgs::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "ferry", &mut out);
+            Some(Ok(()))
+        }
+        CommandArgs::Man => Some(clap_mangen::Man::new(cli).render(&mut out)),
+        _ => None,
+    }
+}
+
 pub fn parse() -> Invocation {
     let args = Args::try_parse().unwrap_or_else(|e| {
         // A usage error under `--json` still ends the output with an `error` line.
@@ -519,6 +541,10 @@ pub fn parse() -> Invocation {
         (_, true) => OutputMode::Quiet,
         _ => OutputMode::Human,
     };
+    if let Some(printed) = print_self_description(&args.command) {
+        // A closed pipe (`| head`) is not an error here.
+        std::process::exit(i32::from(printed.is_err_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe)));
+    }
     let mut overrides = Overrides::default();
     let command = match args.command {
         CommandArgs::Release(ReleaseArgs::Build { version, output }) => Command::ReleaseBuild { version, output },
@@ -593,6 +619,7 @@ pub fn parse() -> Invocation {
         CommandArgs::Destroy { yes } => Command::Destroy { yes },
         CommandArgs::Config(ConfigArgs::Validate) => Command::ConfigValidate,
         CommandArgs::Config(ConfigArgs::Show) => Command::ConfigShow,
+        CommandArgs::Completions { .. } | CommandArgs::Man => unreachable!("printed above"),
         CommandArgs::Agent(AgentArgs::Run { state, boot_entry }) => {
             Command::Agent(crate::agent::Role::Run { state, boot_entry })
         }

@@ -322,3 +322,22 @@ fn tables_fit_80_columns_and_mark_the_current_release() {
     assert!(wide.stdout.contains("LAST EXIT"), "without a width limit every column shows: {}", wide.stdout);
     assert_eq!(project.releases().iter().filter(|r| r["current"] == true).count(), 1);
 }
+
+#[test]
+fn completions_and_the_man_page_describe_every_command() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = std::process::Command::new(FERRY).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["deploy", "rollback", "restart", "secrets", "maintenance"] {
+            assert!(script.contains(command), "{shell} completes `{command}`");
+        }
+    }
+    let man = std::process::Command::new(FERRY).arg("man").output().unwrap();
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH ferry"), "{}", &page[..page.len().min(200)]);
+    assert!(page.contains("deploy") && page.contains("rollback"));
+    let bad = std::process::Command::new(FERRY).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
+}
