@@ -14,19 +14,26 @@ use crate::settings::Overrides;
 #[command(name = "ferry", version, about = "Deploy release tarballs to your own machines, region by region, behind health checks", long_about = None)]
 struct Args {
     /// Path to fly.toml.
-    #[arg(short, long, global = true, default_value = "fly.toml", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        help_heading = "Global options",
+        default_value = "fly.toml",
+        value_name = "FILE"
+    )]
     config: PathBuf,
     /// One JSON object per line on stdout instead of human output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// Print nothing but errors.
-    #[arg(short, long, global = true, conflicts_with = "json")]
+    #[arg(short, long, global = true, help_heading = "Global options", conflicts_with = "json")]
     quiet: bool,
     /// Trust unknown SSH host keys on first contact (and record them); a changed key is always refused.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     accept_new_host_keys: bool,
     /// ssh_config file to use instead of ~/.ssh/config.
-    #[arg(long, global = true, env = "FERRY_SSH_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", env = "FERRY_SSH_CONFIG", value_name = "FILE")]
     ssh_config: Option<PathBuf>,
     #[command(subcommand)]
     command: CommandArgs,
@@ -38,11 +45,20 @@ enum CommandArgs {
     #[command(subcommand)]
     Release(ReleaseArgs),
     /// Build (or take) a release, run release_command once, roll it out behind health checks.
+    #[command(
+        after_help = "Examples:\n  ferry deploy\n  ferry deploy --version v42 --dry-run\n  ferry deploy --release build/app-v42.tar.gz --strategy bluegreen\n  ferry deploy --lock-wait 5m --json"
+    )]
     Deploy(DeployArgs),
     /// Roll back to an earlier release still on the hosts (default: the one before the current).
+    #[command(
+        after_help = "Examples:\n  ferry rollback\n  ferry rollback v41 --dry-run\n  ferry rollback v41 --restore-backup"
+    )]
     Rollback(RollbackArgs),
     /// Restart every instance on the current release, one at a time behind its checks
     /// (taking staged secrets and [env] changes); a failure puts the old ones back.
+    #[command(
+        after_help = "Examples:\n  ferry secrets set API_TOKEN=- --stage && ferry restart\n  ferry restart --wait-timeout 2m"
+    )]
     Restart {
         /// How long an instance may take to become healthy.
         #[arg(long, value_parser = duration, value_name = "DURATION")]
@@ -52,6 +68,7 @@ enum CommandArgs {
         lock_wait: Option<Duration>,
     },
     /// Run [deploy] release_command once, against a release already on the hosts.
+    #[command(after_help = "Examples:\n  ferry migrate\n  ferry migrate --version v42 --backup")]
     Migrate {
         /// Release to run it from (default: the current one).
         #[arg(long)]
@@ -64,19 +81,33 @@ enum CommandArgs {
         lock_wait: Option<Duration>,
     },
     /// Instances per region: version, state, health, port, pid, uptime.
+    #[command(
+        after_help = "Examples:\n  ferry status\n  ferry status --json | jq 'select(.instances) | .instances[] | select(.health != \"passing\")'"
+    )]
     Status,
     /// Release history: version, status, when, by whom, what was current before.
+    #[command(
+        after_help = "Examples:\n  ferry releases\n  ferry releases --json | jq 'select(.version and .status != \"complete\")'"
+    )]
     Releases,
     /// Show instance logs.
+    #[command(after_help = "Examples:\n  ferry logs\n  ferry logs -r syd -n 200\n  ferry logs -i 6f28df32 --json")]
     Logs(LogsArgs),
     /// List, add or remove regions (recorded in fly.toml; instances start or stop at once).
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ferry regions list\n  ferry regions add lax --count 2\n  ferry regions add fra --host deploy@fra1.example.com\n  ferry regions remove lax --yes"
+    )]
     Regions(RegionsArgs),
     /// Change how many instances run.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  ferry scale count 3\n  ferry scale count 1 --region lax --dry-run")]
     Scale(ScaleArgs),
     /// Manage secrets: stored on the hosts (0600), given to instances as env, never printed.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ferry secrets set SECRET_KEY_BASE=-\n  ferry secrets set DATABASE_URL=- < url.txt\n  ferry secrets unset OLD_TOKEN --stage\n  ferry secrets list"
+    )]
     Secrets(SecretsArgs),
     /// PostgreSQL backups taken with pg_dump on the release machine.
     #[command(subcommand)]
@@ -106,6 +137,9 @@ enum CommandArgs {
     Lock(LockArgs),
     /// Answer every request with a maintenance page (503), or route again.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ferry maintenance on --message \"Back at 04:00 UTC\"\n  ferry maintenance off"
+    )]
     Maintenance(MaintenanceArgs),
     /// Stop every instance and remove the app from every host (asks first in a
     /// terminal; `--yes` without one).

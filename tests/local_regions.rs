@@ -12,7 +12,9 @@ fn regions_add_starts_instances_and_remove_stops_them_keeping_comments() {
     std::fs::write(&config, &original).unwrap();
     project.deploy("v1").assert_ok();
 
-    project.ferry(&["regions", "add", "ams", "--count", "2"]).assert_ok();
+    let added = project.ferry(&["regions", "add", "ams", "--count", "2"]);
+    added.assert_ok();
+    assert!(added.stderr.contains("added [ferry.regions.ams] (count = 2) to fly.toml"), "{}", added.stderr);
     assert_eq!(project.instances().iter().filter(|i| i["region"] == "ams").count(), 2);
     assert_eq!(project.versions_served(), ["v1"; 3]);
     let added = std::fs::read_to_string(&config).unwrap();
@@ -47,7 +49,9 @@ fn scale_count_up_and_down_stops_the_newest_first() {
     let refused = project.ferry(&["scale", "count", "1"]);
     assert_eq!(refused.code, 2, "stopping needs confirmation: {}", refused.stderr);
     assert_eq!(project.instances().len(), 3);
-    project.ferry(&["scale", "count", "1", "--yes"]).assert_ok();
+    let scaled = project.ferry(&["scale", "count", "1", "--yes"]);
+    scaled.assert_ok();
+    assert!(scaled.stderr.contains("count is 1 in syd (written to fly.toml)"), "{}", scaled.stderr);
     let left = project.instances();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["id"], oldest.as_str(), "the oldest instance keeps running");

@@ -88,6 +88,10 @@ pub async fn add(ctx: &Ctx, name: &str, hosts: Vec<String>, count: Option<u32>) 
     // Refused before fly.toml changes when its instances would have no volume.
     edited.engine(&fleet).preview(&op).await?;
     edited.write_config(text)?;
+    edited.reporter.note(&format!(
+        "added [ferry.regions.{name}] (count = {count}) to {}",
+        edited.config_path.file_name().map_or_else(|| "fly.toml".into(), |f| f.to_string_lossy())
+    ));
     edited.engine(&fleet).run(op).await
 }
 
@@ -128,7 +132,7 @@ pub async fn remove(ctx: &Ctx, name: &str, yes: bool) -> Result<(), Error> {
         kind: Kind::RegionsRemove,
         regions: Vec::new(),
         stop: Stops::Region(name.to_string()),
-        done: Some(format!("region `{name}` removed")),
+        done: Some(format!("region `{name}` removed (and from fly.toml)")),
     };
     ctx.engine(&fleet).run(op).await?;
     ctx.write_config(text)
@@ -172,7 +176,7 @@ pub async fn scale(ctx: &Ctx, opts: ScaleOptions) -> Result<(), Error> {
         kind: Kind::Scale,
         regions: targets.clone(),
         stop: Stops::Ids(stops.clone()),
-        done: Some(format!("count is {} in {}", opts.count, targets.join(", "))),
+        done: Some(format!("count is {} in {} (written to fly.toml)", opts.count, targets.join(", "))),
     };
     let fleet = edited.fleet()?;
     let engine = edited.engine(&fleet);
