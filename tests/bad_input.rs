@@ -341,3 +341,31 @@ fn completions_and_the_man_page_describe_every_command() {
     let bad = std::process::Command::new(FERRY).args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
 }
+
+#[test]
+fn outcomes_are_coloured_on_a_terminal_and_never_with_no_color_or_a_pipe() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v1").assert_ok();
+    // `script` gives ferry a terminal, with the project's environment.
+    let on_terminal = |version: &str, no_color: bool| {
+        let env = project.command(&[]);
+        let mut script = std::process::Command::new("script");
+        script.args(["-qec", &format!("{FERRY} deploy --version {version}"), "/dev/null"]);
+        script.current_dir(project.path()).stdin(std::process::Stdio::null()).env("TERM", "xterm");
+        script.envs(env.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        if no_color {
+            script.env("NO_COLOR", "1");
+        } else {
+            script.env_remove("NO_COLOR");
+        }
+        let out = script.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_terminal("v2", false);
+    assert!(coloured.contains("\u{1b}[32mhealthy"), "{coloured:?}");
+    let plain = on_terminal("v3", true);
+    assert!(plain.contains("healthy") && !plain.contains("\u{1b}[3"), "NO_COLOR: {plain:?}");
+    let piped = project.deploy("v4");
+    assert!(!piped.stderr.contains('\u{1b}'), "{:?}", piped.stderr);
+}

@@ -173,12 +173,13 @@ impl Reporter for Human {
             }
             Event::InstanceHealthy { region, host, instance, version, port, elapsed_ms } => {
                 self.line(&format!(
-                    "  {region:>6}  {instance}  {version} healthy in {} ({host}, port {port})",
+                    "  {region:>6}  {instance}  {version} {} in {} ({host}, port {port})",
+                    good("healthy"),
                     secs(*elapsed_ms)
                 ));
             }
             Event::InstanceFailed { region, host, instance, version, reason, log } => {
-                self.line(&format!("  {region:>6}  {instance}  {version} FAILED on {host}: {reason}"));
+                self.line(&format!("  {region:>6}  {instance}  {version} {} on {host}: {reason}", bad("FAILED")));
                 if !log.is_empty() {
                     self.line(&format!("          last {} log lines of {instance}:", log.len()));
                     for line in log {
@@ -187,11 +188,11 @@ impl Reporter for Human {
                 }
             }
             Event::InstanceReverted { region, instance, version, .. } => match version {
-                Some(v) => self.line(&format!("  {region:>6}  {instance}  reverted to {v}, healthy")),
+                Some(v) => self.line(&format!("  {region:>6}  {instance}  {} to {v}, healthy", warn("reverted"))),
                 None => self.line(&format!("  {region:>6}  {instance}  removed (it was new)")),
             },
             Event::InstanceRevertFailed { region, instance, reason, .. } => {
-                self.line(&format!("  {region:>6}  {instance}  could NOT be reverted: {reason}"));
+                self.line(&format!("  {region:>6}  {instance}  {}: {reason}", bad("could NOT be reverted")));
             }
             Event::InstanceStopped { region, instance, host } => {
                 self.line(&format!("  {region:>6}  {instance}  stopped on {host}"));
@@ -200,9 +201,9 @@ impl Reporter for Human {
             Event::Pruned { host, version } => self.line(&format!("  pruned {version} on {host}")),
             Event::Finished { outcome, message, duration_ms, .. } => {
                 let word = match outcome {
-                    Outcome::Succeeded => "done",
-                    Outcome::Reverted => "reverted",
-                    Outcome::Failed => "FAILED",
+                    Outcome::Succeeded => good("done"),
+                    Outcome::Reverted => warn("reverted"),
+                    Outcome::Failed => bad("FAILED"),
                 };
                 self.line(&format!("==> {word} in {}: {message}", secs(*duration_ms)));
             }
@@ -238,4 +239,18 @@ impl Reporter for Human {
             }
         }
     }
+}
+
+/// Outcomes in colour on a colour terminal (console leaves it out for a pipe, `TERM=dumb`
+/// or `NO_COLOR`); human output goes to stderr.
+fn good(word: &str) -> String {
+    console::style(word).green().for_stderr().to_string()
+}
+
+fn warn(word: &str) -> String {
+    console::style(word).yellow().for_stderr().to_string()
+}
+
+fn bad(word: &str) -> String {
+    console::style(word).red().bold().for_stderr().to_string()
 }
