@@ -41,9 +41,14 @@ pub(super) fn app(r: &Reader<'_>, root: &Table) -> Result<Option<(String, Span)>
         return Ok(None);
     }
     if !valid_app_name(name) {
+        let template = if name.contains(['{', '}', '<', '>', '$']) {
+            " (it looks like a template placeholder: put the app's real name here)"
+        } else {
+            ""
+        };
         return Err(r.invalid(
             &entry.node.span,
-            format!("`app` `{name}` is not a usable app name: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+            format!("`app` `{name}` is not a usable app name{template}: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
         ));
     }
     Ok(Some((name.to_string(), entry.node.span.clone())))
@@ -53,6 +58,55 @@ pub(super) fn app(r: &Reader<'_>, root: &Table) -> Result<Option<(String, Span)>
 pub(super) fn valid_app_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Fly keys ferry reads without acting on them, each with what ferry does instead.
+const NOT_ACTED_ON: &[(&str, &str, &str)] = &[
+    ("build", "image", "ferry deploys release tarballs built by `[ferry.build]`, not images"),
+    ("build", "dockerfile", "ferry deploys release tarballs built by `[ferry.build]`, not images"),
+    ("build", "builder", "ferry deploys release tarballs built by `[ferry.build]`, not images"),
+    ("build", "buildpacks", "ferry deploys release tarballs built by `[ferry.build]`, not images"),
+    ("experimental", "cmd", "the start command is `[ferry.build] start` or `[processes]`"),
+    ("experimental", "entrypoint", "the start command is `[ferry.build] start` or `[processes]`"),
+    ("", "vm", "instances run as processes on the hosts, with the hosts' CPU and memory"),
+    ("", "statics", "the front door does not serve static files; the app serves them"),
+];
+
+/// One warning per key ferry reads but does not act on, and per UDP service (the front
+/// door serves TCP and HTTP only), saying what ferry does instead.
+pub(super) fn warn_not_acted_on(r: &mut Reader<'_>, root: &Table) {
+    for (section, key, instead) in NOT_ACTED_ON {
+        let entry = if section.is_empty() {
+            root.get(key)
+        } else {
+            root.get(section).and_then(|s| match &s.node.value {
+                Value::Table(t) => t.get(key),
+                _ => None,
+            })
+        };
+        if let Some(entry) = entry {
+            let name = if section.is_empty() { format!("[[{key}]]") } else { format!("`{section}.{key}`") };
+            r.warn(&entry.node.span, format!("{name} is not used by ferry: {instead}"));
+        }
+    }
+    let Some(services) = root.get("services") else { return };
+    let Ok(list) = r.tables(&services.node, "services") else { return };
+    let udp: Vec<Span> = list
+        .into_iter()
+        .filter_map(|(_, service)| {
+            let protocol = service.get("protocol")?;
+            match &protocol.node.value {
+                Value::String(p) if p.eq_ignore_ascii_case("udp") => Some(protocol.node.span.clone()),
+                _ => None,
+            }
+        })
+        .collect();
+    for span in udp {
+        r.warn(
+            &span,
+            "a UDP service gets no front door (it serves TCP and HTTP); instances still listen on its internal_port",
+        );
+    }
 }
 
 pub(super) fn primary_region(r: &Reader<'_>, root: &Table) -> Result<Option<(String, Span)>, ConfigError> {

@@ -300,6 +300,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     let root = source.parse()?;
     let mut r = Reader::new(source);
     schema::warn_unknown(&mut r, &root, schema::ROOT, "");
+    fly::warn_not_acted_on(&mut r, &root);
 
     let dir = absolute_dir(path);
     let app = app_name(&mut r, &root, &dir)?;

@@ -510,3 +510,28 @@ fn relative_config_paths_resolve_to_an_absolute_dir() {
     assert!(c.dir.is_absolute());
     assert_eq!(c.dir, std::env::current_dir().unwrap());
 }
+
+#[test]
+fn keys_ferry_does_not_act_on_and_udp_services_get_one_warning_each() {
+    let got = warnings(
+        "app = \"hello\"\n[build]\n  image = \"flyio/hello\"\n[experimental]\n  cmd = [\"x\"]\n[[vm]]\n  memory = \"1gb\"\n\
+         [[statics]]\n  guest_path = \"/app/public\"\n  url_prefix = \"/static\"\n\
+         [[services]]\n  internal_port = 5353\n  protocol = \"udp\"\n",
+    );
+    let expect = [
+        "3:11: `build.image` is not used by ferry",
+        "5:9: `experimental.cmd` is not used by ferry",
+        "[[vm]] is not used by ferry",
+        "[[statics]] is not used by ferry",
+        "a UDP service gets no front door",
+    ];
+    for e in expect {
+        assert_eq!(got.iter().filter(|w| w.contains(e)).count(), 1, "{e} in {got:#?}");
+    }
+}
+
+#[test]
+fn a_template_placeholder_for_the_app_name_is_named_as_one() {
+    let message = invalid("app = \"{APP_NAME}\"\n");
+    assert!(message.contains("looks like a template placeholder"), "{message}");
+}
