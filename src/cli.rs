@@ -82,9 +82,13 @@ enum CommandArgs {
     },
     /// Instances per region: version, state, health, port, pid, uptime.
     #[command(
-        after_help = "Examples:\n  ferry status\n  ferry status --json | jq 'select(.instances) | .instances[] | select(.health != \"passing\")'"
+        after_help = "Examples:\n  ferry status\n  ferry status --json | jq 'select(.instances) | .instances[] | select(.health != \"passing\")'\n  ferry status --watch"
     )]
-    Status,
+    Status {
+        /// Show it again every 2 seconds (`--json`: one object each time) until Ctrl-C.
+        #[arg(short, long)]
+        watch: bool,
+    },
     /// Release history: version, status, when, by whom, what was current before.
     #[command(
         after_help = "Examples:\n  ferry releases\n  ferry releases --json | jq 'select(.version and .status != \"complete\")'"
@@ -272,6 +276,9 @@ struct LogsArgs {
     /// Lines per instance.
     #[arg(short = 'n', long, default_value_t = 50)]
     lines: usize,
+    /// Keep printing lines as they come, from every instance (new ones too), until Ctrl-C.
+    #[arg(short, long)]
+    follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -459,12 +466,15 @@ pub enum Command {
     Migrate {
         version: Option<String>,
     },
-    Status,
+    Status {
+        watch: bool,
+    },
     Releases,
     Logs {
         region: Option<String>,
         instance: Option<String>,
         lines: usize,
+        follow: bool,
     },
     RegionsList,
     RegionsAdd {
@@ -621,9 +631,11 @@ pub fn parse() -> Invocation {
             overrides = Overrides { lock_wait, backup, ..Overrides::default() };
             Command::Migrate { version }
         }
-        CommandArgs::Status => Command::Status,
+        CommandArgs::Status { watch } => Command::Status { watch },
         CommandArgs::Releases => Command::Releases,
-        CommandArgs::Logs(l) => Command::Logs { region: l.region, instance: l.instance, lines: l.lines },
+        CommandArgs::Logs(l) => {
+            Command::Logs { region: l.region, instance: l.instance, lines: l.lines, follow: l.follow }
+        }
         CommandArgs::Regions(RegionsArgs::List) => Command::RegionsList,
         CommandArgs::Regions(RegionsArgs::Add { name, hosts, count }) => Command::RegionsAdd { name, hosts, count },
         CommandArgs::Regions(RegionsArgs::Remove { name, yes }) => Command::RegionsRemove { name, yes },

@@ -16,6 +16,9 @@ fn main() {
     if let cli::Command::Agent(role) = &invocation.command {
         std::process::exit(ferry::agent::main(role));
     }
+    // `logs --follow` and `status --watch` end with Ctrl-C as a matter of course: it handles it itself.
+    let follows =
+        matches!(invocation.command, cli::Command::Logs { follow: true, .. } | cli::Command::Status { watch: true });
     let tracked = std::sync::Arc::new(ferry::report::Tracked::new(run::reporter(invocation.output)));
     let reporter: std::sync::Arc<dyn ferry::report::Reporter> = tracked.clone();
     let result = tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +31,7 @@ fn main() {
                 // hosts were doing is finished by running the command again.
                 tokio::select! {
                     result = run::run(invocation, reporter.clone()) => result,
-                    _ = tokio::signal::ctrl_c() => Err(Error::failed(tracked.progress().interrupted())),
+                    _ = tokio::signal::ctrl_c(), if !follows => Err(Error::failed(tracked.progress().interrupted())),
                 }
             });
             // Work still running (a build, a host's answer) is not waited for.

@@ -67,9 +67,11 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::BackupsList => backups::list(ctx).await,
         Command::BackupsCreate => backups::create(ctx).await,
         Command::BackupsRestore { id, yes } => backups::restore(ctx, &id, yes).await,
-        Command::Status => inspect::status(ctx).await,
+        Command::Status { watch } => inspect::status(ctx, watch).await,
         Command::Releases => inspect::releases(ctx).await,
-        Command::Logs { region, instance, lines } => inspect::logs(ctx, region, instance, lines).await,
+        Command::Logs { region, instance, lines, follow } => {
+            inspect::logs(ctx, inspect::LogsOptions { region, instance, lines, follow }).await
+        }
         Command::RegionsList => regions::list(ctx).await,
         Command::RegionsAdd { name, hosts, count } => regions::add(ctx, &name, hosts, count).await,
         Command::RegionsRemove { name, yes } => regions::remove(ctx, &name, yes).await,

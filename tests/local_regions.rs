@@ -220,3 +220,40 @@ fn restart_replaces_every_instance_behind_its_checks_with_staged_secrets() {
     assert!(project.ferry(&["logs", "-n", "50"]).stdout.contains("flag=staged-on"));
     assert_eq!(project.versions_served(), ["v1"; 2]);
 }
+
+#[test]
+fn logs_follow_prints_new_lines_and_new_instances_until_ctrl_c() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v1").assert_ok();
+    let mut child =
+        project.command(&["logs", "--follow", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    common::wait_for_event(&mut stdout, |l| l["line"].as_str().is_some_and(|t| t.contains("hello v1 listening")))
+        .expect("the tail comes first");
+    // A deploy starts a new instance: its lines follow, from its first one.
+    project.deploy("v2").assert_ok();
+    let line =
+        common::wait_for_event(&mut stdout, |l| l["line"].as_str().is_some_and(|t| t.contains("hello v2 listening")))
+            .expect("the new instance's lines are followed");
+    assert_eq!(line["region"], "syd");
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let last = common::wait_for_event(&mut stdout, |l| l["event"] == "finished");
+    assert!(last.is_some(), "Ctrl-C ends it as a finished run");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn status_watch_shows_the_status_again_until_ctrl_c() {
+    let project = Project::builder().region("syd", 1).build();
+    project.deploy("v1").assert_ok();
+    let mut child =
+        project.command(&["status", "--watch", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..2 {
+        let status = common::wait_for_event(&mut stdout, |l| l.get("instances").is_some()).expect("a status");
+        assert_eq!(status["current_version"], "v1");
+    }
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(common::wait_for_event(&mut stdout, |l| l["event"] == "finished").is_some());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -247,6 +247,10 @@ impl Agent {
             Request::Probe { port, checks } => {
                 Reply::Flag(checks.check(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await.is_ok())
             }
+            Request::LogRead { id, from } => {
+                let (lines, end) = Supervisor::log_read(&app, &id, from);
+                Reply::LogChunk { lines, end }
+            }
             Request::LogTail { id, lines, skip_checks } => {
                 Reply::Lines(Supervisor::log_tail(&app, &id, lines, skip_checks))
             }

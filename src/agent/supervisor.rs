@@ -770,6 +770,26 @@ impl Supervisor {
 
     /// The last `lines` of the instance's log (with `skip_checks`, without the lines its
     /// own health checks caused).
+    /// The complete lines the instance's log gained since byte `from` (none, from its
+    /// end, when `None`), at most [`LOG_READ_LIMIT`] bytes of them, and where to read on.
+    /// A log emptied by rotation since is read on in `log.1` first.
+    pub fn log_read(app: &App, id: &str, from: Option<u64>) -> (Vec<String>, u64) {
+        let dir = app.instance(id);
+        let len = fs::metadata(dir.join("log")).map_or(0, |m| m.len());
+        let Some(from) = from else { return (Vec::new(), len) };
+        let mut lines = Vec::new();
+        let from = if from > len {
+            // Rotated: the rest of the old log is in log.1, the new one starts at 0.
+            lines.extend(read_lines_from(&dir.join("log.1"), from).0);
+            0
+        } else {
+            from
+        };
+        let (more, end) = read_lines_from(&dir.join("log"), from);
+        lines.extend(more);
+        (lines, end)
+    }
+
     pub fn log_tail(app: &App, id: &str, lines: usize, skip_checks: bool) -> Vec<String> {
         let mut redactor = crate::redact::Redactor::default();
         let noise: Vec<String> = if skip_checks {
@@ -973,6 +993,24 @@ fn link_release(root: &Path, release: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The most of a log one read returns; the rest comes with the next.
+const LOG_READ_LIMIT: u64 = 1 << 20;
+
+/// The complete lines of `path` from byte `from` (up to [`LOG_READ_LIMIT`]), and the
+/// offset after the last one.
+fn read_lines_from(path: &Path, from: u64) -> (Vec<String>, u64) {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut file) = fs::File::open(path) else { return (Vec::new(), from) };
+    if file.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return (Vec::new(), from);
+    }
+    let mut bytes = Vec::new();
+    let _ = file.take(LOG_READ_LIMIT).read_to_end(&mut bytes);
+    let Some(last) = bytes.iter().rposition(|b| *b == b'\n') else { return (Vec::new(), from) };
+    let lines = String::from_utf8_lossy(&bytes[..last]).lines().map(str::to_string).collect();
+    (lines, from + last as u64 + 1)
 }
 
 fn open_log(dir: &Path) -> std::io::Result<fs::File> {

@@ -1,6 +1,8 @@
 //! Read-only commands: `ferry status`, `ferry releases`, `ferry logs`. Each gathers
 //! data and hands it to the reporter as a view.
 
+use std::collections::BTreeMap;
+
 use crate::deploy::observe::{self, read_history};
 use crate::error::Error;
 use crate::host::now_ms;
@@ -8,7 +10,27 @@ use crate::report::views::{FrontDoorRow, InstanceRow, LogLine, Logs, Releases, S
 
 use super::Ctx;
 
-pub async fn status(ctx: &Ctx) -> Result<(), Error> {
+/// How often `status --watch` looks again.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub async fn status(ctx: &Ctx, watch: bool) -> Result<(), Error> {
+    if !watch {
+        return status_once(ctx).await;
+    }
+    let terminal = console::Term::stdout();
+    loop {
+        if terminal.is_term() {
+            let _ = terminal.clear_screen();
+        }
+        status_once(ctx).await?;
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn status_once(ctx: &Ctx) -> Result<(), Error> {
     let fleet = ctx.fleet()?;
     let observed = observe::observe(&fleet).await?;
     let mut rows = Vec::new();
@@ -90,9 +112,20 @@ pub async fn releases(ctx: &Ctx) -> Result<(), Error> {
     Ok(())
 }
 
-pub async fn logs(ctx: &Ctx, region: Option<String>, instance: Option<String>, lines: usize) -> Result<(), Error> {
+pub struct LogsOptions {
+    pub region: Option<String>,
+    pub instance: Option<String>,
+    pub lines: usize,
+    pub follow: bool,
+}
+
+/// How often `logs --follow` reads the logs, and how often it looks for new instances.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const LOOK_FOR_INSTANCES_EVERY: u32 = 4;
+
+pub async fn logs(ctx: &Ctx, opts: LogsOptions) -> Result<(), Error> {
     let fleet = ctx.fleet()?;
-    if let Some(region) = &region {
+    if let Some(region) = &opts.region {
         if !fleet.regions.iter().any(|r| &r.name == region) {
             return Err(Error::usage(format!(
                 "no region `{region}` in the config (regions: {})",
@@ -100,21 +133,28 @@ pub async fn logs(ctx: &Ctx, region: Option<String>, instance: Option<String>, l
             )));
         }
     }
+    let wanted = |r: &crate::host::InstanceRecord| {
+        opts.region.as_ref().is_none_or(|want| want == &r.region)
+            && opts.instance.as_ref().is_none_or(|want| r.id.starts_with(want.as_str()))
+    };
     let observed = observe::observe(&fleet).await?;
     let mut found = false;
     let mut shown = Vec::new();
+    // Where each followed instance's log was read up to: (host, region, offset).
+    let mut following: BTreeMap<String, (String, String, Option<u64>)> = BTreeMap::new();
     for host in fleet.hosts() {
         let Some(state) = observed.get(&host.name) else { continue };
-        for inst in &state.instances {
+        for inst in state.instances.iter().filter(|i| wanted(&i.record)) {
             let r = &inst.record;
-            if region.as_ref().is_some_and(|want| want != &r.region)
-                || instance.as_ref().is_some_and(|want| !r.id.starts_with(want.as_str()))
-            {
-                continue;
-            }
             found = true;
+            if opts.follow {
+                // Where the log ends now, before its tail is read: nothing falls between.
+                let (_, end) =
+                    host.log_read(&r.id, None).await.map_err(|source| Error::Host { step: "reading logs", source })?;
+                following.insert(r.id.clone(), (host.name.clone(), r.region.clone(), Some(end)));
+            }
             let tail = host
-                .log_tail(&r.id, lines, false)
+                .log_tail(&r.id, opts.lines, false)
                 .await
                 .map_err(|source| Error::Host { step: "reading logs", source })?;
             shown.extend(tail.into_iter().map(|line| LogLine {
@@ -125,10 +165,42 @@ pub async fn logs(ctx: &Ctx, region: Option<String>, instance: Option<String>, l
         }
     }
     if !found {
-        if let Some(id) = instance {
+        if let Some(id) = &opts.instance {
             return Err(Error::usage(format!("no instance `{id}`; `ferry status` lists them")));
         }
     }
     ctx.show(&Logs(shown));
-    Ok(())
+    if !opts.follow {
+        return Ok(());
+    }
+    let mut ticks = 0u32;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(LOOK_FOR_INSTANCES_EVERY) {
+            // Instances a deploy started since: followed from their first line.
+            if let Ok(observed) = observe::observe(&fleet).await {
+                for (host, state) in &observed {
+                    for inst in state.instances.iter().filter(|i| wanted(&i.record)) {
+                        following
+                            .entry(inst.record.id.clone())
+                            .or_insert_with(|| (host.clone(), inst.record.region.clone(), Some(0)));
+                    }
+                }
+            }
+        }
+        let mut batch = Vec::new();
+        for (id, (host_name, region, offset)) in &mut following {
+            let Some(host) = fleet.hosts().find(|h| &h.name == host_name) else { continue };
+            let Ok((lines, end)) = host.log_read(id, *offset).await else { continue };
+            *offset = Some(end);
+            batch.extend(lines.into_iter().map(|line| LogLine { region: region.clone(), instance: id.clone(), line }));
+        }
+        if !batch.is_empty() {
+            ctx.show(&Logs(batch));
+        }
+    }
 }

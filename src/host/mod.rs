@@ -466,6 +466,12 @@ impl Host {
         expect!(self, request, Io::default(), Reply::Lines(lines) => lines)
     }
 
+    /// What an instance's log gained since `from` (see [`Request::LogRead`]).
+    pub async fn log_read(&self, id: &str, from: Option<u64>) -> Result<(Vec<String>, u64), HostError> {
+        let request = Request::LogRead { id: id.to_string(), from };
+        expect!(self, request, Io::default(), Reply::LogChunk { lines, end } => (lines, end))
+    }
+
     pub async fn append_history(&self, line: &str) -> Result<(), HostError> {
         expect!(self, Request::AppendHistory { line: line.to_string() }, Io::default(), Reply::Done => ())
     }

@@ -241,6 +241,12 @@ pub enum Request {
         lines: usize,
         skip_checks: bool,
     },
+    /// The complete lines an instance's log gained since byte `from` (from the log's
+    /// end when `None`), and the offset to read on from.
+    LogRead {
+        id: String,
+        from: Option<u64>,
+    },
     AppendHistory {
         line: String,
     },
@@ -330,7 +336,7 @@ impl Request {
             Request::WaitHealthy { .. } => "watching instance",
             Request::WaitStable { .. } => "watching instance settle",
             Request::Probe { .. } => "checking instance",
-            Request::LogTail { .. } => "reading log",
+            Request::LogTail { .. } | Request::LogRead { .. } => "reading log",
             Request::AppendHistory { .. } => "recording history",
             Request::ReadHistory => "reading history",
             Request::Finish { .. } => "finishing",
@@ -417,6 +423,11 @@ pub enum Reply {
     Pid(u32),
     Health(Result<Duration, Failure>),
     Lines(Vec<String>),
+    /// Log lines, and the offset after the last of them.
+    LogChunk {
+        lines: Vec<String>,
+        end: u64,
+    },
     Text(String),
     Finished(Finished),
     Exit(Exit),

@@ -254,6 +254,7 @@ impl FakeTransport {
                 Ok(Reply::Flag(passing))
             }
             Request::LogTail { id, .. } => Ok(Reply::Lines(vec![format!("the log of {id}")])),
+            Request::LogRead { .. } => Ok(Reply::LogChunk { lines: Vec::new(), end: 0 }),
             Request::AppendHistory { line } => {
                 model.history.push(line);
                 Ok(Reply::Done)
