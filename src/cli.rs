@@ -553,7 +553,6 @@ pub struct Invocation {
     pub command: Command,
 }
 
-/// Parses the process arguments (clap exits with code 2 on usage errors).
 /// Writes what `completions` and `man` print; `None` for every other command.
 fn print_self_description(command: &CommandArgs) -> Option<std::io::Result<()>> {
     use clap::CommandFactory as _;
@@ -561,20 +560,29 @@ fn print_self_description(command: &CommandArgs) -> Option<std::io::Result<()>> 
     let mut out = std::io::stdout().lock();
     match command {
         CommandArgs::Completions { shell } => {
-            clap_complete::generate(*shell, &mut cli, "ferry", &mut out);
-            Some(Ok(()))
+            use clap_complete::Generator as _;
+            cli.set_bin_name("ferry");
+            cli.build();
+            Some(shell.try_generate(&cli, &mut out))
         }
         CommandArgs::Man => Some(clap_mangen::Man::new(cli).render(&mut out)),
         _ => None,
     }
 }
 
+/// Parses the process arguments (clap exits with code 2 on usage errors).
 pub fn parse() -> Invocation {
     let args = Args::try_parse().unwrap_or_else(|e| {
         // A usage error under `--json` still ends the output with an `error` line.
         if e.use_stderr() && std::env::args().any(|a| a == "--json") {
             let text = e.render().to_string();
-            let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let message = message.join(" ").trim_start_matches("error: ").to_string();
             let line = serde_json::json!({ "event": "error", "message": message, "hint": null, "exit_code": 2 });
             println!("{line}");
         }

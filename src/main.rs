@@ -29,8 +29,10 @@ fn main() {
             let result = runtime.block_on(async {
                 // Ctrl-C ends the run here, saying where it left the fleet; what the
                 // hosts were doing is finished by running the command again.
+                // On a worker, so that Ctrl-C is heard even while a prompt blocks a thread.
+                let running = tokio::spawn(run::run(invocation, reporter.clone()));
                 tokio::select! {
-                    result = run::run(invocation, reporter.clone()) => result,
+                    joined = running => joined.unwrap_or_else(|e| Err(Error::failed(format!("ferry failed: {e}")))),
                     _ = tokio::signal::ctrl_c(), if !follows => Err(Error::failed(tracked.progress().interrupted())),
                 }
             });

@@ -41,7 +41,8 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         commands::config::validate(&ctx, &loaded.warnings);
         return Ok(());
     }
-    for warning in &loaded.warnings {
+    let deploys = matches!(invocation.command, Command::Deploy { .. });
+    for warning in loaded.warnings.iter().filter(|w| deploys || !w.deploy_only) {
         ctx.event(Event::Warning { message: format!("{}:{warning}", invocation.config.display()) });
     }
     let result = dispatch(&ctx, invocation.command).await;

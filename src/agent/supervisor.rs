@@ -768,8 +768,6 @@ impl Supervisor {
         }
     }
 
-    /// The last `lines` of the instance's log (with `skip_checks`, without the lines its
-    /// own health checks caused).
     /// The complete lines the instance's log gained since byte `from` (none, from its
     /// end, when `None`), at most [`LOG_READ_LIMIT`] bytes of them, and where to read on.
     /// A log emptied by rotation since is read on in `log.1` first.
@@ -777,19 +775,23 @@ impl Supervisor {
         let dir = app.instance(id);
         let len = fs::metadata(dir.join("log")).map_or(0, |m| m.len());
         let Some(from) = from else { return (Vec::new(), len) };
-        let mut lines = Vec::new();
-        let from = if from > len {
-            // Rotated: the rest of the old log is in log.1, the new one starts at 0.
-            lines.extend(read_lines_from(&dir.join("log.1"), from).0);
-            0
-        } else {
-            from
-        };
-        let (more, end) = read_lines_from(&dir.join("log"), from);
-        lines.extend(more);
-        (lines, end)
+        if from > len {
+            // Rotated since (the log was copied to log.1 and emptied): the rest of the
+            // old log first, read on there while it lasts, then the new one from 0.
+            let old = dir.join("log.1");
+            let (lines, end) = read_lines_from(&old, from);
+            let old_len = fs::metadata(&old).map_or(0, |m| m.len());
+            if end < old_len && end > len {
+                return (lines, end);
+            }
+            let (more, end) = read_lines_from(&dir.join("log"), 0);
+            return (lines.into_iter().chain(more).collect(), end);
+        }
+        read_lines_from(&dir.join("log"), from)
     }
 
+    /// The last `lines` of the instance's log (with `skip_checks`, without the lines its
+    /// own health checks caused).
     pub fn log_tail(app: &App, id: &str, lines: usize, skip_checks: bool) -> Vec<String> {
         let mut redactor = crate::redact::Redactor::default();
         let noise: Vec<String> = if skip_checks {
@@ -1008,7 +1010,13 @@ fn read_lines_from(path: &Path, from: u64) -> (Vec<String>, u64) {
     }
     let mut bytes = Vec::new();
     let _ = file.take(LOG_READ_LIMIT).read_to_end(&mut bytes);
-    let Some(last) = bytes.iter().rposition(|b| *b == b'\n') else { return (Vec::new(), from) };
+    let Some(last) = bytes.iter().rposition(|b| *b == b'\n') else {
+        // A line longer than a whole read goes out in pieces rather than holding up the rest.
+        if bytes.len() as u64 == LOG_READ_LIMIT {
+            return (vec![String::from_utf8_lossy(&bytes).into_owned()], from + LOG_READ_LIMIT);
+        }
+        return (Vec::new(), from);
+    };
     let lines = String::from_utf8_lossy(&bytes[..last]).lines().map(str::to_string).collect();
     (lines, from + last as u64 + 1)
 }
@@ -1080,5 +1088,32 @@ mod tests {
         assert_eq!(env["PORT"], "4000");
         assert_eq!(env["TMPDIR"], "/t");
         assert!(env.contains_key("PATH") && env.contains_key("HOME"));
+    }
+
+    #[test]
+    fn a_followed_log_is_read_on_line_by_line_across_a_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = App::new(tmp.path().to_path_buf());
+        let dir = app.instance("i1");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("log"), "old one\n").unwrap();
+        let (none, end) = Supervisor::log_read(&app, "i1", None);
+        assert!(none.is_empty());
+        fs::write(dir.join("log"), "old one\nold two\npartial").unwrap();
+        let (lines, end) = Supervisor::log_read(&app, "i1", Some(end));
+        assert_eq!(lines, ["old two"], "only complete lines");
+        // Rotated: log.1 holds the old log (grown meanwhile), the log starts again.
+        fs::write(dir.join("log.1"), "old one\nold two\npartial line\n").unwrap();
+        fs::write(dir.join("log"), "new one\n").unwrap();
+        let (lines, end) = Supervisor::log_read(&app, "i1", Some(end));
+        assert_eq!(lines, ["partial line", "new one"]);
+        assert_eq!(end, 8);
+        // A line longer than one read goes out in pieces.
+        let long = "x".repeat(usize::try_from(LOG_READ_LIMIT).unwrap() + 10);
+        fs::write(dir.join("log"), format!("new one\n{long}\n")).unwrap();
+        let (first, end) = Supervisor::log_read(&app, "i1", Some(end));
+        assert_eq!(first.len(), 1);
+        let (rest, _) = Supervisor::log_read(&app, "i1", Some(end));
+        assert_eq!(first[0].len() + rest[0].len(), long.len());
     }
 }

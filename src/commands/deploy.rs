@@ -170,7 +170,11 @@ pub async fn rollback(ctx: &Ctx, opts: RollbackOptions) -> Result<(), Error> {
         });
     }
     if !opts.force && entries.iter().any(|e| e.version == target) && !history::completed(&entries, &target) {
-        let how = entries.iter().rev().find(|e| e.version == target).map_or("failed", |e| e.status.as_str());
+        let how = entries
+            .iter()
+            .rev()
+            .find(|e| e.version == target && (e.kind == "deploy" || e.kind == "rollback"))
+            .map_or("failed", |e| e.status.as_str());
         return Err(Error::Usage {
             message: format!(
                 "release {target} never completed a deploy (its last one {}); rolling back to it would bring back what failed",

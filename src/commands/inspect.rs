@@ -18,14 +18,21 @@ pub async fn status(ctx: &Ctx, watch: bool) -> Result<(), Error> {
         return status_once(ctx).await;
     }
     let terminal = console::Term::stdout();
+    // One listener for the whole run: a Ctrl-C while a host is asked is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
-        if terminal.is_term() {
-            let _ = terminal.clear_screen();
-        }
-        status_once(ctx).await?;
+        let once = async {
+            if terminal.is_term() {
+                let _ = terminal.clear_screen();
+            }
+            status_once(ctx).await?;
+            tokio::time::sleep(WATCH_EVERY).await;
+            Ok::<(), Error>(())
+        };
         tokio::select! {
-            () = tokio::time::sleep(WATCH_EVERY) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            done = once => done?,
+            _ = &mut interrupted => return Ok(()),
         }
     }
 }
@@ -148,7 +155,8 @@ pub async fn logs(ctx: &Ctx, opts: LogsOptions) -> Result<(), Error> {
             let r = &inst.record;
             found = true;
             if opts.follow {
-                // Where the log ends now, before its tail is read: nothing falls between.
+                // Where the log ends now, before its tail is read: a line written in
+                // between shows twice rather than not at all.
                 let (_, end) =
                     host.log_read(&r.id, None).await.map_err(|source| Error::Host { step: "reading logs", source })?;
                 following.insert(r.id.clone(), (host.name.clone(), r.region.clone(), Some(end)));
@@ -173,34 +181,50 @@ pub async fn logs(ctx: &Ctx, opts: LogsOptions) -> Result<(), Error> {
     if !opts.follow {
         return Ok(());
     }
+    // One listener for the whole run: a Ctrl-C while a host is asked is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     let mut ticks = 0u32;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(FOLLOW_EVERY) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-        ticks += 1;
-        if ticks.is_multiple_of(LOOK_FOR_INSTANCES_EVERY) {
-            // Instances a deploy started since: followed from their first line.
-            if let Ok(observed) = observe::observe(&fleet).await {
-                for (host, state) in &observed {
-                    for inst in state.instances.iter().filter(|i| wanted(&i.record)) {
-                        following
-                            .entry(inst.record.id.clone())
-                            .or_insert_with(|| (host.clone(), inst.record.region.clone(), Some(0)));
+        let tick = async {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            ticks += 1;
+            if ticks.is_multiple_of(LOOK_FOR_INSTANCES_EVERY) {
+                // Instances a deploy started since are followed from their first line;
+                // those gone are dropped.
+                if let Ok(observed) = observe::observe(&fleet).await {
+                    let mut now = BTreeMap::new();
+                    for (host, state) in &observed {
+                        for inst in state.instances.iter().filter(|i| wanted(&i.record)) {
+                            let id = inst.record.id.clone();
+                            let known = following.remove(&id);
+                            now.insert(
+                                id,
+                                known.unwrap_or_else(|| (host.clone(), inst.record.region.clone(), Some(0))),
+                            );
+                        }
                     }
+                    following = now;
                 }
             }
-        }
-        let mut batch = Vec::new();
-        for (id, (host_name, region, offset)) in &mut following {
-            let Some(host) = fleet.hosts().find(|h| &h.name == host_name) else { continue };
-            let Ok((lines, end)) = host.log_read(id, *offset).await else { continue };
-            *offset = Some(end);
-            batch.extend(lines.into_iter().map(|line| LogLine { region: region.clone(), instance: id.clone(), line }));
-        }
-        if !batch.is_empty() {
-            ctx.show(&Logs(batch));
+            let mut batch = Vec::new();
+            for (id, (host_name, region, offset)) in &mut following {
+                let Some(host) = fleet.hosts().find(|h| &h.name == host_name) else { continue };
+                let Ok((lines, end)) = host.log_read(id, *offset).await else { continue };
+                *offset = Some(end);
+                batch.extend(lines.into_iter().map(|line| LogLine {
+                    region: region.clone(),
+                    instance: id.clone(),
+                    line,
+                }));
+            }
+            if !batch.is_empty() {
+                ctx.show(&Logs(batch));
+            }
+        };
+        tokio::select! {
+            () = tick => {}
+            _ = &mut interrupted => return Ok(()),
         }
     }
 }

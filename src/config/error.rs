@@ -32,6 +32,9 @@ pub struct Warning {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// Said at `config validate` and `deploy` only (a key ferry does not act on), not
+    /// at every command.
+    pub deploy_only: bool,
 }
 
 impl fmt::Display for Warning {
@@ -78,7 +81,7 @@ mod tests {
         let error =
             ConfigError::Invalid { path: PathBuf::from("app/fly.toml"), line: 3, column: 14, message: "bad".into() };
         assert_eq!(error.to_string(), "`app/fly.toml:3:14`: bad");
-        let warning = Warning { line: 2, column: 1, message: "unknown key `foo`".into() };
+        let warning = Warning { line: 2, column: 1, message: "unknown key `foo`".into(), deploy_only: false };
         assert_eq!(warning.to_string(), "2:1: unknown key `foo`");
     }
 }

@@ -85,8 +85,12 @@ pub(super) fn warn_not_acted_on(r: &mut Reader<'_>, root: &Table) {
             })
         };
         if let Some(entry) = entry {
-            let name = if section.is_empty() { format!("[[{key}]]") } else { format!("`{section}.{key}`") };
-            r.warn(&entry.node.span, format!("{name} is not used by ferry: {instead}"));
+            let name = match (&entry.node.value, section.is_empty()) {
+                (Value::Array(_), true) => format!("[[{key}]]"),
+                (_, true) => format!("[{key}]"),
+                _ => format!("`{section}.{key}`"),
+            };
+            r.warn_at_deploy(&entry.node.span, format!("{name} is not used by ferry: {instead}"));
         }
     }
     let Some(services) = root.get("services") else { return };
@@ -102,7 +106,7 @@ pub(super) fn warn_not_acted_on(r: &mut Reader<'_>, root: &Table) {
         })
         .collect();
     for span in udp {
-        r.warn(
+        r.warn_at_deploy(
             &span,
             "a UDP service gets no front door (it serves TCP and HTTP); instances still listen on its internal_port",
         );

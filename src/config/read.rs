@@ -43,6 +43,13 @@ impl<'a> Reader<'a> {
         self.warnings.push(warning);
     }
 
+    /// A warning said only at `config validate` and `deploy`.
+    pub fn warn_at_deploy(&mut self, span: &Span, message: impl Into<String>) {
+        let mut warning = self.src.warning(span, message);
+        warning.deploy_only = true;
+        self.warnings.push(warning);
+    }
+
     /// Warnings in file order.
     pub fn into_warnings(mut self) -> Vec<Warning> {
         self.warnings.sort_by_key(|w| (w.line, w.column));

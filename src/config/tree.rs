@@ -59,7 +59,7 @@ impl Source<'_> {
 
     pub fn warning(&self, span: &Span, message: impl Into<String>) -> Warning {
         let (line, column) = self.location(span.start);
-        Warning { line, column, message: message.into() }
+        Warning { line, column, message: message.into(), deploy_only: false }
     }
 }
 

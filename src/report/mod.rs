@@ -351,27 +351,40 @@ pub struct Progress {
     pub reverted: usize,
     /// Whether the release_command started and had not finished.
     pub in_release_command: bool,
+    /// Whether anything on the hosts was seen changing (an upload, a backup, an
+    /// instance started or stopped), whatever the operation.
+    pub changed: bool,
 }
 
 impl Progress {
     /// Where an interrupted operation left the fleet, and what finishes it.
     pub fn interrupted(&self) -> String {
         let (Some(kind), Some(version)) = (&self.kind, &self.version) else {
-            return "interrupted before anything on the hosts changed; run the command again".into();
+            return if self.changed {
+                "interrupted while it was changing the hosts; `ferry status` shows where things stand, and running \
+                 the same command again finishes it"
+                    .into()
+            } else {
+                "interrupted before it reported any change; `ferry status` shows where things stand, and running the \
+                 command again does what it was asked"
+                    .into()
+            };
         };
-        let previous = self.previous.as_deref().unwrap_or("the release before");
         let mut text = format!("interrupted during the {kind} of {version}: ");
         if self.in_release_command {
             text.push_str("its release_command was running (the host stops it at its timeout); ");
         }
         let moving = self.updating.saturating_sub(self.healthy + self.reverted);
+        let on_new = self.healthy.saturating_sub(self.reverted);
+        let previous = self.previous.as_deref();
+        let back = previous.map_or_else(String::new, |p| format!("; `ferry rollback {p}` goes back"));
+        let previous = previous.unwrap_or("their old release");
         let _ = std::fmt::Write::write_fmt(
             &mut text,
             format_args!(
-                "{} instance(s) already run {version} and passed their checks, {moving} was being replaced (it may be on \
+                "{on_new} instance(s) already run {version} and passed their checks, {moving} being replaced (may be on \
              either release), the rest still run {previous}. The lock goes when this process does (over SSH, within \
-             30 s). Running the same command again finishes the {kind}; `ferry rollback {previous}` goes back.",
-                self.healthy
+             30 s). Running the same command again finishes the {kind}{back}."
             ),
         );
         text
@@ -406,9 +419,16 @@ impl Reporter for Tracked {
                         ..Progress::default()
                     };
                 }
-                Event::ReleaseCommandStarted { .. } => p.in_release_command = true,
+                Event::ReleaseCommandStarted { .. } => {
+                    p.in_release_command = true;
+                    p.changed = true;
+                }
                 Event::ReleaseCommandFinished { .. } => p.in_release_command = false,
-                Event::InstanceUpdating { .. } => p.updating += 1,
+                Event::Upload { .. } | Event::BackupStarted { .. } | Event::InstanceStopped { .. } => p.changed = true,
+                Event::InstanceUpdating { .. } => {
+                    p.updating += 1;
+                    p.changed = true;
+                }
                 Event::InstanceHealthy { .. } => p.healthy += 1,
                 Event::InstanceReverted { .. } | Event::InstanceRevertFailed { .. } => p.reverted += 1,
                 _ => {}

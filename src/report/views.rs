@@ -41,7 +41,7 @@ fn width_limit() -> Option<usize> {
     console::Term::stdout()
         .size_checked()
         .map(|(_, w)| usize::from(w))
-        .or_else(|| std::env::var("COLUMNS").ok()?.trim().parse().ok())
+        .or_else(|| std::env::var("COLUMNS").ok()?.trim().parse().ok().filter(|w: &usize| *w > 0))
 }
 
 /// A table that fits `limit` columns: when its natural width is too much, the columns
