@@ -105,7 +105,9 @@ enum CommandArgs {
     Regions(RegionsArgs),
     /// Change how many instances run.
     #[command(subcommand)]
-    #[command(after_help = "Examples:\n  ferry scale count 3\n  ferry scale count 1 --region lax --dry-run")]
+    #[command(
+        after_help = "Examples:\n  ferry scale count 3\n  ferry scale count 1 --region lax --dry-run\n  ferry scale count web=2 worker=1\n  ferry scale count 2 --process-group worker"
+    )]
     Scale(ScaleArgs),
     /// Manage secrets: stored on the hosts (0600), given to instances as env, never printed.
     #[command(subcommand)]
@@ -308,8 +310,15 @@ enum RegionsArgs {
 #[derive(Debug, Subcommand)]
 enum ScaleArgs {
     /// Set the instance count of every region, or of one with `--region`.
+    ///
+    /// `N` sets `count` (every process group `counts` does not name); `GROUP=N`, or `N`
+    /// with `--process-group GROUP`, sets that group's.
     Count {
-        count: u32,
+        #[arg(required = true, value_parser = group_count, value_name = "N|GROUP=N")]
+        counts: Vec<(Option<String>, u32)>,
+        /// The process group a bare `N` is for.
+        #[arg(short = 'g', long, value_name = "GROUP")]
+        process_group: Option<String>,
         /// Only this region.
         #[arg(short, long)]
         region: Option<String>,
@@ -433,6 +442,17 @@ enum StrategyArg {
     Bluegreen,
 }
 
+/// `3` or `worker=3`.
+fn group_count(text: &str) -> Result<(Option<String>, u32), String> {
+    let (group, n) = match text.split_once('=') {
+        Some((group, n)) if !group.trim().is_empty() => (Some(group.trim().to_string()), n),
+        Some(_) => return Err(format!("`{text}`: name the process group before `=`")),
+        None => (None, text),
+    };
+    let n = n.trim().parse::<u32>().map_err(|_| format!("`{text}`: the count must be a whole number, such as 2"))?;
+    Ok((group, n))
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     crate::config::parse_duration(text)
 }
@@ -487,7 +507,7 @@ pub enum Command {
         yes: bool,
     },
     Scale {
-        count: u32,
+        counts: Vec<(Option<String>, u32)>,
         region: Option<String>,
         yes: bool,
         dry_run: bool,
@@ -647,8 +667,9 @@ pub fn parse() -> Invocation {
         CommandArgs::Regions(RegionsArgs::List) => Command::RegionsList,
         CommandArgs::Regions(RegionsArgs::Add { name, hosts, count }) => Command::RegionsAdd { name, hosts, count },
         CommandArgs::Regions(RegionsArgs::Remove { name, yes }) => Command::RegionsRemove { name, yes },
-        CommandArgs::Scale(ScaleArgs::Count { count, region, yes, dry_run }) => {
-            Command::Scale { count, region, yes, dry_run }
+        CommandArgs::Scale(ScaleArgs::Count { counts, process_group, region, yes, dry_run }) => {
+            let counts = counts.into_iter().map(|(group, n)| (group.or_else(|| process_group.clone()), n)).collect();
+            Command::Scale { counts, region, yes, dry_run }
         }
         CommandArgs::Secrets(SecretsArgs::Set { pairs, stage }) => Command::SecretsSet { pairs, stage },
         CommandArgs::Secrets(SecretsArgs::Unset { keys, stage }) => Command::SecretsUnset { keys, stage },

@@ -12,7 +12,11 @@ use crate::transport::{LocalTransport, SshOptions, SshTransport, Transport};
 pub struct Region {
     pub name: String,
     pub primary: bool,
+    /// Instances of the default process group.
     pub count: u32,
+    /// Instances of each process group, in the order they roll out (the default
+    /// group first: it is what users reach).
+    pub counts: Vec<(String, u32)>,
     pub hosts: Vec<Host>,
 }
 
@@ -61,7 +65,11 @@ impl Fleet {
                         .collect()
                 }
             };
-            regions.push(Region { primary: name == primary, name, count: region.count, hosts });
+            let default = config.default_group();
+            let mut groups = config.groups();
+            groups.sort_by_key(|g| *g != default);
+            let counts = groups.into_iter().map(|g| (g.clone(), region.count_of(&g))).collect();
+            regions.push(Region { primary: name == primary, name, count: region.count_of(&default), counts, hosts });
         }
         regions.sort_by_key(|r| !r.primary);
         Ok(Self { regions })

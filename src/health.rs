@@ -160,14 +160,25 @@ impl Checks {
     /// check on a fixed port other than the service's is skipped with a warning,
     /// since ferry gives every instance its own `$PORT`.
     pub fn from_config(config: &Config, warnings: &mut Vec<String>) -> Self {
+        Self::of_group(config, &config.default_group(), true, warnings)
+    }
+
+    /// The checks of process group `group`. Without any, a TCP connect to the
+    /// instance port when something should listen there (a service routes to the
+    /// group, or it is the default group); otherwise none: a running process is
+    /// healthy, as on Fly for a machine with no checks (a worker).
+    pub fn of_group(config: &Config, group: &str, listens: bool, warnings: &mut Vec<String>) -> Self {
         let mut probes = Vec::new();
-        for check in &config.checks {
+        for check in config.checks.iter().filter(|c| config.applies(&c.processes, group)) {
             if let (Some(port), Some(internal)) = (check.port, config.internal_port) {
                 if port != internal {
-                    warnings.push(format!(
+                    let warning = format!(
                         "check `{}` targets port {port}, not the service's internal_port {internal}; ferry checks each instance on its own $PORT, so this check is skipped",
                         check.name
-                    ));
+                    );
+                    if !warnings.contains(&warning) {
+                        warnings.push(warning);
+                    }
                     continue;
                 }
             }
@@ -187,7 +198,7 @@ impl Checks {
                 CheckKind::Tcp => Probe::Tcp { name: check.name.clone(), timeout, interval, grace_period },
             });
         }
-        if probes.is_empty() {
+        if probes.is_empty() && (listens || group == config.default_group()) {
             probes.push(Probe::Tcp {
                 name: "tcp".into(),
                 timeout: Duration::from_secs(2),

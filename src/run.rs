@@ -76,8 +76,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::RegionsList => regions::list(ctx).await,
         Command::RegionsAdd { name, hosts, count } => regions::add(ctx, &name, hosts, count).await,
         Command::RegionsRemove { name, yes } => regions::remove(ctx, &name, yes).await,
-        Command::Scale { count, region, yes, dry_run } => {
-            regions::scale(ctx, regions::ScaleOptions { count, region, yes, dry_run }).await
+        Command::Scale { counts, region, yes, dry_run } => {
+            regions::scale(ctx, regions::ScaleOptions { counts, region, yes, dry_run }).await
         }
         Command::SecretsSet { pairs, stage } => secrets::set(ctx, &pairs, stage).await,
         Command::SecretsUnset { keys, stage } => secrets::unset(ctx, &keys, stage).await,

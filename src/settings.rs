@@ -36,8 +36,13 @@ pub struct Settings {
     /// Deploy root on SSH hosts.
     pub root: String,
     pub ssh: SshOptions,
+    /// The default process group's: what `[processes]`-less code paths run.
     pub instance: InstanceSettings,
     pub checks: Checks,
+    /// Every process group (sorted, as Fly orders them), the default one included.
+    pub groups: Vec<GroupSettings>,
+    /// The group services, checks and mounts without `processes` belong to.
+    pub default_group: String,
     pub rollout: RolloutSettings,
     /// How long to wait for another operation's lock (`None`: fail at once).
     pub lock_wait: Option<Duration>,
@@ -78,8 +83,10 @@ impl ProxySettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoorPort {
+    /// The process groups whose instances it routes to.
+    pub groups: Vec<String>,
     pub port: u16,
     pub kind: crate::host::proto::DoorKind,
     /// TLS is terminated here (`handlers = ["tls", "http"]`, with certificates).
@@ -116,6 +123,8 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             ));
             continue;
         }
+        let groups: Vec<String> =
+            config.groups().into_iter().filter(|g| config.applies(&service.processes, g)).collect();
         let mut any_http = false;
         // The service's TLS port, where `force_https` sends plain HTTP.
         let tls_port = service
@@ -138,15 +147,23 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
                 continue;
             }
             let redirect_https = (public.force_https && !tls && settings.tls.is_some()).then_some(tls_port).flatten();
-            let door = DoorPort { port: remap(public.port), kind, tls, redirect_https };
-            if !settings.public.contains(&door) {
-                settings.public.push(door);
+            let door = DoorPort { groups: groups.clone(), port: remap(public.port), kind, tls, redirect_https };
+            match settings.public.iter_mut().find(|d| DoorPort { groups: d.groups.clone(), ..door.clone() } == **d) {
+                Some(same) => merge_groups(&mut same.groups, &groups),
+                None => settings.public.push(door),
             }
         }
         let kind = if any_http || service.ports.is_empty() { DoorKind::Http } else { DoorKind::Tcp };
-        let door = DoorPort { port: remap(service.internal_port), kind, tls: false, redirect_https: None };
-        if !settings.local.iter().any(|d| d.port == door.port) {
-            settings.local.push(door);
+        let door = DoorPort {
+            groups: groups.clone(),
+            port: remap(service.internal_port),
+            kind,
+            tls: false,
+            redirect_https: None,
+        };
+        match settings.local.iter_mut().find(|d| d.port == door.port) {
+            Some(same) => merge_groups(&mut same.groups, &groups),
+            None => settings.local.push(door),
         }
         // On the local target TLS is served where `[ferry.proxy.ports]` moves the TLS
         // port to (no privileged port on a developer's machine).
@@ -155,12 +172,46 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
                 .ports
                 .iter()
                 .any(|p| p.handlers.iter().any(|h| h == "tls") && proxy.ports.contains_key(&p.port));
-            if moved && !settings.local.iter().any(|d| d.port == port) {
-                settings.local.push(DoorPort { port, kind: DoorKind::Http, tls: true, redirect_https: None });
+            match settings.local.iter_mut().find(|d| d.port == port) {
+                Some(same) if moved => merge_groups(&mut same.groups, &groups),
+                None if moved => settings.local.push(DoorPort {
+                    groups: groups.clone(),
+                    port,
+                    kind: DoorKind::Http,
+                    tls: true,
+                    redirect_https: None,
+                }),
+                _ => {}
             }
         }
     }
     settings
+}
+
+fn merge_groups(into: &mut Vec<String>, more: &[String]) {
+    for group in more {
+        if !into.contains(group) {
+            into.push(group.clone());
+        }
+    }
+    into.sort();
+}
+
+/// One process group: how its instances run and are checked.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub name: String,
+    pub instance: InstanceSettings,
+    pub checks: Checks,
+    /// Why its instances cannot start beside the ones they replace (no front door
+    /// routes to it, a volume only one may hold); `None` when they can.
+    pub not_beside: Option<&'static str>,
+}
+
+impl GroupSettings {
+    pub fn start_command(&self) -> String {
+        self.instance.start_command()
+    }
 }
 
 /// How every instance runs.
@@ -272,11 +323,11 @@ pub struct BackupSettings {
     pub keep: usize,
 }
 
-/// The `[[restart]]` of the `app` group: `always` restarts without a limit unless
+/// The `[[restart]]` of `group`: `always` restarts without a limit unless
 /// `retries` says, `on-failure` up to 10 times by default (Fly's default for machines a
 /// deploy creates, and what applies without any `[[restart]]`).
-fn restart_policy(restarts: &[RestartConfig]) -> Restart {
-    let Some(entry) = restarts.iter().find(|r| r.processes.is_empty() || r.processes.iter().any(|p| p == "app")) else {
+fn restart_policy(restarts: &[RestartConfig], group: &str) -> Restart {
+    let Some(entry) = restarts.iter().find(|r| r.processes.is_empty() || r.processes.iter().any(|p| p == group)) else {
         return Restart::default();
     };
     let policy = match entry.policy.as_str() {
@@ -288,11 +339,38 @@ fn restart_policy(restarts: &[RestartConfig]) -> Restart {
     Restart { policy, retries: entry.retries.unwrap_or(unlimited) }
 }
 
+/// Every process group of `config`, resolved.
+fn groups(config: &Config, proxy: &ProxySettings, warnings: &mut Vec<String>) -> Vec<GroupSettings> {
+    config
+        .groups()
+        .into_iter()
+        .map(|name| {
+            let served = proxy.local.iter().chain(&proxy.public).any(|d| d.groups.contains(&name));
+            GroupSettings {
+                instance: InstanceSettings {
+                    env: config.env.clone(),
+                    kill_signal: config.kill_signal.clone(),
+                    kill_timeout: config.kill_timeout,
+                    mounts: config.mounts.iter().filter(|m| config.applies(&m.processes, &name)).cloned().collect(),
+                    start: config.start_of(&name).map(str::to_string),
+                    restart: restart_policy(&config.restart, &name),
+                },
+                checks: Checks::of_group(config, &name, served, warnings),
+                not_beside: None,
+                name,
+            }
+        })
+        .collect()
+}
+
 impl Settings {
     /// Resolves the settings of one invocation.
     pub fn resolve(config: &Config, ssh: SshOptions, overrides: &Overrides) -> Settings {
         let mut warnings = Vec::new();
-        let checks = Checks::from_config(config, &mut warnings);
+        let proxy = proxy(config, &mut warnings);
+        let groups = groups(config, &proxy, &mut warnings);
+        let default_group = config.default_group();
+        let default = groups.iter().find(|g| g.name == default_group).unwrap_or(&groups[0]).clone();
         let primary = config.primary();
         let primary_last = config.ferry.primary_last;
         let requested = overrides.strategy.unwrap_or(config.deploy.strategy);
@@ -328,20 +406,10 @@ impl Settings {
             target: config.ferry.target,
             root: config.ferry.root.trim_end_matches('/').to_string(),
             ssh,
-            instance: InstanceSettings {
-                env: config.env.clone(),
-                kill_signal: config.kill_signal.clone(),
-                kill_timeout: config.kill_timeout,
-                mounts: config
-                    .mounts
-                    .iter()
-                    .filter(|m| m.processes.is_empty() || m.processes.iter().any(|p| p == "app"))
-                    .cloned()
-                    .collect(),
-                start: config.start_command().map(str::to_string),
-                restart: restart_policy(&config.restart),
-            },
-            checks,
+            instance: default.instance,
+            checks: default.checks,
+            groups,
+            default_group,
             rollout,
             lock_wait: overrides.lock_wait,
             keep_releases: config.ferry.keep_releases,
@@ -358,17 +426,39 @@ impl Settings {
                 keep: config.ferry.backup.keep,
             },
             build: config.ferry.build.clone(),
-            proxy: proxy(config, &mut warnings),
+            proxy,
             warnings,
         };
-        settings.rollout.not_beside = if !settings.proxy.serves(settings.target) {
-            Some("this app has no front door (no `[http_service]` or `[[services]]`, or `[ferry.proxy] enabled = false`)")
-        } else if !settings.instance.mounts.is_empty() {
-            Some("this app's `[mounts]` volume can be held by one instance only")
-        } else {
-            None
+        let target = settings.target;
+        let serves = settings.proxy.serves(target);
+        let doors: Vec<&DoorPort> = match target {
+            Target::Local => settings.proxy.local.iter().collect(),
+            Target::Ssh => settings.proxy.public.iter().collect(),
         };
+        for group in &mut settings.groups {
+            group.not_beside = if !serves {
+                Some("this app has no front door (no `[http_service]` or `[[services]]`, or `[ferry.proxy] enabled = false`)")
+            } else if !doors.iter().any(|d| d.groups.contains(&group.name)) {
+                Some("no service of the front door routes to this process group")
+            } else if !group.instance.mounts.is_empty() {
+                Some("this app's `[mounts]` volume can be held by one instance only")
+            } else {
+                None
+            };
+        }
+        settings.rollout.not_beside =
+            settings.groups.iter().find(|g| g.name == settings.default_group).and_then(|g| g.not_beside);
         settings
+    }
+
+    /// The settings of process group `name` (the default group's for one that is not
+    /// configured).
+    pub fn group(&self, name: &str) -> &GroupSettings {
+        self.groups
+            .iter()
+            .find(|g| g.name == name)
+            .or_else(|| self.groups.iter().find(|g| g.name == self.default_group))
+            .unwrap_or(&self.groups[0])
     }
 
     /// Where ferry keeps what it builds, next to `fly.toml`.
@@ -437,6 +527,22 @@ mod tests {
         let other = config("[[restart]]\n  policy = \"never\"\n  processes = [\"worker\"]\n");
         let resolved = Settings::resolve(&other, SshOptions::default(), &Overrides::default());
         assert_eq!(resolved.instance.restart.policy, RestartPolicy::OnFailure, "another group's policy");
+    }
+
+    #[test]
+    fn each_process_group_runs_its_own_command_and_only_served_ones_go_beside() {
+        let text = "[processes]\n  web = \"bin/x web\"\n  worker = \"bin/x work\"\n\
+                    [http_service]\n  internal_port = 8080\n\
+                    [[restart]]\n  policy = \"never\"\n  processes = [\"worker\"]\n";
+        let resolved = Settings::resolve(&config(text), SshOptions::default(), &Overrides::default());
+        assert_eq!(resolved.default_group, "web");
+        assert_eq!(resolved.instance.start_command(), "bin/x web");
+        let worker = resolved.group("worker");
+        assert_eq!(worker.start_command(), "bin/x work");
+        assert_eq!(worker.instance.restart.policy, RestartPolicy::Never);
+        assert!(worker.checks.probes().is_empty(), "a worker with no service and no checks is not probed");
+        assert!(worker.not_beside.is_some() && resolved.group("web").not_beside.is_none());
+        assert_eq!(resolved.proxy.local[0].groups, ["web"]);
     }
 
     #[test]

@@ -257,3 +257,119 @@ fn status_watch_shows_the_status_again_until_ctrl_c() {
     assert!(common::wait_for_event(&mut stdout, |l| l["event"] == "finished").is_some());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `GET /` through a front door at `addr`: hello names the instance that answered.
+fn answered_by(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The command line and environment of an instance's process, from `/proc`.
+fn process_of(instance: &serde_json::Value) -> (String, String) {
+    let pid = instance["pid"].as_u64().expect("a running instance has a pid");
+    let read = |what: &str| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default()).replace('\0', " ")
+    };
+    (read("cmdline"), read("environ"))
+}
+
+fn of_group<'a>(instances: &'a [serde_json::Value], group: &str) -> Vec<&'a serde_json::Value> {
+    instances.iter().filter(|i| i["group"] == group).collect()
+}
+
+#[test]
+fn process_groups_run_at_their_own_counts_and_only_the_web_group_takes_requests() {
+    let project = Project::builder()
+        .region("syd", 2)
+        .region("lax", 2)
+        .start(None)
+        .toml("[processes]\n  app = \"bin/hello\"\n  worker = \"bin/hello worker\"\n")
+        .build();
+    let config = project.path().join("fly.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("  count = 2\n", "  count = 2\n  counts = { worker = 1 }\n")).unwrap();
+    project.deploy("v1").assert_ok();
+
+    let instances = project.instances();
+    let (web, workers) = (of_group(&instances, "app"), of_group(&instances, "worker"));
+    assert_eq!(web.len(), 4, "{instances:?}");
+    for region in ["syd", "lax"] {
+        assert_eq!(workers.iter().filter(|w| w["region"] == region).count(), 1, "one worker in {region}");
+    }
+    for worker in &workers {
+        let (cmdline, environ) = process_of(worker);
+        assert!(cmdline.contains("bin/hello worker"), "{cmdline}");
+        assert!(environ.contains("FLY_PROCESS_GROUP=worker"), "{environ}");
+        assert_eq!(worker["traffic"], false, "a worker takes no traffic: {worker}");
+    }
+    for one in &web {
+        let (cmdline, environ) = process_of(one);
+        assert!(!cmdline.contains("worker") && environ.contains("FLY_PROCESS_GROUP=app"), "{cmdline} {environ}");
+    }
+    let status = project.ferry(&["status"]);
+    assert!(status.stdout.contains("GROUP") && status.stdout.contains("worker"), "{}", status.stdout);
+
+    // Every request through both regions' doors reaches the web group only.
+    let worker_ids: Vec<&str> = workers.iter().map(|w| w["id"].as_str().unwrap()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, door) in project.front_doors() {
+        for _ in 0..40 {
+            let body = answered_by(&door).expect("the front door answers");
+            assert!(!worker_ids.iter().any(|id| body.contains(id)), "a worker answered: {body}");
+            seen.extend(web.iter().map(|w| w["id"].as_str().unwrap()).filter(|id| body.contains(id)));
+        }
+    }
+    assert_eq!(seen.len(), 4, "every web instance took requests");
+
+    // v2's worker exits at start: the deploy fails and each group goes back to its
+    // own command (the web group's replacements included).
+    let v1 = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        v1.replace("worker = \"bin/hello worker\"", "worker = \"env HELLO_MODE=exit-at-start bin/hello worker\""),
+    )
+    .unwrap();
+    let failed = project.deploy("v2");
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    let instances = project.instances();
+    assert!(instances.iter().all(|i| i["version"] == "v1"), "{instances:?}");
+    for instance in &instances {
+        let (cmdline, environ) = process_of(instance);
+        let worker = instance["group"] == "worker";
+        assert_eq!(cmdline.contains("bin/hello worker"), worker, "{instance}: {cmdline}");
+        assert!(!environ.contains("exit-at-start"), "{instance}: {environ}");
+    }
+    assert_eq!(of_group(&instances, "worker").len(), 2);
+
+    // Scaling the workers of one region changes nothing else.
+    std::fs::write(&config, &v1).unwrap();
+    let web_ids = |instances: &[serde_json::Value]| -> Vec<String> {
+        let mut ids: Vec<String> =
+            of_group(instances, "app").iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let before = web_ids(&instances);
+    project.ferry(&["scale", "count", "worker=2", "--region", "lax", "--yes"]).assert_ok();
+    let instances = project.instances();
+    assert_eq!(web_ids(&instances), before);
+    let workers = of_group(&instances, "worker");
+    assert_eq!((workers.iter().filter(|w| w["region"] == "lax").count(), workers.len()), (2, 3));
+    assert!(std::fs::read_to_string(&config).unwrap().contains("counts = { worker = 2 }"));
+
+    // A deploy without the worker group stops its instances once the web group is on v3.
+    let without = std::fs::read_to_string(&config).unwrap().replace("  worker = \"bin/hello worker\"\n", "");
+    std::fs::write(&config, without).unwrap();
+    let deployed = project.deploy("v3");
+    deployed.assert_ok();
+    assert!(deployed.stderr.contains("not in `[processes]`"), "the stale counts are warned about: {}", deployed.stderr);
+    let instances = project.instances();
+    assert!(instances.iter().all(|i| i["group"] == "app" && i["version"] == "v3"), "{instances:?}");
+    assert_eq!(instances.len(), 4);
+}

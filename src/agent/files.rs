@@ -401,16 +401,35 @@ impl App {
                 _ => {}
             }
         }
-        match fs::remove_file(self.as_ran_file(version)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        self.remove_as_ran(version)
+    }
+
+    /// How `version`'s instances of process group `group` ran when it was last made
+    /// current (see [`super::supervisor::AsRan`]). The default group's file keeps the
+    /// name it had before process groups.
+    pub fn as_ran_file(&self, version: &str, group: &str) -> PathBuf {
+        let launches = self.dir.join("launches");
+        if group == crate::config::DEFAULT_GROUP {
+            launches.join(format!("{version}.json"))
+        } else {
+            launches.join(group).join(format!("{version}.json"))
         }
     }
 
-    /// How `version`'s instances ran when it was last made current (see
-    /// [`super::supervisor::AsRan`]).
-    pub fn as_ran_file(&self, version: &str) -> PathBuf {
-        self.dir.join("launches").join(format!("{version}.json"))
+    /// Removes every as-ran record of `version`, of every process group.
+    pub fn remove_as_ran(&self, version: &str) -> io::Result<()> {
+        let mut files = vec![self.as_ran_file(version, crate::config::DEFAULT_GROUP)];
+        if let Ok(entries) = fs::read_dir(self.dir.join("launches")) {
+            let groups = entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+            files.extend(groups.map(|e| e.path().join(format!("{version}.json"))));
+        }
+        for file in files {
+            match fs::remove_file(file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The sha256 of the secrets file, when there is one.

@@ -90,38 +90,42 @@ fn per_instance(key: &str) -> bool {
     OWN_VARS.contains(&key) || key.starts_with("FERRY_")
 }
 
-/// Records how `version` runs here, from the newest instance on it; a host without one
-/// keeps no record of it.
+/// Records how `version` runs here, for each process group from its newest instance
+/// on it; a host without one keeps no record of that group.
 pub fn record_as_ran(app: &App, version: &str) -> std::io::Result<()> {
     let Ok(entries) = fs::read_dir(app.dir.join("instances")) else { return Ok(()) };
-    let newest = entries
-        .flatten()
-        .filter_map(|e| read_spec(app, &e.file_name().to_string_lossy()))
-        .filter(|s| s.running && s.record.version == version)
-        .max_by_key(|s| s.record.started_at);
-    let Some(spec) = newest else {
-        // Nothing runs it here: an older record would describe another time.
-        return match fs::remove_file(app.as_ran_file(version)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    };
-    let mut launch = spec.launch;
-    launch.env.0.retain(|k, _| !per_instance(k));
-    launch.as_ran = None;
-    let secrets = spec.secrets.unwrap_or_else(|| app.secrets_snapshot());
-    let as_ran = AsRan { launch, secrets, config: spec.record.config };
-    let file = app.as_ran_file(version);
-    fs::create_dir_all(file.parent().unwrap_or(&app.dir))?;
-    let json = serde_json::to_vec(&as_ran).map_err(std::io::Error::other)?;
-    super::files::write_atomic(&file, &json, 0o600)
+    let mut newest: std::collections::BTreeMap<String, Spec> = std::collections::BTreeMap::new();
+    for spec in entries.flatten().filter_map(|e| read_spec(app, &e.file_name().to_string_lossy())) {
+        if !spec.running || spec.record.version != version {
+            continue;
+        }
+        let group = spec.record.group.clone();
+        if newest.get(&group).is_none_or(|n| n.record.started_at < spec.record.started_at) {
+            newest.insert(group, spec);
+        }
+    }
+    // Nothing runs it here (in a group): an older record would describe another time.
+    app.remove_as_ran(version)?;
+    for (group, spec) in newest {
+        let mut launch = spec.launch;
+        launch.env.0.retain(|k, _| !per_instance(k));
+        launch.as_ran = None;
+        let secrets = spec.secrets.unwrap_or_else(|| app.secrets_snapshot());
+        let as_ran = AsRan { launch, secrets, config: spec.record.config };
+        let file = app.as_ran_file(version, &group);
+        fs::create_dir_all(file.parent().unwrap_or(&app.dir))?;
+        let json = serde_json::to_vec(&as_ran).map_err(std::io::Error::other)?;
+        super::files::write_atomic(&file, &json, 0o600)?;
+    }
+    Ok(())
 }
 
-/// What a revert to `launch.as_ran` starts: the recorded launch with this one's
-/// per-instance variables, its secrets and its configuration; `None` without a record.
-fn as_ran(app: &App, launch: &Launch) -> Option<(Launch, Snapshot, crate::host::Identity)> {
+/// What a revert to `launch.as_ran` starts for an instance of `group`: the recorded
+/// launch with this one's per-instance variables, its secrets and its configuration;
+/// `None` without a record.
+fn as_ran(app: &App, launch: &Launch, group: &str) -> Option<(Launch, Snapshot, crate::host::Identity)> {
     let version = launch.as_ran.as_deref()?;
-    let recorded: AsRan = serde_json::from_str(&fs::read_to_string(app.as_ran_file(version)).ok()?).ok()?;
+    let recorded: AsRan = serde_json::from_str(&fs::read_to_string(app.as_ran_file(version, group)).ok()?).ok()?;
     let mut env = recorded.launch.env.0;
     env.extend(launch.env.0.iter().filter(|(k, _)| per_instance(k)).map(|(k, v)| (k.clone(), v.clone())));
     let launch = Launch { env: crate::host::Env(env), as_ran: launch.as_ran.clone(), ..recorded.launch };
@@ -406,7 +410,7 @@ impl Supervisor {
         if !replace {
             stop_everything(0, &record.id, &launch.stop).await;
         }
-        let (launch, secrets) = match as_ran(app, &launch) {
+        let (launch, secrets) = match as_ran(app, &launch, &record.group) {
             Some((launch, secrets, config)) => {
                 record.config = config;
                 (launch, secrets)

@@ -89,6 +89,17 @@ async fn artifact(ctx: &Ctx, opts: &DeployOptions) -> Result<Artifact, Error> {
 /// The command that runs one instance: the configured one, or an executable
 /// `bin/start` shipped in the release.
 fn start_command(ctx: &Ctx, artifact: &Artifact) -> Result<String, Error> {
+    // Another process group without a command of its own runs `bin/start` too.
+    let bare = ctx.settings.groups.iter().find(|g| g.instance.start.is_none() && g.name != ctx.settings.default_group);
+    if let (Some(group), false) = (bare, artifact.has_file(DEFAULT_START)) {
+        return Err(Error::Usage {
+            message: format!(
+                "process group `{}` has no command in `[processes]`, and the release ships no executable `{DEFAULT_START}`",
+                group.name
+            ),
+            hint: Some(format!("give it one: `[processes]` `{} = \"bin/hello worker\"`", group.name)),
+        });
+    }
     match &ctx.settings.instance.start {
         Some(start) => Ok(start.clone()),
         None if artifact.has_file(DEFAULT_START) => Ok(DEFAULT_START.to_string()),

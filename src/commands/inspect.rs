@@ -43,6 +43,14 @@ async fn status_once(ctx: &Ctx) -> Result<(), Error> {
     let mut rows = Vec::new();
     let mut front_doors = Vec::new();
     let mut maintenance = None;
+    // The process groups the front door routes to (a worker takes no traffic).
+    let served: Vec<String> = {
+        let doors = match ctx.settings.target {
+            crate::config::Target::Local => &ctx.settings.proxy.local,
+            crate::config::Target::Ssh => &ctx.settings.proxy.public,
+        };
+        doors.iter().flat_map(|d| d.groups.iter().cloned()).collect()
+    };
     for host in fleet.hosts() {
         let Some(state) = observed.get(&host.name) else { continue };
         if maintenance.is_none() {
@@ -75,6 +83,7 @@ async fn status_once(ctx: &Ctx) -> Result<(), Error> {
             let since = runtime.up_since.unwrap_or(record.started_at);
             rows.push(InstanceRow {
                 region: record.region.clone(),
+                group: record.group.clone(),
                 host: host.name.clone(),
                 id: record.id.clone(),
                 version: record.version.clone(),
@@ -87,7 +96,11 @@ async fn status_once(ctx: &Ctx) -> Result<(), Error> {
                 uptime_secs: instance.alive.then(|| now_ms().saturating_sub(since) / 1000),
                 restarts: runtime.restarts,
                 last_exit: runtime.last_exit.clone(),
-                traffic: routing && instance.alive && (instance.routed || !has_table) && health == "passing",
+                traffic: routing
+                    && instance.alive
+                    && (instance.routed || !has_table)
+                    && health == "passing"
+                    && served.contains(&record.group),
             });
         }
     }

@@ -139,7 +139,8 @@ pub async fn remove(ctx: &Ctx, name: &str, yes: bool) -> Result<(), Error> {
 }
 
 pub struct ScaleOptions {
-    pub count: u32,
+    /// `(None, n)`: `count`; `(Some(group), n)`: that process group's.
+    pub counts: Vec<(Option<String>, u32)>,
     pub region: Option<String>,
     pub yes: bool,
     pub dry_run: bool,
@@ -152,31 +153,58 @@ pub async fn scale(ctx: &Ctx, opts: ScaleOptions) -> Result<(), Error> {
         Some(r) => return Err(Error::usage(format!("no region `{r}` (regions: {})", fleet.region_names().join(", ")))),
         None => fleet.region_names(),
     };
+    let groups = ctx.config.groups();
+    let mut seen = BTreeSet::new();
+    for (group, _) in &opts.counts {
+        if let Some(group) = group.as_ref().filter(|g| !groups.contains(g)) {
+            return Err(Error::usage(format!("no process group `{group}` (groups: {})", groups.join(", "))));
+        }
+        if !seen.insert(group.clone()) {
+            let what = group.as_ref().map_or_else(|| "`count`".to_string(), |g| format!("process group `{g}`"));
+            return Err(Error::usage(format!("{what} is given more than one count")));
+        }
+    }
     let observed = observe::observe(&fleet).await?;
-    let want = opts.count as usize;
+    let configured: BTreeMap<String, crate::config::RegionConfig> = ctx.config.regions().into_iter().collect();
     let mut stops = Vec::new();
+    let mut change = Vec::new();
     for region in &targets {
-        let mut instances = region_instances(&fleet, region, &observed);
-        if instances.len() > want {
-            // Newest first: the longest-running instances keep serving.
-            instances.sort_by_key(|i| std::cmp::Reverse((i.record.created_at, i.record.id.clone())));
-            stops.extend(instances.iter().take(instances.len() - want).map(|i| i.record.id.clone()));
+        for group in &groups {
+            let named = opts.counts.iter().find(|(g, _)| g.as_ref() == Some(group)).map(|(_, n)| *n);
+            let counted = configured.get(region).is_some_and(|r| r.counts.contains_key(group));
+            let bare = opts.counts.iter().find(|(g, _)| g.is_none()).map(|(_, n)| *n).filter(|_| !counted);
+            let Some(want) = named.or(bare) else { continue };
+            let mut instances: Vec<&InstanceState> =
+                region_instances(&fleet, region, &observed).into_iter().filter(|i| &i.record.group == group).collect();
+            let label = if groups.len() > 1 { format!("{region} {group}") } else { region.clone() };
+            change.push(format!("{label} {} -> {want}", instances.len()));
+            if instances.len() > want as usize {
+                // Newest first: the longest-running instances keep serving.
+                instances.sort_by_key(|i| std::cmp::Reverse((i.record.created_at, i.record.id.clone())));
+                stops.extend(instances.iter().take(instances.len() - want as usize).map(|i| i.record.id.clone()));
+            }
         }
     }
     let implicit = implicit_regions(ctx);
     let path = ctx.config_path.clone();
     let (text, edited) = ctx.preview_edit(|text| {
         let implicit_name = implicit.first().map_or("local", |(n, _)| n.as_str());
-        edit::set_count(&path, text, opts.region.as_deref(), implicit_name, opts.count)
+        edit::set_counts(&path, text, opts.region.as_deref(), implicit_name, &opts.counts)
     })?;
-    let counts: BTreeMap<&str, usize> =
-        targets.iter().map(|r| (r.as_str(), region_instances(&fleet, r, &observed).len())).collect();
-    let change: Vec<String> = counts.iter().map(|(r, n)| format!("{r} {n} -> {}", opts.count)).collect();
+    let counts: Vec<String> = opts
+        .counts
+        .iter()
+        .map(|(group, n)| match group {
+            Some(group) => format!("{group} {n}"),
+            None if groups.len() > 1 => format!("{n} for the other groups"),
+            None => n.to_string(),
+        })
+        .collect();
     let op = Operation::Converge {
         kind: Kind::Scale,
         regions: targets.clone(),
         stop: Stops::Ids(stops.clone()),
-        done: Some(format!("count is {} in {} (written to fly.toml)", opts.count, targets.join(", "))),
+        done: Some(format!("count is {} in {} (written to fly.toml)", counts.join(", "), targets.join(", "))),
     };
     let fleet = edited.fleet()?;
     let engine = edited.engine(&fleet);

@@ -76,30 +76,81 @@ pub fn set_count(
     implicit: &str,
     count: u32,
 ) -> Result<String, EditError> {
+    set_counts(path, text, region, implicit, &[(None, count)])
+}
+
+/// [`set_count`] for several process groups at once: `(None, n)` sets `count` (the
+/// groups `counts` does not name), `(Some(group), n)` sets `counts.<group>`.
+pub fn set_counts(
+    path: &Path,
+    text: &str,
+    region: Option<&str>,
+    implicit: &str,
+    counts: &[(Option<String>, u32)],
+) -> Result<String, EditError> {
     let mut doc = parse(path, text)?;
     let names: Vec<String> = regions(path, &doc)?
         .map(|regions| regions.iter().map(|(name, _)| name.to_string()).collect())
         .unwrap_or_default();
     let missing = |region: &str| EditError::NoSuchRegion { path: path.to_path_buf(), region: region.to_string() };
-    if names.is_empty() {
+    let targets = if names.is_empty() {
         match region {
             Some(region) if region != implicit => return Err(missing(region)),
-            _ => insert_region(path, &mut doc, implicit, &[], count)?,
+            _ => insert_region(path, &mut doc, implicit, &[], 1)?,
         }
-        return render(path, text, &doc);
-    }
-    let targets = match region {
-        Some(region) if names.iter().any(|name| name == region) => vec![region.to_string()],
-        Some(region) => return Err(missing(region)),
-        None => names,
+        vec![implicit.to_string()]
+    } else {
+        match region {
+            Some(region) if names.iter().any(|name| name == region) => vec![region.to_string()],
+            Some(region) => return Err(missing(region)),
+            None => names,
+        }
     };
     let regions = regions_mut(path, &mut doc)?
         .and_then(Item::as_table_like_mut)
         .ok_or_else(|| shape(path, "`ferry.regions` is not a table"))?;
     for name in &targets {
-        set_region_count(path, regions, name, count)?;
+        for (group, count) in counts {
+            match group {
+                None => set_region_count(path, regions, name, *count)?,
+                Some(group) => set_group_count(path, regions, name, group, *count)?,
+            }
+        }
     }
     render(path, text, &doc)
+}
+
+/// Sets `counts.<group>` of region `name`, adding `counts = { ... }` when missing.
+fn set_group_count(
+    path: &Path,
+    regions: &mut dyn TableLike,
+    name: &str,
+    group: &str,
+    count: u32,
+) -> Result<(), EditError> {
+    let region = regions
+        .get_mut(name)
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| shape(path, format!("`ferry.regions.{name}` is not a table")))?;
+    if region.get("counts").is_none() {
+        region.insert("counts", toml_edit::value(toml_edit::InlineTable::new()));
+    }
+    let counts = region
+        .get_mut("counts")
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| shape(path, format!("`ferry.regions.{name}.counts` is not a table")))?;
+    match counts.get_mut(group) {
+        Some(Item::Value(old)) => {
+            let decor = old.decor().clone();
+            *old = Value::from(i64::from(count));
+            *old.decor_mut() = decor;
+        }
+        Some(_) => return Err(shape(path, format!("`ferry.regions.{name}.counts.{group}` is not a number"))),
+        None => {
+            counts.insert(group, toml_edit::value(i64::from(count)));
+        }
+    }
+    Ok(())
 }
 
 /// Reads `path`, applies `edit` to its text and, when that changed anything, replaces the
@@ -731,6 +782,17 @@ kill_signal = "SIGTERM"
         assert_eq!(region(&out, "syd")["count"].as_integer(), Some(4));
         assert_eq!(region(&out, "lax")["count"].as_integer(), Some(4));
         assert!(out.contains("  count = 4   # one per host\n"), "{out}");
+    }
+
+    #[test]
+    fn set_counts_writes_a_process_groups_count_beside_count() {
+        let counts = [(Some("worker".to_string()), 2), (None, 3)];
+        let out = set_counts(p(), FLY, Some("lax"), "syd", &counts).unwrap();
+        assert_eq!(region(&out, "lax")["count"].as_integer(), Some(3));
+        assert!(out.contains("counts = { worker = 2 }"), "{out}");
+        assert_eq!(region(&out, "syd")["count"].as_integer(), Some(2), "another region is left alone");
+        let again = set_counts(p(), &out, Some("lax"), "syd", &[(Some("worker".to_string()), 5)]).unwrap();
+        assert!(again.contains("counts = { worker = 5 }"), "{again}");
     }
 
     #[test]

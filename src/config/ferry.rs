@@ -200,12 +200,25 @@ fn regions(r: &Reader<'_>, table: &Table) -> Result<BTreeMap<String, RegionConfi
                 Some(count) => r.count(&count.node, &join(&prefix, "count"), 0)?,
                 None => 1,
             },
+            counts: match region.get("counts") {
+                Some(counts) => group_counts(r, &counts.node, &join(&prefix, "counts"))?,
+                None => BTreeMap::new(),
+            },
             replica_url_env,
             replica_url: r.opt_string(region, &prefix, "replica_url")?,
         };
         regions.insert(entry.key.clone(), config);
     }
     Ok(regions)
+}
+
+/// `counts = { worker = 2 }`: instances per process group.
+fn group_counts(r: &Reader<'_>, node: &Node, path: &str) -> Result<BTreeMap<String, u32>, ConfigError> {
+    let mut counts = BTreeMap::new();
+    for entry in &r.table(node, path)?.entries {
+        counts.insert(entry.key.clone(), r.count(&entry.node, &join(path, &entry.key), 0)?);
+    }
+    Ok(counts)
 }
 
 /// Region names become directory names and environment values: `[a-z0-9][a-z0-9-]*`.

@@ -272,6 +272,12 @@ pub(super) fn processes(r: &Reader<'_>, root: &Table) -> Result<BTreeMap<String,
     match &entry.node.value {
         Value::Table(table) => {
             for process in &table.entries {
+                if !process.key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) {
+                    return Err(r.invalid(
+                        &process.key_span,
+                        format!("process group name `{}` must be letters, digits, `-` and `_`", process.key),
+                    ));
+                }
                 let command = r.string(&process.node, &join("processes", &process.key))?;
                 processes.insert(process.key.clone(), command.to_string());
             }
@@ -370,6 +376,7 @@ pub(super) fn services(r: &Reader<'_>, root: &Table) -> Result<Vec<Service>, Con
             let internal_port = r.port(&port.node, "http_service.internal_port")?;
             if internal_port != 0 {
                 services.push(Service {
+                    processes: processes_of(r, table, "http_service")?,
                     internal_port,
                     protocol: "tcp".into(),
                     ports: vec![
@@ -404,9 +411,22 @@ pub(super) fn services(r: &Reader<'_>, root: &Table) -> Result<Vec<Service>, Con
                 });
             }
         }
-        services.push(Service { internal_port, protocol: protocol.to_ascii_lowercase(), ports });
+        services.push(Service {
+            internal_port,
+            protocol: protocol.to_ascii_lowercase(),
+            ports,
+            processes: processes_of(r, service, "services")?,
+        });
     }
     Ok(services)
+}
+
+/// A table's `processes`: the groups it applies to (empty: the default group).
+fn processes_of(r: &Reader<'_>, table: &Table, prefix: &str) -> Result<Vec<String>, ConfigError> {
+    match table.get("processes") {
+        Some(entry) => Ok(r.strings(&entry.node, &join(prefix, "processes"))?),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn service_port(r: &Reader<'_>, service: &Table) -> Result<Option<u16>, ConfigError> {
@@ -425,10 +445,12 @@ pub(super) fn checks(r: &Reader<'_>, root: &Table) -> Result<Vec<Check>, ConfigE
             Some(p) => Some(r.port(&p.node, "http_service.internal_port")?).filter(|p| *p != 0),
             None => None,
         };
+        let processes = processes_of(r, service, "http_service")?;
         if let Some(list) = service.get("checks") {
             for (i, (span, table)) in r.tables(&list.node, "http_service.checks")?.into_iter().enumerate() {
-                let check =
+                let mut check =
                     service_check(r, table, "http_service.checks", format!("http_service.checks[{i}]"), port, true)?;
+                check.processes.clone_from(&processes);
                 found.push((span.start, check));
             }
         }
@@ -436,11 +458,13 @@ pub(super) fn checks(r: &Reader<'_>, root: &Table) -> Result<Vec<Check>, ConfigE
     if let Some(entry) = root.get("services") {
         for (s, (_, service)) in r.tables(&entry.node, "services")?.into_iter().enumerate() {
             let port = service_port(r, service)?;
+            let processes = processes_of(r, service, "services")?;
             for (key, http) in [("tcp_checks", false), ("http_checks", true)] {
                 let Some(list) = service.get(key) else { continue };
                 let path = join("services", key);
                 for (i, (span, table)) in r.tables(&list.node, &path)?.into_iter().enumerate() {
-                    let check = service_check(r, table, &path, format!("services[{s}].{key}[{i}]"), port, http)?;
+                    let mut check = service_check(r, table, &path, format!("services[{s}].{key}[{i}]"), port, http)?;
+                    check.processes.clone_from(&processes);
                     found.push((span.start, check));
                 }
             }
@@ -492,7 +516,9 @@ fn top_level_check(r: &Reader<'_>, name: &str, span: &Span, table: &Table) -> Re
         Some(entry) => Some(r.port(&entry.node, &join(&prefix, "port"))?),
         None => None,
     };
-    service_check(r, table, &prefix, name.to_string(), port, http)
+    let mut check = service_check(r, table, &prefix, name.to_string(), port, http)?;
+    check.processes = processes_of(r, table, &prefix)?;
+    Ok(check)
 }
 
 fn service_check(
@@ -517,6 +543,7 @@ fn service_check(
         grace_period: duration("grace_period", DEFAULT_CHECK_GRACE_PERIOD)?,
         interval: duration("interval", DEFAULT_CHECK_INTERVAL)?,
         timeout: duration("timeout", DEFAULT_CHECK_TIMEOUT)?,
+        processes: Vec::new(),
     })
 }
 
@@ -585,4 +612,51 @@ pub(super) fn validate_service_ports(r: &Reader<'_>, root: &Table) -> Result<(),
 
 pub(super) fn backticked(items: &[&str]) -> String {
     items.iter().map(|item| format!("`{item}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// One warning per `processes = [...]` entry (and `counts` key) that names a group
+/// `[processes]` does not define: it applies to nothing, which is rarely meant.
+pub(super) fn warn_unknown_groups(r: &mut Reader<'_>, root: &Table, groups: &[String]) {
+    let mut spans: Vec<(Span, String)> = Vec::new();
+    let mut collect = |table: &Table| {
+        let Some(entry) = table.get("processes") else { return };
+        if let Value::Array(items) = &entry.node.value {
+            for item in items {
+                if let Value::String(name) = &item.value {
+                    spans.push((item.span.clone(), name.clone()));
+                }
+            }
+        }
+    };
+    let tables_of = |key: &str| -> Vec<&Table> {
+        let Some(entry) = root.get(key) else { return Vec::new() };
+        match &entry.node.value {
+            Value::Table(t) if key == "checks" => t.entries.iter().filter_map(|e| e.node.as_table()).collect(),
+            Value::Table(t) => vec![t],
+            Value::Array(items) => items.iter().filter_map(Node::as_table).collect(),
+            _ => Vec::new(),
+        }
+    };
+    for key in ["http_service", "services", "checks", "mount", "mounts", "restart"] {
+        for table in tables_of(key) {
+            collect(table);
+        }
+    }
+    let regions = root
+        .get("ferry")
+        .and_then(|f| f.node.as_table())
+        .and_then(|f| f.get("regions"))
+        .and_then(|r| r.node.as_table());
+    for region in regions.iter().flat_map(|r| r.entries.iter()).filter_map(|e| e.node.as_table()) {
+        let counts = region.get("counts").and_then(|c| c.node.as_table());
+        for entry in counts.iter().flat_map(|c| c.entries.iter()) {
+            spans.push((entry.key_span.clone(), entry.key.clone()));
+        }
+    }
+    let known: Vec<&str> = groups.iter().map(String::as_str).collect();
+    for (span, name) in spans {
+        if !groups.contains(&name) {
+            r.warn(&span, format!("process group `{name}` is not in `[processes]` (groups: {})", backticked(&known)));
+        }
+    }
 }

@@ -131,6 +131,9 @@ pub struct Check {
     pub interval: Duration,
     #[serde(serialize_with = "ms")]
     pub timeout: Duration,
+    /// The process groups it checks: its service's for a service check, its own
+    /// `processes` for `[checks.*]`; empty: the default group.
+    pub processes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -158,6 +161,8 @@ pub struct Service {
     /// Public ports in file order; `[http_service]` has 80 (`http`) and 443 (`tls`,
     /// `http`).
     pub ports: Vec<PublicPort>,
+    /// The process groups it routes to; empty: the default group.
+    pub processes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -249,9 +254,20 @@ pub struct BuildConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionConfig {
     pub hosts: Vec<String>,
+    /// Instances of each process group `counts` does not name.
     pub count: u32,
+    /// `counts = { worker = 2 }`: instances of the named process groups.
+    pub counts: BTreeMap<String, u32>,
     pub replica_url_env: Option<String>,
     pub replica_url: Option<String>,
+}
+
+impl RegionConfig {
+    /// How many instances of `group` the region runs.
+    #[must_use]
+    pub fn count_of(&self, group: &str) -> u32 {
+        self.counts.get(group).copied().unwrap_or(self.count)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -323,6 +339,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         ferry: ferry::resolve(&r, &root, &dir)?,
         dir,
     };
+    fly::warn_unknown_groups(&mut r, &root, &config.groups());
     if let Some((name, span)) = &primary {
         let regions = &config.ferry.regions;
         if !regions.is_empty() && !regions.contains_key(name) {
@@ -363,11 +380,61 @@ fn absolute_dir(path: &Path) -> PathBuf {
     ferry::without_dots(&std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf()))
 }
 
+/// The process group of an app without `[processes]`, and Fly's preferred default.
+pub const DEFAULT_GROUP: &str = "app";
+
 impl Config {
-    /// What runs one instance: `[ferry.build] start`, else `[processes] app`.
+    /// What runs one instance of the default process group: `[ferry.build] start`, else
+    /// its `[processes]` command.
     #[must_use]
     pub fn start_command(&self) -> Option<&str> {
-        self.ferry.build.start.as_deref().or_else(|| self.processes.get("app").map(String::as_str))
+        self.start_of(&self.default_group())
+    }
+
+    /// What runs one instance of `group`: its `[processes]` command, else `[ferry.build]
+    /// start`; for the default group `[ferry.build] start` comes first.
+    #[must_use]
+    pub fn start_of(&self, group: &str) -> Option<&str> {
+        let own = self.processes.get(group).map(String::as_str).filter(|c| !c.trim().is_empty());
+        let build = self.ferry.build.start.as_deref();
+        if group == self.default_group() {
+            build.or(own)
+        } else {
+            own.or(build)
+        }
+    }
+
+    /// The process groups, Fly's way: the names in `[processes]` in sorted order, or
+    /// just `app` without any.
+    #[must_use]
+    pub fn groups(&self) -> Vec<String> {
+        if self.processes.is_empty() {
+            vec![DEFAULT_GROUP.to_string()]
+        } else {
+            self.processes.keys().cloned().collect()
+        }
+    }
+
+    /// The group that a service, check, mount or restart policy without `processes`
+    /// belongs to: `app` when there is one, else the first in sorted order.
+    #[must_use]
+    pub fn default_group(&self) -> String {
+        let groups = self.groups();
+        if groups.iter().any(|g| g == DEFAULT_GROUP) {
+            DEFAULT_GROUP.to_string()
+        } else {
+            groups.into_iter().next().unwrap_or_else(|| DEFAULT_GROUP.to_string())
+        }
+    }
+
+    /// Whether something written with `processes` applies to `group`.
+    #[must_use]
+    pub fn applies(&self, processes: &[String], group: &str) -> bool {
+        if processes.is_empty() {
+            group == self.default_group()
+        } else {
+            processes.iter().any(|p| p == group)
+        }
     }
 
     /// `[ferry.regions]`, or when there are none a single region named after
@@ -378,7 +445,16 @@ impl Config {
             return self.ferry.regions.iter().map(|(name, region)| (name.clone(), region.clone())).collect();
         }
         let name = self.primary_region.clone().unwrap_or_else(|| "local".to_string());
-        vec![(name, RegionConfig { hosts: Vec::new(), count: 1, replica_url_env: None, replica_url: None })]
+        vec![(
+            name,
+            RegionConfig {
+                hosts: Vec::new(),
+                count: 1,
+                counts: BTreeMap::new(),
+                replica_url_env: None,
+                replica_url: None,
+            },
+        )]
     }
 
     /// `primary_region`, else the first region.

@@ -177,7 +177,10 @@ const FERRY: &[(&str, Shape)] = &[
         T(&[("min_healthy_time", Any), ("canary_time", Any), ("canary_weight", Any), ("canary_max_errors", Any)]),
     ),
     ("build", T(&[("command", Any), ("path", Any), ("start", Any)])),
-    ("regions", Map(&T(&[("hosts", Any), ("count", Any), ("replica_url_env", Any), ("replica_url", Any)]))),
+    (
+        "regions",
+        Map(&T(&[("hosts", Any), ("count", Any), ("counts", Any), ("replica_url_env", Any), ("replica_url", Any)])),
+    ),
     ("backup", T(&[("before_migrate", Any), ("database_url_env", Any), ("run", Any), ("keep", Any)])),
     (
         "proxy",

@@ -141,7 +141,10 @@ fn minimal_config_gets_fly_and_ferry_defaults() {
     );
     assert_eq!(
         c.regions(),
-        [("local".to_string(), RegionConfig { hosts: vec![], count: 1, replica_url_env: None, replica_url: None })]
+        [(
+            "local".to_string(),
+            RegionConfig { hosts: vec![], count: 1, counts: BTreeMap::new(), replica_url_env: None, replica_url: None }
+        )]
     );
     assert_eq!(c.primary(), "local");
     assert_eq!(c.start_command(), None);
@@ -534,4 +537,58 @@ fn keys_ferry_does_not_act_on_and_udp_services_get_one_warning_each() {
 fn a_template_placeholder_for_the_app_name_is_named_as_one() {
     let message = invalid("app = \"{APP_NAME}\"\n");
     assert!(message.contains("looks like a template placeholder"), "{message}");
+}
+
+#[test]
+fn process_groups_follow_flys_rules() {
+    let none = config("");
+    assert_eq!((none.groups(), none.default_group()), (vec!["app".to_string()], "app".to_string()));
+    let text = r#"
+[processes]
+  worker = "bin/hello worker"
+  web = "bin/hello web"
+
+[http_service]
+  internal_port = 8080
+
+[[http_service.checks]]
+  path = "/health"
+
+[checks.queue]
+  type = "tcp"
+  port = 8080
+  processes = ["worker"]
+
+[[mounts]]
+  source = "data"
+  destination = "/data"
+  processes = ["worker"]
+
+[ferry.regions.syd]
+  count = 2
+  counts = { worker = 1 }
+"#;
+    let c = config(text);
+    assert_eq!(c.groups(), ["web", "worker"]);
+    assert_eq!(c.default_group(), "web", "without `app` the first group in sorted order");
+    assert_eq!(c.start_of("worker"), Some("bin/hello worker"));
+    assert_eq!(c.start_command(), Some("bin/hello web"));
+    assert!(c.applies(&c.services[0].processes, "web") && !c.applies(&c.services[0].processes, "worker"));
+    let for_worker: Vec<&str> =
+        c.checks.iter().filter(|k| c.applies(&k.processes, "worker")).map(|k| k.name.as_str()).collect();
+    assert_eq!(for_worker, ["queue"]);
+    let syd = &c.ferry.regions["syd"];
+    assert_eq!((syd.count_of("web"), syd.count_of("worker")), (2, 1));
+}
+
+#[test]
+fn a_process_group_that_does_not_exist_is_warned_about_where_it_is_named() {
+    let text = "app = \"a\"\n[processes]\n  web = \"x\"\n[[services]]\n  internal_port = 8080\n  processes = [\"wbe\"]\n[ferry.regions.syd.counts]\n  worker = 1\n";
+    let found = warnings(text);
+    assert!(found.iter().any(|w| w.contains("6:16") && w.contains("`wbe` is not in `[processes]`")), "{found:?}");
+    assert!(found.iter().any(|w| w.contains("8:3") && w.contains("`worker`")), "{found:?}");
+    assert_eq!(
+        invalid("app = \"a\"\n[processes]\n  \"we b\" = \"x\"\n"),
+        "3:3: process group name `we b` must be letters, digits, `-` and `_`"
+    );
 }

@@ -54,6 +54,7 @@ pub fn for_host(proxy: &ProxySettings, host: &Host, local: &BTreeMap<String, Ipv
             region: host.region.clone(),
             tls: if door.tls { proxy.tls.clone() } else { None },
             redirect_https: door.redirect_https,
+            groups: door.groups.clone(),
         })
         .collect())
 }

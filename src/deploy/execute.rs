@@ -81,11 +81,26 @@ impl Engine<'_> {
 
     /// Stops and removes the instances the plan stops, newest first.
     pub(super) async fn stop_instances(&self, plan: &Plan) -> Result<(), Error> {
+        self.stop_steps(&plan.stops).await
+    }
+
+    /// Stops the instances of process groups that are no longer configured, once the
+    /// rollout has succeeded; one that cannot be stopped is said, and left for the
+    /// next operation.
+    pub(super) async fn retire(&self, plan: &Plan) {
+        if let Err(e) = self.stop_steps(&plan.retire).await {
+            self.event(&Event::Warning {
+                message: format!("an instance of a process group fly.toml no longer has is still running: {e}"),
+            });
+        }
+    }
+
+    async fn stop_steps(&self, steps: &[super::plan::StopStep]) -> Result<(), Error> {
         let stop = crate::host::Stop {
             signal: self.settings.instance.kill_signal.clone(),
             timeout: self.settings.instance.kill_timeout,
         };
-        for step in &plan.stops {
+        for step in steps {
             let Some(host) = self.fleet.hosts().find(|h| h.name == step.host) else { continue };
             host.stop_instance(&step.id, &stop)
                 .await
@@ -151,15 +166,29 @@ impl Engine<'_> {
         };
         let rollout = Rollout::new(Setup {
             hosts: self.fleet.hosts().map(|h| (h.name.clone(), h.clone())).collect(),
-            spec: Spec {
-                app: self.settings.app.clone(),
-                primary: self.settings.primary.clone(),
-                instance: self.settings.instance.clone(),
-                start,
-                checks: self.settings.checks.clone(),
-                wait_timeout: self.settings.rollout.wait_timeout,
-                as_ran: None,
-            },
+            specs: self
+                .settings
+                .groups
+                .iter()
+                .map(|group| {
+                    let spec = Spec {
+                        app: self.settings.app.clone(),
+                        primary: self.settings.primary.clone(),
+                        group: group.name.clone(),
+                        instance: group.instance.clone(),
+                        start: if group.name == self.settings.default_group {
+                            start.clone()
+                        } else {
+                            group.start_command()
+                        },
+                        checks: group.checks.clone(),
+                        wait_timeout: self.settings.rollout.wait_timeout,
+                        as_ran: None,
+                    };
+                    (group.name.clone(), spec)
+                })
+                .collect(),
+            primary: self.settings.primary.clone(),
             version: plan.version.clone(),
             reporter: Arc::clone(&self.reporter),
             no_revert: self.settings.rollout.no_revert,

@@ -18,6 +18,8 @@ use super::plan::Step;
 pub struct Spec {
     pub app: String,
     pub primary: String,
+    /// The process group (`FLY_PROCESS_GROUP`).
+    pub group: String,
     pub instance: InstanceSettings,
     /// The start command.
     pub start: String,
@@ -80,7 +82,7 @@ impl Spec {
             ("PRIMARY_REGION", self.primary.clone()),
             ("FERRY_INSTANCE_ID", record.id.clone()),
             ("FLY_MACHINE_ID", record.id.clone()),
-            ("FLY_PROCESS_GROUP", "app".to_string()),
+            ("FLY_PROCESS_GROUP", self.group.clone()),
             ("RELEASE_VERSION", record.version.clone()),
         ] {
             env.insert(key.to_string(), value);
@@ -101,6 +103,7 @@ pub fn record(step: &Step, version: &str, port: u16, created_at: u64, config: Id
     InstanceRecord {
         id: step.id.clone(),
         region: step.region.clone(),
+        group: step.group.clone(),
         host: step.host.clone(),
         version: version.to_string(),
         port,

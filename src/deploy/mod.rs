@@ -225,6 +225,9 @@ impl Engine<'_> {
             return Err(error);
         }
         let summary = Box::pin(self.roll_out(&plan, &observed, shipment.as_ref(), start, gates)).await;
+        if summary.failure.is_none() {
+            self.retire(&plan).await;
+        }
         let done_message = match &op {
             Operation::Converge { done, .. } => done.clone(),
             _ => None,

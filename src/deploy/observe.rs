@@ -8,9 +8,9 @@ use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::fleet::Fleet;
-use crate::health::Checks;
 use crate::history;
 use crate::host::HostState;
+use crate::settings::Settings;
 
 /// What every host holds, by host name.
 pub type Observed = BTreeMap<String, HostState>;
@@ -41,14 +41,14 @@ pub async fn observe(fleet: &Fleet) -> Result<Observed, Error> {
 }
 
 /// Ids of instances running `version` that pass their checks right now.
-pub async fn healthy_on(fleet: &Fleet, observed: &Observed, checks: &Checks, version: &str) -> BTreeSet<String> {
+pub async fn healthy_on(fleet: &Fleet, observed: &Observed, settings: &Settings, version: &str) -> BTreeSet<String> {
     // All at once: each is a round trip to its host's agent.
     let mut probes = JoinSet::new();
     for host in fleet.hosts() {
         let Some(state) = observed.get(&host.name) else { continue };
         for instance in state.instances.iter().filter(|i| i.alive && i.record.version == version) {
-            let (host, checks, id, port) =
-                (host.clone(), checks.clone(), instance.record.id.clone(), instance.record.port);
+            let checks = settings.group(&instance.record.group).checks.clone();
+            let (host, id, port) = (host.clone(), instance.record.id.clone(), instance.record.port);
             probes.spawn(async move { host.probe(port, &checks).await.ok().filter(|passing| *passing).map(|_| id) });
         }
     }

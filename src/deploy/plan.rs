@@ -20,7 +20,8 @@ use crate::settings::Order;
 pub struct RegionSpec {
     pub name: String,
     pub primary: bool,
-    pub count: u32,
+    /// How many instances of each process group, in the order they roll out.
+    pub counts: Vec<(String, u32)>,
     pub hosts: Vec<String>,
 }
 
@@ -39,6 +40,8 @@ pub enum Action {
 pub struct Step {
     pub action: Action,
     pub region: String,
+    /// The process group of its instance.
+    pub group: String,
     pub host: String,
     pub id: String,
     /// The instance as it was (for `Replace`): its port, id and age.
@@ -104,25 +107,35 @@ impl Instances {
     }
 }
 
+/// What the planner needs of one process group.
+#[derive(Debug, Clone)]
+pub struct GroupInputs {
+    pub name: String,
+    /// The strategy its replacements follow (`rolling` for a group whose instances
+    /// cannot run side by side, when `bluegreen` or `canary` was asked for).
+    pub strategy: Strategy,
+    /// Volume names every instance of it mounts (`[mounts]`); new instances go only
+    /// where a free volume of each is.
+    pub mounts: Vec<String>,
+    /// What its instances should run with (the secrets' digest is each host's).
+    pub identity: Identity,
+    /// Whether replacements start beside the old instances (a front door routes to
+    /// the group, and no volume only one instance may hold).
+    pub beside: bool,
+}
+
 pub struct Inputs<'a> {
     pub regions: &'a [RegionSpec],
     pub observed: &'a BTreeMap<String, HostState>,
     /// Instances on the target version that answered their checks while observing.
     pub healthy: &'a BTreeSet<String>,
     pub version: &'a str,
-    pub strategy: Strategy,
     pub max_unavailable: MaxUnavailable,
-    /// Volume names every instance mounts (`[mounts]`); new instances go only where
-    /// a free volume of each is.
-    pub mounts: &'a [String],
     /// Whether instances that exist are replaced (false: only new ones are created,
     /// as when scaling).
     pub replace: bool,
-    /// What instances should run with (the secrets' digest is each host's).
-    pub identity: &'a Identity,
-    /// Whether replacements start beside the old instances (the app has a front door
-    /// to switch, and no volume only one instance may hold).
-    pub beside: bool,
+    /// By process group: how its instances are planned.
+    pub groups: &'a [GroupInputs],
     /// What the fleet's hosts say is current: what a revert goes back to on a host
     /// that never marked a release itself (its instances came from `scale` or
     /// `regions add`), when the host has it.
@@ -140,14 +153,14 @@ pub fn instances(inputs: &Inputs<'_>, new_id: &mut dyn FnMut() -> String) -> Ins
 
 /// Free volumes per host for a region: the fewest free of any mounted name (an
 /// instance needs one of each). `None` when nothing is mounted.
-fn free_volumes(inputs: &Inputs<'_>, region: &RegionSpec) -> Option<BTreeMap<String, usize>> {
-    if inputs.mounts.is_empty() {
+fn free_volumes(inputs: &Inputs<'_>, group: &GroupInputs, region: &RegionSpec) -> Option<BTreeMap<String, usize>> {
+    if group.mounts.is_empty() {
         return None;
     }
     let mut free = BTreeMap::new();
     for host in &region.hosts {
         let volumes = inputs.observed.get(host).map(|s| s.volumes.as_slice()).unwrap_or_default();
-        let n = inputs
+        let n = group
             .mounts
             .iter()
             .map(|name| {
@@ -160,27 +173,66 @@ fn free_volumes(inputs: &Inputs<'_>, region: &RegionSpec) -> Option<BTreeMap<Str
     Some(free)
 }
 
+/// A region's plan: each process group's batches after the one before's.
 fn plan_region(
     inputs: &Inputs<'_>,
     region: &RegionSpec,
     new_id: &mut dyn FnMut() -> String,
     missing: &mut Vec<MissingVolumes>,
 ) -> RegionPlan {
+    let mut plan = RegionPlan {
+        region: region.name.clone(),
+        primary: region.primary,
+        batches: Vec::new(),
+        unchanged: Vec::new(),
+        together: false,
+        canary: None,
+    };
+    for (name, count) in &region.counts {
+        let Some(group) = inputs.groups.iter().find(|g| &g.name == name) else { continue };
+        let (batches, unchanged) = plan_group(inputs, group, region, *count, new_id, missing);
+        plan.unchanged.extend(unchanged);
+        if group.strategy == Strategy::Bluegreen && group.beside {
+            plan.together = true;
+        }
+        // The canary is the first batch of replacements (new instances come first).
+        if plan.canary.is_none() && group.strategy == Strategy::Canary && group.beside {
+            plan.canary = batches
+                .iter()
+                .position(|b| b.iter().all(|s| s.action == Action::Replace))
+                .map(|n| n + plan.batches.len());
+        }
+        plan.batches.extend(batches);
+    }
+    plan
+}
+
+/// One process group's batches in a region, and its instances that stay.
+fn plan_group(
+    inputs: &Inputs<'_>,
+    group: &GroupInputs,
+    region: &RegionSpec,
+    count: u32,
+    new_id: &mut dyn FnMut() -> String,
+    missing: &mut Vec<MissingVolumes>,
+) -> (Vec<Vec<Step>>, Vec<Step>) {
     let mut unchanged = Vec::new();
     let mut changes = Vec::new();
     let mut per_host: BTreeMap<&str, usize> = region.hosts.iter().map(|h| (h.as_str(), 0)).collect();
     let mut existing = 0usize;
     for host in &region.hosts {
         let Some(state) = inputs.observed.get(host) else { continue };
-        for instance in state.instances.iter().filter(|i| i.record.region == region.name) {
+        let mine = state.instances.iter().filter(|i| i.record.region == region.name && i.record.group == group.name);
+        for instance in mine {
             existing += 1;
             *per_host.entry(host.as_str()).or_default() += 1;
-            let why = replace_reason(inputs, state, instance);
+            let why = replace_reason(inputs, group, state, instance);
             let keep = !inputs.replace || why.is_none();
-            let beside = !keep && inputs.beside;
+            let beside = !keep && group.beside;
             let step = Step {
                 action: if keep { Action::Keep } else { Action::Replace },
                 region: region.name.clone(),
+                group: group.name.clone(),
                 host: host.clone(),
                 id: if beside { new_id() } else { instance.record.id.clone() },
                 previous: Some(instance.record.clone()),
@@ -204,13 +256,13 @@ fn plan_region(
     }
     // Dead instances go first: replacing them restores capacity instead of taking it.
     changes.sort_by_key(|s| s.was_alive);
-    let mut free = free_volumes(inputs, region);
+    let mut free = free_volumes(inputs, group, region);
     if let Some(free) = free.as_mut() {
         // An instance replaced after `[mounts]` was added holds no volume yet: it takes a
         // free one on its host, or the plan cannot be carried out.
         for step in &changes {
             let volumes = inputs.observed.get(&step.host).map(|s| s.volumes.as_slice()).unwrap_or_default();
-            let lacking = inputs.mounts.iter().find(|name| {
+            let lacking = group.mounts.iter().find(|name| {
                 !volumes.iter().any(|v| &v.name == *name && v.attached.as_deref() == Some(step.id.as_str()))
             });
             let Some(name) = lacking else { continue };
@@ -221,7 +273,7 @@ fn plan_region(
         }
     }
     let mut creates = Vec::new();
-    for n in existing..region.count as usize {
+    for n in existing..count as usize {
         let host = match free.as_mut() {
             None => place(&per_host),
             Some(free) => {
@@ -238,11 +290,11 @@ fn plan_region(
             }
         };
         let Some(host) = host else {
-            for name in inputs.mounts {
+            for name in &group.mounts {
                 missing.push(MissingVolumes {
                     region: region.name.clone(),
                     name: name.clone(),
-                    count: region.count as usize - n,
+                    count: count as usize - n,
                 });
             }
             break;
@@ -251,6 +303,7 @@ fn plan_region(
         creates.push(Step {
             action: Action::Create,
             region: region.name.clone(),
+            group: group.name.clone(),
             host: host.to_string(),
             id: new_id(),
             previous: None,
@@ -261,18 +314,17 @@ fn plan_region(
             why: None,
         });
     }
-    let batches = batch(changes, creates, inputs.strategy, inputs.max_unavailable);
-    let together = inputs.strategy == Strategy::Bluegreen && inputs.beside;
-    // The canary is the first batch of replacements (new instances come first).
-    let canary = (inputs.strategy == Strategy::Canary && inputs.beside)
-        .then(|| batches.iter().position(|b| b.iter().all(|s| s.action == Action::Replace)))
-        .flatten();
-    RegionPlan { region: region.name.clone(), primary: region.primary, batches, unchanged, together, canary }
+    (batch(changes, creates, group.strategy, inputs.max_unavailable), unchanged)
 }
 
 /// Why an existing instance must be replaced, `None` when it stays: another version,
 /// not running, failing its checks, or on the target version with other settings.
-fn replace_reason(inputs: &Inputs<'_>, state: &HostState, instance: &crate::host::InstanceState) -> Option<String> {
+fn replace_reason(
+    inputs: &Inputs<'_>,
+    group: &GroupInputs,
+    state: &HostState,
+    instance: &crate::host::InstanceState,
+) -> Option<String> {
     if instance.record.version != inputs.version {
         return Some(format!("runs {}", instance.record.version));
     }
@@ -282,7 +334,7 @@ fn replace_reason(inputs: &Inputs<'_>, state: &HostState, instance: &crate::host
     if !inputs.healthy.contains(&instance.record.id) {
         return Some("it fails its checks".into());
     }
-    let wanted = Identity { secrets: state.secrets.clone().unwrap_or_default(), ..inputs.identity.clone() };
+    let wanted = Identity { secrets: state.secrets.clone().unwrap_or_default(), ..group.identity.clone() };
     let changed = instance.record.config.differences(&wanted);
     (!changed.is_empty()).then(|| format!("its {} changed", changed.join(", ")))
 }
@@ -419,9 +471,9 @@ pub struct Finish {
 pub struct Plan {
     /// Each host's front door, opened before anything changes.
     pub doors: Vec<Doors>,
-    /// Why replacements stop the old process first, when they do whatever the
-    /// strategy (no front door, a volume).
-    pub in_place: Option<String>,
+    /// By process group: why its replacements stop the old process first, when they
+    /// do whatever the strategy (no front door, a volume).
+    pub in_place: BTreeMap<String, String>,
     pub kind: Kind,
     pub version: String,
     pub previous: Option<String>,
@@ -432,6 +484,9 @@ pub struct Plan {
     /// Regions whose read replica must replay the migration before they change.
     pub replica_gates: Vec<String>,
     pub stops: Vec<StopStep>,
+    /// Instances of process groups fly.toml no longer has: stopped once the rollout
+    /// succeeded (the new groups' instances serve first).
+    pub retire: Vec<StopStep>,
     #[serde(skip)]
     pub order: Order,
     pub instances: Instances,
@@ -443,6 +498,7 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.instances.is_noop()
             && self.stops.is_empty()
+            && self.retire.is_empty()
             && self.migration.is_none()
             && self.restore.is_none()
             && self.ship.iter().all(|s| s.present)
@@ -489,7 +545,7 @@ impl Plan {
             items.push(PlanItem::ReleaseCommand { host: migration.host.clone(), command: migration.command.clone() });
         }
         items.extend(plan.replica_gates.iter().map(|region| PlanItem::ReplicaGate { region: region.clone() }));
-        for stop in &plan.stops {
+        for stop in plan.stops.iter().chain(&plan.retire) {
             items.push(PlanItem::Stop {
                 region: stop.region.clone(),
                 host: stop.host.clone(),
@@ -511,12 +567,14 @@ impl Plan {
                         } else if step.beside {
                             "beside the old one, then switched".to_string()
                         } else {
-                            let why = plan.in_place.as_deref().unwrap_or("the strategy is `immediate`");
+                            let why =
+                                plan.in_place.get(&step.group).map_or("the strategy is `immediate`", String::as_str);
                             format!("stop, then start ({why})")
                         }
                     });
                     items.push(PlanItem::Instance {
                         region: step.region.clone(),
+                        group: step.group.clone(),
                         host: step.host.clone(),
                         instance: step.id.clone(),
                         action: action.into(),
@@ -531,6 +589,7 @@ impl Plan {
             for step in &region.unchanged {
                 items.push(PlanItem::Instance {
                     region: step.region.clone(),
+                    group: step.group.clone(),
                     host: step.host.clone(),
                     instance: step.id.clone(),
                     action: "keep".into(),
@@ -637,6 +696,7 @@ mod tests {
                 id: id.into(),
                 region: region.into(),
                 host: "h1".into(),
+                group: "app".into(),
                 version: version.into(),
                 port: 1000,
                 created_at,
@@ -653,7 +713,22 @@ mod tests {
     }
 
     fn spec(name: &str, primary: bool, count: u32) -> RegionSpec {
-        RegionSpec { name: name.into(), primary, count, hosts: vec![format!("{name}-h1"), format!("{name}-h2")] }
+        RegionSpec {
+            name: name.into(),
+            primary,
+            counts: vec![("app".into(), count)],
+            hosts: vec![format!("{name}-h1"), format!("{name}-h2")],
+        }
+    }
+
+    fn group(name: &str, strategy: Strategy, mounts: &[&str], beside: bool) -> GroupInputs {
+        GroupInputs {
+            name: name.into(),
+            strategy,
+            mounts: mounts.iter().map(|m| (*m).to_string()).collect(),
+            identity: Identity::default(),
+            beside,
+        }
     }
 
     fn ids() -> impl FnMut() -> String {
@@ -673,17 +748,15 @@ mod tests {
     ) -> Instances {
         let regions = vec![spec("syd", true, count)];
         let healthy: BTreeSet<String> = healthy.iter().map(|s| (*s).to_string()).collect();
+        let groups = [group("app", strategy, &[], false)];
         let inputs = Inputs {
             regions: &regions,
             observed,
             healthy: &healthy,
             version: "v2",
-            strategy,
             max_unavailable: max,
-            mounts: &[],
             replace: true,
-            identity: &Identity::default(),
-            beside: false,
+            groups: &groups,
             fleet_current: None,
         };
         instances(&inputs, &mut ids())
@@ -778,22 +851,55 @@ mod tests {
         let regions = vec![spec("syd", true, 2)];
         let observed = two_on_v1();
         let healthy = BTreeSet::new();
-        let mounts = ["data".to_string()];
+        let groups = [group("app", Strategy::Rolling, &["data"], false)];
         let inputs = Inputs {
             regions: &regions,
             observed: &observed,
             healthy: &healthy,
             version: "v2",
-            strategy: Strategy::Rolling,
             max_unavailable: MaxUnavailable::Count(1),
-            mounts: &mounts,
             replace: true,
-            identity: &Identity::default(),
-            beside: false,
+            groups: &groups,
             fleet_current: None,
         };
         let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");
+    }
+
+    #[test]
+    fn each_process_group_is_planned_at_its_own_count_after_the_one_before() {
+        let mut observed = two_on_v1();
+        observed.get_mut("syd-h2").unwrap().instances[0].record.group = "worker".into();
+        let regions =
+            vec![RegionSpec { counts: vec![("app".into(), 2), ("worker".into(), 1)], ..spec("syd", true, 0) }];
+        let groups = [group("app", Strategy::Bluegreen, &[], true), group("worker", Strategy::Rolling, &[], false)];
+        let inputs = Inputs {
+            regions: &regions,
+            observed: &observed,
+            healthy: &BTreeSet::new(),
+            version: "v2",
+            max_unavailable: MaxUnavailable::Count(1),
+            replace: true,
+            groups: &groups,
+            fleet_current: None,
+        };
+        let plan = instances(&inputs, &mut ids());
+        let region = &plan.regions[0];
+        let shape: Vec<Vec<(&str, Action, &str, bool)>> = region
+            .batches
+            .iter()
+            .map(|b| b.iter().map(|s| (s.group.as_str(), s.action, s.host.as_str(), s.beside)).collect())
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![("app", Action::Create, "syd-h2", false)],
+                vec![("app", Action::Replace, "syd-h1", true)],
+                vec![("worker", Action::Replace, "syd-h2", false)],
+            ]
+        );
+        assert!(region.together, "the web group switches at once");
+        assert_eq!(region.batches[2][0].id, "b", "the worker is replaced in place and keeps its id");
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl Engine<'_> {
             Operation::Deploy(release) => self.prepare_deploy(release, observed, locked).await,
             Operation::Rollback { target, current, restore } => {
                 let strategy = self.settings.rollout.runnable();
-                let healthy = healthy_on(self.fleet, observed, &self.settings.checks, target).await;
+                let healthy = healthy_on(self.fleet, observed, self.settings, target).await;
                 let instances = self.instances(observed, &healthy, (target, &start), strategy, None);
                 let mut plan = self.plan(Kind::Rollback, target, current.clone(), instances, observed)?;
                 plan.restore = restore.as_ref().map(|r| r.backup.id.clone());
@@ -69,13 +69,13 @@ impl Engine<'_> {
         let version = release.version.as_str();
         let strategy = self.settings.rollout.strategy;
         let (healthy, entries) =
-            tokio::join!(healthy_on(self.fleet, observed, &self.settings.checks, version), read_history(self.fleet));
+            tokio::join!(healthy_on(self.fleet, observed, self.settings, version), read_history(self.fleet));
         let instances = self.instances(observed, &healthy, (version, &release.start), strategy, None);
         let mut previous = current_from(self.fleet, observed, &entries);
         let installed_everywhere =
             self.fleet.hosts().all(|h| observed.get(&h.name).is_some_and(|s| s.has_release(version)));
         let (history_current, history_previous) = history::current(&entries);
-        let clean = orphans(observed).is_empty();
+        let clean = orphans(observed).is_empty() && self.ungrouped(observed).is_empty();
         if locked && instances.is_noop() && clean && installed_everywhere && previous.as_deref() == Some(version) {
             if history_current.as_deref() != Some(version) {
                 // Killed after the hosts were switched but before the history said so.
@@ -155,7 +155,7 @@ impl Engine<'_> {
         };
         // Without a current release only the stops happen.
         let regions: &[String] = if current.is_some() { regions } else { &[] };
-        let healthy = healthy_on(self.fleet, observed, &self.settings.checks, &version).await;
+        let healthy = healthy_on(self.fleet, observed, self.settings, &version).await;
         let mut instances = self.instances(
             observed,
             &healthy,
@@ -197,17 +197,33 @@ impl Engine<'_> {
     ) -> Result<Plan, Error> {
         self.refuse_missing_volumes(&instances, observed)?;
         let stops = orphans(observed);
+        let retire: Vec<StopStep> =
+            self.ungrouped(observed).into_iter().filter(|s| !stops.iter().any(|o| o.id == s.id)).collect();
+        // Instances from before `[processes]` named the default group otherwise keep
+        // serving until their successors have taken over.
+        let legacy = observed
+            .values()
+            .flat_map(|s| s.instances.iter())
+            .any(|i| i.record.group == crate::config::DEFAULT_GROUP && retire.iter().any(|r| r.id == i.record.id));
         let local = super::doors::local_addresses(self.fleet);
         let mut doors = Vec::new();
         for host in self.fleet.hosts() {
-            let listen = super::doors::for_host(&self.settings.proxy, host, &local)?;
+            let mut listen = super::doors::for_host(&self.settings.proxy, host, &local)?;
+            for door in listen.iter_mut().filter(|d| legacy && d.groups.contains(&self.settings.default_group)) {
+                door.groups.push(crate::config::DEFAULT_GROUP.to_string());
+            }
             if !listen.is_empty() {
                 doors.push(plan::Doors { host: host.name.clone(), region: host.region.clone(), listen });
             }
         }
         Ok(Plan {
             doors,
-            in_place: self.settings.rollout.not_beside.map(str::to_string),
+            in_place: self
+                .settings
+                .groups
+                .iter()
+                .filter_map(|g| Some((g.name.clone(), g.not_beside?.to_string())))
+                .collect(),
             kind,
             version: version.to_string(),
             previous,
@@ -216,6 +232,7 @@ impl Engine<'_> {
             migration: None,
             replica_gates: Vec::new(),
             stops,
+            retire,
             order: self.settings.rollout.order,
             instances,
             finish: Finish { mark_current: true, prune: BTreeMap::new() },
@@ -223,7 +240,8 @@ impl Engine<'_> {
     }
 
     /// The instances of a rollout of `version`; in `only` regions, when given, where
-    /// only missing instances are created.
+    /// only missing instances are created. `start` is the default group's start
+    /// command (checked against the release); the other groups run their own.
     fn instances(
         &self,
         observed: &Observed,
@@ -232,13 +250,33 @@ impl Engine<'_> {
         strategy: Strategy,
         only: Option<&[String]>,
     ) -> Instances {
-        let identity = &super::instance::identity(&self.settings.instance, start, &self.settings.checks);
+        let groups: Vec<plan::GroupInputs> = self
+            .settings
+            .groups
+            .iter()
+            .map(|group| {
+                let start =
+                    if group.name == self.settings.default_group { start.to_string() } else { group.start_command() };
+                let beside = group.not_beside.is_none() && strategy != Strategy::Immediate;
+                plan::GroupInputs {
+                    name: group.name.clone(),
+                    strategy: match strategy {
+                        Strategy::Bluegreen if !beside => Strategy::Rolling,
+                        other => other,
+                    },
+                    mounts: group.instance.mounts.iter().map(|m| m.source.clone()).collect(),
+                    identity: super::instance::identity(&group.instance, &start, &group.checks),
+                    beside,
+                }
+            })
+            .collect();
         // Instances a killed rollout started that never took traffic are stopped
-        // first (see `orphans`), not planned for.
+        // first (see `orphans`), not planned for; so are those of a process group
+        // that is no longer configured.
         let mut observed = observed.clone();
         for state in observed.values_mut() {
             let routes = state.routes;
-            state.instances.retain(|i| !routes || i.routed);
+            state.instances.retain(|i| (!routes || i.routed) && groups.iter().any(|g| g.name == i.record.group));
         }
         let observed = &observed;
         let regions: Vec<RegionSpec> = self
@@ -249,26 +287,39 @@ impl Engine<'_> {
             .map(|r| RegionSpec {
                 name: r.name.clone(),
                 primary: r.primary && only.is_none(),
-                count: r.count,
+                counts: r.counts.clone(),
                 hosts: r.hosts.iter().map(|h| h.name.clone()).collect(),
             })
             .collect();
-        let mounts: Vec<String> = self.settings.instance.mounts.iter().map(|m| m.source.clone()).collect();
         let fleet_current = current_on_hosts(self.fleet, observed);
         let inputs = plan::Inputs {
             regions: &regions,
             observed,
             healthy,
             version,
-            strategy,
             max_unavailable: self.settings.rollout.max_unavailable,
-            mounts: &mounts,
             replace: only.is_none(),
-            identity,
-            beside: self.settings.rollout.not_beside.is_none() && strategy != Strategy::Immediate,
+            groups: &groups,
             fleet_current: fleet_current.as_deref(),
         };
         plan::instances(&inputs, &mut new_instance_id)
+    }
+
+    /// Instances of a process group fly.toml no longer has: stopped, as Fly does when
+    /// a deploy drops a group.
+    fn ungrouped(&self, observed: &Observed) -> Vec<StopStep> {
+        let known = |group: &str| self.settings.groups.iter().any(|g| g.name == group);
+        observed
+            .values()
+            .flat_map(|s| s.instances.iter())
+            .filter(|i| !known(&i.record.group))
+            .map(|i| StopStep {
+                region: i.record.region.clone(),
+                host: i.record.host.clone(),
+                id: i.record.id.clone(),
+                version: i.record.version.clone(),
+            })
+            .collect()
     }
 
     /// Refuses instances that would start where no free volume waits for them,

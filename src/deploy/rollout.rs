@@ -76,7 +76,9 @@ pub struct Gates {
 /// Everything the rollout tasks share.
 pub struct Rollout {
     hosts: BTreeMap<String, Host>,
-    spec: Spec,
+    /// By process group: what its instances run with.
+    specs: BTreeMap<String, Spec>,
+    primary: String,
     version: String,
     reporter: Arc<dyn Reporter>,
     no_revert: bool,
@@ -126,7 +128,9 @@ fn step_failure(step: &Step, cause: Cause) -> StepFailure {
 /// How a rollout is set up: the hosts, what instances run with, and where things go.
 pub struct Setup {
     pub hosts: BTreeMap<String, Host>,
-    pub spec: Spec,
+    /// By process group (at least one).
+    pub specs: BTreeMap<String, Spec>,
+    pub primary: String,
     pub version: String,
     pub reporter: Arc<dyn Reporter>,
     pub no_revert: bool,
@@ -139,10 +143,20 @@ pub struct Setup {
 }
 
 impl Rollout {
+    /// What instances of `group` run with.
+    fn spec(&self, group: &str) -> &Spec {
+        match self.specs.get(group) {
+            Some(spec) => spec,
+            // Every step's group has a spec (the plan has only configured groups).
+            None => self.specs.values().next().expect("a rollout has a spec"),
+        }
+    }
+
     pub fn new(setup: Setup) -> Arc<Self> {
         Arc::new(Self {
             hosts: setup.hosts,
-            spec: setup.spec,
+            specs: setup.specs,
+            primary: setup.primary,
             version: setup.version,
             reporter: setup.reporter,
             no_revert: setup.no_revert,
@@ -236,6 +250,7 @@ impl Rollout {
         let log = host.log_tail(&step.id, LOG_LINES, true).await.unwrap_or_default();
         self.reporter.event(&Event::InstanceFailed {
             region: step.region.clone(),
+            group: step.group.clone(),
             host: step.host.clone(),
             instance: step.id.clone(),
             version: step.to.clone(),
@@ -648,16 +663,18 @@ impl Rollout {
         };
         self.reporter.event(&Event::InstanceUpdating {
             region: step.region.clone(),
+            group: step.group.clone(),
             host: step.host.clone(),
             instance: step.id.clone(),
             from: step.previous.as_ref().map(|p| p.version.clone()),
             to: step.to.clone(),
         });
         let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
-        let record = instance::record(&step, &step.to, port, created_at, self.spec.identity());
+        let record = instance::record(&step, &step.to, port, created_at, self.spec(&step.group).identity());
         let primary_addr = self.primary_addr();
         let replace = step.was_alive && !step.beside;
-        let started = instance::start_and_wait(&self.spec, &host, &record, replace, primary_addr.as_deref()).await;
+        let started =
+            instance::start_and_wait(self.spec(&step.group), &host, &record, replace, primary_addr.as_deref()).await;
         let healthy = match started {
             Ok(started) => self.healthy(&host, &step, &record, started).await,
             Err(cause) => Err(cause),
@@ -690,13 +707,14 @@ impl Rollout {
         record: &crate::host::InstanceRecord,
         started: instance::Started,
     ) -> Result<(), Cause> {
-        if step.region == self.spec.primary {
+        if step.region == self.primary {
             if let Ok(mut addr) = self.primary_addr.lock() {
                 addr.get_or_insert_with(|| format!("{}:{}", host.address(), record.port));
             }
         }
         self.reporter.event(&Event::InstanceHealthy {
             region: step.region.clone(),
+            group: step.group.clone(),
             host: step.host.clone(),
             instance: step.id.clone(),
             version: step.to.clone(),
@@ -737,9 +755,8 @@ impl Rollout {
                     .filter(|r| r.step.beside)
                     .filter_map(|r| r.step.previous.as_ref().map(|p| p.id.clone()))
                     .collect();
-                let switched = host.cutover(add, retire, &this.spec.stop()).await.map_err(|e| Cause::Host {
-                    step: "switching the front door".into(),
-                    message: crate::error::chain(&e),
+                let switched = host.cutover(add, retire, &this.spec(&group[0].step.group).stop()).await.map_err(|e| {
+                    Cause::Host { step: "switching the front door".into(), message: crate::error::chain(&e) }
                 });
                 let mut results = Vec::new();
                 for one in group {
@@ -756,7 +773,7 @@ impl Rollout {
             match results {
                 Ok(results) => all.extend(results),
                 Err(join) => all.push(Err((
-                    StepFailure::region(&self.spec.primary, &self.version, Cause::Internal(join.to_string())),
+                    StepFailure::region(&self.primary, &self.version, Cause::Internal(join.to_string())),
                     Vec::new(),
                 ))),
             }
@@ -771,13 +788,13 @@ impl Rollout {
         let reverted = if step.beside {
             if switched {
                 let port = self.pick_port(&step.host);
-                instance::revert_beside(&self.spec, host, step, port, primary_addr.as_deref()).await
+                instance::revert_beside(self.spec(&step.group), host, step, port, primary_addr.as_deref()).await
             } else {
                 // The old instance never stopped taking traffic: the new one just goes.
                 host.remove_instance(&step.id).await.map_err(|e| e.to_string())
             }
         } else {
-            instance::revert(&self.spec, host, step, port, primary_addr.as_deref()).await
+            instance::revert(self.spec(&step.group), host, step, port, primary_addr.as_deref()).await
         };
         match reverted {
             Ok(()) => {

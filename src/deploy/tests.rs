@@ -62,6 +62,7 @@ fn world_with(regions: &[(&str, usize, u32)], toml: &str, overrides: &Overrides)
                 name: (*name).to_string(),
                 primary: *name == primary,
                 count: *count,
+                counts: vec![("app".to_string(), *count)],
                 hosts: (1..=*n)
                     .map(|i| {
                         let host = format!("{name}{i}");

@@ -49,6 +49,9 @@ impl HostError {
 pub struct InstanceRecord {
     pub id: String,
     pub region: String,
+    /// Its process group (`FLY_PROCESS_GROUP`); records from before groups are `app`.
+    #[serde(default = "default_group")]
+    pub group: String,
     pub host: String,
     pub version: String,
     pub port: u16,
@@ -68,6 +71,10 @@ pub struct InstanceRecord {
     /// settings replaces it.
     #[serde(default)]
     pub config: Identity,
+}
+
+fn default_group() -> String {
+    crate::config::DEFAULT_GROUP.to_string()
 }
 
 /// Digests of what an instance was started with.

@@ -94,6 +94,10 @@ pub struct Door {
     /// Every request is redirected to HTTPS on this port (`force_https`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_https: Option<u16>,
+    /// The process groups whose instances it routes to; empty: every instance (as
+    /// doors recorded before process groups were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A certificate chain and its private key, PEM files on the host.

@@ -76,7 +76,8 @@ fn plan_line(item: &PlanItem) -> String {
         PlanItem::Backup { host } => format!("  backup  pg_dump on {host}, verified"),
         PlanItem::ReleaseCommand { host, command } => format!("  release_command on {host}: {command}"),
         PlanItem::ReplicaGate { region } => format!("  {region:>6}  waits for its replica to replay the migration"),
-        PlanItem::Instance { region, host, instance, action, how, batch, from, to, why } => {
+        PlanItem::Instance { region, group, host, instance, action, how, batch, from, to, why } => {
+            let instance = labelled(instance, group);
             let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
             let batch = if *batch > 0 && action == "replace" { format!(" (batch {batch})") } else { String::new() };
             let why = why.as_ref().map(|w| format!(": {w}")).unwrap_or_default();
@@ -159,7 +160,8 @@ impl Reporter for Human {
                 };
                 self.line(&format!("  release_command {status} in {}", secs(*duration_ms)));
             }
-            Event::InstanceUpdating { region, instance, from, to, .. } => {
+            Event::InstanceUpdating { region, group, instance, from, to, .. } => {
+                let instance = labelled(instance, group);
                 let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
                 self.activity(region, format!("{instance} {from}{to} starting"));
             }
@@ -171,15 +173,17 @@ impl Reporter for Human {
                     "  {region:>6}  {instance}  canary on {host}: takes {weight}% of the clients for {secs:.0}s, watched for errors"
                 ));
             }
-            Event::InstanceHealthy { region, host, instance, version, port, elapsed_ms } => {
+            Event::InstanceHealthy { region, group, host, instance, version, port, elapsed_ms } => {
+                let instance = labelled(instance, group);
                 self.line(&format!(
                     "  {region:>6}  {instance}  {version} {} in {} ({host}, port {port})",
                     good("healthy"),
                     secs(*elapsed_ms)
                 ));
             }
-            Event::InstanceFailed { region, host, instance, version, reason, log } => {
-                self.line(&format!("  {region:>6}  {instance}  {version} {} on {host}: {reason}", bad("FAILED")));
+            Event::InstanceFailed { region, group, host, instance, version, reason, log } => {
+                let named = labelled(instance, group);
+                self.line(&format!("  {region:>6}  {named}  {version} {} on {host}: {reason}", bad("FAILED")));
                 if !log.is_empty() {
                     self.line(&format!("          last {} log lines of {instance}:", log.len()));
                     for line in log {
@@ -253,4 +257,13 @@ fn warn(word: &str) -> String {
 
 fn bad(word: &str) -> String {
     console::style(word).red().bold().for_stderr().to_string()
+}
+
+/// An instance id, with its process group unless it is the implicit `app`.
+fn labelled(instance: &str, group: &str) -> String {
+    if group == crate::config::DEFAULT_GROUP {
+        instance.to_string()
+    } else {
+        format!("{instance} ({group})")
+    }
 }

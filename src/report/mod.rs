@@ -90,6 +90,8 @@ pub enum Event {
     },
     InstanceUpdating {
         region: String,
+        /// The instance's process group.
+        group: String,
         host: String,
         instance: String,
         from: Option<String>,
@@ -111,6 +113,8 @@ pub enum Event {
     },
     InstanceHealthy {
         region: String,
+        /// The instance's process group.
+        group: String,
         host: String,
         instance: String,
         version: String,
@@ -119,6 +123,8 @@ pub enum Event {
     },
     InstanceFailed {
         region: String,
+        /// The instance's process group.
+        group: String,
         host: String,
         instance: String,
         version: String,
@@ -192,6 +198,8 @@ pub enum PlanItem {
     /// `action`: `create`, `replace` or `keep`; `batch` counts from 1 (0 for `keep`).
     Instance {
         region: String,
+        /// Its process group.
+        group: String,
         host: String,
         instance: String,
         action: String,

@@ -99,6 +99,8 @@ fn rendered(table: &Table) -> String {
 #[derive(Debug, Serialize)]
 pub struct InstanceRow {
     pub region: String,
+    /// Its process group.
+    pub group: String,
     pub host: String,
     pub id: String,
     pub version: String,
@@ -161,8 +163,11 @@ impl View for Status {
             out.push_str("no instances; run `ferry deploy`\n");
             return out;
         }
+        // The group column only when there is more than the one implicit group.
+        let grouped = self.instances.iter().any(|r| r.group != crate::config::DEFAULT_GROUP);
         let header = [
             ("REGION", 9),
+            ("GROUP", 7),
             ("HOST", 3),
             ("ID", 9),
             ("VERSION", 8),
@@ -180,6 +185,7 @@ impl View for Status {
             let uptime = r.uptime_secs.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string());
             rows.push(vec![
                 r.region.clone(),
+                r.group.clone(),
                 r.host.clone(),
                 r.id.clone(),
                 r.version.clone(),
@@ -193,6 +199,15 @@ impl View for Status {
                 or_dash(r.last_exit.as_deref()),
             ]);
         }
+        let (header, rows): (Vec<(&str, u8)>, Vec<Vec<String>>) = if grouped {
+            (header.to_vec(), rows)
+        } else {
+            let without = |row: &[String]| -> Vec<String> {
+                row.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, c)| c.clone()).collect()
+            };
+            let header = header.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, h)| *h).collect();
+            (header, rows.iter().map(|r| without(r)).collect())
+        };
         let mut out = out + &fitted(&header, &rows, width_limit());
         for r in self.instances.iter().filter(|r| r.health == "failing") {
             if let Some(detail) = &r.health_detail {

@@ -118,6 +118,8 @@ pub struct Site {
     canary: RwLock<Option<Canary>>,
     /// In maintenance: the message every HTTP request is answered with (503).
     maintenance: RwLock<Option<Arc<str>>>,
+    /// The process groups its doors route to; empty: every instance.
+    groups: RwLock<Arc<Vec<String>>>,
     /// Backends by instance id, kept while requests to them are in flight.
     known: Mutex<HashMap<String, Arc<Backend>>>,
     turn: AtomicUsize,
@@ -198,6 +200,7 @@ impl FrontDoor {
                 preview: RwLock::new(Arc::new(Vec::new())),
                 maintenance: RwLock::new(read_maintenance(app).map(Arc::from)),
                 canary: RwLock::new(None),
+                groups: RwLock::new(Arc::new(Vec::new())),
                 known: Mutex::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
             })
@@ -298,6 +301,12 @@ impl FrontDoor {
             }
         }
         let site = self.site(app);
+        let groups = if doors.iter().any(|d| d.groups.is_empty()) {
+            Vec::new()
+        } else {
+            doors.iter().flat_map(|d| d.groups.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
+        };
+        *site.groups.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(groups);
         for (door, socket) in opened {
             let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
             let acceptor = tls::Acceptor::default();
@@ -677,10 +686,12 @@ impl Site {
                 .map(|c| Arc::clone(&c.set)),
         };
         // With nothing to preview (or no canary ready), the table answers.
-        if let Some(set) = chosen.filter(|set| set.iter().any(|b| !skip.contains(&b.id) && b.usable())) {
-            return Self::least_busy(&set, skip, self.turn.fetch_add(1, Ordering::Relaxed));
+        let groups = Arc::clone(&self.groups.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let takes = |b: &Backend| !skip.contains(&b.id) && b.in_groups(&groups) && b.usable();
+        if let Some(set) = chosen.filter(|set| set.iter().any(|b| takes(b))) {
+            return Self::least_busy(&set, takes, self.turn.fetch_add(1, Ordering::Relaxed));
         }
-        Self::least_busy(&self.current(), skip, self.turn.fetch_add(1, Ordering::Relaxed))
+        Self::least_busy(&self.current(), takes, self.turn.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The canary's share of clients and how long it has left, when there is one.
@@ -690,11 +701,11 @@ impl Site {
         canary.as_ref().filter(|c| now < c.until).map(|c| (c.weight, c.until - now))
     }
 
-    fn least_busy(table: &[Arc<Backend>], skip: &[String], start: usize) -> Option<Arc<Backend>> {
+    fn least_busy(table: &[Arc<Backend>], takes: impl Fn(&Backend) -> bool, start: usize) -> Option<Arc<Backend>> {
         let n = table.len();
         (0..n)
             .map(|i| &table[(start + i) % n.max(1)])
-            .filter(|b| !skip.contains(&b.id) && b.usable())
+            .filter(|b| takes(b))
             .min_by_key(|b| b.inflight.load(Ordering::Relaxed))
             .cloned()
     }
@@ -715,6 +726,11 @@ impl Site {
 }
 
 impl Backend {
+    /// Of a process group the doors route to (`groups` empty: any).
+    fn in_groups(&self, groups: &[String]) -> bool {
+        groups.is_empty() || self.status.borrow().record.as_ref().is_some_and(|r| groups.contains(&r.group))
+    }
+
     /// Running, passing its checks, and not refusing connections.
     fn usable(&self) -> bool {
         let status = self.status.borrow();
