@@ -55,9 +55,13 @@ fn failing_release_is_reverted_everywhere_and_recorded() {
     project.deploy("v1").assert_ok();
     project.deploy("v2").assert_ok();
     project.set_mode(Some("fail-health"));
-    let run = project.ferry(&["deploy", "--version", "v3", "--wait-timeout", "3s"]);
+    let run = project.ferry(&["deploy", "--version", "v3", "--wait-timeout", "7s"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("failed on v3"), "{}", run.stderr);
+    // A wait that is not short says how long it has waited, of how long, and why.
+    let waiting = run.stderr.lines().find(|l| l.contains(" waiting on local/syd, ")).expect(&run.stderr);
+    assert!(waiting.contains("[0/2]") && waiting.contains(" of 7s: "), "{waiting}");
+    assert!(waiting.contains("GET /health answered 503"), "{waiting}");
     assert!(run.stderr.contains("503"), "the reason names the failing check: {}", run.stderr);
     assert!(run.stderr.contains("hello v3 listening"), "the instance's log lines are shown: {}", run.stderr);
     assert!(run.stderr.contains("put back on v2"), "{}", run.stderr);

@@ -44,6 +44,11 @@ pub const CANARY_MIN_ANSWERS: u64 = 20;
 
 /// How often a region waiting for its hosts' release looks whether the rollout halted.
 const SHIPPED_POLL: Duration = Duration::from_millis(20);
+/// A health wait shorter than this says nothing more than `starting`: most instances
+/// are healthy by then, and a report costs a round trip to the host.
+const WAIT_QUIET: Duration = Duration::from_secs(3);
+/// How often a longer wait says how it goes.
+const WAIT_REPORT_EVERY: Duration = Duration::from_secs(3);
 
 /// How a host's shipping ended, once it has: `Err` says why it failed.
 pub type Shipped = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
@@ -673,8 +678,10 @@ impl Rollout {
         let record = instance::record(&step, &step.to, port, created_at, self.spec(&step.group).identity());
         let primary_addr = self.primary_addr();
         let replace = step.was_alive && !step.beside;
+        let waiting = self.report_waiting(&host, &step);
         let started =
             instance::start_and_wait(self.spec(&step.group), &host, &record, replace, primary_addr.as_deref()).await;
+        waiting.abort();
         let healthy = match started {
             Ok(started) => self.healthy(&host, &step, &record, started).await,
             Err(cause) => Err(cause),
@@ -683,6 +690,35 @@ impl Rollout {
             Ok(()) => Ok(Ready { host, step, port }),
             Err(cause) => Err(self.undo(&host, &step, port, cause).await),
         }
+    }
+
+    /// Says, every few seconds once a wait is no longer short, how long the step's new
+    /// instance has waited for its checks and what the last one said; ends when aborted.
+    fn report_waiting(&self, host: &Host, step: &Step) -> tokio::task::AbortHandle {
+        let (host, step, reporter) = (host.clone(), step.clone(), Arc::clone(&self.reporter));
+        let deadline = self.spec(&step.group).wait_timeout;
+        let begun = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            let mut next = begun + WAIT_QUIET;
+            loop {
+                tokio::time::sleep_until(next).await;
+                next += WAIT_REPORT_EVERY;
+                let state = host.observe().await.ok();
+                let instance = state.and_then(|s| s.instances.into_iter().find(|i| i.record.id == step.id));
+                let last_check = instance.and_then(|i| i.runtime.health).and_then(|h| h.detail);
+                reporter.event(&Event::InstanceWaiting {
+                    region: step.region.clone(),
+                    group: step.group.clone(),
+                    host: step.host.clone(),
+                    instance: step.id.clone(),
+                    version: step.to.clone(),
+                    elapsed_ms: super::millis(begun.elapsed()),
+                    deadline_ms: super::millis(deadline),
+                    last_check,
+                });
+            }
+        })
+        .abort_handle()
     }
 
     /// Reports the step's failure and puts its instance back; the failure and what

@@ -15,13 +15,46 @@ pub struct Human {
     multi: Option<MultiProgress>,
     bars: Mutex<BTreeMap<String, ProgressBar>>,
     uploads: Mutex<BTreeMap<String, ProgressBar>>,
+    /// By region: instances healthy so far, and how many change.
+    done: Mutex<BTreeMap<String, (usize, usize)>>,
+    /// By instance, without a terminal: the last wait said (check result, when).
+    waits: Mutex<BTreeMap<String, (Option<String>, u64)>>,
 }
 
 impl Human {
     pub fn new() -> Self {
         let multi =
             std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Self { multi, bars: Mutex::new(BTreeMap::new()), uploads: Mutex::new(BTreeMap::new()) }
+        Self {
+            multi,
+            bars: Mutex::new(BTreeMap::new()),
+            uploads: Mutex::new(BTreeMap::new()),
+            done: Mutex::new(BTreeMap::new()),
+            waits: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `[n/m] ` of the region's instances, once it changes more than one.
+    fn done_of(&self, region: &str) -> String {
+        let done = self.done.lock().map(|d| d.get(region).copied()).ok().flatten();
+        match done {
+            Some((healthy, total)) if total > 1 => format!("[{healthy}/{total}] "),
+            _ => String::new(),
+        }
+    }
+
+    /// Without a terminal a wait is a line when its check says something new, and
+    /// every half minute otherwise.
+    fn wait_is_news(&self, instance: &str, last_check: Option<&String>, elapsed_ms: u64) -> bool {
+        let Ok(mut waits) = self.waits.lock() else { return true };
+        let news = match waits.get(instance) {
+            Some((said, at)) => said.as_ref() != last_check || elapsed_ms >= at + 30_000,
+            None => true,
+        };
+        if news {
+            waits.insert(instance.to_string(), (last_check.cloned(), elapsed_ms));
+        }
+        news
     }
 
     fn line(&self, text: &str) {
@@ -100,6 +133,11 @@ fn plan_line(item: &PlanItem) -> String {
     }
 }
 
+/// `12s`, `1m 5s`.
+fn whole_secs(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
 fn secs(ms: u64) -> String {
     format!("{:.1}s", Duration::from_millis(ms).as_secs_f64())
 }
@@ -129,7 +167,12 @@ impl Reporter for Human {
                     self.line(&format!("  upload  {host}: {bytes_sent} bytes"));
                 }
             }
-            Event::ReleaseInstalled { .. } | Event::RegionStarted { .. } => {}
+            Event::ReleaseInstalled { .. } => {}
+            Event::RegionStarted { region, instances } => {
+                if let Ok(mut done) = self.done.lock() {
+                    done.insert(region.clone(), (0, *instances));
+                }
+            }
             Event::ReplicaWaiting { region, replica, lag_bytes } => {
                 self.activity(
                     region,
@@ -163,7 +206,27 @@ impl Reporter for Human {
             Event::InstanceUpdating { region, group, instance, from, to, .. } => {
                 let instance = labelled(instance, group);
                 let from = from.as_ref().map(|f| format!("{f} -> ")).unwrap_or_default();
-                self.activity(region, format!("{instance} {from}{to} starting"));
+                self.activity(region, format!("{}{instance} {from}{to} starting", self.done_of(region)));
+            }
+            Event::InstanceWaiting {
+                region,
+                group,
+                host,
+                instance,
+                version,
+                elapsed_ms,
+                deadline_ms,
+                last_check,
+                ..
+            } => {
+                let named = labelled(instance, group);
+                let last = last_check.as_ref().map_or_else(|| "no check has run yet".to_string(), Clone::clone);
+                let waited = format!("{} of {}", whole_secs(*elapsed_ms), whole_secs(*deadline_ms));
+                let done = self.done_of(region);
+                self.activity(region, format!("{done}{named} {version} not healthy yet ({waited}): {last}"));
+                if self.multi.is_none() && self.wait_is_news(instance, last_check.as_ref(), *elapsed_ms) {
+                    self.line(&format!("  {region:>6}  {done}{named}  {version} waiting on {host}, {waited}: {last}"));
+                }
             }
             Event::InstanceUnchanged { region, instance, version, .. } => {
                 self.line(&format!("  {region:>6}  {instance}  already {version}, healthy"));
@@ -174,6 +237,11 @@ impl Reporter for Human {
                 ));
             }
             Event::InstanceHealthy { region, group, host, instance, version, port, elapsed_ms } => {
+                if let Ok(mut done) = self.done.lock() {
+                    if let Some((healthy, _)) = done.get_mut(region) {
+                        *healthy += 1;
+                    }
+                }
                 let instance = labelled(instance, group);
                 self.line(&format!(
                     "  {region:>6}  {instance}  {version} {} in {} ({host}, port {port})",

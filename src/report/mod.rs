@@ -111,6 +111,21 @@ pub enum Event {
         weight: u8,
         secs: f64,
     },
+    /// A new instance is still waiting for its checks: said every few seconds once
+    /// the wait is no longer short.
+    InstanceWaiting {
+        region: String,
+        group: String,
+        host: String,
+        instance: String,
+        version: String,
+        elapsed_ms: u64,
+        /// `wait_timeout`: when it fails.
+        deadline_ms: u64,
+        /// What its last check said (`check `http_service.checks[0]`: GET /health
+        /// answered 503 Service Unavailable`); `None` before any ran.
+        last_check: Option<String>,
+    },
     InstanceHealthy {
         region: String,
         /// The instance's process group.
