@@ -369,3 +369,17 @@ fn outcomes_are_coloured_on_a_terminal_and_never_with_no_color_or_a_pipe() {
     let piped = project.deploy("v4");
     assert!(!piped.stderr.contains('\u{1b}'), "{:?}", piped.stderr);
 }
+
+#[test]
+fn a_front_door_port_held_by_another_program_is_refused_naming_that_program() {
+    let project = Project::builder().region("syd", 1).build();
+    // This test process holds the port the primary region's door wants.
+    let held = std::net::TcpListener::bind(("127.0.0.1", project.port)).unwrap();
+    let run = project.deploy("v1");
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    let me = format!("already in use by pid {} (`", std::process::id());
+    assert!(run.stderr.contains(&me), "the holder is named: {}", run.stderr);
+    assert!(project.instances().is_empty(), "nothing started: {}", run.stderr);
+    drop(held);
+    project.deploy("v1").assert_ok();
+}

@@ -618,6 +618,47 @@ fn set_time(line: &str) -> Option<(&str, u64)> {
     words.next().is_none().then_some((key, secs))
 }
 
+/// Who listens on TCP `port` here, for a message: `pid 4242 (nginx)`, or the account
+/// that owns the socket when its process is not visible to this one. `None` when
+/// nothing is found listening.
+pub fn holder_of(port: u16) -> Option<String> {
+    let mut sockets = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if fields.get(3) == Some(&"0A") && local == Some(port) {
+                if let (Some(uid), Some(inode)) = (fields.get(7), fields.get(9)) {
+                    sockets.push(((*uid).to_string(), format!("socket:[{inode}]")));
+                }
+            }
+        }
+    }
+    let (uid, _) = sockets.first()?.clone();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|(_, s)| target.as_os_str() == s.as_str()))
+        });
+        if holds {
+            let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            return Some(format!("pid {pid} (`{}`)", name.trim()));
+        }
+    }
+    let account = fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|l| {
+            let fields: Vec<&str> = l.split(':').collect();
+            (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_string())
+        })
+    });
+    Some(format!("a process of the account `{}`", account.unwrap_or_else(|| format!("uid {uid}"))))
+}
+
 pub fn listening_ports() -> Vec<u16> {
     let mut ports = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {

@@ -165,8 +165,9 @@ pub fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
             u32::from(port) + 8000
         ),
         std::io::ErrorKind::AddrInUse => format!(
-            "{addr} is already in use by another program: stop it, or serve another port with \
-             `[ferry.proxy.ports] {port} = ...`"
+            "{addr} is already in use by {}: stop it, or serve another port with \
+             `[ferry.proxy.ports] {port} = ...`",
+            super::super::files::holder_of(port).unwrap_or_else(|| "another program".into())
         ),
         std::io::ErrorKind::AddrNotAvailable => {
             format!("{} is not an address of this host: set `[ferry.proxy] bind` to one it has", addr.ip())
