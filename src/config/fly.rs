@@ -437,7 +437,7 @@ fn service_port(r: &Reader<'_>, service: &Table) -> Result<Option<u16>, ConfigEr
 /// Every health check, in file order: `[[http_service.checks]]`, each service's
 /// `tcp_checks` and `http_checks`, and `[checks.NAME]`. Service checks run against their
 /// service's `internal_port`, so that is their `port`.
-pub(super) fn checks(r: &Reader<'_>, root: &Table) -> Result<Vec<Check>, ConfigError> {
+pub(super) fn checks(r: &mut Reader<'_>, root: &Table) -> Result<Vec<Check>, ConfigError> {
     let mut found: Vec<(usize, Check)> = Vec::new();
     if let Some(entry) = root.get("http_service") {
         let service = r.table(&entry.node, "http_service")?;
@@ -471,8 +471,22 @@ pub(super) fn checks(r: &Reader<'_>, root: &Table) -> Result<Vec<Check>, ConfigE
         }
     }
     if let Some(entry) = root.get("checks") {
+        let served = internal_port(r, root)?.is_some();
+        let mut portless = Vec::new();
         for (span, name, table) in top_level_checks(r, &entry.node)? {
-            found.push((span.start, top_level_check(r, &name, span, table)?));
+            let check = top_level_check(r, &name, span, table)?;
+            if check.port.is_none() && !served {
+                portless.push((span.clone(), name));
+            }
+            found.push((span.start, check));
+        }
+        for (span, name) in portless {
+            r.warn_at_deploy(
+                &span,
+                format!(
+                    "check `{name}` has no `port` and the app has no service: ferry runs it against each instance's $PORT"
+                ),
+            );
         }
     }
     found.sort_by_key(|(offset, _)| *offset);

@@ -332,7 +332,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         env: fly::env(&r, &root)?,
         internal_port: fly::internal_port(&r, &root)?,
         services: fly::services(&r, &root)?,
-        checks: fly::checks(&r, &root)?,
+        checks: fly::checks(&mut r, &root)?,
         mounts: fly::mounts(&r, &root)?,
         processes: fly::processes(&r, &root)?,
         restart: fly::restart(&r, &root)?,

@@ -592,3 +592,16 @@ fn a_process_group_that_does_not_exist_is_warned_about_where_it_is_named() {
         "3:3: process group name `we b` must be letters, digits, `-` and `_`"
     );
 }
+
+#[test]
+fn a_check_with_no_port_and_no_service_is_warned_about_with_what_ferry_does() {
+    let text = "app = \"a\"\n[checks.alive]\n  type = \"tcp\"\n";
+    let found = warnings(text);
+    assert!(
+        found.iter().any(|w| w.contains("check `alive` has no `port` and the app has no service")
+            && w.contains("each instance's $PORT")),
+        "{found:?}"
+    );
+    let served = format!("{text}[http_service]\n  internal_port = 8080\n");
+    assert!(!warnings(&served).iter().any(|w| w.contains("no `port`")));
+}
