@@ -97,6 +97,28 @@ enum CommandArgs {
     /// Show instance logs.
     #[command(after_help = "Examples:\n  ferry logs\n  ferry logs -r syd -n 200\n  ferry logs -i 6f28df32 --json")]
     Logs(LogsArgs),
+    /// Run a command on an instance's host, in its environment and directory.
+    ///
+    /// The command gets what the instance got ([env], secrets, PORT and the FLY_*
+    /// variables), runs in its directory, streams its output, and ferry exits with its
+    /// exit code. One word is read as a start command is (`sh -c` when it needs a shell).
+    #[command(
+        after_help = "Examples:\n  ferry exec -- env\n  ferry exec -r lax -- bin/hello version\n  ferry exec -i 6f28df32 -- 'ls -l $FERRY_VOLUME_DATA'"
+    )]
+    Exec {
+        #[command(flatten)]
+        target: InstanceTarget,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Open a terminal on an instance's host, in its environment: a shell, or COMMAND.
+    #[command(after_help = "Examples:\n  ferry console\n  ferry console -r lax -- bin/hello remote")]
+    Console {
+        #[command(flatten)]
+        target: InstanceTarget,
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// List, add or remove regions (recorded in fly.toml; instances start or stop at once).
     #[command(subcommand)]
     #[command(
@@ -192,6 +214,15 @@ enum AgentArgs {
     Keep {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+    },
+    /// Become a command in an instance's environment and directory (`ferry exec`).
+    Exec {
+        #[arg(long, value_name = "DIR")]
+        app_dir: String,
+        #[arg(long, value_name = "ID")]
+        instance: String,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
     },
 }
 
@@ -305,6 +336,17 @@ enum RegionsArgs {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Which instance `exec` and `console` run beside.
+#[derive(Debug, clap::Args)]
+struct InstanceTarget {
+    /// This instance (an id, or a prefix of one no other id shares).
+    #[arg(short, long, value_name = "ID", conflicts_with = "region")]
+    instance: Option<String>,
+    /// A running instance of this region (default: the primary region).
+    #[arg(short, long, value_name = "REGION")]
+    region: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,6 +508,13 @@ pub enum OutputMode {
 
 #[derive(Debug)]
 pub enum Command {
+    /// `exec` (`tty: false`) and `console`.
+    Exec {
+        instance: Option<String>,
+        region: Option<String>,
+        command: Vec<String>,
+        tty: bool,
+    },
     ReleaseBuild {
         version: Option<String>,
         output: Option<PathBuf>,
@@ -661,6 +710,15 @@ pub fn parse() -> Invocation {
         }
         CommandArgs::Status { watch } => Command::Status { watch },
         CommandArgs::Releases => Command::Releases,
+        CommandArgs::Exec { target, command } => {
+            Command::Exec { instance: target.instance, region: target.region, command, tty: false }
+        }
+        CommandArgs::Console { target, command } => Command::Exec {
+            instance: target.instance,
+            region: target.region,
+            command: if command.is_empty() { vec!["sh".into()] } else { command },
+            tty: true,
+        },
         CommandArgs::Logs(l) => {
             Command::Logs { region: l.region, instance: l.instance, lines: l.lines, follow: l.follow }
         }
@@ -702,6 +760,9 @@ pub fn parse() -> Invocation {
         CommandArgs::Agent(AgentArgs::Launch) => Command::Agent(crate::agent::Role::Launch),
         CommandArgs::Agent(AgentArgs::Boot { state }) => Command::Agent(crate::agent::Role::Boot { state }),
         CommandArgs::Agent(AgentArgs::Keep { state }) => Command::Agent(crate::agent::Role::Keep { state }),
+        CommandArgs::Agent(AgentArgs::Exec { app_dir, instance, argv }) => {
+            Command::Agent(crate::agent::Role::Exec { app_dir, instance, argv })
+        }
     };
     Invocation {
         config: args.config,

@@ -27,6 +27,10 @@ pub enum Error {
     Failed { message: String, hint: Option<String> },
     #[error("failed to {action} `{path}`")]
     Io { action: &'static str, path: String, source: std::io::Error },
+    /// A command ferry ran for the user (`ferry exec`) exited with `code`: ferry exits
+    /// with it too, saying nothing more.
+    #[error("the command exited with {code}")]
+    Exited { code: i32 },
 }
 
 /// A host operation that failed before anything changed: unreachable hosts get the
@@ -49,6 +53,7 @@ impl Error {
             Error::Config(_) | Error::Usage { .. } => 2,
             Error::Release(e) if e.is_usage() => 2,
             Error::Artifact(e) if e.is_usage() => 2,
+            Error::Exited { code } => *code,
             _ => 1,
         }
     }

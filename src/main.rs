@@ -17,8 +17,11 @@ fn main() {
         std::process::exit(ferry::agent::main(role));
     }
     // `logs --follow` and `status --watch` end with Ctrl-C as a matter of course: it handles it itself.
-    let follows =
-        matches!(invocation.command, cli::Command::Logs { follow: true, .. } | cli::Command::Status { watch: true });
+    // So do `exec` and `console`: Ctrl-C is the command's.
+    let follows = matches!(
+        invocation.command,
+        cli::Command::Logs { follow: true, .. } | cli::Command::Status { watch: true } | cli::Command::Exec { .. }
+    );
     let tracked = std::sync::Arc::new(ferry::report::Tracked::new(run::reporter(invocation.output)));
     let reporter: std::sync::Arc<dyn ferry::report::Reporter> = tracked.clone();
     let result = tokio::runtime::Builder::new_multi_thread()
@@ -40,6 +43,10 @@ fn main() {
             runtime.shutdown_background();
             result
         });
+    if let Err(Error::Exited { code }) = &result {
+        reporter.finish();
+        std::process::exit(*code);
+    }
     if let Err(error) = &result {
         reporter.error(&crate_error_line(error), error.hint().as_deref(), error.exit_code());
     }

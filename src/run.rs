@@ -65,6 +65,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             let fleet = ctx.fleet()?;
             ctx.engine(&fleet).run(crate::deploy::Operation::Restart { command: "restart".into() }).await
         }
+        Command::Exec { instance, region, command, tty } => {
+            commands::exec::run(ctx, commands::exec::ExecOptions { instance, region, command, tty }).await
+        }
         Command::BackupsList => backups::list(ctx).await,
         Command::BackupsCreate => backups::create(ctx).await,
         Command::BackupsRestore { id, yes } => backups::restore(ctx, &id, yes).await,

@@ -575,16 +575,7 @@ fn a_revert_starts_the_old_release_with_its_own_env_and_command_not_the_new_ones
 fn a_secret_that_breaks_the_restart_is_undone() {
     for project in [in_place(2), Project::builder().region("syd", 2).build()] {
         project.deploy("v1").assert_ok();
-        let mut child = project
-            .command(&["secrets", "set", "HELLO_MODE=-", "--json"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"exit-at-start").unwrap();
-        drop(child.stdin.take());
-        let run = common::Run::from(child.wait_with_output().unwrap());
+        let run = project.set_secret("HELLO_MODE", b"exit-at-start");
         assert_put_back_on_v1(&project, &run);
         assert!(run.stdout.contains("previous secrets"), "says the change was undone: {}", run.stdout);
         let list = project.ferry(&["secrets", "list"]);
@@ -705,4 +696,36 @@ fn ctrl_c_during_a_deploy_says_where_the_fleet_stands_and_the_rerun_finishes_it(
     assert!(stderr.contains("interrupted during the deploy of v2"), "{stderr}");
     project.deploy("v2").assert_ok();
     assert_eq!(project.versions_served(), ["v2"; 3]);
+}
+
+#[test]
+fn exec_and_console_run_in_an_instance_s_environment_and_pass_its_exit_code_on() {
+    let project = Project::builder().region("syd", 1).region("lax", 1).build();
+    project.deploy("v1").assert_ok();
+    project.set_secret("API_KEY", b"hunter2").assert_ok();
+    let lax = project.instances().into_iter().find(|i| i["region"] == "lax").unwrap();
+    let lax_id = lax["id"].as_str().unwrap().to_string();
+
+    let env = project.ferry(&["exec", "-r", "lax", "--", "env"]);
+    env.assert_ok();
+    for line in
+        ["FLY_REGION=lax", &format!("FERRY_INSTANCE_ID={lax_id}"), &format!("PORT={}", lax["port"]), "API_KEY=hunter2"]
+    {
+        assert!(env.stdout.lines().any(|l| l == line), "{line} in {}", env.stdout);
+    }
+    // One word is read like a start command; the directory is the instance's own.
+    let pwd = project.ferry(&["exec", "-i", &lax_id[..6], "--", "pwd; exit 7"]);
+    assert_eq!(pwd.code, 7, "the command's exit code: {}", pwd.stderr);
+    assert!(pwd.stdout.trim().ends_with(&format!("instances/{lax_id}/root")), "{}", pwd.stdout);
+    assert!(!pwd.stderr.contains("error"), "nothing more is said: {}", pwd.stderr);
+    // The primary region by default; several words are run as they are.
+    let words = project.ferry(&["exec", "--", "sh", "-c", "echo \"$FLY_REGION\" \"$1\"", "-", "a b"]);
+    assert_eq!(words.stdout, "syd a b\n", "{}", words.stderr);
+
+    let console = project.with_stdin(&["console", "-r", "lax"], b"echo \"region $FLY_REGION\"\nexit 3\n");
+    assert_eq!((console.code, console.stdout.as_str()), (3, "region lax\n"), "{}", console.stderr);
+
+    let unknown = project.ferry(&["exec", "-i", "nope", "--", "true"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("no instance `nope`"), "{}", unknown.stderr);
 }

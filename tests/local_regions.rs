@@ -122,20 +122,6 @@ fn a_region_added_after_a_plain_tar_deploy_gets_the_release_from_the_kept_archiv
     assert!(std::fs::read(copy).unwrap() == noise, "the new region has the file as built");
 }
 
-/// Runs `ferry secrets set KEY=-` with `value` piped on stdin.
-fn set_from_stdin(project: &Project, key: &str, value: &[u8]) -> common::Run {
-    let mut child = project
-        .command(&["secrets", "set", &format!("{key}=-"), "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), value).unwrap();
-    drop(child.stdin.take());
-    common::Run::from(child.wait_with_output().unwrap())
-}
-
 #[test]
 fn secrets_keep_their_bytes_refuse_nul_and_show_no_digest() {
     let project = Project::builder()
@@ -149,17 +135,17 @@ fn secrets_keep_their_bytes_refuse_nul_and_show_no_digest() {
     assert!(typed.stderr.contains("command line") && typed.stderr.contains("TYPED=-"), "warned: {}", typed.stderr);
     assert!(!typed.stderr.contains("hunter2x") && !typed.stdout.contains("hunter2x"));
 
-    let piped = set_from_stdin(&project, "MULTI", b"a\nb\n");
+    let piped = project.set_secret("MULTI", b"a\nb\n");
     piped.assert_ok();
     assert!(!piped.stderr.contains("command line"), "stdin is the quiet way: {}", piped.stderr);
     let logs = project.ferry(&["logs", "-n", "50"]);
     // base64 of "a\nb\n|": both newlines arrived.
     assert!(logs.stdout.contains("seen=YQpiCnw="), "the value is kept exactly: {}", logs.stdout);
 
-    let big = set_from_stdin(&project, "BIG", &vec![b'x'; 200_000]);
+    let big = project.set_secret("BIG", &vec![b'x'; 200_000]);
     assert_eq!(big.code, 2, "more than an environment variable holds: {}", big.stderr);
     assert!(big.stderr.contains("at most"), "{}", big.stderr);
-    let nul = set_from_stdin(&project, "NUL", b"hunter\0two");
+    let nul = project.set_secret("NUL", b"hunter\0two");
     assert_eq!(nul.code, 2, "{}", nul.stderr);
     assert!(nul.stderr.contains("NUL") && !nul.stderr.contains("hunter"), "{}", nul.stderr);
 
@@ -181,7 +167,7 @@ fn a_failing_instance_s_output_is_quoted_redacted() {
         .toml("[env]\n  DB_PASSWORD = \"s3cr3t-env\"")
         .start(Some("printf 'pw=%s tok=%s\\n' \"$DB_PASSWORD\" \"$API_TOKEN\"; exec bin/hello"))
         .build();
-    set_from_stdin(&project, "API_TOKEN", b"tok-hunter2").assert_ok();
+    project.set_secret("API_TOKEN", b"tok-hunter2").assert_ok();
     project.deploy("v1").assert_ok();
     project.set_mode(Some("fail-health"));
     let run = project.ferry(&["deploy", "--version", "v2", "--wait-timeout", "2s"]);

@@ -322,3 +322,26 @@ fn a_long_tmpdir_leaves_ssh_control_sockets_short() {
     }
     assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0, "nothing of ssh's was put under TMPDIR");
 }
+
+#[test]
+fn exec_and_console_run_on_the_instance_s_host_in_its_environment() {
+    if !common::need::root() {
+        return;
+    }
+    let fleet = SshFleet::start(1);
+    let project = common::ssh_project(&fleet, &[("syd", &[0], 1)], "");
+    project.deploy("v1").assert_ok();
+    project.set_secret("API_KEY", b"hunter2").assert_ok();
+    let id = project.instances()[0]["id"].as_str().unwrap().to_string();
+
+    // The host's own account, home and instance directory, and what the instance got.
+    let run = project.ferry(&["exec", "--", "echo $(id -un) $FLY_REGION $API_KEY $FERRY_INSTANCE_ID; pwd; exit 5"]);
+    assert_eq!(run.code, 5, "the command's exit code: {}", run.stderr);
+    let user = fleet.run_on(0, "id -un");
+    let first = format!("{} syd hunter2 {id}", user.trim());
+    assert_eq!(run.stdout.lines().next(), Some(first.as_str()), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("ferry/hello/instances/{id}/root")), "{}", run.stdout);
+
+    let console = project.with_stdin(&["console"], b"echo \"on $FLY_REGION\"\n");
+    assert_eq!((console.code, console.stdout.as_str()), (0, "on syd\n"), "{}", console.stderr);
+}

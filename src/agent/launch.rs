@@ -36,3 +36,31 @@ pub fn run() -> i32 {
     eprintln!("ferry: cannot start `{program}`: {error}");
     127
 }
+
+/// `ferry agent exec`: becomes `argv` in the environment and directory of instance
+/// `id` of the app in `app_dir` (its `[env]`, secrets and ferry's variables, as its
+/// process got them), with this process's terminal and streams. One word is read as a
+/// start command is (through `sh -c` when it needs a shell). Never returns when the
+/// command starts; 127 when it cannot, 1 when there is no such instance.
+pub fn exec_in(app_dir: &str, id: &str, argv: &[String]) -> i32 {
+    let app = super::files::App::new(super::paths::expand_home(app_dir));
+    let Some(spec) = super::supervisor::read_spec(&app, id) else {
+        eprintln!("ferry: no instance {id} on this host");
+        return 1;
+    };
+    let dir = app.instance(id);
+    let secrets = spec.secrets.clone().unwrap_or_else(|| app.secrets_snapshot());
+    let env = super::supervisor::instance_env(&spec.launch, &secrets.values(), &dir.join("tmp"), &spec.record);
+    let argv = match argv {
+        [one] => super::supervisor::argv(one),
+        many => many.to_vec(),
+    };
+    let Some((program, rest)) = argv.split_first() else {
+        eprintln!("ferry: nothing to run");
+        return 127;
+    };
+    let root = dir.join("root");
+    let error = Command::new(program).args(rest).current_dir(&root).env_clear().envs(&env).exec();
+    eprintln!("ferry: cannot run `{program}` in {}: {error}", root.display());
+    127
+}

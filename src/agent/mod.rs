@@ -44,6 +44,7 @@ pub enum Role {
     Launch,
     Boot { state: Option<PathBuf> },
     Keep { state: Option<PathBuf> },
+    Exec { app_dir: String, instance: String, argv: Vec<String> },
 }
 
 /// Runs a hidden `ferry agent` subcommand; the process's exit code.
@@ -60,6 +61,7 @@ pub fn main(role: &Role) -> i32 {
         Role::Keep { state } => keeper::run(&state.as_deref().map_or_else(Paths::for_this_account, Paths::at)),
         Role::Call => client::relay(),
         Role::Launch => launch::run(),
+        Role::Exec { app_dir, instance, argv } => launch::exec_in(app_dir, instance, argv),
     }
 }
 

@@ -461,6 +461,29 @@ impl Host {
     }
 
     /// Whether the instance on `port` passes its checks right now.
+    /// Runs `argv` in instance `id`'s environment and directory with this terminal's
+    /// streams (a pseudo-terminal on an SSH host with `tty`); the command's exit code.
+    pub async fn exec_in_instance(&self, id: &str, argv: &[String], tty: bool) -> Result<i32, HostError> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut words: Vec<String> =
+            ["agent", "exec", "--app-dir", &self.app_dir, "--instance", id, "--"].map(str::to_string).to_vec();
+        words.extend(argv.iter().cloned());
+        if let Transport::Ssh(ssh) = &self.transport {
+            return remote::interactive(self, ssh, &words, tty).await;
+        }
+        let exe = std::env::current_exe().map_err(|e| self.step_error("finding ferry's executable", &e))?;
+        let status = tokio::process::Command::new(exe)
+            .args(&words)
+            .status()
+            .await
+            .map_err(|e| self.step_error("running the command", &e))?;
+        Ok(status.code().unwrap_or(128 + status.signal().unwrap_or(0)))
+    }
+
+    fn step_error(&self, step: &'static str, e: &std::io::Error) -> HostError {
+        HostError::Step { host: self.name.clone(), step, message: e.to_string() }
+    }
+
     pub async fn probe(&self, port: u16, checks: &Checks) -> Result<bool, HostError> {
         let request = Request::Probe { port, checks: checks.clone() };
         expect!(self, request, Io::default(), Reply::Flag(passing) => passing)

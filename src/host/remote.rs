@@ -73,6 +73,12 @@ pub async fn call(host: &Host, ssh: &SshTransport, request: Request, io: Io<'_>)
     Err(step_error(host, step, format!("the host's agent gave no answer: {why}")))
 }
 
+/// Runs `ferry ARGS...` on the host with this terminal's streams; its exit code.
+pub async fn interactive(host: &Host, ssh: &SshTransport, args: &[String], tty: bool) -> Result<i32, HostError> {
+    let agent = ssh.agent_path(|| find_agent(host, ssh)).await?;
+    Ok(ssh.interactive(&Cmd::new(agent).args(args), tty).await?)
+}
+
 /// The step an agent's failure names (steps are fixed names, but arrive as text): the
 /// request's own, or one of the agent's own steps.
 pub(super) fn known_step(failed: &str, request: &'static str) -> &'static str {

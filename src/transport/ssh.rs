@@ -11,6 +11,8 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::unix::process::ExitStatusExt as _;
+
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, OnceCell};
@@ -344,6 +346,24 @@ impl SshTransport {
             None => self.io_lost(&e),
         })?;
         Ok((Output { status: out.status, stdout: out.stdout, stderr: out.stderr }, sent))
+    }
+
+    /// Runs `cmd` with this terminal's streams (a pseudo-terminal on the host with
+    /// `tty`, when this side has one), over the host's master connection; its exit code.
+    pub async fn interactive(&self, cmd: &Cmd, tty: bool) -> Result<i32, TransportError> {
+        let session = self.session().await?;
+        let status = tokio::process::Command::new("ssh")
+            .arg("-S")
+            .arg(session.control_socket())
+            .arg(if tty { "-t" } else { "-T" })
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+            .arg("ferry-master")
+            .arg(remote_line(cmd))
+            .status()
+            .await
+            .map_err(|e| self.io_lost(&e))?;
+        // ssh says 255 for its own failures; the master was up a moment ago.
+        Ok(status.code().unwrap_or(128 + status.signal().unwrap_or(0)))
     }
 
     fn io_lost(&self, error: &std::io::Error) -> TransportError {

@@ -231,6 +231,20 @@ impl Project {
         Run::from(output)
     }
 
+    /// Runs ferry with `input` piped on its stdin.
+    pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child =
+            self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), input).unwrap();
+        drop(child.stdin.take());
+        Run::from(child.wait_with_output().unwrap())
+    }
+
+    /// `ferry secrets set KEY=-` with `value` piped on stdin.
+    pub fn set_secret(&self, key: &str, value: &[u8]) -> Run {
+        self.with_stdin(&["secrets", "set", &format!("{key}=-"), "--json"], value)
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("ferry starts")
     }
