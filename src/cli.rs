@@ -111,6 +111,12 @@ enum CommandArgs {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Check every host the way a deploy uses it, and say what to fix.
+    ///
+    /// The connection and its host key, the tools there, free disk in the deploy root,
+    /// clock skew, port forwarding and the agent. Exits 1 when a check fails.
+    #[command(after_help = "Examples:\n  ferry doctor\n  ferry doctor --json")]
+    Doctor,
     /// Open a terminal on an instance's host, in its environment: a shell, or COMMAND.
     #[command(after_help = "Examples:\n  ferry console\n  ferry console -r lax -- bin/hello remote")]
     Console {
@@ -508,6 +514,7 @@ pub enum OutputMode {
 
 #[derive(Debug)]
 pub enum Command {
+    Doctor,
     /// `exec` (`tty: false`) and `console`.
     Exec {
         instance: Option<String>,
@@ -710,6 +717,7 @@ pub fn parse() -> Invocation {
         }
         CommandArgs::Status { watch } => Command::Status { watch },
         CommandArgs::Releases => Command::Releases,
+        CommandArgs::Doctor => Command::Doctor,
         CommandArgs::Exec { target, command } => {
             Command::Exec { instance: target.instance, region: target.region, command, tty: false }
         }

@@ -68,6 +68,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Exec { instance, region, command, tty } => {
             commands::exec::run(ctx, commands::exec::ExecOptions { instance, region, command, tty }).await
         }
+        Command::Doctor => commands::doctor::run(ctx).await,
         Command::BackupsList => backups::list(ctx).await,
         Command::BackupsCreate => backups::create(ctx).await,
         Command::BackupsRestore { id, yes } => backups::restore(ctx, &id, yes).await,

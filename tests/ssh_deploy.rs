@@ -345,3 +345,30 @@ fn exec_and_console_run_on_the_instance_s_host_in_its_environment() {
     let console = project.with_stdin(&["console"], b"echo \"on $FLY_REGION\"\n");
     assert_eq!((console.code, console.stdout.as_str()), (0, "on syd\n"), "{}", console.stderr);
 }
+
+#[test]
+fn doctor_checks_each_host_and_says_what_to_fix() {
+    if !common::need::root() {
+        return;
+    }
+    let mut fleet = SshFleet::start(3);
+    let project = common::ssh_project(&fleet, &[("syd", &[0, 1], 1), ("lax", &[2], 1)], "");
+    let healthy = project.ferry(&["doctor", "--json"]);
+    healthy.assert_ok();
+    let rows = healthy.rows();
+    for check in ["connection", "tools", "disk", "clock", "agent", "forwarding"] {
+        let of: Vec<_> = rows.iter().filter(|r| r["check"] == check).collect();
+        assert_eq!(of.len(), 3, "{check} on every host: {rows:?}");
+        assert!(of.iter().all(|r| r["status"] == "ok"), "{of:?}");
+    }
+
+    fleet.forbid_forwarding(1);
+    fleet.stop(2);
+    let run = project.ferry(&["doctor"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let lax = fleet.hosts()[2].spec();
+    let syd2 = fleet.hosts()[1].spec();
+    assert!(run.stdout.contains(&format!("{lax} connection (fail): check that the host is up")), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("{syd2} forwarding (warn): allow it")), "{}", run.stdout);
+    assert!(run.stderr.contains("1 check(s) failed"), "{}", run.stderr);
+}

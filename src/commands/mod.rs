@@ -8,6 +8,7 @@ pub mod build;
 pub mod config;
 pub mod deploy;
 pub mod destroy;
+pub mod doctor;
 pub mod exec;
 pub mod inspect;
 pub mod launch;

@@ -576,3 +576,39 @@ mod tests {
         );
     }
 }
+
+/// One check of `ferry doctor`.
+#[derive(Debug, Serialize)]
+pub struct DoctorRow {
+    pub host: String,
+    pub region: String,
+    pub check: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: &'static str,
+    pub detail: String,
+    /// What to do about it.
+    pub fix: Option<String>,
+}
+
+/// `ferry doctor`: every check of every host, then what to fix.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Doctor(pub Vec<DoctorRow>);
+
+impl View for Doctor {
+    fn render(&self) -> String {
+        let header = [("HOST", 9), ("CHECK", 8), ("STATUS", 9), ("DETAIL", 3)];
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|r| vec![r.host.clone(), r.check.clone(), r.status.to_string(), r.detail.clone()])
+            .collect();
+        let mut out = fitted(&header, &rows, width_limit());
+        for r in self.0.iter().filter(|r| r.status != "ok") {
+            if let Some(fix) = &r.fix {
+                let _ = writeln!(out, "{} {} ({}): {fix}", r.host, r.check, r.status);
+            }
+        }
+        out
+    }
+}
