@@ -149,6 +149,16 @@ enum CommandArgs {
     /// Volumes: storage on one host of a region, mounted by instances through [mounts].
     #[command(subcommand)]
     Volumes(VolumesArgs),
+    /// Write a fly.toml for the project in this directory (Mix, Rails, Node, Go, Python, Rust).
+    #[command(after_help = "Examples:\n  ferry init\n  ferry init --name shop --region syd")]
+    Init {
+        /// App name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Primary region (default: `local`).
+        #[arg(short, long)]
+        region: Option<String>,
+    },
     /// Create a new app from a template (`postgres`: PostgreSQL with streaming replicas).
     Launch {
         #[arg(long)]
@@ -514,6 +524,10 @@ pub enum OutputMode {
 
 #[derive(Debug)]
 pub enum Command {
+    Init {
+        name: Option<String>,
+        region: Option<String>,
+    },
     Doctor,
     /// `exec` (`tty: false`) and `console`.
     Exec {
@@ -717,6 +731,7 @@ pub fn parse() -> Invocation {
         }
         CommandArgs::Status { watch } => Command::Status { watch },
         CommandArgs::Releases => Command::Releases,
+        CommandArgs::Init { name, region } => Command::Init { name, region },
         CommandArgs::Doctor => Command::Doctor,
         CommandArgs::Exec { target, command } => {
             Command::Exec { instance: target.instance, region: target.region, command, tty: false }

@@ -31,6 +31,12 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
         };
         return commands::launch::run(&opts, reporter.as_ref());
     }
+    // So does `init`, next to where the config would be.
+    if let Command::Init { name, region } = &invocation.command {
+        let dir = invocation.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let opts = commands::init::InitOptions { name: name.clone(), region: region.clone(), dir: dir.to_path_buf() };
+        return commands::init::run(&opts, reporter.as_ref());
+    }
     let loaded = crate::config::load(&invocation.config)?;
     let ssh = SshOptions {
         accept_new_host_keys: invocation.accept_new_host_keys,
@@ -97,7 +103,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::LockRelease => lock::release(ctx).await,
         Command::Maintenance { on } => maintenance::run(ctx, on).await,
         Command::Destroy { yes } => destroy::run(ctx, yes).await,
-        Command::ConfigValidate | Command::Launch { .. } | Command::Agent(_) => Ok(()),
+        Command::ConfigValidate | Command::Launch { .. } | Command::Init { .. } | Command::Agent(_) => Ok(()),
         Command::ConfigShow => commands::config::show(ctx),
     }
 }

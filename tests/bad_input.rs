@@ -383,3 +383,48 @@ fn a_front_door_port_held_by_another_program_is_refused_naming_that_program() {
     drop(held);
     project.deploy("v1").assert_ok();
 }
+
+#[test]
+fn init_writes_a_fly_toml_for_the_project_it_finds_and_never_overwrites_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(FERRY)
+            .args(args)
+            .current_dir(dir.path())
+            .env("FERRY_STATE_DIR", dir.path().join(".agent-state"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        common::Run::from(out)
+    };
+    let nothing = ferry(&["init"]);
+    assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+    assert!(nothing.stderr.contains("no project ferry recognises"), "{}", nothing.stderr);
+
+    std::fs::write(
+        dir.path().join("mix.exs"),
+        "defmodule Shop.MixProject do\n  def project do\n    [\n      app: :shop,\n      version: \"0.1.0\"\n    ]\n  end\n  defp deps, do: [{:phoenix, \"~> 1.7\"}]\nend\n",
+    )
+    .unwrap();
+    let init = ferry(&["init", "--name", "shop", "--region", "syd"]);
+    init.assert_ok();
+    assert!(init.stderr.contains("for a Phoenix app (Mix release) (found mix.exs)"), "{}", init.stderr);
+    assert!(init.stderr.contains("check, before the first `ferry deploy`"), "{}", init.stderr);
+    let text = std::fs::read_to_string(dir.path().join("fly.toml")).unwrap();
+    for line in [
+        "path = \"_build/prod/rel/shop\"",
+        "start = \"bin/shop start\"",
+        "release_command = \"bin/migrate\"",
+        "[ferry.regions.syd]",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    let validate = ferry(&["config", "validate"]);
+    validate.assert_ok();
+    assert!(validate.stderr.contains("(0 warnings)"), "what init writes is clean: {}", validate.stderr);
+
+    let again = ferry(&["init"]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("already exists; nothing was written"), "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("fly.toml")).unwrap(), text);
+}

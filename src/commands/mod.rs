@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod destroy;
 pub mod doctor;
 pub mod exec;
+pub mod init;
 pub mod inspect;
 pub mod launch;
 pub mod lock;

@@ -380,6 +380,18 @@ fn absolute_dir(path: &Path) -> PathBuf {
     ferry::without_dots(&std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf()))
 }
 
+/// Whether `name` can be an app's name (one plain path component on every host).
+#[must_use]
+pub fn valid_app_name(name: &str) -> bool {
+    fly::valid_app_name(name)
+}
+
+/// Whether `name` can be a region's name.
+#[must_use]
+pub fn valid_region_name(name: &str) -> bool {
+    ferry::valid_region_name(name)
+}
+
 /// The process group of an app without `[processes]`, and Fly's preferred default.
 pub const DEFAULT_GROUP: &str = "app";
 
