@@ -5,6 +5,7 @@
 //! long as it runs. Requests carry a recognisable `User-Agent`. Never blocks a thread;
 //! all waiting goes through `tokio::time`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,12 +65,18 @@ pub enum Probe {
         timeout: Duration,
         interval: Duration,
         grace_period: Duration,
+        /// The `internal_port` of the service it checks when that is not the first
+        /// one's: probed on the port the instance got for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_port: Option<u16>,
     },
     Tcp {
         name: String,
         timeout: Duration,
         interval: Duration,
         grace_period: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_port: Option<u16>,
     },
 }
 
@@ -83,6 +90,12 @@ impl Probe {
     pub fn grace_period(&self) -> Duration {
         match self {
             Probe::Http { grace_period, .. } | Probe::Tcp { grace_period, .. } => *grace_period,
+        }
+    }
+
+    pub fn service_port(&self) -> Option<u16> {
+        match self {
+            Probe::Http { service_port, .. } | Probe::Tcp { service_port, .. } => *service_port,
         }
     }
 
@@ -170,7 +183,12 @@ impl Checks {
     pub fn of_group(config: &Config, group: &str, listens: bool, warnings: &mut Vec<String>) -> Self {
         let mut probes = Vec::new();
         for check in config.checks.iter().filter(|c| config.applies(&c.processes, group)) {
-            if let (Some(port), Some(internal)) = (check.port, config.internal_port) {
+            // A check of another service's port is made on the instance's port for it.
+            let service_port = check.port.filter(|p| {
+                Some(*p) != config.internal_port
+                    && config.services.iter().any(|s| s.internal_port == *p && s.protocol == "tcp")
+            });
+            if let (Some(port), Some(internal), None) = (check.port, config.internal_port, service_port) {
                 if port != internal {
                     let warning = format!(
                         "check `{}` targets port {port}, not the service's internal_port {internal}; ferry checks each instance on its own $PORT, so this check is skipped",
@@ -194,8 +212,11 @@ impl Checks {
                     timeout,
                     interval,
                     grace_period,
+                    service_port,
                 },
-                CheckKind::Tcp => Probe::Tcp { name: check.name.clone(), timeout, interval, grace_period },
+                CheckKind::Tcp => {
+                    Probe::Tcp { name: check.name.clone(), timeout, interval, grace_period, service_port }
+                }
             });
         }
         if probes.is_empty() && (listens || group == config.default_group()) {
@@ -204,6 +225,7 @@ impl Checks {
                 timeout: Duration::from_secs(2),
                 interval: Duration::from_secs(15),
                 grace_period: Duration::ZERO,
+                service_port: None,
             });
         }
         Self { probes, client: client() }
@@ -231,7 +253,25 @@ impl Checks {
 
     /// Runs every check once against `addr`.
     pub async fn check(&self, addr: SocketAddr) -> Result<(), Miss> {
+        self.check_ports(addr, &BTreeMap::new()).await
+    }
+
+    /// Runs every check once against `addr`, or, for a check of another service, the
+    /// instance's port for that service (`ports`: internal port -> the instance's).
+    pub async fn check_ports(&self, addr: SocketAddr, ports: &BTreeMap<u16, u16>) -> Result<(), Miss> {
         for probe in &self.probes {
+            let addr = match probe.service_port() {
+                None => addr,
+                Some(internal) => match ports.get(&internal) {
+                    Some(port) => SocketAddr::new(addr.ip(), *port),
+                    None => {
+                        return Err(Miss {
+                            message: format!("no port of this instance serves internal_port {internal}"),
+                            reached: false,
+                        })
+                    }
+                },
+            };
             self.run_probe(probe, addr).await?;
         }
         Ok(())
@@ -315,6 +355,7 @@ mod tests {
                 timeout: Duration::from_millis(500),
                 interval: Duration::from_secs(1),
                 grace_period: Duration::ZERO,
+                service_port: None,
             }],
             client: client(),
         }
@@ -331,6 +372,7 @@ mod tests {
                 timeout: Duration::from_millis(500),
                 interval: Duration::from_secs(1),
                 grace_period: Duration::ZERO,
+                service_port: None,
             }],
             client: client(),
         }

@@ -93,6 +93,8 @@ pub struct DoorPort {
     pub tls: bool,
     /// `force_https`: every request is redirected to this TLS port.
     pub redirect_https: Option<u16>,
+    /// Another service's `internal_port` than the first's (see [`crate::host::proto::Door`]).
+    pub target: Option<u16>,
 }
 
 /// The doors of `config`, and what could not be served.
@@ -115,14 +117,9 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             ));
             continue;
         }
-        if Some(service.internal_port) != config.internal_port {
-            warnings.push(format!(
-                "each instance listens on one port ($PORT); the service on internal_port {} is not served (only {})",
-                service.internal_port,
-                config.internal_port.unwrap_or_default()
-            ));
-            continue;
-        }
+        // The first service is on each instance's $PORT; another one on the port the
+        // instance gets for it (`FERRY_PORT_<internal_port>`).
+        let target = Some(service.internal_port).filter(|p| Some(*p) != config.internal_port);
         let groups: Vec<String> =
             config.groups().into_iter().filter(|g| config.applies(&service.processes, g)).collect();
         let mut any_http = false;
@@ -147,7 +144,7 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
                 continue;
             }
             let redirect_https = (public.force_https && !tls && settings.tls.is_some()).then_some(tls_port).flatten();
-            let door = DoorPort { groups: groups.clone(), port: remap(public.port), kind, tls, redirect_https };
+            let door = DoorPort { groups: groups.clone(), port: remap(public.port), kind, tls, redirect_https, target };
             match settings.public.iter_mut().find(|d| DoorPort { groups: d.groups.clone(), ..door.clone() } == **d) {
                 Some(same) => merge_groups(&mut same.groups, &groups),
                 None => settings.public.push(door),
@@ -160,6 +157,7 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             kind,
             tls: false,
             redirect_https: None,
+            target,
         };
         match settings.local.iter_mut().find(|d| d.port == door.port) {
             Some(same) => merge_groups(&mut same.groups, &groups),
@@ -180,6 +178,7 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
                     kind: DoorKind::Http,
                     tls: true,
                     redirect_https: None,
+                    target,
                 }),
                 _ => {}
             }
@@ -227,6 +226,9 @@ pub struct InstanceSettings {
     pub start: Option<String>,
     /// `[[restart]]` for the `app` group; Fly's default without one.
     pub restart: Restart,
+    /// The `internal_port`s of its services after the first: each instance gets a
+    /// port of its own for each (`FERRY_PORT_<internal_port>`).
+    pub extra_ports: Vec<u16>,
 }
 
 /// The command that runs one instance when none is configured.
@@ -354,6 +356,15 @@ fn groups(config: &Config, proxy: &ProxySettings, warnings: &mut Vec<String>) ->
                     mounts: config.mounts.iter().filter(|m| config.applies(&m.processes, &name)).cloned().collect(),
                     start: config.start_of(&name).map(str::to_string),
                     restart: restart_policy(&config.restart, &name),
+                    extra_ports: proxy
+                        .local
+                        .iter()
+                        .chain(&proxy.public)
+                        .filter(|d| d.groups.contains(&name))
+                        .filter_map(|d| d.target)
+                        .collect::<std::collections::BTreeSet<u16>>()
+                        .into_iter()
+                        .collect(),
                 },
                 checks: Checks::of_group(config, &name, served, warnings),
                 not_beside: None,

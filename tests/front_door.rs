@@ -657,3 +657,41 @@ fn a_canary_that_answers_errors_is_removed_and_nothing_else_changes() {
     assert!(tally.failed > 0 && tally.failed < tally.ok, "{} failed, {} ok", tally.failed, tally.ok);
     assert!(tally.errors.iter().all(|e| e.starts_with("500")), "{:?}", tally.errors);
 }
+
+#[test]
+fn a_second_service_is_served_on_each_instance_s_own_port_for_it() {
+    let second = common::free_port();
+    // Each instance answers on $PORT and, for the second service, on its port for it.
+    let start = format!("PORT=$FERRY_PORT_{second} bin/hello & exec bin/hello");
+    let project = Project::builder()
+        .region("syd", 2)
+        .start(Some(&start))
+        .toml(&format!(
+            "[[services]]\n  internal_port = {second}\n  protocol = \"tcp\"\n  [[services.ports]]\n    port = {second}\n    handlers = [\"http\"]\n  [[services.http_checks]]\n    path = \"/health\"\n"
+        ))
+        .build();
+    let validate = project.ferry(&["config", "validate"]);
+    assert!(!validate.stderr.contains("not served"), "{}", validate.stderr);
+    project.deploy("v1").assert_ok();
+    for port in [project.port, second] {
+        let (status, body) = common::get(port, "/version").expect("the door answers");
+        assert_eq!((status, body.trim()), (200, "v1"), "port {port}");
+    }
+    let env = project.ferry(&["exec", "--", "env"]);
+    assert!(env.stdout.lines().any(|l| l.starts_with(&format!("FERRY_PORT_{second}="))), "{}", env.stdout);
+
+    // Replaced beside the old ones, both services move to v2.
+    project.deploy("v2").assert_ok();
+    for port in [project.port, second] {
+        assert_eq!(common::get(port, "/version").map(|(_, b)| b.trim().to_string()).as_deref(), Some("v2"));
+    }
+
+    // Its checks are made on that port: a release that does not listen there fails them.
+    let config = project.path().join("fly.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&format!("PORT=$FERRY_PORT_{second} bin/hello & "), "")).unwrap();
+    let bad = project.ferry(&["deploy", "--version", "v3", "--wait-timeout", "3s"]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(bad.stderr.contains("services[0].http_checks[0]"), "the second service's check failed: {}", bad.stderr);
+    assert_eq!(common::get(second, "/version").map(|(_, b)| b.trim().to_string()).as_deref(), Some("v2"));
+}

@@ -244,9 +244,9 @@ impl Agent {
             Request::WaitStable { id, pid, min_healthy } => {
                 Reply::Health(self.supervisor.wait_stable(&app, &id, pid, min_healthy).await.map(|()| min_healthy))
             }
-            Request::Probe { port, checks } => {
-                Reply::Flag(checks.check(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await.is_ok())
-            }
+            Request::Probe { port, ports, checks } => Reply::Flag(
+                checks.check_ports(std::net::SocketAddr::from(([127, 0, 0, 1], port)), &ports).await.is_ok(),
+            ),
             Request::LogRead { id, from } => {
                 let (lines, end) = Supervisor::log_read(&app, &id, from);
                 Reply::LogChunk { lines, end }

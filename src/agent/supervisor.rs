@@ -382,8 +382,14 @@ impl Supervisor {
             s.runtime.up_since = Some(record.started_at);
         });
         let exit = Exit::Adopted { pid: record.pid, starttime: record.starttime };
-        control.monitor =
-            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port)));
+        control.monitor = Some(tokio::spawn(self.clone().monitor(
+            Arc::clone(slot),
+            incarnation,
+            exit,
+            launch,
+            record.port,
+            record.ports.clone(),
+        )));
     }
 
     /// Starts the instance of `record`, stopping what runs there first (`replace`).
@@ -507,13 +513,27 @@ impl Supervisor {
             old.abort();
         }
         let exit = Exit::Child(ended);
-        control.monitor =
-            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.port)));
+        control.monitor = Some(tokio::spawn(self.clone().monitor(
+            Arc::clone(slot),
+            incarnation,
+            exit,
+            launch,
+            record.port,
+            record.ports.clone(),
+        )));
         Ok(pid)
     }
 
     /// Watches one incarnation: its checks, its log's size, its exit.
-    async fn monitor(self, slot: Arc<Slot>, incarnation: u64, exit: Exit, launch: Launch, port: u16) {
+    async fn monitor(
+        self,
+        slot: Arc<Slot>,
+        incarnation: u64,
+        exit: Exit,
+        launch: Launch,
+        port: u16,
+        ports: std::collections::BTreeMap<u16, u16>,
+    ) {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let checks = launch.checks.clone();
         let started = Instant::now();
@@ -535,7 +555,7 @@ impl Supervisor {
             if Instant::now() < next_check {
                 continue;
             }
-            let result = checks.check(addr).await;
+            let result = checks.check_ports(addr, &ports).await;
             let passing = result.is_ok();
             let miss = result.as_ref().err().cloned();
             slot.status.send_modify(|s| {

@@ -55,6 +55,7 @@ pub fn for_host(proxy: &ProxySettings, host: &Host, local: &BTreeMap<String, Ipv
             tls: if door.tls { proxy.tls.clone() } else { None },
             redirect_https: door.redirect_https,
             groups: door.groups.clone(),
+            target: door.target,
         })
         .collect())
 }

@@ -249,7 +249,10 @@ impl Engine<'_> {
         let listening = crate::host::on_each(hosts, |host| async move { host.listening().await }).await;
         let mut taken: BTreeSet<(String, u16)> = BTreeSet::new();
         for state in observed.values() {
-            taken.extend(state.instances.iter().map(|i| (i.record.host.clone(), i.record.port)));
+            for i in &state.instances {
+                taken.insert((i.record.host.clone(), i.record.port));
+                taken.extend(i.record.ports.values().map(|p| (i.record.host.clone(), *p)));
+            }
         }
         for (name, ports) in listening {
             match ports {

@@ -36,8 +36,15 @@ fn digest(bytes: &[u8]) -> String {
 /// What instances of these settings run with, as digests (the secrets' digest is the
 /// host's: it is filled in there).
 pub fn identity(instance: &InstanceSettings, start: &str, checks: &Checks) -> Identity {
+    // Other services' ports count as environment (the names of their variables); with
+    // none, the digest is what it always was.
+    let env = if instance.extra_ports.is_empty() {
+        serde_json::to_vec(&instance.env)
+    } else {
+        serde_json::to_vec(&(&instance.env, &instance.extra_ports))
+    };
     Identity {
-        env: digest(&serde_json::to_vec(&instance.env).unwrap_or_default()),
+        env: digest(&env.unwrap_or_default()),
         secrets: String::new(),
         start: digest(start.as_bytes()),
         checks: digest(&serde_json::to_vec(checks.probes()).unwrap_or_default()),
@@ -75,6 +82,9 @@ impl Spec {
         if let Some(addr) = primary_addr {
             env.insert("FERRY_PRIMARY_ADDR".into(), addr.to_string());
         }
+        for (internal, port) in &record.ports {
+            env.insert(format!("FERRY_PORT_{internal}"), port.to_string());
+        }
         for (key, value) in [
             ("PORT", record.port.to_string()),
             ("FLY_APP_NAME", self.app.clone()),
@@ -107,6 +117,7 @@ pub fn record(step: &Step, version: &str, port: u16, created_at: u64, config: Id
         host: step.host.clone(),
         version: version.to_string(),
         port,
+        ports: std::collections::BTreeMap::new(),
         created_at,
         started_at: now_ms(),
         pid: 0,
@@ -189,7 +200,8 @@ pub async fn revert(
         (_, Err(e)) => Err(format!("could not stop it: {e}")),
         (None, Ok(_)) => host.remove_instance(&step.id).await.map_err(|e| e.to_string()),
         (Some((version, previous)), Ok(_)) => {
-            let record = record(step, version, port, previous.created_at, previous.config.clone());
+            let mut record = record(step, version, port, previous.created_at, previous.config.clone());
+            record.ports.clone_from(&previous.ports);
             start_as_ran(spec, host, &record, primary_addr).await?;
             host.cutover(vec![step.id.clone()], Vec::new(), &spec.stop()).await.map_err(|e| e.to_string())
         }
@@ -221,14 +233,15 @@ pub async fn revert_beside(
     spec: &Spec,
     host: &Host,
     step: &Step,
-    port: u16,
+    (port, ports): (u16, std::collections::BTreeMap<u16, u16>),
     primary_addr: Option<&str>,
 ) -> Result<(), String> {
     let Some((version, previous)) = back_to(step) else {
         return host.remove_instance(&step.id).await.map_err(|e| e.to_string());
     };
     let back = Step { id: crate::deploy::new_instance_id(), ..step.clone() };
-    let record = record(&back, version, port, previous.created_at, previous.config.clone());
+    let mut record = record(&back, version, port, previous.created_at, previous.config.clone());
+    record.ports = ports;
     if let Err(cause) = start_as_ran(spec, host, &record, primary_addr).await {
         // The step's instance keeps serving; the one that could not go back goes.
         let _ = host.remove_instance(&back.id).await;

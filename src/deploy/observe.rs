@@ -49,7 +49,10 @@ pub async fn healthy_on(fleet: &Fleet, observed: &Observed, settings: &Settings,
         for instance in state.instances.iter().filter(|i| i.alive && i.record.version == version) {
             let checks = settings.group(&instance.record.group).checks.clone();
             let (host, id, port) = (host.clone(), instance.record.id.clone(), instance.record.port);
-            probes.spawn(async move { host.probe(port, &checks).await.ok().filter(|passing| *passing).map(|_| id) });
+            let ports = instance.record.ports.clone();
+            probes.spawn(
+                async move { host.probe(port, &ports, &checks).await.ok().filter(|passing| *passing).map(|_| id) },
+            );
         }
     }
     let mut healthy = BTreeSet::new();

@@ -699,6 +699,7 @@ mod tests {
                 group: "app".into(),
                 version: version.into(),
                 port: 1000,
+                ports: BTreeMap::new(),
                 created_at,
                 started_at: created_at,
                 pid: u32::from(alive),

@@ -487,6 +487,17 @@ impl Rollout {
         }
     }
 
+    /// The step's instance's ports for the services after the first (`internal`):
+    /// those its previous instance had when it `keeps` them (replaced in place), else
+    /// fresh ones.
+    fn extra_ports(&self, step: &Step, internal: &[u16], keeps: bool) -> BTreeMap<u16, u16> {
+        let previous = step.previous.as_ref().filter(|_| keeps).map(|p| &p.ports);
+        internal
+            .iter()
+            .map(|i| (*i, previous.and_then(|p| p.get(i).copied()).unwrap_or_else(|| self.pick_port(&step.host))))
+            .collect()
+    }
+
     fn pick_port(&self, host: &str) -> u16 {
         let local = self.hosts.get(host).is_none_or(|h| h.transport.is_local());
         self.ports.lock().map_or(0, |mut p| p.pick(host, local))
@@ -675,7 +686,9 @@ impl Rollout {
             to: step.to.clone(),
         });
         let created_at = step.previous.as_ref().map_or_else(now_ms, |p| p.created_at);
-        let record = instance::record(&step, &step.to, port, created_at, self.spec(&step.group).identity());
+        let mut record = instance::record(&step, &step.to, port, created_at, self.spec(&step.group).identity());
+        let internal = self.spec(&step.group).instance.extra_ports.clone();
+        record.ports = self.extra_ports(&step, &internal, !step.beside);
         let primary_addr = self.primary_addr();
         let replace = step.was_alive && !step.beside;
         let waiting = self.report_waiting(&host, &step);
@@ -824,7 +837,11 @@ impl Rollout {
         let reverted = if step.beside {
             if switched {
                 let port = self.pick_port(&step.host);
-                instance::revert_beside(self.spec(&step.group), host, step, port, primary_addr.as_deref()).await
+                let internal: Vec<u16> =
+                    step.previous.as_ref().map(|p| p.ports.keys().copied().collect()).unwrap_or_default();
+                let ports = self.extra_ports(step, &internal, false);
+                instance::revert_beside(self.spec(&step.group), host, step, (port, ports), primary_addr.as_deref())
+                    .await
             } else {
                 // The old instance never stopped taking traffic: the new one just goes.
                 host.remove_instance(&step.id).await.map_err(|e| e.to_string())

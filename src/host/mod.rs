@@ -55,6 +55,10 @@ pub struct InstanceRecord {
     pub host: String,
     pub version: String,
     pub port: u16,
+    /// Its ports for the services after the first: their `internal_port` -> the
+    /// instance's own (`FERRY_PORT_<internal_port>`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty", with = "port_pairs")]
+    pub ports: std::collections::BTreeMap<u16, u16>,
     pub created_at: u64,
     pub started_at: u64,
     #[serde(default)]
@@ -71,6 +75,22 @@ pub struct InstanceRecord {
     /// settings replaces it.
     #[serde(default)]
     pub config: Identity,
+}
+
+/// A port map as a list of pairs: JSON keys are strings, and a record is read
+/// through `#[serde(flatten)]`, which does not turn them back into numbers.
+pub mod port_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u16, u16>, serializer: S) -> Result<S::Ok, S::Error> {
+        map.iter().collect::<Vec<_>>().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<u16, u16>, D::Error> {
+        Ok(Vec::<(u16, u16)>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 fn default_group() -> String {
@@ -484,8 +504,13 @@ impl Host {
         HostError::Step { host: self.name.clone(), step, message: e.to_string() }
     }
 
-    pub async fn probe(&self, port: u16, checks: &Checks) -> Result<bool, HostError> {
-        let request = Request::Probe { port, checks: checks.clone() };
+    pub async fn probe(
+        &self,
+        port: u16,
+        ports: &std::collections::BTreeMap<u16, u16>,
+        checks: &Checks,
+    ) -> Result<bool, HostError> {
+        let request = Request::Probe { port, ports: ports.clone(), checks: checks.clone() };
         expect!(self, request, Io::default(), Reply::Flag(passing) => passing)
     }
 

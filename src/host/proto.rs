@@ -98,6 +98,10 @@ pub struct Door {
     /// doors recorded before process groups were).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The service's `internal_port` when it is not the first service's: requests go
+    /// to each instance's port for it. `None`: the instance's `$PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u16>,
 }
 
 /// A certificate chain and its private key, PEM files on the host.
@@ -236,6 +240,9 @@ pub enum Request {
     /// Runs `checks` once against the instance on `port`.
     Probe {
         port: u16,
+        /// The instance's ports for its other services (see `InstanceRecord::ports`).
+        #[serde(default, with = "super::port_pairs")]
+        ports: std::collections::BTreeMap<u16, u16>,
         checks: Checks,
     },
     /// The last `lines` of an instance's log; with `skip_checks` (for a failure report),

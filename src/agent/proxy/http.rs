@@ -231,7 +231,7 @@ impl Server {
                 );
             };
             tried.push(backend.id.clone());
-            let Some(addr) = backend.addr() else { continue };
+            let Some(addr) = backend.addr(claim.target) else { continue };
             let flight = backend.begin();
             let mut out = Request::new(body.take().unwrap_or_else(empty));
             *out.method_mut() = parts.method.clone();

@@ -91,6 +91,8 @@ struct Claim {
     hosts: Vec<String>,
     /// The region of the door (`Fly-Region`).
     region: String,
+    /// The service it serves when not the first: each instance's port for it.
+    target: Option<u16>,
 }
 
 /// A set of instances, switched whole.
@@ -351,7 +353,12 @@ impl FrontDoor {
             let mut claims = listener.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut next: Vec<Claim> = claims.iter().filter(|c| c.site.app.dir != app.dir).cloned().collect();
             if let Some(door) = doors.iter().find(|d| d.listen == *addr) {
-                next.push(Claim { site: Arc::clone(&site), hosts: door.hosts.clone(), region: door.region.clone() });
+                next.push(Claim {
+                    site: Arc::clone(&site),
+                    hosts: door.hosts.clone(),
+                    region: door.region.clone(),
+                    target: door.target,
+                });
                 // Named claims first; the app without names takes the rest.
                 next.sort_by_key(|c| c.hosts.is_empty());
             }
@@ -742,9 +749,14 @@ impl Backend {
         healthy && passing && !draining && (refused == 0 || health.is_some_and(|h| h.at > refused))
     }
 
-    fn addr(&self) -> Option<SocketAddr> {
+    /// Where it takes connections: its `$PORT`, or its port for service `target`.
+    fn addr(&self, target: Option<u16>) -> Option<SocketAddr> {
         let status = self.status.borrow();
-        let port = status.record.as_ref().map(|r| r.port)?;
+        let record = status.record.as_ref()?;
+        let port = match target {
+            None => record.port,
+            Some(internal) => *record.ports.get(&internal)?,
+        };
         Some(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
@@ -871,7 +883,7 @@ async fn relay(mut stream: tokio::net::TcpStream, claims: Arc<Vec<Claim>>) {
     let Some(claim) = claims.first() else { return };
     let mut tried = Vec::new();
     while let Some(backend) = claim.site.pick_held(&tried, Pool::Table).await {
-        let Some(addr) = backend.addr() else {
+        let Some(addr) = backend.addr(claim.target) else {
             tried.push(backend.id.clone());
             continue;
         };
