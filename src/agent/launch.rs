@@ -50,7 +50,8 @@ pub fn exec_in(app_dir: &str, id: &str, argv: &[String]) -> i32 {
     };
     let dir = app.instance(id);
     let secrets = spec.secrets.clone().unwrap_or_else(|| app.secrets_snapshot());
-    let env = super::supervisor::instance_env(&spec.launch, &secrets.values(), &dir.join("tmp"), &spec.record);
+    let mut env = super::supervisor::instance_env(&spec.launch, &secrets.values(), &dir.join("tmp"), &spec.record);
+    super::supervisor::beam_env(&app.release(&spec.record.version), &dir, &spec.record, &mut env);
     let argv = match argv {
         [one] => super::supervisor::argv(one),
         many => many.to_vec(),

@@ -199,11 +199,14 @@ impl Agent {
             Request::StopInstance { id, stop } => {
                 // Stopped in place, it keeps its place in the table (a removal takes it out).
                 self.doors.quiesce(&app, &id, stop.timeout).await;
-                Reply::Flag(self.supervisor.stop(&app, &id, &stop).await)
+                let stopped = self.supervisor.stop(&app, &id, &stop).await;
+                self.supervisor.reap_epmd(None);
+                Reply::Flag(stopped)
             }
             Request::RemoveInstance { id } => {
                 self.doors.retire(&app, &id, Duration::from_secs(5)).await;
                 self.supervisor.remove(&app, &id).await?;
+                self.supervisor.reap_epmd(None);
                 Reply::Done
             }
             Request::OpenDoors { doors } => {
@@ -322,6 +325,7 @@ impl Agent {
             Request::Destroy => {
                 self.doors.close(&app);
                 self.supervisor.forget_app(&app).await;
+                self.supervisor.reap_epmd(Some(&app.dir));
                 let dir = app.dir.clone();
                 blocking(move || app.destroy().map_err(|e| e.to_string())).await?;
                 self.forget(&dir);

@@ -447,7 +447,8 @@ impl Supervisor {
             link_release(&root, &release)
         })()
         .map_err(|e| format!("preparing {}: {e}", dir.display()))?;
-        let env = instance_env(&launch, &secrets.values(), &tmp, &record);
+        let mut env = instance_env(&launch, &secrets.values(), &tmp, &record);
+        beam_env(&release, &dir, &record, &mut env);
         let log = open_log(&dir).map_err(|e| format!("opening the log of {}: {e}", record.id))?;
         let mut note = log.try_clone().map_err(|e| e.to_string())?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -717,6 +718,42 @@ impl Supervisor {
     }
 
     /// Stops every instance of `app` and forgets them (before the app is destroyed).
+    /// Stops the `epmd` that BEAM instances started (`-daemon`: it escapes their process
+    /// groups) once no BEAM instance of this agent runs: only an epmd of this account
+    /// whose executable is in the directory of an app this agent knows, or of `gone`
+    /// (an app just destroyed).
+    pub fn reap_epmd(&self, gone: Option<&Path>) {
+        use std::os::unix::fs::MetadataExt as _;
+        let slots: Vec<Arc<Slot>> =
+            self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+        let beam_runs = slots.iter().any(|slot| {
+            let status = slot.status.borrow();
+            matches!(status.phase, Phase::Starting | Phase::Healthy { .. })
+                && status
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| slot.app.release(&r.version).join("releases").join("start_erl.data").is_file())
+        });
+        if beam_runs {
+            return;
+        }
+        let mut dirs: Vec<PathBuf> = slots.iter().map(|s| s.app.dir.clone()).collect();
+        dirs.extend(gone.map(Path::to_path_buf));
+        let Ok(me) = fs::metadata("/proc/self").map(|m| m.uid()) else { return };
+        let Ok(entries) = fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let ours = entry.metadata().is_ok_and(|m| m.uid() == me);
+            let epmd = fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "epmd");
+            let exe = fs::read_link(entry.path().join("exe")).unwrap_or_default();
+            if ours && epmd && dirs.iter().any(|d| exe.starts_with(d)) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+            }
+        }
+    }
+
     pub async fn forget_app(&self, app: &App) {
         let (records, _) = app.records();
         for record in records {
@@ -980,6 +1017,29 @@ pub fn instance_env(
     env.insert("TMPDIR".into(), tmp.display().to_string());
     env.insert("FERRY_INSTANCE_ID".into(), record.id.clone());
     env
+}
+
+/// What an instance of a BEAM release (`mix release`, rebar3) needs to run beside
+/// others of its app, unless `[env]` or a secret already says: a node name of its own
+/// (`<app>-<id>@<address>`, stable for the instance's life), long names, and a writable
+/// `RELEASE_TMP` and crash dump in its own directory instead of the shared release.
+/// The cookie is the app's `RELEASE_COOKIE` secret (the deploy makes one).
+pub fn beam_env(release: &Path, dir: &Path, record: &InstanceRecord, env: &mut BTreeMap<String, String>) {
+    if !release.join("releases").join("start_erl.data").is_file() {
+        return;
+    }
+    let address = env.get("FERRY_PRIVATE_ADDR").cloned().unwrap_or_else(|| "127.0.0.1".into());
+    let app: String = env.get("FLY_APP_NAME").map_or_else(
+        || "app".into(),
+        |a| a.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' }).collect(),
+    );
+    env.entry("RELEASE_DISTRIBUTION".into()).or_insert_with(|| "name".into());
+    env.entry("RELEASE_NODE".into()).or_insert_with(|| format!("{app}-{}@{address}", record.id));
+    env.entry("RELEASE_TMP".into()).or_insert_with(|| dir.join("tmp").display().to_string());
+    env.entry("ERL_CRASH_DUMP".into()).or_insert_with(|| dir.join("erl_crash.dump").display().to_string());
+    // The epmd the first node starts listens where nodes are reached, not everywhere.
+    let epmd = if address.starts_with("127.") { address } else { format!("127.0.0.1,{address}") };
+    env.entry("ERL_EPMD_ADDRESS".into()).or_insert(epmd);
 }
 
 /// What every process ferry starts gets from the account, and nothing else.

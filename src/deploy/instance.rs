@@ -77,8 +77,10 @@ impl Spec {
 
     /// The environment of one instance: `[env]`, then ferry's own variables (which
     /// win, so `PORT` is always the port ferry chose). Secrets are added on the host.
-    pub fn env(&self, record: &InstanceRecord, primary_addr: Option<&str>) -> Env {
+    pub fn env(&self, record: &InstanceRecord, primary_addr: Option<&str>, address: &str) -> Env {
         let mut env = self.instance.env.clone();
+        // Where other instances reach this one (a BEAM node's name carries it).
+        env.insert("FERRY_PRIVATE_ADDR".into(), address.to_string());
         if let Some(addr) = primary_addr {
             env.insert("FERRY_PRIMARY_ADDR".into(), addr.to_string());
         }
@@ -146,7 +148,7 @@ pub async fn start_and_wait(
     replace: bool,
     primary_addr: Option<&str>,
 ) -> Result<Started, Cause> {
-    let mut env = spec.env(record, primary_addr);
+    let mut env = spec.env(record, primary_addr, &host.address());
     let mounts = &spec.instance.mounts;
     let stop = spec.stop();
     let pid = if replace && mounts.is_empty() {

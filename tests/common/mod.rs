@@ -50,6 +50,7 @@ pub struct ProjectBuilder {
     hosts: Vec<(String, Vec<String>)>,
     proxy: Option<String>,
     http_service_extra: String,
+    build_command: Option<String>,
 }
 
 /// A TCP port nothing listens on now, for a project's front door (each test's doors
@@ -114,6 +115,12 @@ impl ProjectBuilder {
         self
     }
 
+    /// `[ferry.build] command`.
+    pub fn build_command(mut self, command: &str) -> Self {
+        self.build_command = Some(command.to_string());
+        self
+    }
+
     pub fn start(mut self, start: Option<&str>) -> Self {
         self.start = start.map(str::to_string);
         self
@@ -144,6 +151,9 @@ impl ProjectBuilder {
             let _ = write!(toml, "\n[ferry.proxy]\n{proxy}\n");
         }
         toml.push_str("\n[ferry.build]\n  path = \"rel\"\n");
+        if let Some(command) = &self.build_command {
+            let _ = writeln!(toml, "  command = {}", toml_string(command));
+        }
         if let Some(start) = &self.start {
             let _ = writeln!(toml, "  start = {}", toml_string(start));
         }
@@ -186,6 +196,7 @@ impl Project {
             hosts: Vec::new(),
             proxy: None,
             http_service_extra: String::new(),
+            build_command: None,
         }
     }
 

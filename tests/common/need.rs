@@ -45,6 +45,15 @@ pub fn root_and_cron() -> bool {
     available(&missing)
 }
 
+/// Elixir's `mix` and Erlang/OTP (Debian's `elixir` package), to build a real release.
+pub fn elixir() -> bool {
+    let has = |tool: &str| {
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+    };
+    let missing = (!(has("mix") && has("erl"))).then_some("Elixir and Erlang/OTP (Debian's `elixir` package)");
+    available(&missing.into_iter().collect::<Vec<_>>())
+}
+
 fn available(missing: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
