@@ -80,6 +80,32 @@ fn a_stock_mix_release_runs_as_distinct_nodes_that_share_a_cookie() {
     assert_eq!(status, 200);
     assert!(body.starts_with("node hello-"), "{body}");
 
+    // Every host's peers file lists every running node, and follows a scale.
+    let peers = |region: &str| -> Vec<String> {
+        let run = project.ferry(&["exec", "-r", region, "--", "cat \"$FERRY_PEERS_FILE\""]);
+        run.assert_ok();
+        run.stdout.lines().map(str::to_string).collect()
+    };
+    let mut nodes: Vec<String> = ids.iter().map(|id| format!("hello-{id}@127.0.0.1")).collect();
+    nodes.sort();
+    assert_eq!((peers("syd"), peers("lax")), (nodes.clone(), nodes));
+    // The example connects to what the file lists (the README's clustering).
+    let connected = || {
+        let run = project.ferry(&["exec", "-r", "lax", "--", "bin/hello_ex rpc 'IO.puts(length(Node.list()))'"]);
+        run.stdout.trim().to_string()
+    };
+    common::eventually(std::time::Duration::from_secs(20), || (connected() == "3").then_some(()));
+    project.ferry(&["scale", "count", "1", "--region", "lax", "--yes"]).assert_ok();
+    let left: Vec<String> = project
+        .instances()
+        .iter()
+        .map(|i| format!("hello-{}@127.0.0.1", i["id"].as_str().unwrap()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(left.len(), 3);
+    assert_eq!((peers("syd"), peers("lax")), (left.clone(), left));
+
     assert!(!running_from("epmd", project.path()).is_empty(), "the nodes' epmd runs");
     project.ferry(&["destroy", "--yes"]).assert_ok();
     common::eventually(std::time::Duration::from_secs(10), || {

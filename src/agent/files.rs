@@ -228,8 +228,14 @@ impl App {
             state.lock = self.held();
         }
         state.current = self.current();
+        state.beam = self.dir.join("current").join("releases").join("start_erl.data").is_file();
         state.secrets = self.secrets_digest();
         state
+    }
+
+    /// `FERRY_PEERS_FILE`: the node names of the app's running instances, one per line.
+    pub fn peers_file(&self) -> PathBuf {
+        self.dir.join("peers")
     }
 
     /// The version `current` points at.

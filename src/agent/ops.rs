@@ -262,10 +262,16 @@ impl Agent {
                 Reply::Done
             }
             Request::ReadHistory => Reply::Text(app.read_history()),
-            Request::Finish { token, current, history, prune } => {
+            Request::Finish { peers, token, current, history, prune } => {
                 let paths = self.paths.clone();
                 Reply::Finished(
                     blocking(move || {
+                        if let Some(peers) = peers {
+                            let text = peers.iter().fold(String::new(), |text, p| text + p + "\n");
+                            if let Err(e) = super::files::write_atomic(&app.peers_file(), text.as_bytes(), 0o644) {
+                                super::daemon::log(&paths, &format!("writing the peers file: {e}"));
+                            }
+                        }
                         if let Some(version) = current.as_deref() {
                             // Before the lock goes: the next operation may revert to it.
                             if let Err(e) = super::supervisor::record_as_ran(&app, version) {

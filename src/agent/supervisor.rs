@@ -1029,17 +1029,25 @@ pub fn beam_env(release: &Path, dir: &Path, record: &InstanceRecord, env: &mut B
         return;
     }
     let address = env.get("FERRY_PRIVATE_ADDR").cloned().unwrap_or_else(|| "127.0.0.1".into());
-    let app: String = env.get("FLY_APP_NAME").map_or_else(
-        || "app".into(),
-        |a| a.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' }).collect(),
-    );
+    let app = env.get("FLY_APP_NAME").cloned().unwrap_or_else(|| "app".into());
     env.entry("RELEASE_DISTRIBUTION".into()).or_insert_with(|| "name".into());
-    env.entry("RELEASE_NODE".into()).or_insert_with(|| format!("{app}-{}@{address}", record.id));
+    env.entry("RELEASE_NODE".into()).or_insert_with(|| beam_node(&app, &record.id, &address));
     env.entry("RELEASE_TMP".into()).or_insert_with(|| dir.join("tmp").display().to_string());
     env.entry("ERL_CRASH_DUMP".into()).or_insert_with(|| dir.join("erl_crash.dump").display().to_string());
+    // instances/<id> of the app's directory: the peers file is the app's.
+    if let Some(app_dir) = dir.parent().and_then(Path::parent) {
+        env.entry("FERRY_PEERS_FILE".into()).or_insert_with(|| app_dir.join("peers").display().to_string());
+    }
     // The epmd the first node starts listens where nodes are reached, not everywhere.
     let epmd = if address.starts_with("127.") { address } else { format!("127.0.0.1,{address}") };
     env.entry("ERL_EPMD_ADDRESS".into()).or_insert(epmd);
+}
+
+/// The node name of instance `id` of `app` on a host reached at `address`.
+pub fn beam_node(app: &str, id: &str, address: &str) -> String {
+    let app: String =
+        app.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' }).collect();
+    format!("{app}-{id}@{address}")
 }
 
 /// What every process ferry starts gets from the account, and nothing else.

@@ -26,6 +26,8 @@ pub struct Done<'a> {
     pub started: Instant,
     /// The last line on success, when the operation says it itself.
     pub message: Option<String>,
+    /// The app's name when it is a BEAM release: its peers file is brought up to date.
+    pub beam: Option<String>,
 }
 
 /// Records the outcome, marks the release current and prunes on success (releasing
@@ -45,7 +47,8 @@ pub async fn finish(
     let Some(failure) = &summary.failure else {
         let complete = record.finished(Status::Complete, None);
         let marked = |_: &Host| plan.finish.mark_current;
-        finish_hosts(reporter.as_ref(), fleet, guard, &complete, marked, &plan.finish.prune).await;
+        finish_hosts(reporter.as_ref(), fleet, guard, &complete, marked, &plan.finish.prune, done.beam.as_deref())
+            .await;
         reporter.event(&Event::Finished {
             outcome: Outcome::Succeeded,
             version: Some(version.clone()),
@@ -69,7 +72,7 @@ pub async fn finish(
         _ => (Status::Failed, format!("--no-revert: {} instance(s) were left on {version}", summary.changed.len())),
     };
     let failed = record.finished(status, Some(what.clone()));
-    finish_hosts(reporter.as_ref(), fleet, guard, &failed, |_| false, &BTreeMap::new()).await;
+    finish_hosts(reporter.as_ref(), fleet, guard, &failed, |_| false, &BTreeMap::new(), done.beam.as_deref()).await;
     reporter.event(&Event::Finished {
         outcome,
         version: Some(version.clone()),
@@ -118,7 +121,7 @@ async fn finish_converge(
         None => format!("in region {}: {}; new instances were removed", failure.region, failure.cause),
     };
     let failed = done.record.finished(Status::Failed, Some(message.clone()));
-    finish_hosts(reporter.as_ref(), fleet, guard, &failed, |_| false, &BTreeMap::new()).await;
+    finish_hosts(reporter.as_ref(), fleet, guard, &failed, |_| false, &BTreeMap::new(), done.beam.as_deref()).await;
     reporter.event(&Event::Finished {
         outcome: done.summary.outcome(),
         version: Some(done.plan.version.clone()),
@@ -155,7 +158,7 @@ async fn finish_behind(
     let message = format!("{}; the other regions run {version}", what.join("; "));
     let failed = done.record.finished(Status::Failed, Some(message.clone()));
     let marked = |h: &Host| !skipped.contains(h.region.as_str());
-    finish_hosts(reporter.as_ref(), fleet, guard, &failed, marked, &BTreeMap::new()).await;
+    finish_hosts(reporter.as_ref(), fleet, guard, &failed, marked, &BTreeMap::new(), done.beam.as_deref()).await;
     reporter.event(&Event::Finished {
         outcome: Outcome::Failed,
         version: Some(version),
@@ -169,6 +172,27 @@ async fn finish_behind(
     })
 }
 
+/// The node names of every running instance of the app, as the instances were named
+/// (see `agent::supervisor::beam_env`), sorted: what each host's peers file lists once
+/// an operation is over (old instances of a rollout are gone by then, new ones not yet
+/// started: the file never mixes two releases' nodes).
+async fn peers(fleet: &Fleet, app: &str) -> Vec<String> {
+    let observed = on_each(fleet.hosts().cloned(), |host| async move { (host.address(), host.observe().await) }).await;
+    let mut peers: Vec<String> = observed
+        .into_iter()
+        .filter_map(|(_, (address, state))| Some((address, state.ok()?)))
+        .flat_map(|(address, state)| {
+            state
+                .instances
+                .into_iter()
+                .filter(|i| i.alive)
+                .map(move |i| crate::agent::beam_node(app, &i.record.id, &address))
+        })
+        .collect();
+    peers.sort();
+    peers
+}
+
 /// On every host at once, in one round trip each: records `record`, marks its
 /// version current where `marked` says so, prunes what `prune` names for that host,
 /// and releases the lock. A step that fails on a host is warned about: the rollout
@@ -180,8 +204,13 @@ pub async fn finish_hosts(
     record: &Record,
     marked: impl Fn(&Host) -> bool,
     prune: &BTreeMap<String, Vec<String>>,
+    beam: Option<&str>,
 ) {
     let version = record.version.as_str();
+    let peers = match beam {
+        Some(app) => Some(peers(fleet, app).await),
+        None => None,
+    };
     let token = guard.token().to_string();
     let line = record.to_line();
     guard.stop_refreshing();
@@ -190,7 +219,8 @@ pub async fn finish_hosts(
         let (token, line) = (token.clone(), line.clone());
         let current = mark.contains(&host.name).then(|| version.to_string());
         let prune = prune.get(&host.name).cloned().unwrap_or_default();
-        async move { host.finish(Some(&token), current.as_deref(), Some(&line), &prune).await }
+        let peers = peers.clone();
+        async move { host.finish(peers, Some(&token), current.as_deref(), Some(&line), &prune).await }
     })
     .await;
     // Where the script failed, the lock may still be there: `Guard::release` then

@@ -232,7 +232,10 @@ impl Engine<'_> {
             Operation::Converge { done, .. } => done.clone(),
             _ => None,
         };
-        let done = Done { plan: &plan, record: &record, summary: &summary, started, message: done_message };
+        let beam = (observed.values().any(|s| s.beam)
+            || matches!(&op, Operation::Deploy(Release { artifact: Some(a), .. }) if a.has_file("releases/start_erl.data")))
+        .then(|| self.settings.app.clone());
+        let done = Done { plan: &plan, record: &record, summary: &summary, started, message: done_message, beam };
         finish::finish(&self.reporter, self.fleet, guard, &done).await
     }
 }

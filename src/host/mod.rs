@@ -227,6 +227,10 @@ pub struct HostState {
     /// The message the front door answers every request with, while in maintenance.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// A BEAM release is current here (it has `releases/start_erl.data`): its nodes get
+    /// the peers file.
+    #[serde(default)]
+    pub beam: bool,
 }
 
 impl HostState {
@@ -540,12 +544,14 @@ impl Host {
     /// which steps succeeded.
     pub async fn finish(
         &self,
+        peers: Option<Vec<String>>,
         token: Option<&str>,
         current: Option<&str>,
         history: Option<&str>,
         prune: &[String],
     ) -> Result<Finished, HostError> {
         let request = Request::Finish {
+            peers,
             token: token.map(str::to_string),
             current: current.map(str::to_string),
             history: history.map(str::to_string),

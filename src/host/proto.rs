@@ -265,6 +265,9 @@ pub enum Request {
     /// The steps after a rollout: mark `current`, append `history`, prune, and with
     /// `token` release the lock last.
     Finish {
+        /// The app's running nodes, for its peers file (BEAM releases); `None`: left as is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peers: Option<Vec<String>>,
         token: Option<String>,
         current: Option<String>,
         history: Option<String>,

@@ -260,7 +260,7 @@ impl FakeTransport {
                 Ok(Reply::Done)
             }
             Request::ReadHistory => Ok(Reply::Text(model.history.iter().flat_map(|l| [l.as_str(), "\n"]).collect())),
-            Request::Finish { token, current, history, prune } => {
+            Request::Finish { token, current, history, prune, .. } => {
                 let mut done =
                     Finished { current: current.is_some(), history: history.is_some(), ..Finished::default() };
                 if current.is_some() {
