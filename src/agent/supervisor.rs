@@ -1038,8 +1038,9 @@ pub fn beam_env(release: &Path, dir: &Path, record: &InstanceRecord, env: &mut B
     if let Some(app_dir) = dir.parent().and_then(Path::parent) {
         env.entry("FERRY_PEERS_FILE".into()).or_insert_with(|| app_dir.join("peers").display().to_string());
     }
-    // The epmd the first node starts listens where nodes are reached, not everywhere.
-    let epmd = if address.starts_with("127.") { address } else { format!("127.0.0.1,{address}") };
+    // The epmd the first node starts listens where nodes are reached, not everywhere
+    // (and on 127.0.0.1, where each node registers).
+    let epmd = if address == "127.0.0.1" { address } else { format!("127.0.0.1,{address}") };
     env.entry("ERL_EPMD_ADDRESS".into()).or_insert(epmd);
 }
 
