@@ -168,6 +168,21 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The `internal_port`s of `group`'s TCP services after the first service: each of its
+/// instances gets a port of its own for each (`FERRY_PORT_<internal_port>`).
+pub fn extra_ports(config: &Config, group: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = config
+        .services
+        .iter()
+        .filter(|s| s.protocol == "tcp" && Some(s.internal_port) != config.internal_port)
+        .filter(|s| config.applies(&s.processes, group))
+        .map(|s| s.internal_port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 impl Checks {
     /// Checks from the config; without any, a TCP connect to the instance port. A
     /// check on a fixed port other than the service's is skipped with a warning,
@@ -219,7 +234,9 @@ impl Checks {
                 }
             });
         }
-        if probes.is_empty() && (listens || group == config.default_group()) {
+        // A default group no service routes to is probed only as it always was: when the
+        // app has no service at all.
+        if probes.is_empty() && (listens || (group == config.default_group() && config.services.is_empty())) {
             probes.push(Probe::Tcp {
                 name: "tcp".into(),
                 timeout: Duration::from_secs(2),

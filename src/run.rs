@@ -33,8 +33,11 @@ pub async fn run(invocation: Invocation, reporter: Arc<dyn Reporter>) -> Result<
     }
     // So does `init`, next to where the config would be.
     if let Command::Init { name, region } = &invocation.command {
-        let dir = invocation.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        let opts = commands::init::InitOptions { name: name.clone(), region: region.clone(), dir: dir.to_path_buf() };
+        let opts = commands::init::InitOptions {
+            name: name.clone(),
+            region: region.clone(),
+            config: invocation.config.clone(),
+        };
         return commands::init::run(&opts, reporter.as_ref());
     }
     let loaded = crate::config::load(&invocation.config)?;

@@ -145,8 +145,11 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             }
             let redirect_https = (public.force_https && !tls && settings.tls.is_some()).then_some(tls_port).flatten();
             let door = DoorPort { groups: groups.clone(), port: remap(public.port), kind, tls, redirect_https, target };
+            let taken = settings.public.iter().any(|d| d.port == door.port);
             match settings.public.iter_mut().find(|d| DoorPort { groups: d.groups.clone(), ..door.clone() } == **d) {
                 Some(same) => merge_groups(&mut same.groups, &groups),
+                None if taken => warnings
+                    .push(format!("public port {} is given to two services; the first one is served there", door.port)),
                 None => settings.public.push(door),
             }
         }
@@ -160,7 +163,11 @@ fn proxy(config: &Config, warnings: &mut Vec<String>) -> ProxySettings {
             target,
         };
         match settings.local.iter_mut().find(|d| d.port == door.port) {
-            Some(same) => merge_groups(&mut same.groups, &groups),
+            Some(same) if same.target == door.target => merge_groups(&mut same.groups, &groups),
+            Some(_) => warnings.push(format!(
+                "port {} is given to two services; on the local target the first one is served there",
+                door.port
+            )),
             None => settings.local.push(door),
         }
         // On the local target TLS is served where `[ferry.proxy.ports]` moves the TLS
@@ -342,12 +349,14 @@ fn restart_policy(restarts: &[RestartConfig], group: &str) -> Restart {
 }
 
 /// Every process group of `config`, resolved.
-fn groups(config: &Config, proxy: &ProxySettings, warnings: &mut Vec<String>) -> Vec<GroupSettings> {
+fn groups(config: &Config, warnings: &mut Vec<String>) -> Vec<GroupSettings> {
     config
         .groups()
         .into_iter()
         .map(|name| {
-            let served = proxy.local.iter().chain(&proxy.public).any(|d| d.groups.contains(&name));
+            // Something should listen on its $PORT when a service is bound to it (whether
+            // or not a front door serves it).
+            let served = config.services.iter().any(|s| config.applies(&s.processes, &name));
             GroupSettings {
                 instance: InstanceSettings {
                     env: config.env.clone(),
@@ -356,15 +365,7 @@ fn groups(config: &Config, proxy: &ProxySettings, warnings: &mut Vec<String>) ->
                     mounts: config.mounts.iter().filter(|m| config.applies(&m.processes, &name)).cloned().collect(),
                     start: config.start_of(&name).map(str::to_string),
                     restart: restart_policy(&config.restart, &name),
-                    extra_ports: proxy
-                        .local
-                        .iter()
-                        .chain(&proxy.public)
-                        .filter(|d| d.groups.contains(&name))
-                        .filter_map(|d| d.target)
-                        .collect::<std::collections::BTreeSet<u16>>()
-                        .into_iter()
-                        .collect(),
+                    extra_ports: crate::health::extra_ports(config, &name),
                 },
                 checks: Checks::of_group(config, &name, served, warnings),
                 not_beside: None,
@@ -379,7 +380,7 @@ impl Settings {
     pub fn resolve(config: &Config, ssh: SshOptions, overrides: &Overrides) -> Settings {
         let mut warnings = Vec::new();
         let proxy = proxy(config, &mut warnings);
-        let groups = groups(config, &proxy, &mut warnings);
+        let groups = groups(config, &mut warnings);
         let default_group = config.default_group();
         let default = groups.iter().find(|g| g.name == default_group).unwrap_or(&groups[0]).clone();
         let primary = config.primary();

@@ -36,9 +36,9 @@ use std::sync::OnceLock;
 
 pub use paths::Paths;
 
-/// What a hidden `ferry agent` subcommand is asked to do.
 pub use supervisor::beam_node;
 
+/// What a hidden `ferry agent` subcommand is asked to do.
 #[derive(Debug, Clone)]
 pub enum Role {
     Run { state: Option<PathBuf>, boot_entry: bool },

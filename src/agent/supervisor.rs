@@ -717,7 +717,6 @@ impl Supervisor {
         app.volumes_release(id).map_err(|e| e.to_string())
     }
 
-    /// Stops every instance of `app` and forgets them (before the app is destroyed).
     /// Stops the `epmd` that BEAM instances started (`-daemon`: it escapes their process
     /// groups) once no BEAM instance of this agent runs: only an epmd of this account
     /// whose executable is in the directory of an app this agent knows, or of `gone`
@@ -754,6 +753,7 @@ impl Supervisor {
         }
     }
 
+    /// Stops every instance of `app` and forgets them (before the app is destroyed).
     pub async fn forget_app(&self, app: &App) {
         let (records, _) = app.records();
         for record in records {
@@ -1040,8 +1040,11 @@ pub fn beam_env(release: &Path, dir: &Path, record: &InstanceRecord, env: &mut B
     }
     // The epmd the first node starts listens where nodes are reached, not everywhere
     // (and on 127.0.0.1, where each node registers).
-    let epmd = if address == "127.0.0.1" { address } else { format!("127.0.0.1,{address}") };
-    env.entry("ERL_EPMD_ADDRESS".into()).or_insert(epmd);
+    // epmd takes IP addresses only: a host written by name leaves it on every address.
+    if address.parse::<std::net::IpAddr>().is_ok() {
+        let epmd = if address == "127.0.0.1" { address } else { format!("127.0.0.1,{address}") };
+        env.entry("ERL_EPMD_ADDRESS".into()).or_insert(epmd);
+    }
 }
 
 /// The node name of instance `id` of `app` on a host reached at `address`.

@@ -61,7 +61,7 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
             return Err(e);
         }
     };
-    if artifact.has_file("releases/start_erl.data") {
+    if artifact.has_file("releases/start_erl.data") && !ctx.settings.instance.env.contains_key("RELEASE_COOKIE") {
         if let Err(e) = ensure_cookie(ctx, &fleet).await {
             guard.release().await;
             return Err(e);

@@ -35,6 +35,12 @@ pub async fn run(ctx: &Ctx, opts: ExecOptions) -> Result<(), Error> {
         .exec_in_instance(&chosen.record.id, &opts.command, opts.tty)
         .await
         .map_err(|source| Error::Host { step: "running the command", source })?;
+    if code == 255 && !host.transport.is_local() {
+        // ssh's own failures end with 255 too: say so, without claiming which it was.
+        ctx.warn(
+            "exit code 255: the command's own, or ssh's for a connection that failed (`ferry doctor` checks the host)",
+        );
+    }
     match code {
         0 => Ok(()),
         code => Err(Error::Exited { code }),

@@ -13,8 +13,8 @@ pub struct InitOptions {
     pub name: Option<String>,
     /// The primary region (default: `local`).
     pub region: Option<String>,
-    /// The project directory.
-    pub dir: std::path::PathBuf,
+    /// The fly.toml to write; the project is its directory.
+    pub config: std::path::PathBuf,
 }
 
 /// What a kind of project builds and runs with.
@@ -31,8 +31,8 @@ struct Kind {
 }
 
 pub fn run(opts: &InitOptions, reporter: &dyn Reporter) -> Result<(), Error> {
-    let dir = &opts.dir;
-    let config = dir.join("fly.toml");
+    let config = &opts.config;
+    let dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if config.exists() {
         return Err(Error::Usage {
             message: format!("`{}` already exists; nothing was written", config.display()),
@@ -67,7 +67,9 @@ pub fn run(opts: &InitOptions, reporter: &dyn Reporter) -> Result<(), Error> {
     }
     let text = render(&name, &region, &kind);
     let io = |source| Error::Io { action: "write", path: config.display().to_string(), source };
-    std::fs::write(&config, text).map_err(io)?;
+    // Never over one written meanwhile.
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(config).map_err(io)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
     reporter.note(&format!("wrote {} for {} (found {})", config.display(), kind.what, kind.found));
     reporter.note("check, before the first `ferry deploy`:");
     reporter.note(&format!("  [ferry.build] command = {:?}: it builds the release", kind.command));
@@ -195,10 +197,15 @@ fn detect(dir: &Path, name: &str) -> Option<Kind> {
         });
     }
     if read(dir, "requirements.txt").is_some() || read(dir, "pyproject.toml").is_some() {
+        let requirements = read(dir, "requirements.txt").is_some();
         return Some(Kind {
             what: "a Python app",
-            found: if read(dir, "requirements.txt").is_some() { "requirements.txt" } else { "pyproject.toml" },
-            command: "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt".into(),
+            found: if requirements { "requirements.txt" } else { "pyproject.toml" },
+            command: if requirements {
+                "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt gunicorn".into()
+            } else {
+                "python3 -m venv .venv && .venv/bin/pip install . gunicorn".into()
+            },
             path: ".".into(),
             start: ".venv/bin/gunicorn --bind 127.0.0.1:$PORT app:app".into(),
             port: 8000,

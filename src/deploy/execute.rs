@@ -87,8 +87,15 @@ impl Engine<'_> {
     /// Stops the instances of process groups that are no longer configured, once the
     /// rollout has succeeded; one that cannot be stopped is said, and left for the
     /// next operation.
-    pub(super) async fn retire(&self, plan: &Plan) {
-        if let Err(e) = self.stop_steps(&plan.retire).await {
+    pub(super) async fn retire(&self, plan: &Plan, summary: &super::outcome::Summary) {
+        // Only where the rollout went: a region it did not reach (another region's
+        // converge, a replica behind) keeps them serving until it does.
+        let rolled = |region: &str| {
+            plan.instances.regions.iter().any(|r| r.region == region)
+                && !summary.behind.iter().any(|b| b.region == region)
+        };
+        let steps: Vec<super::plan::StopStep> = plan.retire.iter().filter(|s| rolled(&s.region)).cloned().collect();
+        if let Err(e) = self.stop_steps(&steps).await {
             self.event(&Event::Warning {
                 message: format!("an instance of a process group fly.toml no longer has is still running: {e}"),
             });

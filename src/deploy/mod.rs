@@ -226,7 +226,7 @@ impl Engine<'_> {
         }
         let summary = Box::pin(self.roll_out(&plan, &observed, shipment.as_ref(), start, gates)).await;
         if summary.failure.is_none() {
-            self.retire(&plan).await;
+            self.retire(&plan, &summary).await;
         }
         let done_message = match &op {
             Operation::Converge { done, .. } => done.clone(),

@@ -104,6 +104,15 @@ pub struct Rollout {
     canary: Option<crate::config::CanaryConfig>,
 }
 
+/// Ends a task when dropped, however its owner ends (a cancelled rollout task too).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An instance of the target version, started and ready to take traffic.
 struct Ready {
     host: Host,
@@ -691,10 +700,10 @@ impl Rollout {
         record.ports = self.extra_ports(&step, &internal, !step.beside);
         let primary_addr = self.primary_addr();
         let replace = step.was_alive && !step.beside;
-        let waiting = self.report_waiting(&host, &step);
+        let waiting = AbortOnDrop(self.report_waiting(&host, &step));
         let started =
             instance::start_and_wait(self.spec(&step.group), &host, &record, replace, primary_addr.as_deref()).await;
-        waiting.abort();
+        drop(waiting);
         let healthy = match started {
             Ok(started) => self.healthy(&host, &step, &record, started).await,
             Err(cause) => Err(cause),

@@ -224,7 +224,7 @@ impl Server {
         let mut body = Some(body.boxed());
         let mut tried = Vec::new();
         loop {
-            let Some(backend) = site.pick_held(&tried, pool).await else {
+            let Some(backend) = site.pick_held(&tried, pool, &claim.groups).await else {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ferry: no instance of this app is ready to answer (starting, or failing its checks)\n",

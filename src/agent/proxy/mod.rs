@@ -93,6 +93,8 @@ struct Claim {
     region: String,
     /// The service it serves when not the first: each instance's port for it.
     target: Option<u16>,
+    /// The process groups it routes to; empty: every instance.
+    groups: Arc<Vec<String>>,
 }
 
 /// A set of instances, switched whole.
@@ -120,8 +122,6 @@ pub struct Site {
     canary: RwLock<Option<Canary>>,
     /// In maintenance: the message every HTTP request is answered with (503).
     maintenance: RwLock<Option<Arc<str>>>,
-    /// The process groups its doors route to; empty: every instance.
-    groups: RwLock<Arc<Vec<String>>>,
     /// Backends by instance id, kept while requests to them are in flight.
     known: Mutex<HashMap<String, Arc<Backend>>>,
     turn: AtomicUsize,
@@ -202,7 +202,6 @@ impl FrontDoor {
                 preview: RwLock::new(Arc::new(Vec::new())),
                 maintenance: RwLock::new(read_maintenance(app).map(Arc::from)),
                 canary: RwLock::new(None),
-                groups: RwLock::new(Arc::new(Vec::new())),
                 known: Mutex::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
             })
@@ -303,12 +302,6 @@ impl FrontDoor {
             }
         }
         let site = self.site(app);
-        let groups = if doors.iter().any(|d| d.groups.is_empty()) {
-            Vec::new()
-        } else {
-            doors.iter().flat_map(|d| d.groups.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
-        };
-        *site.groups.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(groups);
         for (door, socket) in opened {
             let claims = Arc::new(RwLock::new(Arc::new(Vec::new())));
             let acceptor = tls::Acceptor::default();
@@ -358,6 +351,7 @@ impl FrontDoor {
                     hosts: door.hosts.clone(),
                     region: door.region.clone(),
                     target: door.target,
+                    groups: Arc::new(door.groups.clone()),
                 });
                 // Named claims first; the app without names takes the rest.
                 next.sort_by_key(|c| c.hosts.is_empty());
@@ -680,7 +674,7 @@ impl Site {
     /// The instance a new request goes to: of those that pass their checks and have
     /// refused no connection since, the one with the fewest requests in flight (ties
     /// in turn). `None` when there is none now.
-    fn pick(&self, skip: &[String], pool: Pool) -> Option<Arc<Backend>> {
+    fn pick(&self, skip: &[String], pool: Pool, groups: &[String]) -> Option<Arc<Backend>> {
         let chosen = match pool {
             Pool::Table => None,
             Pool::Preview => Some(Arc::clone(&self.preview.read().unwrap_or_else(std::sync::PoisonError::into_inner))),
@@ -693,8 +687,7 @@ impl Site {
                 .map(|c| Arc::clone(&c.set)),
         };
         // With nothing to preview (or no canary ready), the table answers.
-        let groups = Arc::clone(&self.groups.read().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let takes = |b: &Backend| !skip.contains(&b.id) && b.in_groups(&groups) && b.usable();
+        let takes = |b: &Backend| !skip.contains(&b.id) && b.in_groups(groups) && b.usable();
         if let Some(set) = chosen.filter(|set| set.iter().any(|b| takes(b))) {
             return Self::least_busy(&set, takes, self.turn.fetch_add(1, Ordering::Relaxed));
         }
@@ -718,10 +711,10 @@ impl Site {
     }
 
     /// [`Self::pick`], waiting up to [`HOLD`] for one to become usable.
-    async fn pick_held(&self, skip: &[String], pool: Pool) -> Option<Arc<Backend>> {
+    async fn pick_held(&self, skip: &[String], pool: Pool, groups: &[String]) -> Option<Arc<Backend>> {
         let until = Instant::now() + HOLD;
         loop {
-            if let Some(backend) = self.pick(skip, pool) {
+            if let Some(backend) = self.pick(skip, pool, groups) {
                 return Some(backend);
             }
             if Instant::now() >= until {
@@ -882,7 +875,7 @@ async fn serve(
 async fn relay(mut stream: tokio::net::TcpStream, claims: Arc<Vec<Claim>>) {
     let Some(claim) = claims.first() else { return };
     let mut tried = Vec::new();
-    while let Some(backend) = claim.site.pick_held(&tried, Pool::Table).await {
+    while let Some(backend) = claim.site.pick_held(&tried, Pool::Table, &claim.groups).await {
         let Some(addr) = backend.addr(claim.target) else {
             tried.push(backend.id.clone());
             continue;
