@@ -458,6 +458,19 @@ pub struct StopStep {
     pub version: String,
 }
 
+impl StopStep {
+    /// Stopping `instance`.
+    pub fn of(instance: &crate::host::InstanceState) -> Self {
+        let record = &instance.record;
+        StopStep {
+            region: record.region.clone(),
+            host: record.host.clone(),
+            id: record.id.clone(),
+            version: record.version.clone(),
+        }
+    }
+}
+
 /// How a successful operation ends on the hosts, in one round trip each.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Finish {

@@ -142,12 +142,7 @@ impl Engine<'_> {
                 Stops::Ids(ids) => ids.contains(&i.record.id),
                 Stops::Region(region) => &i.record.region == region,
             })
-            .map(|i| StopStep {
-                region: i.record.region.clone(),
-                host: i.record.host.clone(),
-                id: i.record.id.clone(),
-                version: i.record.version.clone(),
-            })
+            .map(StopStep::of)
             .collect();
         let current = current_on_hosts(self.fleet, observed);
         let Some(version) = current.clone().or_else(|| stops.first().map(|s| s.version.clone())) else {
@@ -313,12 +308,7 @@ impl Engine<'_> {
             .values()
             .flat_map(|s| s.instances.iter())
             .filter(|i| !known(&i.record.group))
-            .map(|i| StopStep {
-                region: i.record.region.clone(),
-                host: i.record.host.clone(),
-                id: i.record.id.clone(),
-                version: i.record.version.clone(),
-            })
+            .map(StopStep::of)
             .collect()
     }
 
@@ -361,11 +351,6 @@ fn orphans(observed: &Observed) -> Vec<StopStep> {
         .filter(|s| s.routes)
         .flat_map(|s| s.instances.iter())
         .filter(|i| !i.routed)
-        .map(|i| StopStep {
-            region: i.record.region.clone(),
-            host: i.record.host.clone(),
-            id: i.record.id.clone(),
-            version: i.record.version.clone(),
-        })
+        .map(StopStep::of)
         .collect()
 }
