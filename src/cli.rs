@@ -117,7 +117,10 @@ enum CommandArgs {
     /// clock skew, port forwarding and the agent. Exits 1 when a check fails.
     #[command(after_help = "Examples:\n  ferry doctor\n  ferry doctor --json")]
     Doctor,
-    /// Open a terminal on an instance's host, in its environment: a shell, or COMMAND.
+    /// Open a terminal on an instance's host, in its environment: its console, or COMMAND.
+    ///
+    /// Without COMMAND: `bin/<name> remote` for a BEAM release (attached to the running
+    /// node with its name and cookie), else a shell.
     #[command(after_help = "Examples:\n  ferry console\n  ferry console -r lax -- bin/hello remote")]
     Console {
         #[command(flatten)]
@@ -237,7 +240,8 @@ enum AgentArgs {
         app_dir: String,
         #[arg(long, value_name = "ID")]
         instance: String,
-        #[arg(last = true, required = true)]
+        /// None: the instance's console (`bin/<name> remote` for a BEAM release, else `sh`).
+        #[arg(last = true)]
         argv: Vec<String>,
     },
 }
@@ -739,7 +743,8 @@ pub fn parse() -> Invocation {
         CommandArgs::Console { target, command } => Command::Exec {
             instance: target.instance,
             region: target.region,
-            command: if command.is_empty() { vec!["sh".into()] } else { command },
+            // Empty: the host opens the instance's console.
+            command,
             tty: true,
         },
         CommandArgs::Logs(l) => {

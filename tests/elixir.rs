@@ -67,6 +67,12 @@ fn a_stock_mix_release_runs_as_distinct_nodes_that_share_a_cookie() {
     let ping = format!("bin/hello_ex rpc 'IO.puts(Node.ping(:\"hello-{lax}@127.0.0.1\"))'");
     let pinged = project.ferry(&["exec", "-r", "syd", "--", &ping]);
     assert_eq!(pinged.stdout.trim(), "pong", "{}", pinged.stderr);
+    // `console` without a command is `bin/hello_ex remote` for that node (its remote
+    // shell's own node is named after it; without a terminal IEx stays local, so the
+    // attach itself is not seen here).
+    let console = project.with_stdin(&["console", "-i", &ids[0]], b"IO.puts(node())\n");
+    assert!(console.stdout.contains("Interactive Elixir"), "{}\n{}", console.stdout, console.stderr);
+    assert!(console.stdout.contains(&format!("-hello-{}@127.0.0.1", ids[0])), "{}", console.stdout);
     // Its scratch space is its own directory, not the shared release.
     let env = project.ferry(&["exec", "-i", &ids[0], "--", "env"]);
     let tmp = format!("RELEASE_TMP={}", project.path().display());

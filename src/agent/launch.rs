@@ -53,6 +53,7 @@ pub fn exec_in(app_dir: &str, id: &str, argv: &[String]) -> i32 {
     let mut env = super::supervisor::instance_env(&spec.launch, &secrets.values(), &dir.join("tmp"), &spec.record);
     super::supervisor::beam_env(&app.release(&spec.record.version), &dir, &spec.record, &mut env);
     let argv = match argv {
+        [] => default_console(&app.release(&spec.record.version)),
         [one] => super::supervisor::argv(one),
         many => many.to_vec(),
     };
@@ -64,4 +65,23 @@ pub fn exec_in(app_dir: &str, id: &str, argv: &[String]) -> i32 {
     let error = Command::new(program).args(rest).current_dir(&root).env_clear().envs(&env).exec();
     eprintln!("ferry: cannot run `{program}` in {}: {error}", root.display());
     127
+}
+
+/// What `ferry console` opens without a command: a BEAM release's remote shell
+/// (`bin/<name> remote`, its name from `releases/<vsn>/<name>.rel`), else `sh`.
+fn default_console(release: &std::path::Path) -> Vec<String> {
+    let vsn = std::fs::read_to_string(release.join("releases").join("start_erl.data"))
+        .ok()
+        .and_then(|data| data.split_whitespace().nth(1).map(str::to_string));
+    let name = vsn.and_then(|vsn| {
+        std::fs::read_dir(release.join("releases").join(vsn)).ok()?.flatten().find_map(|entry| {
+            let file = entry.file_name().to_string_lossy().to_string();
+            let name = file.strip_suffix(".rel")?.to_string();
+            release.join("bin").join(&name).is_file().then_some(name)
+        })
+    });
+    match name {
+        Some(name) => vec![format!("bin/{name}"), "remote".into()],
+        None => vec!["sh".into()],
+    }
 }

@@ -11,7 +11,8 @@ pub struct ExecOptions {
     pub instance: Option<String>,
     pub region: Option<String>,
     pub command: Vec<String>,
-    /// A terminal on the host (`console`).
+    /// A terminal on the host (`console`); an empty `command` then opens the
+    /// instance's console.
     pub tty: bool,
 }
 
