@@ -210,6 +210,9 @@ struct Inner {
     /// Set when the agent leaves: exits are no longer answered (no restart, nothing
     /// recorded), so what the next agent finds is what should run.
     frozen: std::sync::atomic::AtomicBool,
+    /// A BEAM instance was started or adopted: only then is there an epmd to stop
+    /// (see [`Supervisor::reap_epmd`]), so other apps never pay for looking.
+    beam: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
@@ -219,6 +222,7 @@ impl Supervisor {
                 exe,
                 reaper,
                 slots: Mutex::new(HashMap::new()),
+                beam: std::sync::atomic::AtomicBool::new(false),
                 frozen: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -365,6 +369,7 @@ impl Supervisor {
     }
 
     fn adopt(&self, slot: &Arc<Slot>, control: &mut Control, spec: Spec, record: &InstanceRecord) {
+        self.note_beam(&slot.app, record);
         control.incarnation += 1;
         let incarnation = control.incarnation;
         let launch = spec.launch.clone();
@@ -449,6 +454,7 @@ impl Supervisor {
         .map_err(|e| format!("preparing {}: {e}", dir.display()))?;
         let mut env = instance_env(&launch, &secrets.values(), &tmp, &record);
         beam_env(&release, &dir, &record, &mut env);
+        self.note_beam(app, &record);
         let log = open_log(&dir).map_err(|e| format!("opening the log of {}: {e}", record.id))?;
         let mut note = log.try_clone().map_err(|e| e.to_string())?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -721,8 +727,17 @@ impl Supervisor {
     /// groups) once no BEAM instance of this agent runs: only an epmd of this account
     /// whose executable is in the directory of an app this agent knows, or of `gone`
     /// (an app just destroyed).
+    fn note_beam(&self, app: &App, record: &InstanceRecord) {
+        if app.release(&record.version).join("releases").join("start_erl.data").is_file() {
+            self.inner.beam.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn reap_epmd(&self, gone: Option<&Path>) {
         use std::os::unix::fs::MetadataExt as _;
+        if !self.inner.beam.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let slots: Vec<Arc<Slot>> =
             self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
         let beam_runs = slots.iter().any(|slot| {
@@ -736,6 +751,7 @@ impl Supervisor {
         if beam_runs {
             return;
         }
+        self.inner.beam.store(false, std::sync::atomic::Ordering::Relaxed);
         let mut dirs: Vec<PathBuf> = slots.iter().map(|s| s.app.dir.clone()).collect();
         dirs.extend(gone.map(Path::to_path_buf));
         let Ok(me) = fs::metadata("/proc/self").map(|m| m.uid()) else { return };
