@@ -197,12 +197,10 @@ impl Checks {
     /// healthy, as on Fly for a machine with no checks (a worker).
     pub fn of_group(config: &Config, group: &str, listens: bool, warnings: &mut Vec<String>) -> Self {
         let mut probes = Vec::new();
+        let extra = extra_ports(config, group);
         for check in config.checks.iter().filter(|c| config.applies(&c.processes, group)) {
             // A check of another service's port is made on the instance's port for it.
-            let service_port = check.port.filter(|p| {
-                Some(*p) != config.internal_port
-                    && config.services.iter().any(|s| s.internal_port == *p && s.protocol == "tcp")
-            });
+            let service_port = check.port.filter(|p| extra.contains(p));
             if let (Some(port), Some(internal), None) = (check.port, config.internal_port, service_port) {
                 if port != internal {
                     let warning = format!(
