@@ -387,14 +387,8 @@ impl Supervisor {
             s.runtime.up_since = Some(record.started_at);
         });
         let exit = Exit::Adopted { pid: record.pid, starttime: record.starttime };
-        control.monitor = Some(tokio::spawn(self.clone().monitor(
-            Arc::clone(slot),
-            incarnation,
-            exit,
-            launch,
-            record.port,
-            record.ports.clone(),
-        )));
+        control.monitor =
+            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.clone())));
     }
 
     /// Starts the instance of `record`, stopping what runs there first (`replace`).
@@ -520,28 +514,15 @@ impl Supervisor {
             old.abort();
         }
         let exit = Exit::Child(ended);
-        control.monitor = Some(tokio::spawn(self.clone().monitor(
-            Arc::clone(slot),
-            incarnation,
-            exit,
-            launch,
-            record.port,
-            record.ports.clone(),
-        )));
+        control.monitor =
+            Some(tokio::spawn(self.clone().monitor(Arc::clone(slot), incarnation, exit, launch, record.clone())));
         Ok(pid)
     }
 
     /// Watches one incarnation: its checks, its log's size, its exit.
-    async fn monitor(
-        self,
-        slot: Arc<Slot>,
-        incarnation: u64,
-        exit: Exit,
-        launch: Launch,
-        port: u16,
-        ports: std::collections::BTreeMap<u16, u16>,
-    ) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    async fn monitor(self, slot: Arc<Slot>, incarnation: u64, exit: Exit, launch: Launch, record: InstanceRecord) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], record.port));
+        let ports = record.ports;
         let checks = launch.checks.clone();
         let started = Instant::now();
         // While it starts, checks come fast and back off; once healthy, at the checks'

@@ -1,6 +1,5 @@
 //! `ferry deploy`, `ferry rollback` and `ferry migrate`: what each asks of the engine.
 
-use base64::Engine as _;
 use std::path::PathBuf;
 
 use crate::deploy::observe::{self, read_history};
@@ -61,62 +60,8 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<(), Error> {
             return Err(e);
         }
     };
-    if artifact.has_file("releases/start_erl.data") && !ctx.settings.instance.env.contains_key("RELEASE_COOKIE") {
-        if let Err(e) = ensure_cookie(ctx, &fleet).await {
-            guard.release().await;
-            return Err(e);
-        }
-    }
     let version = artifact.version.clone();
     ctx.engine(&fleet).run_with(Operation::Deploy(Release { version, artifact: Some(artifact), start }), guard).await
-}
-
-/// A BEAM release's nodes share a cookie: the app's `RELEASE_COOKIE` secret, made once
-/// (random) when no host has one, and stored on every host that lacks it, under the
-/// deploy's lock. `mix release` writes a new cookie per fresh build, so the release's
-/// own cannot be it.
-async fn ensure_cookie(ctx: &Ctx, fleet: &Fleet) -> Result<(), Error> {
-    use std::io::Read as _;
-    const KEY: &str = "RELEASE_COOKIE";
-    let mut lacking = Vec::new();
-    let mut cookie = None;
-    for host in fleet.hosts() {
-        let has = host.secrets_list().await.map_err(|source| Error::Host { step: "listing secrets", source })?;
-        if has.iter().any(|(name, _)| name == KEY) {
-            if cookie.is_none() {
-                cookie =
-                    host.secret_get(KEY).await.map_err(|source| Error::Host { step: "reading a secret", source })?;
-            }
-        } else {
-            lacking.push(host);
-        }
-    }
-    if lacking.is_empty() {
-        return Ok(());
-    }
-    let cookie =
-        if let Some(cookie) = cookie {
-            cookie
-        } else {
-            let mut bytes = [0u8; 24];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut bytes))
-                .map_err(|source| Error::Io { action: "read", path: "/dev/urandom".into(), source })?;
-            ctx.reporter
-                .note("made the app's RELEASE_COOKIE (a secret, the same on every host) for its Erlang distribution");
-            bytes.iter().fold(String::new(), |mut s, b| {
-                use std::fmt::Write as _;
-                let _ = write!(s, "{b:02x}");
-                s
-            })
-        };
-    let line = format!("{KEY}={}\n", base64::engine::general_purpose::STANDARD.encode(cookie.as_bytes()));
-    for host in lacking {
-        host.secrets_set(&[KEY.to_string()], line.clone())
-            .await
-            .map_err(|source| Error::Host { step: "storing the release cookie", source })?;
-    }
-    Ok(())
 }
 
 /// The release to ship: built from the tree, or the `--release` file checked.

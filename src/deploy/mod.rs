@@ -78,6 +78,13 @@ pub struct Release {
     pub start: String,
 }
 
+impl Release {
+    /// A BEAM release (`mix release`, rebar3): it has `releases/start_erl.data`.
+    pub fn is_beam(&self) -> bool {
+        self.artifact.as_ref().is_some_and(|a| a.has_file("releases/start_erl.data"))
+    }
+}
+
 /// A backup to restore before a rollback, confirmed by the user.
 pub struct Restore {
     pub host: Host,
@@ -212,6 +219,11 @@ impl Engine<'_> {
         );
         let before = async {
             shipped?;
+            if matches!(&op, Operation::Deploy(release) if release.is_beam())
+                && !self.settings.instance.env.contains_key("RELEASE_COOKIE")
+            {
+                ship::ensure_cookie(self.reporter.as_ref(), self.fleet).await?;
+            }
             if plan.kind != Kind::Rollback {
                 // Hosts that joined later get the app's secrets before anything runs there.
                 ship::sync_secrets(self.reporter.as_ref(), self.fleet, &observed).await?;
@@ -233,7 +245,7 @@ impl Engine<'_> {
             _ => None,
         };
         let beam = (observed.values().any(|s| s.beam)
-            || matches!(&op, Operation::Deploy(Release { artifact: Some(a), .. }) if a.has_file("releases/start_erl.data")))
+            || matches!(&op, Operation::Deploy(release) if release.is_beam()))
         .then(|| self.settings.app.clone());
         let done = Done { plan: &plan, record: &record, summary: &summary, started, message: done_message, beam };
         finish::finish(&self.reporter, self.fleet, guard, &done).await
@@ -253,9 +265,14 @@ pub fn new_instance_id() -> String {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         bytes.copy_from_slice(&nanos.to_le_bytes()[..7]);
     }
-    bytes.iter().fold(String::with_capacity(14), |mut id, b| {
+    hex(&bytes)
+}
+
+/// `bytes` as lowercase hex digits.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
         use std::fmt::Write as _;
-        let _ = write!(id, "{b:02x}");
-        id
+        let _ = write!(text, "{b:02x}");
+        text
     })
 }

@@ -745,6 +745,26 @@ mod tests {
         }
     }
 
+    /// A rollout of `v2` that replaces what it finds.
+    fn inputs<'a>(
+        regions: &'a [RegionSpec],
+        observed: &'a BTreeMap<String, HostState>,
+        healthy: &'a BTreeSet<String>,
+        groups: &'a [GroupInputs],
+        max_unavailable: MaxUnavailable,
+    ) -> Inputs<'a> {
+        Inputs {
+            regions,
+            observed,
+            healthy,
+            version: "v2",
+            max_unavailable,
+            replace: true,
+            groups,
+            fleet_current: None,
+        }
+    }
+
     fn ids() -> impl FnMut() -> String {
         let mut n = 0;
         move || {
@@ -763,16 +783,7 @@ mod tests {
         let regions = vec![spec("syd", true, count)];
         let healthy: BTreeSet<String> = healthy.iter().map(|s| (*s).to_string()).collect();
         let groups = [group("app", strategy, &[], false)];
-        let inputs = Inputs {
-            regions: &regions,
-            observed,
-            healthy: &healthy,
-            version: "v2",
-            max_unavailable: max,
-            replace: true,
-            groups: &groups,
-            fleet_current: None,
-        };
+        let inputs = inputs(&regions, observed, &healthy, &groups, max);
         instances(&inputs, &mut ids())
     }
 
@@ -866,16 +877,7 @@ mod tests {
         let observed = two_on_v1();
         let healthy = BTreeSet::new();
         let groups = [group("app", Strategy::Rolling, &["data"], false)];
-        let inputs = Inputs {
-            regions: &regions,
-            observed: &observed,
-            healthy: &healthy,
-            version: "v2",
-            max_unavailable: MaxUnavailable::Count(1),
-            replace: true,
-            groups: &groups,
-            fleet_current: None,
-        };
+        let inputs = inputs(&regions, &observed, &healthy, &groups, MaxUnavailable::Count(1));
         let plan = instances(&inputs, &mut ids());
         assert_eq!(plan.missing_volumes.len(), 2, "neither existing instance holds a volume");
     }
@@ -887,16 +889,8 @@ mod tests {
         let regions =
             vec![RegionSpec { counts: vec![("app".into(), 2), ("worker".into(), 1)], ..spec("syd", true, 0) }];
         let groups = [group("app", Strategy::Bluegreen, &[], true), group("worker", Strategy::Rolling, &[], false)];
-        let inputs = Inputs {
-            regions: &regions,
-            observed: &observed,
-            healthy: &BTreeSet::new(),
-            version: "v2",
-            max_unavailable: MaxUnavailable::Count(1),
-            replace: true,
-            groups: &groups,
-            fleet_current: None,
-        };
+        let healthy = BTreeSet::new();
+        let inputs = inputs(&regions, &observed, &healthy, &groups, MaxUnavailable::Count(1));
         let plan = instances(&inputs, &mut ids());
         let region = &plan.regions[0];
         let shape: Vec<Vec<(&str, Action, &str, bool)>> = region

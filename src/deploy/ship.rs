@@ -311,3 +311,48 @@ pub async fn sync_secrets(
     }
     Ok(())
 }
+
+/// A BEAM release's nodes share a cookie: the app's `RELEASE_COOKIE` secret, made once
+/// (random) when no host has one, and stored on every host that lacks it, under the
+/// deploy's lock. `mix release` writes a new cookie per fresh build, so the release's
+/// own cannot be it.
+pub async fn ensure_cookie(reporter: &dyn Reporter, fleet: &Fleet) -> Result<(), Error> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    const KEY: &str = "RELEASE_COOKIE";
+    let mut lacking = Vec::new();
+    let mut cookie = None;
+    for host in fleet.hosts() {
+        let has = host.secrets_list().await.map_err(|source| Error::Host { step: "listing secrets", source })?;
+        if has.iter().any(|(name, _)| name == KEY) {
+            if cookie.is_none() {
+                cookie =
+                    host.secret_get(KEY).await.map_err(|source| Error::Host { step: "reading a secret", source })?;
+            }
+        } else {
+            lacking.push(host);
+        }
+    }
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    let cookie = if let Some(cookie) = cookie {
+        cookie
+    } else {
+        let mut bytes = [0u8; 24];
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(|source| Error::Io {
+            action: "read",
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+        reporter.note("made the app's RELEASE_COOKIE (a secret, the same on every host) for its Erlang distribution");
+        super::hex(&bytes)
+    };
+    let line = format!("{KEY}={}\n", base64::engine::general_purpose::STANDARD.encode(cookie.as_bytes()));
+    for host in lacking {
+        host.secrets_set(&[KEY.to_string()], line.clone())
+            .await
+            .map_err(|source| Error::Host { step: "storing the release cookie", source })?;
+    }
+    Ok(())
+}
